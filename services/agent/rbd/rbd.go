@@ -1,0 +1,308 @@
+// Package rbd is Ferry's only door to Ceph: it alone imports go-ceph (cgo;
+// build with -tags pacific against Ceph 16). Foreign errors are translated
+// into this package's sentinel errors, with the original kept.
+package rbd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/ceph/go-ceph/rados"
+	cephrbd "github.com/ceph/go-ceph/rbd"
+)
+
+// Sentinel errors; the Ceph error stays in the chain.
+var (
+	ErrNotFound   = errors.New("not found")
+	ErrExists     = errors.New("already exists")
+	ErrPermission = errors.New("permission denied")
+	ErrBusy       = errors.New("busy")
+	ErrTimeout    = errors.New("timed out")
+)
+
+// errorCoder is the interface of go-ceph's errors.
+type errorCoder interface{ ErrorCode() int }
+
+// translate maps a go-ceph error to a sentinel, keeping the original.
+func translate(err error, what string) error {
+	if err == nil {
+		return nil
+	}
+	var ec errorCoder
+	code := 0
+	if errors.As(err, &ec) {
+		code = -ec.ErrorCode()
+	}
+	switch {
+	case errors.Is(err, cephrbd.ErrNotFound), errors.Is(err, rados.ErrNotFound), code == int(syscall.ENOENT):
+		return fmt.Errorf("%s: %w (%w)", what, ErrNotFound, err)
+	case code == int(syscall.EEXIST):
+		return fmt.Errorf("%s: %w (%w)", what, ErrExists, err)
+	case code == int(syscall.EPERM), code == int(syscall.EACCES):
+		return fmt.Errorf("%s: %w (%w)", what, ErrPermission, err)
+	case code == int(syscall.EBUSY):
+		return fmt.Errorf("%s: %w (%w)", what, ErrBusy, err)
+	case code == int(syscall.ETIMEDOUT):
+		return fmt.Errorf("%s: %w (%w)", what, ErrTimeout, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// Options say how to reach one cluster as one user.
+type Options struct {
+	ConfFile string        // ceph.conf of the cluster
+	User     string        // client name without "client."
+	Keyring  string        // keyring path; empty: the one in ConfFile
+	Timeout  time.Duration // mon and OSD op timeout; 0: 30 s
+}
+
+// Cluster is one connection to a Ceph cluster.
+type Cluster struct {
+	conn *rados.Conn
+	fsid string
+}
+
+// Connect opens a connection. It honours ctx while the monitors are
+// contacted (librados blocks up to the timeout otherwise).
+func Connect(ctx context.Context, o Options) (*Cluster, error) {
+	timeout := o.Timeout
+	if timeout == 0 {
+		timeout = 30 * time.Second
+	}
+	conn, err := rados.NewConnWithUser(o.User)
+	if err != nil {
+		return nil, translate(err, "ceph connection")
+	}
+	if err := conn.ReadConfigFile(o.ConfFile); err != nil {
+		return nil, translate(err, "reading "+o.ConfFile)
+	}
+	secs := strconv.Itoa(int(timeout.Seconds()))
+	settings := [][2]string{{"client_mount_timeout", secs}, {"rados_mon_op_timeout", secs}, {"rados_osd_op_timeout", secs}}
+	if o.Keyring != "" {
+		settings = append(settings, [2]string{"keyring", o.Keyring})
+	}
+	for _, kv := range settings {
+		if err := conn.SetConfigOption(kv[0], kv[1]); err != nil {
+			return nil, translate(err, "ceph option "+kv[0])
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- conn.Connect() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return nil, translate(err, fmt.Sprintf("connecting to the cluster of %s as client.%s", o.ConfFile, o.User))
+		}
+	case <-ctx.Done():
+		// Connect returns after at most the mount timeout; shut down then.
+		go func() {
+			if <-done == nil {
+				conn.Shutdown()
+			}
+		}()
+		return nil, fmt.Errorf("connecting to the cluster of %s: %w", o.ConfFile, ctx.Err())
+	}
+	fsid, err := conn.GetFSID()
+	if err != nil {
+		conn.Shutdown()
+		return nil, translate(err, "cluster fsid")
+	}
+	return &Cluster{conn: conn, fsid: fsid}, nil
+}
+
+// Close shuts the connection down.
+func (c *Cluster) Close() { c.conn.Shutdown() }
+
+// FSID is the cluster's id.
+func (c *Cluster) FSID() string { return c.fsid }
+
+// ioctx opens pool; the caller destroys it.
+func (c *Cluster) ioctx(pool string) (*rados.IOContext, error) {
+	io, err := c.conn.OpenIOContext(pool)
+	if err != nil {
+		return nil, translate(err, "pool "+pool)
+	}
+	return io, nil
+}
+
+// ImageSpec is how to create an image.
+type ImageSpec struct {
+	Size     uint64
+	Order    uint64 // log2 of the object size; 0: the cluster's default (22)
+	Features uint64 // feature bits; 0: the cluster's default
+}
+
+// CreateImage creates pool/name.
+func (c *Cluster) CreateImage(ctx context.Context, pool, name string, spec ImageSpec) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	io, err := c.ioctx(pool)
+	if err != nil {
+		return err
+	}
+	defer io.Destroy()
+	opts := cephrbd.NewRbdImageOptions()
+	defer opts.Destroy()
+	if spec.Order != 0 {
+		if err := opts.SetUint64(cephrbd.ImageOptionOrder, spec.Order); err != nil {
+			return translate(err, "image option order")
+		}
+	}
+	if spec.Features != 0 {
+		if err := opts.SetUint64(cephrbd.ImageOptionFeatures, spec.Features); err != nil {
+			return translate(err, "image option features")
+		}
+	}
+	return translate(cephrbd.CreateImage(io, name, spec.Size, opts), "creating image "+pool+"/"+name)
+}
+
+// RemoveImage deletes pool/name (it must have no snapshots).
+func (c *Cluster) RemoveImage(ctx context.Context, pool, name string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	io, err := c.ioctx(pool)
+	if err != nil {
+		return err
+	}
+	defer io.Destroy()
+	return translate(cephrbd.RemoveImage(io, name), "removing image "+pool+"/"+name)
+}
+
+// Image is an open image. Open one per operation and Close it.
+type Image struct {
+	img        *cephrbd.Image
+	io         *rados.IOContext
+	pool, name string
+}
+
+// OpenImage opens pool/name, at snapshot snap when not empty (read-only
+// then), read-only when readOnly is set.
+func (c *Cluster) OpenImage(ctx context.Context, pool, name, snap string, readOnly bool) (*Image, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	io, err := c.ioctx(pool)
+	if err != nil {
+		return nil, err
+	}
+	var img *cephrbd.Image
+	if readOnly || snap != "" {
+		img, err = cephrbd.OpenImageReadOnly(io, name, snapOrNone(snap))
+	} else {
+		img, err = cephrbd.OpenImage(io, name, cephrbd.NoSnapshot)
+	}
+	if err != nil {
+		io.Destroy()
+		what := "opening image " + pool + "/" + name
+		if snap != "" {
+			what += "@" + snap
+		}
+		return nil, translate(err, what)
+	}
+	return &Image{img: img, io: io, pool: pool, name: name}, nil
+}
+
+func snapOrNone(s string) string {
+	if s == "" {
+		return cephrbd.NoSnapshot
+	}
+	return s
+}
+
+// Close closes the image and its pool context.
+func (i *Image) Close() error {
+	err := i.img.Close()
+	i.io.Destroy()
+	return translate(err, "closing image "+i.pool+"/"+i.name)
+}
+
+// String is pool/name.
+func (i *Image) String() string { return i.pool + "/" + i.name }
+
+// Size is the image's (or the open snapshot's) size in bytes.
+func (i *Image) Size() (uint64, error) {
+	s, err := i.img.GetSize()
+	return s, translate(err, "size of "+i.String())
+}
+
+// ReadAt reads len(p) bytes at off.
+func (i *Image) ReadAt(p []byte, off int64) (int, error) {
+	n, err := i.img.ReadAt(p, off)
+	if err != nil {
+		return n, translate(err, fmt.Sprintf("reading %s at %d", i, off))
+	}
+	return n, nil
+}
+
+// WriteAt writes p at off.
+func (i *Image) WriteAt(p []byte, off int64) (int, error) {
+	n, err := i.img.WriteAt(p, off)
+	if err != nil {
+		return n, translate(err, fmt.Sprintf("writing %s at %d", i, off))
+	}
+	return n, nil
+}
+
+// Flush makes the writes so far durable.
+func (i *Image) Flush() error { return translate(i.img.Flush(), "flushing "+i.String()) }
+
+// Snapshot is a snapshot of an image.
+type Snapshot struct {
+	ID   uint64
+	Name string
+	Size uint64
+}
+
+// CreateSnapshot takes snapshot name.
+func (i *Image) CreateSnapshot(name string) error {
+	_, err := i.img.CreateSnapshot(name)
+	return translate(err, "creating snapshot "+i.String()+"@"+name)
+}
+
+// RemoveSnapshot removes snapshot name.
+func (i *Image) RemoveSnapshot(name string) error {
+	return translate(i.img.GetSnapshot(name).Remove(), "removing snapshot "+i.String()+"@"+name)
+}
+
+// Snapshots lists the image's snapshots, oldest first.
+func (i *Image) Snapshots() ([]Snapshot, error) {
+	infos, err := i.img.GetSnapshotNames()
+	if err != nil {
+		return nil, translate(err, "listing snapshots of "+i.String())
+	}
+	out := make([]Snapshot, 0, len(infos))
+	for _, s := range infos {
+		out = append(out, Snapshot{ID: s.Id, Name: s.Name, Size: s.Size})
+	}
+	return out, nil
+}
+
+// Metadata returns all image-meta keys.
+func (i *Image) Metadata() (map[string]string, error) {
+	m, err := i.img.ListMetadata()
+	return m, translate(err, "metadata of "+i.String())
+}
+
+// SetMetadata sets one image-meta key.
+func (i *Image) SetMetadata(key, value string) error {
+	return translate(i.img.SetMetadata(key, value), "setting metadata "+key+" of "+i.String())
+}
+
+// CheckPool reports whether pool exists and is reachable.
+func (c *Cluster) CheckPool(ctx context.Context, pool string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	io, err := c.ioctx(pool)
+	if err != nil {
+		return err
+	}
+	io.Destroy()
+	return nil
+}

@@ -1,0 +1,464 @@
+// Package config parses Ferry's oslo.config-style INI file into typed
+// structs. The same struct tags drive parsing, defaults, validation and the
+// generated sample (ferry-manage config sample), so the three never drift.
+//
+// Tags on option fields:
+//
+//	opt:"name"        option name in the INI file (required for an option)
+//	default:"value"   default, in the same syntax as the file
+//	help:"text"       help text for the sample
+//	choices:"a,b"     allowed values (strings)
+//	min:"n" max:"n"   bounds for integers and sizes
+//	secret:"true"     value is a secret (never printed)
+//
+// Sections are fields of Config tagged section:"name".
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+
+	"gopkg.in/ini.v1"
+)
+
+// Config is the whole file. Each binary reads the sections it needs.
+type Config struct {
+	Default           Default           `section:"DEFAULT"`
+	Database          Database          `section:"database"`
+	KeystoneAuthtoken KeystoneAuthtoken `section:"keystone_authtoken"`
+	API               API               `section:"api"`
+	Agent             Agent             `section:"agent"`
+	TLS               TLS               `section:"tls"`
+}
+
+// Default is the [DEFAULT] section.
+type Default struct {
+	TransportURL string `opt:"transport_url" default:"rabbit://guest:guest@127.0.0.1:5672/" secret:"true" help:"The network address and credentials for connecting to the messaging backend, in URL format: rabbit://user:pass@host:port/vhost. Several hosts may be given separated by commas."`
+	Debug        bool   `opt:"debug" default:"false" help:"If true, the logging level is DEBUG instead of INFO."`
+	LogFile      string `opt:"log_file" default:"" help:"Name of the log file to write to. If empty, logs go to standard error."`
+	Host         string `opt:"host" default:"" help:"Name of this node, used in service records and agent queue names. Defaults to the machine's hostname."`
+}
+
+// Database is the [database] section.
+type Database struct {
+	Connection  string `opt:"connection" default:"sqlite:////var/lib/ferry/ferry.sqlite" secret:"true" help:"The URL of the database, in the oslo.db form: sqlite:////absolute/path, sqlite:///relative/path, mysql+pymysql://user:pass@host/db, postgresql://user:pass@host/db."`
+	MaxPoolSize int    `opt:"max_pool_size" default:"5" min:"1" max:"1000" help:"Maximum number of open connections to the database (SQLite always uses a single writer connection)."`
+}
+
+// KeystoneAuthtoken is the [keystone_authtoken] section, named and shaped as
+// keystonemiddleware's.
+type KeystoneAuthtoken struct {
+	WWWAuthenticateURI string `opt:"www_authenticate_uri" default:"" help:"Complete public Identity API endpoint, returned to unauthenticated clients in the WWW-Authenticate header. Defaults to auth_url."`
+	AuthURL            string `opt:"auth_url" default:"" help:"Identity API endpoint used by the service user to validate tokens, e.g. http://127.0.0.1:5000/v3."`
+	AuthType           string `opt:"auth_type" default:"password" choices:"password" help:"Authentication type of the service user."`
+	Username           string `opt:"username" default:"ferry" help:"Service user name."`
+	Password           string `opt:"password" default:"" secret:"true" help:"Service user password."`
+	ProjectName        string `opt:"project_name" default:"service" help:"Service user's project."`
+	UserDomainName     string `opt:"user_domain_name" default:"Default" help:"Service user's domain."`
+	ProjectDomainName  string `opt:"project_domain_name" default:"Default" help:"Service project's domain."`
+	RegionName         string `opt:"region_name" default:"RegionOne" help:"Region of the Identity endpoint used for validation."`
+	TokenCacheTime     int    `opt:"token_cache_time" default:"300" min:"0" max:"86400" help:"Seconds a validated token is cached; never longer than the token's own expiry. 0 disables the cache."`
+	TokenCacheSize     int    `opt:"token_cache_size" default:"10000" min:"1" max:"10000000" help:"Maximum number of validated tokens kept in the cache."`
+}
+
+// API is the [api] section of ferry-api.
+type API struct {
+	BindHost           string `opt:"bind_host" default:"0.0.0.0" help:"Address ferry-api listens on."`
+	BindPort           int    `opt:"bind_port" default:"9790" min:"1" max:"65535" help:"Port ferry-api listens on."`
+	PolicyFile         string `opt:"policy_file" default:"/etc/ferry/policy.yaml" help:"oslo.policy-style YAML file overriding the default rules; a missing file means the defaults."`
+	MaxRequestBodySize Size   `opt:"max_request_body_size" default:"112K" min:"1024" help:"Largest request body accepted (larger ones get 413)."`
+	AgentDownTime      int    `opt:"agent_down_time" default:"60" min:"5" max:"86400" help:"Seconds without a heartbeat after which an agent is considered down and its transfers re-dispatched."`
+	Dashboard          bool   `opt:"dashboard" default:"true" help:"Serve the web dashboard under /dashboard."`
+	DefaultPageSize    int    `opt:"default_page_size" default:"100" min:"1" max:"1000" help:"Items returned by a list request without limit."`
+	MaxPageSize        int    `opt:"max_page_size" default:"1000" min:"1" max:"100000" help:"Largest limit a list request may ask for."`
+	OutboxPollInterval int    `opt:"outbox_poll_interval" default:"1" min:"1" max:"3600" help:"Seconds between scans of the outbox for messages not yet published."`
+	PublicEndpoint     string `opt:"public_endpoint" default:"" help:"Public URL of this API, used in links; defaults to the URL of the request."`
+}
+
+// Agent is the [agent] section of ferry-agent.
+type Agent struct {
+	Region            string   `opt:"region" default:"" help:"Region this agent serves (required for ferry-agent); it consumes the queue agent.<region>."`
+	DataListen        string   `opt:"data_listen" default:"0.0.0.0:9791" help:"host:port of the TLS data port that receives streams from source agents."`
+	DataAdvertise     string   `opt:"data_advertise" default:"" help:"host:port that source agents use to reach data_listen; its host must be a name in this agent's certificate. Defaults to data_listen."`
+	CephConf          string   `opt:"ceph_conf" default:"/etc/ceph/ceph.conf" help:"Path of this region's Ceph configuration file."`
+	CephUser          string   `opt:"ceph_user" default:"ferry" help:"Ceph client name without the client. prefix."`
+	CephKeyring       string   `opt:"ceph_keyring" default:"" help:"Keyring of ceph_user; empty means the keyring named in ceph_conf."`
+	Pools             []string `opt:"pools" default:"volumes" help:"Comma-separated allow-list of pools this agent may read from and write to."`
+	Streams           int      `opt:"streams" default:"4" min:"1" max:"64" help:"Parallel TLS streams per transfer."`
+	ChunkSize         Size     `opt:"chunk_size" default:"4M" min:"65536" max:"67108864" help:"Size of a data chunk on the wire (about the RBD object size). Accepts K, M, G suffixes."`
+	BandwidthLimit    Size     `opt:"bandwidth_limit" default:"0" min:"0" help:"Bytes per second a transfer may send (token bucket); 0 means no limit. Accepts K, M, G suffixes."`
+	Compression       string   `opt:"compression" default:"none" choices:"none,zstd" help:"Compression of data chunks on the wire."`
+	MaxTransfers      int      `opt:"max_transfers" default:"2" min:"1" max:"256" help:"Transfers this agent runs at once; the rest stay queued."`
+	HeartbeatInterval int      `opt:"heartbeat_interval" default:"10" min:"1" max:"3600" help:"Seconds between heartbeats to ferry-api."`
+	ReportInterval    int      `opt:"report_interval" default:"2" min:"1" max:"60" help:"Seconds between progress reports of a running transfer."`
+}
+
+// TLS is the [tls] section: the deployment CA and this node's certificate.
+type TLS struct {
+	CAFile   string `opt:"ca_file" default:"/etc/ferry/pki/ca.crt" help:"CA certificate that signs every agent certificate (PEM)."`
+	CertFile string `opt:"cert_file" default:"/etc/ferry/pki/agent.crt" help:"This agent's certificate (PEM), issued by ca_file."`
+	KeyFile  string `opt:"key_file" default:"/etc/ferry/pki/agent.key" secret:"true" help:"Private key of cert_file (PEM)."`
+}
+
+// Size is a byte count that accepts K, M, G and T suffixes (powers of 1024,
+// with an optional "i"/"iB"/"B").
+type Size int64
+
+// ParseSize parses "4M", "512K", "1GiB", "1048576".
+func ParseSize(s string) (Size, error) {
+	t := strings.TrimSpace(s)
+	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "i")
+	mult := int64(1)
+	if n := len(t); n > 0 {
+		switch t[n-1] {
+		case 'K', 'k':
+			mult = 1 << 10
+		case 'M', 'm':
+			mult = 1 << 20
+		case 'G', 'g':
+			mult = 1 << 30
+		case 'T', 't':
+			mult = 1 << 40
+		}
+		if mult != 1 {
+			t = t[:n-1]
+		}
+	}
+	v, err := strconv.ParseInt(strings.TrimSpace(t), 10, 64)
+	if err != nil || v < 0 || (v > 0 && mult > (1<<62)/v) {
+		return 0, fmt.Errorf("%q is not a size (a whole number of bytes, optionally with K, M, G or T)", s)
+	}
+	return Size(v * mult), nil
+}
+
+// Error is a bad value: it names the section, the option and the reason.
+type Error struct {
+	Section, Option, Reason string
+}
+
+func (e *Error) Error() string {
+	if e.Option == "" {
+		return fmt.Sprintf("[%s]: %s", e.Section, e.Reason)
+	}
+	return fmt.Sprintf("[%s] %s: %s", e.Section, e.Option, e.Reason)
+}
+
+// Result of a Load: the config plus the warnings an operator should see
+// (unknown options, most likely typos).
+type Result struct {
+	Config   *Config
+	Warnings []string
+}
+
+// Defaults returns a Config holding every option's default.
+func Defaults() *Config {
+	c := &Config{}
+	forEachOption(c, func(sec string, o option) {
+		if err := o.set(o.def); err != nil {
+			panic(fmt.Sprintf("config: bad default for [%s] %s: %v", sec, o.name, err))
+		}
+	})
+	return c
+}
+
+// Load reads one INI file. A missing or unreadable file, bad syntax or a bad
+// value is an error; unknown options are warnings.
+func Load(path string) (*Result, error) {
+	if path == "" {
+		return nil, errors.New("no configuration file given (use --config-file)")
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("configuration file: %w", err)
+	}
+	res, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return res, nil
+}
+
+// Parse parses INI data.
+func Parse(data []byte) (*Result, error) {
+	f, err := ini.LoadSources(ini.LoadOptions{
+		AllowPythonMultilineValues: true,
+		SpaceBeforeInlineComment:   true,
+		PreserveSurroundedQuote:    false,
+	}, data)
+	if err != nil {
+		return nil, fmt.Errorf("cannot parse INI: %w", err)
+	}
+	c := Defaults()
+	res := &Result{Config: c}
+	known := map[string]map[string]option{}
+	forEachOption(c, func(sec string, o option) {
+		if known[sec] == nil {
+			known[sec] = map[string]option{}
+		}
+		known[sec][o.name] = o
+	})
+	for _, s := range f.Sections() {
+		opts, ok := known[s.Name()]
+		if !ok {
+			if len(s.Keys()) > 0 {
+				res.Warnings = append(res.Warnings, fmt.Sprintf("unknown section [%s] ignored", s.Name()))
+			}
+			continue
+		}
+		for _, k := range s.Keys() {
+			o, ok := opts[k.Name()]
+			if !ok {
+				res.Warnings = append(res.Warnings, fmt.Sprintf("unknown option [%s] %s ignored", s.Name(), k.Name()))
+				continue
+			}
+			if err := o.set(k.Value()); err != nil {
+				return nil, &Error{Section: s.Name(), Option: o.name, Reason: err.Error()}
+			}
+		}
+	}
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// validate checks values that do not depend on which binary reads them.
+func (c *Config) validate() error {
+	if err := checkTransportURL(c.Default.TransportURL); err != nil {
+		return &Error{Section: "DEFAULT", Option: "transport_url", Reason: err.Error()}
+	}
+	for _, u := range []struct{ opt, v string }{
+		{"auth_url", c.KeystoneAuthtoken.AuthURL},
+		{"www_authenticate_uri", c.KeystoneAuthtoken.WWWAuthenticateURI},
+	} {
+		if u.v == "" {
+			continue
+		}
+		if err := checkHTTPURL(u.v); err != nil {
+			return &Error{Section: "keystone_authtoken", Option: u.opt, Reason: err.Error()}
+		}
+	}
+	for _, a := range []struct{ opt, v string }{
+		{"data_listen", c.Agent.DataListen},
+		{"data_advertise", c.Agent.DataAdvertise},
+	} {
+		if a.v == "" {
+			continue
+		}
+		if _, port, err := net.SplitHostPort(a.v); err != nil || port == "" {
+			return &Error{Section: "agent", Option: a.opt, Reason: fmt.Sprintf("%q is not host:port", a.v)}
+		}
+	}
+	if c.API.MaxPageSize < c.API.DefaultPageSize {
+		return &Error{Section: "api", Option: "max_page_size", Reason: "must be at least default_page_size"}
+	}
+	for _, p := range c.Agent.Pools {
+		if p == "" || strings.ContainsAny(p, "/@ ") {
+			return &Error{Section: "agent", Option: "pools", Reason: fmt.Sprintf("%q is not a pool name", p)}
+		}
+	}
+	return nil
+}
+
+// ForAPI checks what ferry-api needs beyond the generic checks.
+func (c *Config) ForAPI() error {
+	if c.Database.Connection == "" {
+		return &Error{Section: "database", Option: "connection", Reason: "required by ferry-api"}
+	}
+	k := c.KeystoneAuthtoken
+	for _, r := range []struct{ opt, v string }{
+		{"auth_url", k.AuthURL}, {"username", k.Username}, {"password", k.Password}, {"project_name", k.ProjectName},
+	} {
+		if r.v == "" {
+			return &Error{Section: "keystone_authtoken", Option: r.opt, Reason: "required by ferry-api (the service user validates tokens)"}
+		}
+	}
+	return nil
+}
+
+// ForAgent checks what ferry-agent needs beyond the generic checks.
+func (c *Config) ForAgent() error {
+	a := c.Agent
+	if a.Region == "" {
+		return &Error{Section: "agent", Option: "region", Reason: "required by ferry-agent"}
+	}
+	if len(a.Pools) == 0 {
+		return &Error{Section: "agent", Option: "pools", Reason: "required by ferry-agent (an empty allow-list allows nothing)"}
+	}
+	for _, r := range []struct{ opt, v string }{
+		{"ca_file", c.TLS.CAFile}, {"cert_file", c.TLS.CertFile}, {"key_file", c.TLS.KeyFile},
+	} {
+		if r.v == "" {
+			return &Error{Section: "tls", Option: r.opt, Reason: "required by ferry-agent (data streams use mutual TLS)"}
+		}
+	}
+	return nil
+}
+
+// Hostname returns [DEFAULT] host or, when empty, the machine's hostname.
+func (c *Config) Hostname() string {
+	if c.Default.Host != "" {
+		return c.Default.Host
+	}
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "localhost"
+	}
+	return h
+}
+
+func checkTransportURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("not a URL: %w", redactURLError(err))
+	}
+	if u.Scheme != "rabbit" && u.Scheme != "amqp" && u.Scheme != "amqps" {
+		return fmt.Errorf("scheme %q not supported (want rabbit://)", u.Scheme)
+	}
+	if u.Host == "" {
+		return errors.New("no host")
+	}
+	return nil
+}
+
+func checkHTTPURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("not a URL: %w", redactURLError(err))
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("%q is not an http(s) URL", s)
+	}
+	return nil
+}
+
+// redactURLError drops the URL (which may hold a password) from a parse error.
+func redactURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+// option is one settable field found by reflection.
+type option struct {
+	name, def, help, choices, min, max string
+	secret                             bool
+	field                              reflect.Value
+}
+
+func forEachOption(c *Config, fn func(section string, o option)) {
+	cv := reflect.ValueOf(c).Elem()
+	ct := cv.Type()
+	for i := range ct.NumField() {
+		sec := ct.Field(i).Tag.Get("section")
+		sv := cv.Field(i)
+		st := sv.Type()
+		for j := range st.NumField() {
+			f := st.Field(j)
+			name := f.Tag.Get("opt")
+			if name == "" {
+				continue
+			}
+			fn(sec, option{
+				name: name, def: f.Tag.Get("default"), help: f.Tag.Get("help"),
+				choices: f.Tag.Get("choices"), min: f.Tag.Get("min"), max: f.Tag.Get("max"),
+				secret: f.Tag.Get("secret") == "true", field: sv.Field(j),
+			})
+		}
+	}
+}
+
+var sizeType = reflect.TypeOf(Size(0))
+
+func (o option) typeName() string {
+	switch {
+	case o.field.Type() == sizeType:
+		return "size value"
+	case o.field.Kind() == reflect.Bool:
+		return "boolean value"
+	case o.field.Kind() == reflect.Int:
+		return "integer value"
+	case o.field.Kind() == reflect.Slice:
+		return "list value"
+	default:
+		return "string value"
+	}
+}
+
+func (o option) set(raw string) error {
+	v := strings.TrimSpace(raw)
+	switch {
+	case o.field.Type() == sizeType:
+		n, err := ParseSize(v)
+		if err != nil {
+			return err
+		}
+		if err := o.bounds(int64(n)); err != nil {
+			return err
+		}
+		o.field.SetInt(int64(n))
+	case o.field.Kind() == reflect.Bool:
+		b, err := parseBool(v)
+		if err != nil {
+			return err
+		}
+		o.field.SetBool(b)
+	case o.field.Kind() == reflect.Int:
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return fmt.Errorf("%q is not an integer", v)
+		}
+		if err := o.bounds(n); err != nil {
+			return err
+		}
+		o.field.SetInt(n)
+	case o.field.Kind() == reflect.Slice:
+		var items []string
+		for p := range strings.SplitSeq(v, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				items = append(items, p)
+			}
+		}
+		o.field.Set(reflect.ValueOf(items))
+	default:
+		if o.choices != "" && !slices.Contains(strings.Split(o.choices, ","), v) {
+			return fmt.Errorf("%q is not one of %s", v, strings.ReplaceAll(o.choices, ",", ", "))
+		}
+		o.field.SetString(v)
+	}
+	return nil
+}
+
+func (o option) bounds(n int64) error {
+	if o.min != "" {
+		if m, _ := strconv.ParseInt(o.min, 10, 64); n < m {
+			return fmt.Errorf("%d is below the minimum %s", n, o.min)
+		}
+	}
+	if o.max != "" {
+		if m, _ := strconv.ParseInt(o.max, 10, 64); n > m {
+			return fmt.Errorf("%d is above the maximum %s", n, o.max)
+		}
+	}
+	return nil
+}
+
+// parseBool accepts the spellings oslo.config accepts.
+func parseBool(s string) (bool, error) {
+	switch strings.ToLower(s) {
+	case "true", "1", "yes", "on":
+		return true, nil
+	case "false", "0", "no", "off", "":
+		return false, nil
+	}
+	return false, fmt.Errorf("%q is not a boolean (true or false)", s)
+}
