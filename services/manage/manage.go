@@ -130,7 +130,7 @@ func NewCommand(stdout io.Writer) *cobra.Command {
 		},
 	})
 
-	root.AddCommand(dbCmd, cfgCmd, &cobra.Command{
+	root.AddCommand(dbCmd, cfgCmd, pkiCommand(stdout), &cobra.Command{
 		Use:   "status",
 		Short: "Check what an upgrade needs: database reachable and schema current, message broker reachable",
 		Args:  cobra.NoArgs,

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 
@@ -22,6 +23,7 @@ var (
 	ErrPermission = errors.New("permission denied")
 	ErrBusy       = errors.New("busy")
 	ErrTimeout    = errors.New("timed out")
+	ErrClosed     = errors.New("cluster connection closed")
 )
 
 // errorCoder is the interface of go-ceph's errors.
@@ -62,6 +64,7 @@ type Options struct {
 
 // Cluster is one connection to a Ceph cluster.
 type Cluster struct {
+	mu   sync.Mutex // guards conn against use after Close
 	conn *rados.Conn
 	fsid string
 }
@@ -114,14 +117,27 @@ func Connect(ctx context.Context, o Options) (*Cluster, error) {
 	return &Cluster{conn: conn, fsid: fsid}, nil
 }
 
-// Close shuts the connection down.
-func (c *Cluster) Close() { c.conn.Shutdown() }
+// Close shuts the connection down. Images must be closed first; calls after
+// Close return ErrClosed.
+func (c *Cluster) Close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn != nil {
+		c.conn.Shutdown()
+		c.conn = nil
+	}
+}
 
 // FSID is the cluster's id.
 func (c *Cluster) FSID() string { return c.fsid }
 
 // ioctx opens pool; the caller destroys it.
 func (c *Cluster) ioctx(pool string) (*rados.IOContext, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn == nil {
+		return nil, ErrClosed
+	}
 	io, err := c.conn.OpenIOContext(pool)
 	if err != nil {
 		return nil, translate(err, "pool "+pool)
@@ -305,4 +321,131 @@ func (c *Cluster) CheckPool(ctx context.Context, pool string) error {
 	}
 	io.Destroy()
 	return nil
+}
+
+// Info describes an image.
+type Info struct {
+	ID       string
+	Size     uint64
+	Order    uint64 // log2 of the object size
+	Features uint64
+	// Parent is "pool/image@snap" for a clone, empty otherwise.
+	Parent string
+}
+
+// ObjectSize is 1 << Order.
+func (n Info) ObjectSize() uint64 { return 1 << n.Order }
+
+// Info returns the image's (or the open snapshot's) description.
+func (i *Image) Info() (Info, error) {
+	st, err := i.img.Stat()
+	if err != nil {
+		return Info{}, translate(err, "stat of "+i.String())
+	}
+	f, err := i.img.GetFeatures()
+	if err != nil {
+		return Info{}, translate(err, "features of "+i.String())
+	}
+	id, err := i.img.GetId()
+	if err != nil {
+		return Info{}, translate(err, "id of "+i.String())
+	}
+	n := Info{ID: id, Size: st.Size, Order: uint64(st.Order), Features: f}
+	if p, err := i.img.GetParent(); err == nil && p != nil && p.Image.ImageName != "" {
+		n.Parent = p.Image.PoolName + "/" + p.Image.ImageName + "@" + p.Snap.SnapName
+	}
+	return n, nil
+}
+
+// Diff calls fn for each extent of the open snapshot (or head) that differs
+// from snapshot fromSnap, or, when fromSnap is empty, for each allocated
+// extent, parent data included (a clone is copied whole). exists is false for
+// an extent known to read as zeros (discarded since fromSnap). wholeObject
+// reports whole objects, cheap with fast-diff; otherwise exact extents.
+// fn runs in librbd's thread: it must not block for long. ctx is checked
+// between extents.
+func (i *Image) Diff(ctx context.Context, fromSnap string, wholeObject bool, fn func(off, length uint64, exists bool) error) error {
+	size, err := i.Size()
+	if err != nil {
+		return err
+	}
+	var cbErr error
+	cfg := cephrbd.DiffIterateConfig{
+		SnapName:      fromSnap,
+		Offset:        0,
+		Length:        size,
+		IncludeParent: cephrbd.IncludeParent,
+		WholeObject:   cephrbd.DisableWholeObject,
+		Callback: func(off, length uint64, exists int, _ interface{}) int {
+			if err := ctx.Err(); err != nil {
+				cbErr = err
+				return -int(syscall.ECANCELED)
+			}
+			if err := fn(off, length, exists != 0); err != nil {
+				cbErr = err
+				return -int(syscall.ECANCELED)
+			}
+			return 0
+		},
+	}
+	if wholeObject {
+		cfg.WholeObject = cephrbd.EnableWholeObject
+	}
+	if size == 0 {
+		return nil
+	}
+	err = i.img.DiffIterate(cfg)
+	if cbErr != nil {
+		return cbErr
+	}
+	what := "diff of " + i.String()
+	if fromSnap != "" {
+		what += " from " + fromSnap
+	}
+	return translate(err, what)
+}
+
+// zeroBlock is what WriteZeroes repeats; librbd turns a write-same of zeros
+// into a discard that really zeroes partial objects.
+var zeroBlock = make([]byte, 4096)
+
+// WriteZeroes makes [off, off+length) read as zeros.
+func (i *Image) WriteZeroes(off, length uint64) error {
+	bulk := length - length%uint64(len(zeroBlock))
+	if bulk > 0 {
+		if _, err := i.img.WriteSame(off, bulk, zeroBlock, 0); err != nil {
+			return translate(err, fmt.Sprintf("zeroing %s at %d+%d", i, off, bulk))
+		}
+	}
+	if rest := length - bulk; rest > 0 {
+		if _, err := i.WriteAt(zeroBlock[:rest], int64(off+bulk)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Resize changes the image's size (shrinking allowed).
+func (i *Image) Resize(size uint64) error {
+	return translate(i.img.Resize(size), fmt.Sprintf("resizing %s to %d", i, size))
+}
+
+// RemoveMetadata removes one image-meta key; a missing key is not an error.
+func (i *Image) RemoveMetadata(key string) error {
+	err := i.img.RemoveMetadata(key)
+	if errors.Is(translate(err, ""), ErrNotFound) {
+		return nil
+	}
+	return translate(err, "removing metadata "+key+" of "+i.String())
+}
+
+// LockExclusive takes the image's exclusive lock (the image needs the
+// exclusive-lock feature): while held, no other client can write it.
+func (i *Image) LockExclusive() error {
+	return translate(i.img.LockAcquire(cephrbd.LockModeExclusive), "exclusive lock of "+i.String())
+}
+
+// ReleaseLock releases the exclusive lock.
+func (i *Image) ReleaseLock() error {
+	return translate(i.img.LockRelease(), "releasing the lock of "+i.String())
 }

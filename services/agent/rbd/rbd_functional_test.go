@@ -30,7 +30,7 @@ func TestClusterImageLifecycle(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer c.Close()
+			t.Cleanup(c.Close)
 			if want := testenv.Get(t, "CEPH_"+region+"_FSID"); c.FSID() != want {
 				t.Errorf("fsid %s, want %s", c.FSID(), want)
 			}
