@@ -1,0 +1,193 @@
+package db
+
+import (
+	"time"
+
+	"gorm.io/gorm"
+)
+
+// The live models below map rows to Go values; they do not define the
+// schema. The schema is created by the versioned migrations (migrations.go),
+// each of which carries its own frozen copy of the structs it creates, so
+// the models may change without altering old migrations. A test checks that
+// every column named here exists after Sync.
+
+// Column sizes of the schema (characters). CreateTransfer refuses longer
+// values with ErrInvalidArgument; the API validates with the same limits.
+const (
+	MaxNameLength       = 255 // name, region, pool, image, snapshot, agent host
+	MaxIDLength         = 64  // project, user, volume and backup ids
+	MaxDigestLength     = 160 // "<alg>:<hex>"
+	MaxRequestIDLength  = 64
+	MaxBinaryLength     = 64 // service binary name
+	MaxVersionLength    = 64 // service version
+	MaxRoutingKeyLength = 255
+	transferIDLength    = 36 // canonical UUID
+	statusColumnWidth   = 32
+)
+
+// Transfer is one copy of an image (or volume, or backup) from a source
+// region to a destination region. All times are UTC.
+type Transfer struct {
+	ID          string `gorm:"column:id;primaryKey"`
+	Name        string `gorm:"column:name"`
+	Description string `gorm:"column:description"`
+	ProjectID   string `gorm:"column:project_id"`
+	UserID      string `gorm:"column:user_id"`
+	Status      Status `gorm:"column:status"`
+	Mode        Mode   `gorm:"column:mode"`
+
+	SourceRegion   string `gorm:"column:source_region"`
+	SourcePool     string `gorm:"column:source_pool"`
+	SourceImage    string `gorm:"column:source_image"`
+	SourceSnapshot string `gorm:"column:source_snapshot"`
+	SourceVolumeID string `gorm:"column:source_volume_id"`
+	SourceBackupID string `gorm:"column:source_backup_id"`
+
+	DestRegion   string `gorm:"column:dest_region"`
+	DestPool     string `gorm:"column:dest_pool"`
+	DestImage    string `gorm:"column:dest_image"`
+	DestSnapshot string `gorm:"column:dest_snapshot"`
+	DestVolumeID string `gorm:"column:dest_volume_id"`
+	DestBackupID string `gorm:"column:dest_backup_id"`
+
+	BytesTotal         int64  `gorm:"column:bytes_total"`
+	BytesTransferred   int64  `gorm:"column:bytes_transferred"`
+	RateBytesPerSecond int64  `gorm:"column:rate_bytes_per_second"`
+	Digest             string `gorm:"column:digest"` // "<alg>:<hex>", set when verified
+
+	// Error is the last failure's message; nil unless the transfer failed.
+	Error *string `gorm:"column:error"`
+	// Agent is the host of the agent holding the transfer; nil while queued.
+	Agent *string `gorm:"column:agent"`
+	// Attempt counts runs: 1 at creation, +1 on every retry.
+	Attempt int `gorm:"column:attempt"`
+	// Epoch is a fencing token: 1 at creation, +1 every time the transfer
+	// goes back to queued (re-dispatch or retry). Reports carrying an older
+	// epoch are refused (TransitionOpts.ExpectEpoch).
+	Epoch int64 `gorm:"column:epoch"`
+
+	CreatedAt  time.Time  `gorm:"column:created_at"`
+	UpdatedAt  time.Time  `gorm:"column:updated_at"`
+	StartedAt  *time.Time `gorm:"column:started_at"`  // first entry into accepted
+	FinishedAt *time.Time `gorm:"column:finished_at"` // entry into a terminal status
+}
+
+// TableName implements gorm's tabler.
+func (Transfer) TableName() string { return "transfers" }
+
+// AfterFind normalises times read back to UTC (drivers may return local time).
+func (t *Transfer) AfterFind(*gorm.DB) error {
+	t.CreatedAt = t.CreatedAt.UTC()
+	t.UpdatedAt = t.UpdatedAt.UTC()
+	t.StartedAt = utcPtr(t.StartedAt)
+	t.FinishedAt = utcPtr(t.FinishedAt)
+	return nil
+}
+
+// ProgressPercent returns bytes transferred as a percentage of bytes total
+// (0–100); a completed transfer is 100.
+func (t *Transfer) ProgressPercent() float64 {
+	if t.Status == StatusCompleted {
+		return 100
+	}
+	if t.BytesTotal <= 0 || t.BytesTransferred <= 0 {
+		return 0
+	}
+	p := float64(t.BytesTransferred) * 100 / float64(t.BytesTotal)
+	return min(p, 100)
+}
+
+// ETASeconds estimates the seconds left from the current rate; ok is false
+// when no estimate can be made (not running, rate or total unknown).
+func (t *Transfer) ETASeconds() (secs int64, ok bool) {
+	if !IsActive(t.Status) || t.RateBytesPerSecond <= 0 || t.BytesTotal <= 0 {
+		return 0, false
+	}
+	left := max(t.BytesTotal-t.BytesTransferred, 0)
+	return (left + t.RateBytesPerSecond - 1) / t.RateBytesPerSecond, true
+}
+
+// TransferEvent is one entry of a transfer's history: a status change (with
+// its from and to), an error, a retry, or a note.
+type TransferEvent struct {
+	ID         int64     `gorm:"column:id;primaryKey;autoIncrement"`
+	TransferID string    `gorm:"column:transfer_id"`
+	CreatedAt  time.Time `gorm:"column:created_at"`
+	Kind       EventKind `gorm:"column:kind"`
+	FromStatus Status    `gorm:"column:from_status"` // "" for the creation event
+	ToStatus   Status    `gorm:"column:to_status"`
+	Message    string    `gorm:"column:message"`
+	RequestID  string    `gorm:"column:request_id"`
+}
+
+// TableName implements gorm's tabler.
+func (TransferEvent) TableName() string { return "transfer_events" }
+
+// AfterFind normalises times read back to UTC.
+func (e *TransferEvent) AfterFind(*gorm.DB) error {
+	e.CreatedAt = e.CreatedAt.UTC()
+	return nil
+}
+
+// Service is a Ferry process that heartbeats (an agent), unique by binary
+// and host.
+type Service struct {
+	ID              int64     `gorm:"column:id;primaryKey;autoIncrement"`
+	Binary          string    `gorm:"column:binary"`
+	Host            string    `gorm:"column:host"`
+	Region          string    `gorm:"column:region"`
+	Topic           string    `gorm:"column:topic"` // its own RPC queue
+	Version         string    `gorm:"column:version"`
+	Disabled        bool      `gorm:"column:disabled"`
+	CreatedAt       time.Time `gorm:"column:created_at"`
+	UpdatedAt       time.Time `gorm:"column:updated_at"`
+	LastHeartbeatAt time.Time `gorm:"column:last_heartbeat_at"`
+}
+
+// TableName implements gorm's tabler.
+func (Service) TableName() string { return "services" }
+
+// AfterFind normalises times read back to UTC.
+func (s *Service) AfterFind(*gorm.DB) error {
+	s.CreatedAt = s.CreatedAt.UTC()
+	s.UpdatedAt = s.UpdatedAt.UTC()
+	s.LastHeartbeatAt = s.LastHeartbeatAt.UTC()
+	return nil
+}
+
+// OutboxMessage is a message to publish to the broker, written in the same
+// transaction as the change it announces (transactional outbox). A publisher
+// claims rows (ClaimOutbox), publishes them, then marks them published
+// (MarkPublished) or releases them for a later try (ReleaseOutbox).
+type OutboxMessage struct {
+	ID          int64      `gorm:"column:id;primaryKey;autoIncrement"`
+	CreatedAt   time.Time  `gorm:"column:created_at"`
+	Exchange    string     `gorm:"column:exchange"`
+	RoutingKey  string     `gorm:"column:routing_key"`
+	Payload     string     `gorm:"column:payload"` // the encoded message body
+	Attempts    int        `gorm:"column:attempts"`
+	LastError   *string    `gorm:"column:last_error"`
+	PublishedAt *time.Time `gorm:"column:published_at"`
+	LeaseOwner  string     `gorm:"column:lease_owner"` // "" when not leased
+	LeaseUntil  *time.Time `gorm:"column:lease_until"` // claimable when nil or past
+}
+
+// TableName implements gorm's tabler.
+func (OutboxMessage) TableName() string { return "outbox_messages" }
+
+// AfterFind normalises times read back to UTC.
+func (m *OutboxMessage) AfterFind(*gorm.DB) error {
+	m.CreatedAt = m.CreatedAt.UTC()
+	m.PublishedAt = utcPtr(m.PublishedAt)
+	m.LeaseUntil = utcPtr(m.LeaseUntil)
+	return nil
+}
+
+func utcPtr(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	u := t.UTC()
+	return &u
+}
