@@ -141,4 +141,3 @@ func TestPingUnreachable(t *testing.T) {
 		t.Errorf("password in error: %s", s)
 	}
 }
-

@@ -155,6 +155,6 @@ func TestWrongKeyring(t *testing.T) {
 		t.Fatal("connected with another cluster's key")
 	}
 	if !errors.Is(err, ErrPermission) {
-		t.Logf("wrong key error (not ErrPermission): %v", err)
+		t.Errorf("wrong key: %v, want ErrPermission", err)
 	}
 }

@@ -88,7 +88,7 @@ func TestDemoTokenValidatedByServiceUser(t *testing.T) {
 	}
 
 	// The volume-ferry endpoint of RegionTwo, from the validated catalog.
-	url, err := openstack.V3EndpointURL(info.Catalog, gophercloud.EndpointOpts{
+	url, err := openstack.V3Endpoint(ctx, p, info.Catalog, gophercloud.EndpointOpts{
 		Type: "volume-ferry", Region: "RegionTwo", Availability: gophercloud.AvailabilityPublic,
 	})
 	if err != nil {
