@@ -158,3 +158,162 @@ func TestWrongKeyring(t *testing.T) {
 		t.Errorf("wrong key: %v, want ErrPermission", err)
 	}
 }
+
+func connectRegion(t *testing.T, ctx context.Context, region string) *Cluster {
+	t.Helper()
+	c, err := Connect(ctx, Options{
+		ConfFile: testenv.Get(t, "CEPH_"+region+"_CONF"),
+		User:     testenv.Get(t, "CEPH_USER"),
+		Keyring:  testenv.Get(t, "CEPH_"+region+"_KEYRING"),
+		Timeout:  15 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+type extent struct {
+	off, length uint64
+	exists      bool
+}
+
+// Diff reports exactly the written extents of a full image, and from a
+// snapshot only what changed since, with discarded ranges as not existing;
+// WriteZeroes of an unaligned range really reads back as zeros.
+func TestDiffAndWriteZeroes(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := connectRegion(t, ctx, "REGIONONE")
+	pool := testenv.Get(t, "CEPH_POOL")
+	name := fmt.Sprintf("functional-diff-%d", time.Now().UnixNano())
+	const size = 64 << 20 // 16 objects of 4 MiB
+	if err := c.CreateImage(ctx, pool, name, ImageSpec{Size: size, Order: 22}); err != nil {
+		t.Fatal(err)
+	}
+	img, err := c.OpenImage(ctx, pool, name, "", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, s := range []string{"s1"} {
+			img.RemoveSnapshot(s)
+		}
+		img.Close()
+		if err := c.RemoveImage(context.Background(), pool, name); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	info, err := img.Info()
+	if err != nil || info.Size != size || info.ObjectSize() != 4<<20 || info.ID == "" || info.Parent != "" {
+		t.Fatalf("info %+v, %v", info, err)
+	}
+	data := bytes.Repeat([]byte{0x5a}, 64<<10)
+	for _, off := range []int64{0, 10 << 20, 40<<20 + 4096} {
+		if _, err := img.WriteAt(data, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	collect := func(from string, whole bool) []extent {
+		var got []extent
+		if err := img.Diff(ctx, from, whole, func(off, length uint64, exists bool) error {
+			got = append(got, extent{off, length, exists})
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	full := collect("", false)
+	covers := func(es []extent, off, length uint64) bool {
+		for _, e := range es {
+			if e.exists && e.off <= off && off+length <= e.off+e.length {
+				return true
+			}
+		}
+		return false
+	}
+	touches := func(es []extent, off, length uint64) bool {
+		for _, e := range es {
+			if e.off < off+length && off < e.off+e.length {
+				return true
+			}
+		}
+		return false
+	}
+	for _, off := range []uint64{0, 10 << 20, 40<<20 + 4096} {
+		if !covers(full, off, uint64(len(data))) {
+			t.Errorf("full diff misses the write at %d: %+v", off, full)
+		}
+	}
+	// Objects never written are holes. (Memstore reports an object's
+	// extent from its start, not exactly the bytes written: only the
+	// object granularity is asserted.)
+	for _, hole := range [][2]uint64{{4 << 20, 4 << 20}, {12 << 20, 28 << 20}, {44 << 20, 20 << 20}} {
+		if touches(full, hole[0], hole[1]) {
+			t.Errorf("full diff reports the hole at %d+%d: %+v", hole[0], hole[1], full)
+		}
+	}
+	if whole := collect("", true); len(whole) == 0 || len(whole) > 3 {
+		t.Errorf("whole-object diff %+v", whole)
+	}
+
+	if err := img.CreateSnapshot("s1"); err != nil {
+		t.Fatal(err)
+	}
+	// After s1: new data in object 5, and zeroes over part of the first
+	// write (unaligned).
+	if _, err := img.WriteAt(data, 20<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.WriteZeroes(10<<20+512, 8192+100); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 8192+100)
+	if _, err := img.ReadAt(got, 10<<20+512); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, make([]byte, len(got))) {
+		t.Error("WriteZeroes range does not read as zeros")
+	}
+	edge := make([]byte, 512)
+	if _, err := img.ReadAt(edge, 10<<20); err != nil || !bytes.Equal(edge, data[:512]) {
+		t.Error("WriteZeroes touched bytes before its range")
+	}
+	inc := collect("s1", false)
+	var changed []extent
+	for _, e := range inc {
+		if e.off < 40<<20 { // the extent at 40 MiB did not change
+			changed = append(changed, e)
+		} else {
+			t.Errorf("unchanged extent reported: %+v", e)
+		}
+	}
+	if len(changed) == 0 {
+		t.Fatal("incremental diff is empty")
+	}
+	var sawNew bool
+	for _, e := range changed {
+		if e.off <= 20<<20 && e.off+e.length >= 20<<20+64<<10 && e.exists {
+			sawNew = true
+		}
+	}
+	if !sawNew {
+		t.Errorf("incremental diff misses the new write: %+v", changed)
+	}
+	if !touches(changed, 10<<20+512, 8192+100) {
+		t.Errorf("incremental diff misses the zeroed range: %+v", changed)
+	}
+
+	// A callback error stops the iteration and is returned.
+	stop := fmt.Errorf("stop")
+	if err := img.Diff(ctx, "", false, func(uint64, uint64, bool) error { return stop }); !errors.Is(err, stop) {
+		t.Errorf("callback error: %v", err)
+	}
+	cctx, ccancel := context.WithCancel(ctx)
+	ccancel()
+	if err := img.Diff(cctx, "", false, func(uint64, uint64, bool) error { return nil }); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled diff: %v", err)
+	}
+}
