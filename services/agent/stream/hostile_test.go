@@ -1,0 +1,431 @@
+package stream
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+// hostileSetup prepares a session whose destination image records writes.
+func hostileSetup(t *testing.T, ts *testServer, id string, size int) (PrepareResponse, *memImage) {
+	t.Helper()
+	dst := newMemImage(size)
+	prep, err := ts.srv.PrepareSession(context.Background(), PrepareRequest{
+		TransferID: id, ImageName: "volumes/" + id, Image: dst, Checkpoints: &MemCheckpointStore{}, ChunkSize: 64 << 10,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return prep, dst
+}
+
+func sendTo(ctx context.Context, t *testing.T, ts *testServer, cfg *tls.Config, id, ticket string, src []byte) (Result, error) {
+	logger, _ := newTestLogger(t)
+	return Send(ctx, SendRequest{
+		Addr: ts.addr, TLSConfig: cfg, TransferID: id, Ticket: ticket,
+		Source: &memSource{data: src}, Extents: []Extent{{Length: uint64(len(src))}}, ChunkSize: 64 << 10,
+		Retry: fastRetry(), IOTimeout: 5 * time.Second, Logger: logger,
+	})
+}
+
+func assertNoWrites(t *testing.T, dst *memImage) {
+	t.Helper()
+	if w, z, _ := dst.counts(); w != 0 || z != 0 {
+		t.Fatalf("%d writes and %d zeroings landed", w, z)
+	}
+}
+
+func waitSession(t *testing.T, prep PrepareResponse) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	_, err := prep.Session.Wait(ctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		t.Fatal("session hangs")
+	}
+	return err
+}
+
+func TestRefusesForeignAndMissingClientCerts(t *testing.T) {
+	pki := newTestPKI(t)
+	ts := startServer(t, pki, nil)
+	src, _ := denseImage(31, 256<<10)
+	for _, tc := range []struct {
+		name string
+		cfg  *tls.Config
+	}{
+		{"certificate from another CA", pki.otherClient},
+		{"no client certificate", pki.noCertClient},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			prep, dst := hostileSetup(t, ts, "tls-"+strings.ReplaceAll(tc.name, " ", "-"), len(src))
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			start := time.Now()
+			_, err := sendTo(ctx, t, ts, tc.cfg, prep.Session.TransferID(), prep.Ticket, src)
+			if err == nil {
+				t.Fatal("send succeeded")
+			}
+			if !isPermanent(err) || time.Since(start) > 5*time.Second {
+				t.Fatalf("refusal should be final and fast: %v after %v", err, time.Since(start))
+			}
+			ts.log.waitFor(t, "tls handshake", 2*time.Second)
+			assertNoWrites(t, dst)
+		})
+	}
+}
+
+func TestSourceVerifiesDestinationName(t *testing.T) {
+	pki := newTestPKI(t)
+	ts := startServer(t, pki, nil)
+	cfg, err := ClientTLSConfig(pki.caFile, pki.cliCert, pki.cliKey, "someone-else.ferry.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	prep, dst := hostileSetup(t, ts, "wrong-name", 64<<10)
+	_, err = sendTo(context.Background(), t, ts, cfg, "wrong-name", prep.Ticket, make([]byte, 64<<10))
+	if err == nil || !isPermanent(err) {
+		t.Fatalf("err = %v, want a permanent certificate error", err)
+	}
+	assertNoWrites(t, dst)
+	// A destination trusted by another CA only is refused too.
+	cfg, err = ClientTLSConfig(pki.otherCAFile, pki.cliCert, pki.cliKey, testServerName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err = sendTo(context.Background(), t, ts, cfg, "wrong-name", prep.Ticket, make([]byte, 64<<10)); err == nil {
+		t.Fatal("untrusted destination accepted")
+	}
+}
+
+func TestRefusesBadTickets(t *testing.T) {
+	pki := newTestPKI(t)
+	ts := startServer(t, pki, nil)
+	src, _ := denseImage(32, 128<<10)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	t.Run("wrong ticket", func(t *testing.T) {
+		prep, dst := hostileSetup(t, ts, "t-wrong", len(src))
+		forged := strings.Repeat("A", len(prep.Ticket))
+		_, err := sendTo(ctx, t, ts, pki.client, "t-wrong", forged, src)
+		var re *RemoteError
+		if !errors.As(err, &re) || !strings.Contains(re.Reason, ErrTicketInvalid.Error()) {
+			t.Fatalf("err = %v", err)
+		}
+		assertNoWrites(t, dst)
+		ts.log.waitFor(t, `transfer_id=t-wrong stream=`, time.Second)
+		ts.log.waitFor(t, `peer="CN=ferry-agent RegionOne" reason="stream: invalid ticket"`, time.Second)
+		// The real source is not locked out by the forger.
+		if _, err := sendTo(ctx, t, ts, pki.client, "t-wrong", prep.Ticket, src); err != nil {
+			t.Fatalf("legitimate send after a forged one: %v", err)
+		}
+	})
+	t.Run("ticket of another transfer", func(t *testing.T) {
+		_, dstA := hostileSetup(t, ts, "t-a", len(src))
+		prepB, _ := hostileSetup(t, ts, "t-b", len(src))
+		_, err := sendTo(ctx, t, ts, pki.client, "t-a", prepB.Ticket, src)
+		if err == nil || !strings.Contains(err.Error(), ErrTicketInvalid.Error()) {
+			t.Fatalf("err = %v", err)
+		}
+		assertNoWrites(t, dstA)
+	})
+	t.Run("reused after the session closed", func(t *testing.T) {
+		prep, _ := hostileSetup(t, ts, "t-reuse", len(src))
+		if _, err := sendTo(ctx, t, ts, pki.client, "t-reuse", prep.Ticket, src); err != nil {
+			t.Fatal(err)
+		}
+		if err := waitSession(t, prep); err != nil {
+			t.Fatal(err)
+		}
+		_, err := sendTo(ctx, t, ts, pki.client, "t-reuse", prep.Ticket, src)
+		if err == nil || !strings.Contains(err.Error(), ErrNoSession.Error()) {
+			t.Fatalf("err = %v", err)
+		}
+	})
+	t.Run("expired", func(t *testing.T) {
+		ts := startServer(t, pki, func(c *ServerConfig) { c.TicketTTL = 300 * time.Millisecond })
+		prep, dst := hostileSetup(t, ts, "t-expired", len(src))
+		if err := waitSession(t, prep); !errors.Is(err, ErrTicketExpired) {
+			t.Fatalf("idle session ended with %v", err)
+		}
+		_, err := sendTo(ctx, t, ts, pki.client, "t-expired", prep.Ticket, src)
+		if err == nil {
+			t.Fatal("expired ticket accepted")
+		}
+		assertNoWrites(t, dst)
+		ts.log.waitFor(t, "ticket expired", time.Second)
+	})
+}
+
+func TestTicketStore(t *testing.T) {
+	now := time.Unix(1000, 0)
+	clock := func() time.Time { return now }
+	s := NewTicketStore(clock)
+	tk, err := s.Issue("t1", "rbd/img", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img, err := s.Validate(tk, "t1"); err != nil || img != "rbd/img" {
+		t.Fatalf("valid ticket: %q %v", img, err)
+	}
+	tk2, _ := s.Issue("t2", "rbd/img2", time.Minute)
+	for _, tc := range []struct {
+		ticket, id string
+		want       error
+	}{
+		{tk2, "t1", ErrTicketInvalid},
+		{tk, "t2", ErrTicketInvalid},
+		{"", "t1", ErrTicketInvalid},
+		{"not base64 !!", "t1", ErrTicketInvalid},
+		{tk[:10], "t1", ErrTicketInvalid},
+		{tk, "t3", ErrNoSession},
+	} {
+		if _, err := s.Validate(tc.ticket, tc.id); !errors.Is(err, tc.want) {
+			t.Errorf("Validate(%q, %q) = %v, want %v", tc.ticket, tc.id, err, tc.want)
+		}
+	}
+	now = now.Add(50 * time.Second)
+	s.Touch("t1") // renewed
+	now = now.Add(50 * time.Second)
+	if _, err := s.Validate(tk, "t1"); err != nil {
+		t.Fatalf("renewed ticket: %v", err)
+	}
+	if _, err := s.Validate(tk2, "t2"); !errors.Is(err, ErrTicketExpired) {
+		t.Fatalf("expired ticket: %v", err)
+	}
+	s.closeIssued("t1", tk2) // not t1's ticket: no effect
+	if _, err := s.Validate(tk, "t1"); err != nil {
+		t.Fatal(err)
+	}
+	s.Close("t1")
+	if _, err := s.Validate(tk, "t1"); !errors.Is(err, ErrNoSession) {
+		t.Fatalf("closed ticket: %v", err)
+	}
+	if _, err := s.Issue("", "x", time.Minute); err == nil {
+		t.Fatal("empty transfer id accepted")
+	}
+	if _, err := s.Issue("x", "x", 0); err == nil {
+		t.Fatal("zero ttl accepted")
+	}
+}
+
+// handClient speaks the protocol by hand after a valid Hello.
+type handClient struct {
+	c  *tls.Conn
+	bw *bufio.Writer
+	fr *frameReader
+}
+
+func dialHand(t *testing.T, ts *testServer, pki *testPKI, id, ticket string) *handClient {
+	t.Helper()
+	c := rawConn(t, ts.addr, pki.client)
+	h := &handClient{c: c, bw: bufio.NewWriter(c), fr: newFrameReader(c, 0)}
+	mustWrite(t, h.bw, &Hello{TransferID: id, Ticket: ticket})
+	if err := h.bw.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := h.fr.next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.(*HelloOK); !ok {
+		t.Fatalf("got %#v", f)
+	}
+	return h
+}
+
+// expectError reads until an Error frame (or the connection ends).
+func (h *handClient) expectError(t *testing.T, substr string) {
+	t.Helper()
+	for {
+		f, err := h.fr.next()
+		if err != nil {
+			t.Fatalf("connection ended without an Error frame: %v", err)
+		}
+		if e, ok := f.(*ErrorFrame); ok {
+			if !strings.Contains(e.Reason, substr) {
+				t.Fatalf("reason %q, want %q", e.Reason, substr)
+			}
+			return
+		}
+	}
+}
+
+func dataChunk(seq, off uint64, data []byte) *Chunk {
+	return &Chunk{Seq: seq, Offset: off, Length: uint64(len(data)), Kind: KindData,
+		Digest: ChunkDigest(off, uint64(len(data)), KindData, data), Payload: data}
+}
+
+func TestRefusesHostileChunks(t *testing.T) {
+	pki := newTestPKI(t)
+	ts := startServer(t, pki, nil)
+	const size = 256 << 10
+	payload := make([]byte, 4096)
+	fillRandom(newRand(5), payload)
+	cases := []struct {
+		name  string
+		frame func() *Chunk
+		want  error
+	}{
+		{"beyond the image end", func() *Chunk { return dataChunk(0, size-100, payload) }, ErrInvalidChunk},
+		{"far beyond the image end", func() *Chunk { return dataChunk(0, 1<<40, payload) }, ErrInvalidChunk},
+		{"offset+length overflows", func() *Chunk {
+			c := dataChunk(0, ^uint64(0)-10, payload)
+			return c
+		}, ErrInvalidChunk},
+		{"zero length", func() *Chunk { return dataChunk(0, 0, nil) }, ErrInvalidChunk},
+		{"bad digest", func() *Chunk {
+			c := dataChunk(0, 0, payload)
+			c.Digest[0] ^= 1
+			return c
+		}, ErrDigestMismatch},
+		{"payload shorter than length", func() *Chunk {
+			c := dataChunk(0, 0, payload)
+			c.Length++
+			return c
+		}, ErrInvalidChunk},
+		{"zero chunk with payload", func() *Chunk {
+			c := dataChunk(0, 0, payload)
+			c.Kind = KindZero
+			return c
+		}, ErrInvalidChunk},
+		{"bad zstd", func() *Chunk {
+			c := dataChunk(0, 0, payload)
+			c.Compressed = true
+			c.Payload = payload[:100]
+			return c
+		}, ErrInvalidChunk},
+		{"seq far ahead", func() *Chunk { return dataChunk(1<<40, 0, payload) }, ErrInvalidChunk},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			id := "hostile-" + string(rune('a'+i))
+			prep, dst := hostileSetup(t, ts, id, size)
+			h := dialHand(t, ts, pki, id, prep.Ticket)
+			mustWrite(t, h.bw, tc.frame())
+			_ = h.bw.Flush()
+			h.expectError(t, tc.want.Error())
+			if err := waitSession(t, prep); !errors.Is(err, tc.want) {
+				t.Fatalf("session ended with %v, want %v", err, tc.want)
+			}
+			assertNoWrites(t, dst)
+			ts.log.waitFor(t, `msg="session failed" transfer_id=`+id+" image=volumes/"+id+" stream=0 reason=", time.Second)
+		})
+	}
+}
+
+func TestRefusesOversizedFrameWithoutAllocating(t *testing.T) {
+	pki := newTestPKI(t)
+	ts := startServer(t, pki, nil)
+	prep, dst := hostileSetup(t, ts, "oversized", 1<<20)
+	h := dialHand(t, ts, pki, "oversized", prep.Ticket)
+	var hdr []byte
+	hdr = appendHeader(hdr, FrameChunk, 0)
+	binary.BigEndian.PutUint32(hdr[8:], 0xFFFFFFFF)
+	_, _ = h.c.Write(hdr)
+	h.expectError(t, ErrFrameTooLarge.Error())
+	if err := waitSession(t, prep); !errors.Is(err, ErrFrameTooLarge) {
+		t.Fatalf("session: %v", err)
+	}
+	assertNoWrites(t, dst)
+}
+
+func TestTruncatedStreamEndsSession(t *testing.T) {
+	pki := newTestPKI(t)
+	ts := startServer(t, pki, func(c *ServerConfig) {
+		c.TicketTTL = 300 * time.Millisecond
+		c.IdleTimeout = 300 * time.Millisecond
+	})
+	payload := make([]byte, 8192)
+	fillRandom(newRand(6), payload)
+	frame := AppendFrame(nil, dataChunk(0, 0, payload))
+
+	t.Run("closed mid-frame", func(t *testing.T) {
+		prep, dst := hostileSetup(t, ts, "trunc-closed", 1<<20)
+		h := dialHand(t, ts, pki, "trunc-closed", prep.Ticket)
+		_, _ = h.c.Write(frame[:len(frame)/2])
+		h.c.Close()
+		if err := waitSession(t, prep); !errors.Is(err, ErrTicketExpired) {
+			t.Fatalf("session: %v", err)
+		}
+		assertNoWrites(t, dst)
+		ts.log.waitFor(t, "truncated", time.Second)
+	})
+	t.Run("stalled mid-frame", func(t *testing.T) {
+		prep, dst := hostileSetup(t, ts, "trunc-stalled", 1<<20)
+		h := dialHand(t, ts, pki, "trunc-stalled", prep.Ticket)
+		_, _ = h.c.Write(frame[:len(frame)/2]) // and never the rest
+		if err := waitSession(t, prep); !errors.Is(err, ErrTicketExpired) {
+			t.Fatalf("session: %v", err)
+		}
+		assertNoWrites(t, dst)
+		ts.log.waitFor(t, "i/o timeout", time.Second)
+	})
+	t.Run("done before all chunks", func(t *testing.T) {
+		prep, dst := hostileSetup(t, ts, "trunc-done", 1<<20)
+		h := dialHand(t, ts, pki, "trunc-done", prep.Ticket)
+		mustWrite(t, h.bw, &Done{TotalChunks: 3})
+		_ = h.bw.Flush()
+		h.expectError(t, ErrIncomplete.Error())
+		if err := waitSession(t, prep); !errors.Is(err, ErrIncomplete) {
+			t.Fatalf("session: %v", err)
+		}
+		assertNoWrites(t, dst)
+	})
+	t.Run("wrong transfer digest", func(t *testing.T) {
+		prep, _ := hostileSetup(t, ts, "trunc-digest", 1<<20)
+		h := dialHand(t, ts, pki, "trunc-digest", prep.Ticket)
+		mustWrite(t, h.bw, dataChunk(0, 0, payload))
+		mustWrite(t, h.bw, &Done{TotalChunks: 1, Digest: [32]byte{9}})
+		_ = h.bw.Flush()
+		h.expectError(t, ErrDigestMismatch.Error())
+		if err := waitSession(t, prep); !errors.Is(err, ErrDigestMismatch) {
+			t.Fatalf("session: %v", err)
+		}
+	})
+}
+
+func TestServerRefusesGarbageBeforeHello(t *testing.T) {
+	pki := newTestPKI(t)
+	ts := startServer(t, pki, func(c *ServerConfig) { c.HandshakeTimeout = 300 * time.Millisecond })
+	c := rawConn(t, ts.addr, pki.client)
+	_, _ = c.Write([]byte("GET / HTTP/1.1\r\n\r\n"))
+	if f, err := ReadFrame(c, 0); err == nil {
+		if e, ok := f.(*ErrorFrame); !ok || !strings.Contains(e.Reason, "bad magic") {
+			t.Fatalf("got %#v", f)
+		}
+	}
+	// A client that never says Hello is cut off.
+	c2 := rawConn(t, ts.addr, pki.client)
+	_ = c2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := ReadFrame(c2, 0); err == nil || isTimeout(err) {
+		t.Fatalf("silent client not disconnected: %v", err)
+	}
+	ts.log.waitFor(t, "no hello within the handshake timeout", time.Second)
+}
+
+func TestNewServerRequiresMutualTLS(t *testing.T) {
+	pki := newTestPKI(t)
+	weak := pki.server.Clone()
+	weak.ClientAuth = tls.RequestClientCert
+	if _, err := NewServer(ServerConfig{TLSConfig: weak}); err == nil {
+		t.Fatal("server without client verification accepted")
+	}
+	old := pki.server.Clone()
+	old.MinVersion = tls.VersionTLS12
+	if _, err := NewServer(ServerConfig{TLSConfig: old}); err == nil {
+		t.Fatal("TLS 1.2 server accepted")
+	}
+	if _, err := NewServer(ServerConfig{}); err == nil {
+		t.Fatal("server without TLS accepted")
+	}
+	if pki.client.MinVersion != tls.VersionTLS13 || pki.client.ServerName != testServerName {
+		t.Fatalf("client config: %+v", pki.client)
+	}
+}
