@@ -25,7 +25,7 @@ import (
 // Sender defaults.
 const (
 	DefaultStreams          = 4
-	MaxStreams              = 64
+	MaxStreams              = 32
 	DefaultPipeline         = 2
 	DefaultIOTimeout        = 60 * time.Second
 	DefaultProgressInterval = 2 * time.Second
@@ -507,6 +507,11 @@ func (s *sender) connect(ctx context.Context, stream uint32) (*clientConn, error
 		if f.ChunkSize != s.req.ChunkSize {
 			tc.Close()
 			return nil, protoErrorf("destination session uses chunk size %d, sender %d", f.ChunkSize, s.req.ChunkSize)
+		}
+		if f.Watermark < s.resumeW {
+			tc.Close()
+			return nil, permanent(fmt.Errorf("%w: destination holds %d chunks, the sender would skip %d",
+				ErrCheckpoint, f.Watermark, s.resumeW))
 		}
 		return c, nil
 	case *ErrorFrame:

@@ -429,3 +429,91 @@ func TestNewServerRequiresMutualTLS(t *testing.T) {
 		t.Fatalf("client config: %+v", pki.client)
 	}
 }
+
+// failingImage fails writes after a number of them.
+type failingImage struct {
+	*memImage
+	left int
+}
+
+func (f *failingImage) WriteAt(p []byte, off int64) (int, error) {
+	f.mu.Lock()
+	f.left--
+	fail := f.left < 0
+	f.mu.Unlock()
+	if fail {
+		return 0, errors.New("rbd: EIO")
+	}
+	return f.memImage.WriteAt(p, off)
+}
+
+type failingStore struct{ MemCheckpointStore }
+
+func (*failingStore) SaveCheckpoint(context.Context, Checkpoint) error {
+	return errors.New("image meta: EROFS")
+}
+
+// Destination-side failures end the transfer in error on both sides.
+func TestDestinationFailuresEndTransfer(t *testing.T) {
+	pki := newTestPKI(t)
+	ts := startServer(t, pki, nil)
+	src, extents := denseImage(41, 4<<20)
+	for _, tc := range []struct {
+		name  string
+		image DestImage
+		store CheckpointStore
+		want  string
+	}{
+		{"write error", &failingImage{memImage: newMemImage(len(src)), left: 5}, &MemCheckpointStore{}, "EIO"},
+		{"checkpoint error", newMemImage(len(src)), &failingStore{}, "EROFS"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := "fail-" + strings.ReplaceAll(tc.name, " ", "-")
+			prep, err := ts.srv.PrepareSession(context.Background(), PrepareRequest{
+				TransferID: id, ImageName: "v/" + id, Image: tc.image, Checkpoints: tc.store, ChunkSize: 64 << 10,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			logger, _ := newTestLogger(t)
+			_, err = Send(ctx, SendRequest{
+				Addr: ts.addr, TLSConfig: pki.client, TransferID: id, Ticket: prep.Ticket,
+				Source: &memSource{data: src}, Extents: extents, ChunkSize: 64 << 10,
+				BandwidthLimit: 8 << 20, // long enough for a checkpoint to be due
+				Retry:          fastRetry(), Logger: logger,
+			})
+			if err == nil {
+				t.Fatal("send succeeded")
+			}
+			if serr := waitSession(t, prep); serr == nil || !strings.Contains(serr.Error(), tc.want) {
+				t.Fatalf("session: %v", serr)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("the source was not told why: %v", err)
+			}
+		})
+	}
+}
+
+// A source that would skip chunks the destination does not hold is
+// stopped at the first connection.
+func TestStaleResumePointRefused(t *testing.T) {
+	pki := newTestPKI(t)
+	ts := startServer(t, pki, nil)
+	src, extents := denseImage(42, 1<<20)
+	prep, _ := hostileSetup(t, ts, "stale", len(src))
+	f, _ := newDigestFolder(0, 0, nil, 8)
+	f.add(0, 1, [32]byte{})
+	w, b, st, _, _ := f.snapshot()
+	logger, _ := newTestLogger(t)
+	_, err := Send(context.Background(), SendRequest{
+		Addr: ts.addr, TLSConfig: pki.client, TransferID: "stale", Ticket: prep.Ticket,
+		Source: &memSource{data: src}, Extents: extents, ChunkSize: 64 << 10, Retry: fastRetry(), Logger: logger,
+		ResumeFrom: &Checkpoint{TransferID: "stale", ChunkSize: 64 << 10, Watermark: w, BytesDone: b, DigestState: st},
+	})
+	if !errors.Is(err, ErrCheckpoint) {
+		t.Fatalf("err = %v", err)
+	}
+}

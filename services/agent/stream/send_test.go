@@ -12,8 +12,7 @@ import (
 	"time"
 )
 
-// transfer prepares a session on ts and runs Send; it returns both sides'
-// results.
+// transferSetup describes one transfer for runTransfer.
 type transferSetup struct {
 	id       string
 	src      []byte
@@ -22,10 +21,11 @@ type transferSetup struct {
 	store    CheckpointStore
 	cs       uint64
 	mutate   func(*SendRequest)
-	resume   bool
 	imageRef string
 }
 
+// runTransfer prepares a session on ts (resuming from its checkpoint if
+// any) and runs Send; it returns both sides' results.
 func runTransfer(t *testing.T, ctx context.Context, ts *testServer, pki *testPKI, tr transferSetup) (Result, CommitResult, PrepareResponse, error) {
 	t.Helper()
 	if tr.store == nil {

@@ -19,7 +19,7 @@ const (
 	DefaultIdleTimeout        = 60 * time.Second
 	DefaultCheckpointInterval = time.Second
 	DefaultCheckpointBytes    = 256 << 20
-	DefaultMaxStreams         = 32
+	DefaultMaxStreams         = MaxStreams + 8 // the sender's maximum, its control connection and stragglers
 	DefaultMaxPending         = 4096
 )
 
@@ -91,7 +91,13 @@ type Server struct {
 	mu       sync.Mutex
 	sessions map[string]*Session
 	closed   bool
+	// ended remembers why recent sessions ended (bounded), so that a
+	// stream reconnecting to a failed session learns the reason.
+	ended      map[string]string
+	endedOrder []string
 }
+
+const maxEndedReasons = 256
 
 // NewServer checks cfg and returns a server with no session.
 func NewServer(cfg ServerConfig) (*Server, error) {
@@ -110,6 +116,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		log:      cfg.Logger,
 		tickets:  cfg.Tickets,
 		sessions: make(map[string]*Session),
+		ended:    make(map[string]string),
 	}, nil
 }
 
@@ -268,12 +275,33 @@ func (s *Server) Close(ctx context.Context) error {
 	return nil
 }
 
-func (s *Server) removeSession(sess *Session) {
+func (s *Server) removeSession(sess *Session, reason error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.sessions[sess.id] == sess {
-		delete(s.sessions, sess.id)
+	if s.sessions[sess.id] != sess {
+		return
 	}
+	delete(s.sessions, sess.id)
+	why := "committed"
+	if reason != nil {
+		why = reason.Error()
+	}
+	if _, ok := s.ended[sess.id]; !ok {
+		s.endedOrder = append(s.endedOrder, sess.id)
+	}
+	s.ended[sess.id] = why
+	if len(s.endedOrder) > maxEndedReasons {
+		delete(s.ended, s.endedOrder[0])
+		s.endedOrder = s.endedOrder[1:]
+	}
+}
+
+// endedReason is why transferID's last session ended, if remembered.
+func (s *Server) endedReason(transferID string) (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.ended[transferID]
+	return r, ok
 }
 
 // Serve accepts TLS connections on ln until ctx is done, then closes ln,
@@ -376,6 +404,11 @@ func sendError(bw *bufio.Writer, err error) {
 // session.
 func (s *Server) authorize(h *Hello) (*Session, error) {
 	image, err := s.tickets.Validate(h.Ticket, h.TransferID)
+	if errors.Is(err, ErrNoSession) {
+		if why, ok := s.endedReason(h.TransferID); ok {
+			return nil, fmt.Errorf("%w: the session ended: %s", ErrNoSession, why)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -142,7 +142,7 @@ func (s *Session) end(err error, save bool) bool {
 	s.ended, s.err, s.saveOnEnd = true, err, save
 	s.mu.Unlock()
 	s.srv.tickets.closeIssued(s.id, s.ticket)
-	s.srv.removeSession(s)
+	s.srv.removeSession(s, err)
 	s.cancel()
 	return true
 }
