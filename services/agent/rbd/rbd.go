@@ -449,3 +449,8 @@ func (i *Image) LockExclusive() error {
 func (i *Image) ReleaseLock() error {
 	return translate(i.img.LockRelease(), "releasing the lock of "+i.String())
 }
+
+// RollbackToSnapshot makes the head equal to snapshot name again.
+func (i *Image) RollbackToSnapshot(name string) error {
+	return translate(i.img.GetSnapshot(name).Rollback(), "rolling "+i.String()+" back to "+name)
+}

@@ -1,0 +1,250 @@
+package transfer
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/ferry-project/ferry/services/agent/rbd"
+	"github.com/ferry-project/ferry/services/agent/stream"
+)
+
+const featureFastDiff = 1 << 4
+
+// Job is one transfer as the source agent runs it.
+type Job struct {
+	TransferID string
+	ProjectID  string
+	Mode       string // auto (default), full, incremental
+	Pool       string
+	Image      string
+	// Snapshot names an existing source snapshot to copy; empty: Ferry
+	// takes ferry-<transfer id>.
+	Snapshot  string
+	DestPool  string // default Pool
+	DestImage string // default Image
+}
+
+// Options tune the data stream.
+type Options struct {
+	Streams        int
+	ChunkSize      uint64
+	Compression    stream.Compression
+	BandwidthLimit int64
+	// ClientTLS builds the client TLS config for a destination name.
+	ClientTLS func(serverName string) (*tls.Config, error)
+	Progress  func(stream.Progress)
+	// Retry of dropped streams; zero values take the stream defaults.
+	Retry stream.RetryPolicy
+}
+
+// Result of a completed transfer.
+type Result struct {
+	Digest     string
+	Mode       string // full or incremental, as run
+	Base       string
+	Snapshot   string
+	BytesTotal uint64 // the image's size
+	BytesDone  uint64
+	Stream     stream.Result
+	Resumed    bool
+	Removed    []string // old snapshots removed at the source
+	// DestRemoved are old snapshots removed at the destination.
+	DestRemoved []string
+}
+
+// Source is the source side of transfers on one agent.
+type Source struct {
+	cluster *rbd.Cluster
+	pools   []string
+	opts    Options
+	log     *slog.Logger
+}
+
+// NewSource reads from cluster's allowed pools.
+func NewSource(cluster *rbd.Cluster, pools []string, opts Options, log *slog.Logger) *Source {
+	return &Source{cluster: cluster, pools: pools, opts: opts, log: log}
+}
+
+// Run copies job's image to the destination behind dest. Running it again
+// after a failure resumes from the destination's checkpoint.
+func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error) {
+	if job.Mode == "" {
+		job.Mode = ModeAuto
+	}
+	if job.DestPool == "" {
+		job.DestPool = job.Pool
+	}
+	if job.DestImage == "" {
+		job.DestImage = job.Image
+	}
+	if err := allowed(s.pools, job.Pool); err != nil {
+		return Result{}, err
+	}
+	log := s.log.With("transfer_id", job.TransferID, "image", job.Pool+"/"+job.Image)
+	snap, err := s.ensureSnapshot(ctx, job)
+	if err != nil {
+		return Result{}, err
+	}
+	img, err := s.cluster.OpenImage(ctx, job.Pool, job.Image, snap, true)
+	if err != nil {
+		return Result{}, err
+	}
+	defer img.Close()
+	info, err := img.Info()
+	if err != nil {
+		return Result{}, err
+	}
+	all, err := img.Snapshots()
+	if err != nil {
+		return Result{}, err
+	}
+	// Candidates for a base: Ferry's snapshots older than this one,
+	// newest first.
+	var candidates []string
+	for i := len(all) - 1; i >= 0; i-- {
+		n := all[i].Name
+		if n != snap && strings.HasPrefix(n, SnapshotPrefix) {
+			candidates = append(candidates, n)
+		}
+	}
+	chunk := s.opts.ChunkSize
+	if chunk == 0 {
+		chunk = stream.DefaultChunkSize
+	}
+	prep, err := dest.Prepare(ctx, PrepareRequest{
+		TransferID: job.TransferID, ProjectID: job.ProjectID, Mode: job.Mode,
+		Pool: job.DestPool, Image: job.DestImage,
+		SourceFSID: s.cluster.FSID(), SourceImageID: info.ID, SourceName: job.Pool + "/" + job.Image,
+		Size: info.Size, Order: info.Order, Features: info.Features,
+		Snapshot: snap, Candidates: candidates, ChunkSize: chunk,
+	})
+	if err != nil {
+		return Result{}, fmt.Errorf("prepare at the destination: %w", err)
+	}
+	if prep.Base != "" && !slices.Contains(candidates, prep.Base) {
+		return Result{}, fmt.Errorf("destination chose base %q, which the source does not have", prep.Base)
+	}
+	mode := ModeFull
+	if prep.Base != "" {
+		mode = ModeIncremental
+	}
+	log = log.With("mode", mode, "base", prep.Base, "snapshot", snap)
+
+	extents, err := s.extents(ctx, img, prep.Base, info)
+	if err != nil {
+		s.abort(dest, job.TransferID, err)
+		return Result{}, err
+	}
+	tlsCfg, err := s.opts.ClientTLS(prep.ServerName)
+	if err != nil {
+		s.abort(dest, job.TransferID, err)
+		return Result{}, err
+	}
+	var resume *stream.Checkpoint
+	if prep.Checkpoint.Watermark > 0 {
+		resume = &prep.Checkpoint
+	}
+	log.Info("sending", "extents", len(extents), "size", info.Size, "resume_watermark", prep.Checkpoint.Watermark)
+	sres, err := stream.Send(ctx, stream.SendRequest{
+		Addr: prep.Endpoint, TLSConfig: tlsCfg,
+		TransferID: job.TransferID, Ticket: prep.Ticket,
+		Source: &sourceImage{img: img, size: info.Size}, Extents: extents,
+		ChunkSize: prep.ChunkSize, Streams: s.opts.Streams, Compression: s.opts.Compression,
+		BandwidthLimit: s.opts.BandwidthLimit, ResumeFrom: resume, Retry: s.opts.Retry,
+		Progress: s.opts.Progress, Logger: log,
+	})
+	if err != nil {
+		s.abort(dest, job.TransferID, err)
+		return Result{}, fmt.Errorf("sending: %w", err)
+	}
+	fin, err := dest.Finish(ctx, FinishRequest{TransferID: job.TransferID, Digest: sres.Digest})
+	if err != nil {
+		return Result{}, fmt.Errorf("finishing at the destination: %w", err)
+	}
+	res := Result{
+		Digest: sres.Digest, Mode: mode, Base: prep.Base, Snapshot: snap, BytesTotal: info.Size,
+		BytesDone: sres.BytesDone, Stream: sres, Resumed: prep.Resumed, DestRemoved: fin.Removed,
+	}
+	// The new snapshot is the next base on both sides; older ones of
+	// Ferry's go. A failure here leaves only space behind.
+	if removed, err := s.removeOld(ctx, job, snap); err != nil {
+		log.Warn("removing old source snapshots", "error", err)
+	} else {
+		res.Removed = removed
+	}
+	log.Info("completed", "digest", sres.Digest, "bytes_sent", sres.BytesSent, "duration", sres.Duration.Round(time.Millisecond))
+	return res, nil
+}
+
+// ensureSnapshot returns the snapshot to copy, taking ferry-<id> if needed.
+func (s *Source) ensureSnapshot(ctx context.Context, job Job) (string, error) {
+	if job.Snapshot != "" {
+		img, err := s.cluster.OpenImage(ctx, job.Pool, job.Image, job.Snapshot, true)
+		if err != nil {
+			return "", fmt.Errorf("source snapshot: %w", err)
+		}
+		return job.Snapshot, img.Close()
+	}
+	snap := SnapshotPrefix + job.TransferID
+	img, err := s.cluster.OpenImage(ctx, job.Pool, job.Image, "", false)
+	if err != nil {
+		return "", fmt.Errorf("source image: %w", err)
+	}
+	defer img.Close()
+	if err := img.CreateSnapshot(snap); err != nil && !errors.Is(err, rbd.ErrExists) {
+		return "", err
+	}
+	return snap, nil
+}
+
+// extents lists what to send: the diff from base, or every allocated
+// extent (parent data included) for a full copy. A full copy of an image
+// with fast-diff lists whole objects from the object map (cheap on huge
+// images; all-zero reads still travel as zero chunks); an incremental uses
+// exact extents, so that 64 KiB writes do not resend 4 MiB objects.
+func (s *Source) extents(ctx context.Context, img *rbd.Image, base string, info rbd.Info) ([]stream.Extent, error) {
+	var out []stream.Extent
+	whole := base == "" && info.Features&featureFastDiff != 0 && info.Parent == ""
+	err := img.Diff(ctx, base, whole, func(off, length uint64, exists bool) error {
+		if n := len(out); n > 0 {
+			last := &out[n-1]
+			if last.Offset+last.Length == off && last.Zero == !exists {
+				last.Length += length
+				return nil
+			}
+		}
+		out = append(out, stream.Extent{Offset: off, Length: length, Zero: !exists})
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if base == "" {
+		// A full copy into a zeroed image: holes need nothing.
+		out = slices.DeleteFunc(out, func(e stream.Extent) bool { return e.Zero })
+	}
+	return out, nil
+}
+
+func (s *Source) removeOld(ctx context.Context, job Job, keep string) ([]string, error) {
+	img, err := s.cluster.OpenImage(ctx, job.Pool, job.Image, "", false)
+	if err != nil {
+		return nil, err
+	}
+	defer img.Close()
+	return removeOldSnapshots(img, keep)
+}
+
+func (s *Source) abort(dest Preparer, transferID string, cause error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := dest.Abort(ctx, transferID, cause.Error()); err != nil && !errors.Is(err, ErrNoSession) {
+		s.log.Warn("aborting at the destination", "transfer_id", transferID, "error", err)
+	}
+}

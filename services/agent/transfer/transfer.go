@@ -1,0 +1,180 @@
+// Package transfer runs one RBD transfer on each side: the source snapshots
+// the image, asks the destination to prepare, lists the extents to send
+// (DiffIterate from the newest common base, or every allocated extent for a
+// full copy) and streams them; the destination opens or creates the image,
+// fences it, writes and verifies what arrives and ends with a snapshot of
+// the same name as the source's, the base of the next incremental.
+//
+// It joins services/agent/rbd (Ceph) and services/agent/stream (the wire);
+// the Preparer interface is how the source reaches the destination: a
+// *Dest directly in-process, an RPC client across processes.
+package transfer
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/ferry-project/ferry/services/agent/stream"
+)
+
+// Image metadata that Ferry keeps on the images it creates (rbd image-meta).
+const (
+	MetaOwner         = "ferry.owner" // always OwnerValue
+	MetaProject       = "ferry.project_id"
+	MetaCreatedBy     = "ferry.created_by_transfer"
+	MetaSourceFSID    = "ferry.source_fsid"
+	MetaSourceImageID = "ferry.source_image_id"
+	MetaSourceName    = "ferry.source_image"
+	MetaBase          = "ferry.base_snapshot" // the last completed snapshot
+	MetaCheckpoint    = "ferry.checkpoint"    // stream.Checkpoint, JSON
+	MetaWriting       = "ferry.writing"       // writingState, JSON: head is being written
+	OwnerValue        = "ferry"
+	// SnapshotPrefix names the snapshots Ferry takes (ferry-<transfer id>);
+	// only those are ever removed by Ferry.
+	SnapshotPrefix = "ferry-"
+)
+
+// Modes of a transfer.
+const (
+	ModeAuto        = "auto"
+	ModeFull        = "full"
+	ModeIncremental = "incremental"
+)
+
+// Errors a caller maps to API answers.
+var (
+	ErrNotOwned       = errors.New("destination image exists and was not created by Ferry for this source")
+	ErrPoolNotAllowed = errors.New("pool is not in this agent's allow-list")
+	ErrNoBase         = errors.New("no common base snapshot for an incremental transfer")
+	ErrNoSession      = errors.New("no open session for this transfer on this agent")
+	ErrDigestMismatch = errors.New("transfer digests differ between source and destination")
+	ErrBadRequest     = errors.New("bad transfer request")
+)
+
+// PrepareRequest is what the source tells the destination before sending.
+type PrepareRequest struct {
+	TransferID string `json:"transfer_id"`
+	ProjectID  string `json:"project_id,omitempty"`
+	Mode       string `json:"mode"`
+	// Pool and Image name the destination image.
+	Pool  string `json:"pool"`
+	Image string `json:"image"`
+	// The source's identity: an existing destination image is only
+	// written when it was created by Ferry from this very source.
+	SourceFSID    string `json:"source_fsid"`
+	SourceImageID string `json:"source_image_id"`
+	SourceName    string `json:"source_name"`
+	// Geometry of the source snapshot.
+	Size     uint64 `json:"size"`
+	Order    uint64 `json:"order"`
+	Features uint64 `json:"features"`
+	// Snapshot is the name the destination ends with.
+	Snapshot string `json:"snapshot"`
+	// Candidates are the source's older snapshots, newest first: the
+	// destination picks the newest it also has as the incremental base.
+	Candidates []string `json:"candidates,omitempty"`
+	ChunkSize  uint64   `json:"chunk_size"`
+}
+
+// Validate checks the request's fields.
+func (r *PrepareRequest) Validate() error {
+	bad := func(f string, a ...any) error { return fmt.Errorf("%w: %s", ErrBadRequest, fmt.Sprintf(f, a...)) }
+	switch {
+	case r.TransferID == "" || len(r.TransferID) > stream.MaxIDLen:
+		return bad("transfer id must have 1..%d bytes", stream.MaxIDLen)
+	case !validName(r.Pool) || !validName(r.Image):
+		return bad("destination %q/%q is not a pool and image name", r.Pool, r.Image)
+	case !validName(r.Snapshot):
+		return bad("snapshot name %q", r.Snapshot)
+	case r.SourceFSID == "" || r.SourceImageID == "":
+		return bad("source identity missing")
+	case r.Order < 12 || r.Order > 26:
+		return bad("object order %d outside 12..26", r.Order)
+	}
+	switch r.Mode {
+	case ModeAuto, ModeFull, ModeIncremental:
+	default:
+		return bad("mode %q is not auto, full or incremental", r.Mode)
+	}
+	return nil
+}
+
+// validName accepts RBD pool, image and snapshot names.
+func validName(s string) bool {
+	return s != "" && len(s) <= 255 && !strings.ContainsAny(s, "/@\x00")
+}
+
+// PrepareResponse is the destination's answer.
+type PrepareResponse struct {
+	// Endpoint is the destination's data port, ServerName the name its
+	// certificate carries.
+	Endpoint   string `json:"endpoint"`
+	ServerName string `json:"server_name"`
+	Ticket     string `json:"ticket"`
+	ChunkSize  uint64 `json:"chunk_size"`
+	// Checkpoint is where to resume (watermark 0 from the start).
+	Checkpoint stream.Checkpoint `json:"checkpoint"`
+	Resumed    bool              `json:"resumed"`
+	// Base is the incremental base, empty for a full copy.
+	Base    string `json:"base,omitempty"`
+	Created bool   `json:"created"`
+}
+
+// FinishRequest asks the destination to seal a sent transfer.
+type FinishRequest struct {
+	TransferID string `json:"transfer_id"`
+	Digest     string `json:"digest"`
+}
+
+// FinishResponse is the destination's account of a sealed transfer.
+type FinishResponse struct {
+	Digest    string   `json:"digest"`
+	BytesDone uint64   `json:"bytes_done"`
+	Snapshot  string   `json:"snapshot"`
+	Removed   []string `json:"removed_snapshots,omitempty"`
+}
+
+// Preparer is the destination as the source sees it.
+type Preparer interface {
+	Prepare(ctx context.Context, req PrepareRequest) (PrepareResponse, error)
+	Finish(ctx context.Context, req FinishRequest) (FinishResponse, error)
+	Abort(ctx context.Context, transferID, reason string) error
+}
+
+// writingState marks a destination head that a transfer is writing: a
+// resume must use the same base, another transfer must roll back first.
+type writingState struct {
+	TransferID string `json:"transfer_id"`
+	Base       string `json:"base,omitempty"`
+	Snapshot   string `json:"snapshot"`
+	Size       uint64 `json:"size"`
+}
+
+func decodeWriting(s string) (writingState, bool) {
+	var w writingState
+	if s == "" || json.Unmarshal([]byte(s), &w) != nil || w.TransferID == "" {
+		return writingState{}, false
+	}
+	return w, true
+}
+
+// chooseBase picks the newest candidate the destination also has.
+func chooseBase(candidates, destSnaps []string) string {
+	for _, c := range candidates {
+		if slices.Contains(destSnaps, c) {
+			return c
+		}
+	}
+	return ""
+}
+
+func allowed(pools []string, pool string) error {
+	if !slices.Contains(pools, pool) {
+		return fmt.Errorf("%w: %q (allowed: %s)", ErrPoolNotAllowed, pool, strings.Join(pools, ", "))
+	}
+	return nil
+}

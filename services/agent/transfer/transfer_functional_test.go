@@ -1,0 +1,312 @@
+//go:build functional
+
+package transfer
+
+import (
+	"context"
+	"errors"
+	"os/exec"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ferry-project/ferry/services/agent/rbd"
+	"github.com/ferry-project/ferry/services/agent/stream"
+)
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// A full copy of an image whose size is not a multiple of the object or
+// chunk size, then an incremental with new data and a zeroed range: both
+// byte-identical, only the changes cross, old snapshots removed.
+func TestFullThenIncremental(t *testing.T) {
+	h := newHarness(t, Options{})
+	ctx := ctxT(t)
+	name := uniq("xfer-inc")
+	const size = 40<<20 + 3*4096 + 512
+	img := h.newImage(name, size)
+	writeRandom(t, img, 0, 3<<20)
+	writeRandom(t, img, 9<<20+777, 1<<20)
+	writeRandom(t, img, size-8192, 8192) // the last, partial object
+
+	r1, err := h.source.Run(ctx, Job{TransferID: "t1-" + name, Pool: h.pool, Image: name}, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r1.Mode != ModeFull || r1.Snapshot != "ferry-t1-"+name || r1.BytesTotal != size {
+		t.Errorf("first run %+v", r1)
+	}
+	h.sameImage(name, r1.Snapshot)
+	if r1.Stream.BytesSent > 3*(5<<20) {
+		t.Errorf("full copy of ~4 MiB of data sent %d bytes", r1.Stream.BytesSent)
+	}
+	md := metadataOf(t, h.dst, h.pool, name)
+	if md[MetaOwner] != OwnerValue || md[MetaSourceFSID] != h.src.FSID() || md[MetaBase] != r1.Snapshot || md[MetaWriting] != "" || md[MetaCheckpoint] != "" {
+		t.Errorf("destination metadata after the full copy: %v", md)
+	}
+
+	// Changes: new data, and a range zeroed (discarded) over old data.
+	writeRandom(t, img, 20<<20, 64<<10)
+	if err := img.WriteZeroes(1<<20, 512<<10); err != nil {
+		t.Fatal(err)
+	}
+	r2, err := h.source.Run(ctx, Job{TransferID: "t2-" + name, Pool: h.pool, Image: name, Mode: ModeIncremental}, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r2.Mode != ModeIncremental || r2.Base != r1.Snapshot {
+		t.Errorf("second run mode %s base %q, want incremental from %s", r2.Mode, r2.Base, r1.Snapshot)
+	}
+	h.sameImage(name, r2.Snapshot)
+	if r2.Stream.BytesSent > 2<<20 {
+		t.Errorf("incremental of 64 KiB + a zeroed range sent %d bytes", r2.Stream.BytesSent)
+	}
+	for _, c := range []*rbd.Cluster{h.src, h.dst} {
+		if snaps := snapshotsOf(t, c, h.pool, name); !slices.Equal(snaps, []string{r2.Snapshot}) {
+			t.Errorf("snapshots after the incremental: %v, want only %s", snaps, r2.Snapshot)
+		}
+	}
+}
+
+// A source grown and then shrunk between snapshots.
+func TestGrowAndShrink(t *testing.T) {
+	h := newHarness(t, Options{})
+	ctx := ctxT(t)
+	name := uniq("xfer-resize")
+	img := h.newImage(name, 8<<20)
+	writeRandom(t, img, 0, 8<<20)
+	r, err := h.source.Run(ctx, Job{TransferID: "g1-" + name, Pool: h.pool, Image: name}, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.sameImage(name, r.Snapshot)
+
+	if err := img.Resize(20<<20 + 4096); err != nil {
+		t.Fatal(err)
+	}
+	writeRandom(t, img, 20<<20-4096, 8192)
+	r, err = h.source.Run(ctx, Job{TransferID: "g2-" + name, Pool: h.pool, Image: name}, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Mode != ModeIncremental || r.BytesTotal != 20<<20+4096 {
+		t.Errorf("grown: %+v", r)
+	}
+	h.sameImage(name, r.Snapshot)
+
+	if err := img.Resize(5<<20 + 512); err != nil {
+		t.Fatal(err)
+	}
+	writeRandom(t, img, 4<<20, 4096)
+	r, err = h.source.Run(ctx, Job{TransferID: "g3-" + name, Pool: h.pool, Image: name}, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.sameImage(name, r.Snapshot)
+	if r.BytesTotal != 5<<20+512 {
+		t.Errorf("shrunk size %d", r.BytesTotal)
+	}
+}
+
+func TestZeroByteImage(t *testing.T) {
+	h := newHarness(t, Options{})
+	name := uniq("xfer-empty")
+	h.newImage(name, 0)
+	r, err := h.source.Run(ctxT(t), Job{TransferID: "z-" + name, Pool: h.pool, Image: name}, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.BytesTotal != 0 {
+		t.Errorf("size %d", r.BytesTotal)
+	}
+	h.sameImage(name, r.Snapshot)
+}
+
+// A mostly-empty image: only the allocated bytes cross.
+func TestSparseImage(t *testing.T) {
+	h := newHarness(t, Options{})
+	name := uniq("xfer-sparse")
+	img := h.newImage(name, 2<<30)
+	for _, off := range []int64{0, 700 << 20, 2<<30 - 4096} {
+		writeRandom(t, img, off, 4096)
+	}
+	r, err := h.source.Run(ctxT(t), Job{TransferID: "s-" + name, Pool: h.pool, Image: name}, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.sameImage(name, r.Snapshot)
+	if r.Stream.BytesSent > 3*(4<<20) {
+		t.Errorf("a 2 GiB image with 12 KiB of data sent %d bytes", r.Stream.BytesSent)
+	}
+}
+
+// A clone (a Cinder volume made from a Glance image) is copied whole,
+// parent data included; the destination is a standalone image.
+func TestCloneCopiedWhole(t *testing.T) {
+	h := newHarness(t, Options{})
+	parent := uniq("xfer-parent")
+	pimg := h.newImage(parent, 16<<20)
+	writeRandom(t, pimg, 0, 16<<20)
+	if err := pimg.CreateSnapshot("base"); err != nil {
+		t.Fatal(err)
+	}
+	child := uniq("xfer-clone")
+	spec := h.pool + "/" + parent + "@base"
+	for _, args := range [][]string{{"snap", "protect", spec}, {"clone", spec, h.pool + "/" + child}} {
+		if out, err := exec.Command("rbd", append([]string{"-c", h.srcConf}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("rbd %v: %v %s", args, err, out)
+		}
+	}
+	t.Cleanup(func() {
+		exec.Command("rbd", "-c", h.srcConf, "snap", "purge", h.pool+"/"+child).Run()
+		exec.Command("rbd", "-c", h.srcConf, "rm", h.pool+"/"+child).Run()
+		exec.Command("rbd", "-c", h.dstConf, "snap", "purge", h.pool+"/"+child).Run()
+		exec.Command("rbd", "-c", h.dstConf, "rm", h.pool+"/"+child).Run()
+		exec.Command("rbd", "-c", h.srcConf, "snap", "unprotect", spec).Run()
+	})
+	cimg, err := h.src.OpenImage(context.Background(), h.pool, child, "", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRandom(t, cimg, 4<<20, 4096) // the child's own change
+	cimg.Close()
+
+	r, err := h.source.Run(ctxT(t), Job{TransferID: "c-" + child, Pool: h.pool, Image: child}, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.sameImage(child, r.Snapshot)
+	if r.Stream.BytesRead < 15<<20 {
+		t.Errorf("clone copy read %d bytes: parent data missing", r.Stream.BytesRead)
+	}
+}
+
+// An image with many snapshots of its own: they stay, the copy is right.
+func TestManySnapshots(t *testing.T) {
+	h := newHarness(t, Options{})
+	name := uniq("xfer-snaps")
+	img := h.newImage(name, 8<<20)
+	for i := range 12 {
+		writeRandom(t, img, int64(i)*(512<<10), 4096)
+		if err := img.CreateSnapshot("user-" + string(rune('a'+i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := h.source.Run(ctxT(t), Job{TransferID: "m-" + name, Pool: h.pool, Image: name}, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.sameImage(name, r.Snapshot)
+	if n := len(snapshotsOf(t, h.src, h.pool, name)); n != 13 {
+		t.Errorf("source has %d snapshots, want its 12 plus Ferry's", n)
+	}
+}
+
+// An existing destination image that Ferry did not create is never written.
+func TestRefusesForeignDestination(t *testing.T) {
+	h := newHarness(t, Options{})
+	ctx := ctxT(t)
+	name := uniq("xfer-foreign")
+	img := h.newImage(name, 4<<20)
+	writeRandom(t, img, 0, 4096)
+	if err := h.dst.CreateImage(ctx, h.pool, name, rbd.ImageSpec{Size: 4 << 20, Order: 22}); err != nil {
+		t.Fatal(err)
+	}
+	before := exportSHA(t, h.dstConf, h.pool+"/"+name)
+	_, err := h.source.Run(ctx, Job{TransferID: "f-" + name, Pool: h.pool, Image: name}, h.dest)
+	if !errors.Is(err, ErrNotOwned) {
+		t.Fatalf("err = %v, want ErrNotOwned", err)
+	}
+	if after := exportSHA(t, h.dstConf, h.pool+"/"+name); after != before {
+		t.Error("the foreign image was modified")
+	}
+}
+
+// mode=incremental without a common base is a clear error; auto falls back
+// to a full copy.
+func TestIncrementalNeedsBase(t *testing.T) {
+	h := newHarness(t, Options{})
+	ctx := ctxT(t)
+	name := uniq("xfer-nobase")
+	img := h.newImage(name, 4<<20)
+	writeRandom(t, img, 0, 4096)
+	_, err := h.source.Run(ctx, Job{TransferID: "n1-" + name, Pool: h.pool, Image: name, Mode: ModeIncremental}, h.dest)
+	if !errors.Is(err, ErrNoBase) {
+		t.Fatalf("err = %v, want ErrNoBase", err)
+	}
+	if _, err := h.dst.OpenImage(ctx, h.pool, name, "", true); !errors.Is(err, rbd.ErrNotFound) {
+		t.Errorf("destination image exists after a refused incremental: %v", err)
+	}
+	r, err := h.source.Run(ctx, Job{TransferID: "n2-" + name, Pool: h.pool, Image: name}, h.dest)
+	if err != nil || r.Mode != ModeFull {
+		t.Fatalf("auto: %+v %v", r, err)
+	}
+	h.sameImage(name, r.Snapshot)
+}
+
+func TestPoolAllowList(t *testing.T) {
+	h := newHarness(t, Options{})
+	_, err := h.source.Run(ctxT(t), Job{TransferID: "p-x", Pool: "images", Image: "x"}, h.dest)
+	if !errors.Is(err, ErrPoolNotAllowed) {
+		t.Fatalf("source pool outside the allow-list: %v", err)
+	}
+	name := uniq("xfer-pool")
+	img := h.newImage(name, 4<<20)
+	writeRandom(t, img, 0, 4096)
+	_, err = h.source.Run(ctxT(t), Job{TransferID: "p-" + name, Pool: h.pool, Image: name, DestPool: "backups"}, h.dest)
+	if !errors.Is(err, ErrPoolNotAllowed) {
+		t.Fatalf("destination pool outside the allow-list: %v", err)
+	}
+}
+
+// A transfer stopped half-way resumes from the destination's checkpoint:
+// what was written is not sent again (beyond the checkpoint lag).
+func TestResumeAfterInterruption(t *testing.T) {
+	var cancelAt atomic.Pointer[context.CancelFunc]
+	var done atomic.Uint64
+	const size = 96 << 20
+	h := newHarness(t, Options{
+		BandwidthLimit: 24 << 20, // about 4 s in all
+		Progress: func(p stream.Progress) {
+			done.Store(p.BytesDone)
+			if c := cancelAt.Load(); c != nil && p.BytesDone >= size/2 {
+				(*c)()
+			}
+		},
+	})
+	name := uniq("xfer-resume")
+	img := h.newImage(name, size)
+	writeRandom(t, img, 0, size)
+
+	ctx1, cancel1 := context.WithCancel(ctxT(t))
+	cancelAt.Store(&cancel1)
+	job := Job{TransferID: "r-" + name, Pool: h.pool, Image: name}
+	if _, err := h.source.Run(ctx1, job, h.dest); err == nil {
+		t.Fatal("the interrupted run succeeded")
+	}
+	cancelAt.Store(nil)
+	first := done.Load()
+	if first < size/2 || first >= size {
+		t.Fatalf("interrupted at %d of %d bytes", first, size)
+	}
+	time.Sleep(1500 * time.Millisecond) // let the destination notice and save
+
+	r, err := h.source.Run(ctxT(t), job, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.Resumed || r.Stream.SkippedChunks == 0 {
+		t.Errorf("second run did not resume: %+v", r)
+	}
+	h.sameImage(name, r.Snapshot)
+	resent := int64(r.Stream.BytesSent) - int64(size-first)
+	if resent > int64(first)/10 {
+		t.Errorf("re-sent %d bytes of %d already written (> 10%%)", resent, first)
+	}
+	t.Logf("interrupted at %d MiB; second run sent %d MiB, re-sent %d KiB", first>>20, r.Stream.BytesSent>>20, resent>>10)
+}
