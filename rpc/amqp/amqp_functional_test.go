@@ -13,7 +13,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
-func transportURL(t *testing.T) string {
+func transportURL(t testing.TB) string {
 	t.Helper()
 	u := os.Getenv("TRANSPORT_URL")
 	if u == "" {

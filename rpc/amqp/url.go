@@ -1,4 +1,3 @@
-// Package amqp is Ferry's RabbitMQ transport, on amqp091-go.
 package amqp
 
 import (
@@ -80,6 +79,12 @@ func Ping(ctx context.Context, transportURL string) error {
 
 // dial connects with the context's deadline (10 s at most) as timeout.
 func dial(ctx context.Context, uri string) (*amqp.Connection, error) {
+	return dialNamed(ctx, uri, "ferry")
+}
+
+// dialNamed is dial with the connection name the broker shows (rabbitmqctl
+// list_connections client_properties, management UI).
+func dialNamed(ctx context.Context, uri, name string) (*amqp.Connection, error) {
 	timeout := 10 * time.Second
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
 		timeout = max(time.Until(dl), time.Millisecond)
@@ -91,7 +96,7 @@ func dial(ctx context.Context, uri string) (*amqp.Connection, error) {
 			d := net.Dialer{Timeout: timeout}
 			return d.DialContext(ctx, network, addr)
 		},
-		Properties: amqp.Table{"connection_name": "ferry"},
+		Properties: amqp.Table{"connection_name": name},
 	}
 	conn, err := amqp.DialConfig(uri, cfg)
 	if err != nil {
