@@ -5,37 +5,243 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"time"
+
+	"github.com/ferry-project/ferry/rpc"
+	"github.com/ferry-project/ferry/rpc/amqp"
 
 	"github.com/ferry-project/ferry/services/agent/rbd"
+	"github.com/ferry-project/ferry/services/agent/stream"
+	"github.com/ferry-project/ferry/services/agent/transfer"
 	"github.com/ferry-project/ferry/services/internal/config"
 	"github.com/ferry-project/ferry/services/internal/daemon"
+	"github.com/ferry-project/ferry/services/internal/pki"
+	"github.com/ferry-project/ferry/services/internal/version"
 )
 
-// Run connects to the region's cluster, checks the pool allow-list and
-// serves until ctx is cancelled.
-func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	a := cfg.Agent
+// Agent is one running ferry-agent.
+type Agent struct {
+	cfg     *config.Config
+	log     *slog.Logger
+	cluster *rbd.Cluster
+	server  *stream.Server
+	Dest    *transfer.Dest
+	Source  *transfer.Source
+	ln      net.Listener
+	host    string
+}
+
+// New connects to the region's cluster, checks the pool allow-list and the
+// certificates, and binds the data port.
+func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Agent, error) {
+	ag, err := newSource(ctx, cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	a, t := cfg.Agent, cfg.TLS
+	fail := func(err error) (*Agent, error) {
+		ag.cluster.Close()
+		return nil, err
+	}
+	serverTLS, err := stream.ServerTLSConfig(t.CAFile, t.CertFile, t.KeyFile)
+	if err != nil {
+		return fail(fmt.Errorf("[tls]: %w", err))
+	}
+	ag.server, err = stream.NewServer(stream.ServerConfig{TLSConfig: serverTLS, Logger: ag.log})
+	if err != nil {
+		return fail(err)
+	}
+	ag.ln, err = net.Listen("tcp", a.DataListen)
+	if err != nil {
+		return fail(fmt.Errorf("[agent] data_listen: %w", err))
+	}
+	endpoint, serverName := advertised(a.DataAdvertise, ag.ln.Addr().String(), ag.host)
+	ag.Dest = transfer.NewDest(ag.cluster, ag.server, a.Pools, endpoint, serverName, ag.log)
+	ag.log.Info("data port", "listen", ag.ln.Addr().String(), "advertise", endpoint)
+	return ag, nil
+}
+
+// newSource is an agent that can only send: cluster, pools, certificates.
+func newSource(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Agent, error) {
+	a, t := cfg.Agent, cfg.TLS
 	log = log.With("region", a.Region, "host", cfg.Hostname())
+	if _, err := pki.LoadTLS(t.CAFile, t.CertFile, t.KeyFile); err != nil {
+		return nil, fmt.Errorf("[tls]: %w", err)
+	}
+	comp, err := stream.ParseCompression(a.Compression)
+	if err != nil {
+		return nil, fmt.Errorf("[agent] compression: %w", err)
+	}
 	cluster, err := rbd.Connect(ctx, rbd.Options{ConfFile: a.CephConf, User: a.CephUser, Keyring: a.CephKeyring})
 	if err != nil {
-		return fmt.Errorf("[agent] ceph_conf %s: %w", a.CephConf, err)
+		return nil, fmt.Errorf("[agent] ceph_conf %s: %w", a.CephConf, err)
 	}
-	defer cluster.Close()
 	for _, p := range a.Pools {
 		if err := cluster.CheckPool(ctx, p); err != nil {
-			return fmt.Errorf("[agent] pools: %w", err)
+			cluster.Close()
+			return nil, fmt.Errorf("[agent] pools: %w", err)
 		}
 	}
+	ag := &Agent{cfg: cfg, log: log, cluster: cluster, host: cfg.Hostname()}
+	ag.Source = transfer.NewSource(cluster, a.Pools, transfer.Options{
+		Streams:        a.Streams,
+		ChunkSize:      uint64(a.ChunkSize),
+		Compression:    comp,
+		BandwidthLimit: int64(a.BandwidthLimit),
+		ClientTLS: func(name string) (*tls.Config, error) {
+			return stream.ClientTLSConfig(t.CAFile, t.CertFile, t.KeyFile, name)
+		},
+	}, log)
 	log.Info("connected to ceph", "fsid", cluster.FSID(), "pools", a.Pools)
-	<-ctx.Done()
+	return ag, nil
+}
+
+// advertised is where sources reach this agent and the name its
+// certificate must carry: data_advertise, else the listening address with
+// a wildcard host replaced by the hostname.
+func advertised(advertise, listening, hostname string) (endpoint, serverName string) {
+	if advertise != "" {
+		host, _, _ := net.SplitHostPort(advertise)
+		return advertise, host
+	}
+	host, port, _ := net.SplitHostPort(listening)
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		host = hostname
+	}
+	return net.JoinHostPort(host, port), host
+}
+
+// Serve runs the data port and consumes the region's and this agent's
+// queues on bus until ctx ends.
+func (a *Agent) Serve(ctx context.Context, bus Bus) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	r := newRunner(a, bus, bus)
+	defer r.stopAll()
+	var shared, own rpc.Mux
+	a.destHandlers(&shared)
+	shared.Handle(rpc.MethodTransferStart, func(ctx context.Context, env rpc.Envelope) (any, error) {
+		var req rpc.TransferStart
+		if err := env.DecodeBody(&req); err != nil {
+			return nil, err
+		}
+		return nil, r.start(ctx, req)
+	})
+	// The agent's own queue answers the methods that must reach the agent
+	// holding a transfer or a session.
+	a.destHandlers(&own)
+	own.Handle(rpc.MethodTransferCancel, func(_ context.Context, env rpc.Envelope) (any, error) {
+		var req rpc.TransferCancel
+		if err := env.DecodeBody(&req); err != nil {
+			return nil, err
+		}
+		r.cancel(req.TransferID)
+		return struct{}{}, nil
+	})
+	region := a.cfg.Agent.Region
+	errc := make(chan error, 4)
+	go func() { errc <- a.server.Serve(ctx, a.ln) }()
+	go func() {
+		t := string(rpc.AgentTarget(region))
+		errc <- bus.Consume(ctx, t, []string{t}, shared.Serve)
+	}()
+	go func() {
+		t := string(rpc.AgentHostTarget(region, a.host))
+		errc <- bus.Consume(ctx, t, []string{t}, own.Serve)
+	}()
+	go func() { errc <- a.heartbeat(ctx, bus, r) }()
+	select {
+	case err := <-errc:
+		if err != nil && !errors.Is(err, net.ErrClosed) && ctx.Err() == nil {
+			return err
+		}
+	case <-ctx.Done():
+	}
 	return nil
 }
 
+// Bus is what the agent needs of the message bus.
+type Bus interface {
+	rpc.Caster
+	rpc.Caller
+	Consume(ctx context.Context, queue string, bindings []string, h rpc.Handler) error
+}
+
+// heartbeat casts agent.heartbeat every heartbeat_interval.
+func (a *Agent) heartbeat(ctx context.Context, bus rpc.Caster, r *runner) error {
+	tick := time.NewTicker(time.Duration(a.cfg.Agent.HeartbeatInterval) * time.Second)
+	defer tick.Stop()
+	for {
+		r.mu.Lock()
+		running := make([]string, 0, len(r.running))
+		for id := range r.running {
+			running = append(running, id)
+		}
+		r.mu.Unlock()
+		hb := rpc.Heartbeat{Binary: "ferry-agent", Host: a.host, Region: a.cfg.Agent.Region, Version: version.Release,
+			Time: time.Now().UTC(), DataEndpoint: a.Dest.Endpoint(), Running: running}
+		if err := bus.Cast(ctx, rpc.StatusTarget, rpc.MethodAgentHeartbeat, hb); err != nil && ctx.Err() == nil {
+			// Unroutable until ferry-api has declared its queue.
+			level := slog.LevelWarn
+			if errors.Is(err, rpc.ErrUnroutable) {
+				level = slog.LevelDebug
+			}
+			a.log.Log(ctx, level, "heartbeat not sent", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// Close stops sessions and releases the cluster.
+func (a *Agent) Close(ctx context.Context) {
+	if a.Dest != nil {
+		a.Dest.Close()
+	}
+	if a.server != nil {
+		if err := a.server.Close(ctx); err != nil {
+			a.log.Warn("closing the data port", "error", err)
+		}
+	}
+	if a.ln != nil {
+		a.ln.Close()
+	}
+	a.cluster.Close()
+}
+
+// Run is ferry-agent's body.
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	a, err := New(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer a.Close(context.WithoutCancel(ctx))
+	opts := amqp.DefaultOptions()
+	opts.Name, opts.Logger = "ferry-agent "+a.host, log
+	bus, err := amqp.New(ctx, cfg.Default.TransportURL, opts)
+	if err != nil {
+		return fmt.Errorf("[DEFAULT] transport_url: %w", err)
+	}
+	defer bus.Close(context.WithoutCancel(ctx))
+	return a.Serve(ctx, bus)
+}
+
 // Main is ferry-agent's main: flags, configuration, logging, signals.
-func Main(args []string, stderr io.Writer) int {
+// `ferry-agent transfer …` runs one transfer from this region instead of
+// the daemon (the data-plane harness).
+func Main(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "transfer" {
+		return transferMain(args[1:], stdout, stderr)
+	}
 	return daemon.Main("ferry-agent", "Ferry's region agent: reads and writes RBD images in this region's Ceph cluster and streams them to other regions' agents over mutual TLS.",
 		args, stderr, (*config.Config).ForAgent, Run)
 }

@@ -297,3 +297,6 @@ func (d *Dest) release(job *destJob) {
 		d.log.Warn("closing image", "image", job.name, "error", err)
 	}
 }
+
+// Endpoint is where sources reach this destination's data port.
+func (d *Dest) Endpoint() string { return d.endpoint }

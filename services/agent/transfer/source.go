@@ -71,6 +71,13 @@ func NewSource(cluster *rbd.Cluster, pools []string, opts Options, log *slog.Log
 	return &Source{cluster: cluster, pools: pools, opts: opts, log: log}
 }
 
+// WithProgress returns a Source that reports progress to fn.
+func (s *Source) WithProgress(fn func(stream.Progress)) *Source {
+	c := *s
+	c.opts.Progress = fn
+	return &c
+}
+
 // Run copies job's image to the destination behind dest. Running it again
 // after a failure resumes from the destination's checkpoint.
 func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error) {

@@ -1,0 +1,314 @@
+//go:build functional || bench
+
+// Package agenttest runs ferry-agent processes against the local stack for
+// functional tests and benchmarks: certificates, configurations, a
+// destination daemon, the `ferry-agent transfer` harness, kill -9.
+package agenttest
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/ferry-project/ferry/rpc"
+	ferryamqp "github.com/ferry-project/ferry/rpc/amqp"
+	"github.com/ferry-project/ferry/services/agent"
+	"github.com/ferry-project/ferry/services/agent/rbd"
+	"github.com/ferry-project/ferry/services/internal/pki"
+	"github.com/ferry-project/ferry/services/internal/testenv"
+)
+
+// Two agents as processes, each in a region of its own name (so that no
+// other agent on this machine consumes their queues), over the stack's two
+// clusters and broker.
+type Harness struct {
+	t                testing.TB
+	Bin, Dir         string
+	SrcRegion        string
+	DstRegion        string
+	Pool             string
+	SrcConf, DstConf string
+}
+
+var buildOnce struct {
+	sync.Once
+	bin string
+	err error
+}
+
+// agentBinary builds ferry-agent once per test binary.
+func agentBinary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "ferry-agent-bin")
+		if err != nil {
+			buildOnce.err = err
+			return
+		}
+		buildOnce.bin = filepath.Join(dir, "ferry-agent")
+		out, err := exec.Command("go", "build", "-tags", "pacific", "-o", buildOnce.bin, "github.com/ferry-project/ferry/cmd/ferry-agent").CombinedOutput()
+		if err != nil {
+			buildOnce.err = fmt.Errorf("go build: %w: %s", err, out)
+		}
+	})
+	if buildOnce.err != nil {
+		t.Fatal(buildOnce.err)
+	}
+	return buildOnce.bin
+}
+
+// New prepares certificates in a temporary directory and picks region
+// names of its own.
+func New(t testing.TB) *Harness {
+	suffix := fmt.Sprintf("%d", time.Now().UnixNano()%1e9)
+	h := &Harness{t: t, Bin: agentBinary(t), Dir: t.TempDir(),
+		SrcRegion: "TestOne" + suffix, DstRegion: "TestTwo" + suffix, Pool: testenv.Get(t, "CEPH_POOL"),
+		SrcConf: testenv.Get(t, "CEPH_REGIONONE_CONF"), DstConf: testenv.Get(t, "CEPH_REGIONTWO_CONF")}
+	if _, _, err := pki.InitCA(h.Dir, pki.CAOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"src", "dst-a", "dst-b"} {
+		if _, _, err := pki.Issue(h.Dir, h.Dir, n, pki.IssueOptions{DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return h
+}
+
+// config writes an agent configuration; extra lines go into [agent].
+func (h *Harness) Config(name, region, clusterKey string, extra ...string) string {
+	h.t.Helper()
+	conf := fmt.Sprintf(`[DEFAULT]
+transport_url = %s
+host = %s
+log_file = %s
+
+[agent]
+region = %s
+data_listen = 127.0.0.1:0
+ceph_conf = %s
+ceph_user = %s
+ceph_keyring = %s
+pools = %s
+streams = 4
+chunk_size = 1M
+heartbeat_interval = 1
+%s
+
+[tls]
+ca_file = %s
+cert_file = %s
+key_file = %s
+`, testenv.Get(h.t, "TRANSPORT_URL"), name, filepath.Join(h.Dir, name+".log"), region,
+		testenv.Get(h.t, "CEPH_"+clusterKey+"_CONF"), testenv.Get(h.t, "CEPH_USER"), testenv.Get(h.t, "CEPH_"+clusterKey+"_KEYRING"),
+		h.Pool, strings.Join(extra, "\n"),
+		filepath.Join(h.Dir, "ca.crt"), filepath.Join(h.Dir, name+".crt"), filepath.Join(h.Dir, name+".key"))
+	path := filepath.Join(h.Dir, name+".conf")
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		h.t.Fatal(err)
+	}
+	return path
+}
+
+// startDest starts a destination agent daemon and waits until its queues
+// exist.
+func (h *Harness) StartDest(name string) *exec.Cmd {
+	h.t.Helper()
+	conf := h.Config(name, h.DstRegion, "REGIONTWO")
+	cmd := exec.Command(h.Bin, "--config-file", conf)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	h.waitQueue(string(rpc.AgentHostTarget(h.DstRegion, name)), func() string {
+		b, _ := os.ReadFile(filepath.Join(h.Dir, name+".log"))
+		return stderr.String() + string(b)
+	})
+	return cmd
+}
+
+// waitQueue waits until queue is declared on the broker (the agent
+// consumes it).
+func (h *Harness) waitQueue(queue string, logs func() string) {
+	h.t.Helper()
+	uris, err := ferryamqp.ParseTransportURL(testenv.Get(h.t, "TRANSPORT_URL"))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	conn, err := amqp091.Dial(uris[0])
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer conn.Close()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		ch, err := conn.Channel()
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+		if err == nil && q.Consumers > 0 {
+			ch.Close()
+			return
+		}
+		if err == nil {
+			ch.Close()
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	h.t.Fatalf("queue %s not consumed after 30 s; agent output:\n%s", queue, logs())
+}
+
+// transfer runs `ferry-agent transfer` (the source) to completion.
+func (h *Harness) Transfer(conf string, args ...string) (agent.HarnessResult, error) {
+	h.t.Helper()
+	cmd := exec.Command(h.Bin, append([]string{"transfer", "--config-file", conf, "--dest-region", h.DstRegion, "--timeout", "3m"}, args...)...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if err != nil {
+		return agent.HarnessResult{}, fmt.Errorf("%w: %s", err, stderr.String())
+	}
+	var res agent.HarnessResult
+	if err := json.Unmarshal(stdout.Bytes(), &res); err != nil {
+		return res, fmt.Errorf("result %q: %w", stdout.String(), err)
+	}
+	return res, nil
+}
+
+func (h *Harness) Image(name string, size int64, fill bool) {
+	h.t.Helper()
+	ctx := context.Background()
+	c, err := rbd.Connect(ctx, rbd.Options{ConfFile: h.SrcConf, User: testenv.Get(h.t, "CEPH_USER"), Keyring: testenv.Get(h.t, "CEPH_REGIONONE_KEYRING")})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.CreateImage(ctx, h.Pool, name, rbd.ImageSpec{Size: uint64(size), Order: 22}); err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() {
+		for _, conf := range []string{h.SrcConf, h.DstConf} {
+			exec.Command("rbd", "-c", conf, "snap", "purge", h.Pool+"/"+name).Run()
+			exec.Command("rbd", "-c", conf, "rm", h.Pool+"/"+name).Run()
+		}
+	})
+	img, err := c.OpenImage(ctx, h.Pool, name, "", false)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer img.Close()
+	step := int64(8 << 20)
+	if !fill {
+		step = 64 << 20
+	}
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < size; off += step {
+		n := min(int64(len(buf)), size-off)
+		if fill {
+			n = min(step, size-off)
+		}
+		for w := int64(0); w < n; w += int64(len(buf)) {
+			rand.Read(buf)
+			if _, err := img.WriteAt(buf[:min(int64(len(buf)), n-w)], off+w); err != nil {
+				h.t.Fatal(err)
+			}
+		}
+	}
+}
+
+func ExportSHA(t testing.TB, conf, spec string) string {
+	t.Helper()
+	cmd := exec.Command("rbd", "-c", conf, "--no-progress", "export", spec, "-")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.New()
+	io.Copy(sum, out)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("rbd export %s: %v", spec, err)
+	}
+	return hex.EncodeToString(sum.Sum(nil))
+}
+
+func (h *Harness) Same(name, snap string) {
+	h.t.Helper()
+	a := ExportSHA(h.t, h.SrcConf, h.Pool+"/"+name+"@"+snap)
+	b := ExportSHA(h.t, h.DstConf, h.Pool+"/"+name+"@"+snap)
+	if a != b {
+		h.t.Fatalf("%s@%s: source %s, destination %s", name, snap, a, b)
+	}
+}
+
+// KillWhenHalfway kills cmd's process group with SIGKILL once the destination
+// image's checkpoint covers a third of size, and returns the bytes that
+// checkpoint covered.
+func (h *Harness) KillWhenHalfway(cmd *exec.Cmd, name string, size int64) int64 {
+	h.t.Helper()
+	ctx := context.Background()
+	c, err := rbd.Connect(ctx, rbd.Options{ConfFile: h.DstConf, User: testenv.Get(h.t, "CEPH_USER"), Keyring: testenv.Get(h.t, "CEPH_REGIONTWO_KEYRING")})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer c.Close()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		img, err := c.OpenImage(ctx, h.Pool, name, "", true)
+		if err == nil {
+			md, _ := img.Metadata()
+			img.Close()
+			var cp struct {
+				BytesDone int64 `json:"bytes_done"`
+			}
+			if json.Unmarshal([]byte(md["ferry.checkpoint"]), &cp) == nil && cp.BytesDone >= size/3 {
+				syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+				h.t.Logf("killed pid %d at checkpoint %d MiB of %d", cmd.Process.Pid, cp.BytesDone>>20, size>>20)
+				return cp.BytesDone
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	h.t.Fatal("the transfer never got a third of the way")
+	return 0
+}
+
+// PeakRSS is a process's peak resident set (VmHWM) in bytes, or -1.
+func PeakRSS(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return -1
+	}
+	var kb int64
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if n, _ := fmt.Sscanf(line, "VmHWM: %d kB", &kb); n == 1 {
+			return kb << 10
+		}
+	}
+	return -1
+}

@@ -1,0 +1,155 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/ferry-project/ferry/rpc/amqp"
+	"github.com/ferry-project/ferry/services/agent/transfer"
+	"github.com/ferry-project/ferry/services/internal/config"
+	"github.com/ferry-project/ferry/services/internal/daemon"
+	"github.com/ferry-project/ferry/services/internal/logging"
+)
+
+// HarnessResult is what `ferry-agent transfer` prints (JSON) when a
+// transfer completes.
+type HarnessResult struct {
+	TransferID   string  `json:"transfer_id"`
+	Mode         string  `json:"mode"`
+	Base         string  `json:"base,omitempty"`
+	Snapshot     string  `json:"snapshot"`
+	Digest       string  `json:"digest"`
+	BytesTotal   uint64  `json:"bytes_total"`
+	BytesDone    uint64  `json:"bytes_done"`
+	BytesRead    uint64  `json:"bytes_read"`
+	BytesSent    uint64  `json:"bytes_sent"`
+	Skipped      uint64  `json:"skipped_chunks"`
+	Resumed      bool    `json:"resumed"`
+	Reconnects   uint64  `json:"reconnects"`
+	Seconds      float64 `json:"seconds"`
+	PeakRSSBytes int64   `json:"peak_rss_bytes"`
+}
+
+// transferMain runs one transfer with this process as the source agent
+// and the destination region's running agents (over the message bus) as
+// the destination: the data-plane harness, without ferry-api.
+func transferMain(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("ferry-agent transfer", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configFile := fs.String("config-file", daemon.DefaultConfigFile, "configuration of this (source) agent")
+	var job transfer.Job
+	fs.StringVar(&job.TransferID, "transfer-id", "", "transfer id (default: a new UUID; give the same id again to resume)")
+	fs.StringVar(&job.Pool, "pool", "", "source pool (required)")
+	fs.StringVar(&job.Image, "image", "", "source image (required)")
+	fs.StringVar(&job.Snapshot, "snapshot", "", "existing source snapshot to copy (default: Ferry takes ferry-<transfer id>)")
+	fs.StringVar(&job.Mode, "mode", transfer.ModeAuto, "auto, full or incremental")
+	fs.StringVar(&job.DestPool, "dest-pool", "", "destination pool (default: the source pool)")
+	fs.StringVar(&job.DestImage, "dest-image", "", "destination image (default: the source image name)")
+	destRegion := fs.String("dest-region", "", "destination region (required)")
+	timeout := fs.Duration("timeout", 0, "give up after this long (0: never)")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: ferry-agent transfer --pool P --image I --dest-region R [options]\n\n"+
+			"Runs one transfer from this agent's region to the running agents of another region,\n"+
+			"without ferry-api, and prints the result as JSON.\n\nOptions:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if job.Pool == "" || job.Image == "" || *destRegion == "" || fs.NArg() > 0 {
+		fs.Usage()
+		return 2
+	}
+	if job.TransferID == "" {
+		job.TransferID = uuid.NewString()
+	}
+	res, err := config.Load(*configFile)
+	if err == nil {
+		err = res.Config.ForAgent()
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "ferry-agent transfer: %v\n", err)
+		return 1
+	}
+	cfg := res.Config
+	log, closer, err := logging.New("ferry-agent", cfg.Default.Debug, cfg.Default.LogFile)
+	if err != nil {
+		fmt.Fprintf(stderr, "ferry-agent transfer: %v\n", err)
+		return 1
+	}
+	defer closer.Close()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if *timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, *timeout)
+		defer cancel()
+	}
+	out, err := runHarness(ctx, cfg, log, job, *destRegion)
+	if err != nil {
+		fmt.Fprintf(stderr, "ferry-agent transfer %s: %v\n", job.TransferID, err)
+		return 1
+	}
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(out); err != nil {
+		return 1
+	}
+	return 0
+}
+
+func runHarness(ctx context.Context, cfg *config.Config, log *slog.Logger, job transfer.Job, destRegion string) (HarnessResult, error) {
+	a, err := newSource(ctx, cfg, log)
+	if err != nil {
+		return HarnessResult{}, err
+	}
+	defer a.Close(context.WithoutCancel(ctx))
+	opts := amqp.DefaultOptions()
+	opts.Name, opts.Logger = "ferry-agent transfer "+a.host, log
+	bus, err := amqp.New(ctx, cfg.Default.TransportURL, opts)
+	if err != nil {
+		return HarnessResult{}, fmt.Errorf("[DEFAULT] transport_url: %w", err)
+	}
+	defer bus.Close(context.WithoutCancel(ctx))
+	start := time.Now()
+	res, err := a.Source.Run(ctx, job, &RemoteDest{Caller: bus, Region: destRegion})
+	if err != nil {
+		return HarnessResult{}, err
+	}
+	return HarnessResult{
+		TransferID: job.TransferID, Mode: res.Mode, Base: res.Base, Snapshot: res.Snapshot, Digest: res.Digest,
+		BytesTotal: res.BytesTotal, BytesDone: res.BytesDone, BytesRead: res.Stream.BytesRead,
+		BytesSent: res.Stream.BytesSent, Skipped: res.Stream.SkippedChunks, Resumed: res.Resumed,
+		Reconnects: res.Stream.Reconnects, Seconds: time.Since(start).Seconds(), PeakRSSBytes: peakRSS(),
+	}, nil
+}
+
+// peakRSS is this process's peak resident set (VmHWM), or -1.
+func peakRSS() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return -1
+	}
+	var kb int64
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if n, _ := fmt.Sscanf(line, "VmHWM: %d kB", &kb); n == 1 {
+			return kb << 10
+		}
+	}
+	return -1
+}

@@ -1,0 +1,137 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/ferry-project/ferry/rpc"
+	"github.com/ferry-project/ferry/services/agent/stream"
+	"github.com/ferry-project/ferry/services/agent/transfer"
+)
+
+// runner runs the transfers this agent is the source of: at most
+// max_transfers at once, each with a cancel function, reporting status
+// events to ferry.status.
+type runner struct {
+	a      *Agent
+	caster rpc.Caster
+	caller rpc.Caller
+	slots  chan struct{}
+
+	mu      sync.Mutex
+	running map[string]context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+func newRunner(a *Agent, caster rpc.Caster, caller rpc.Caller) *runner {
+	return &runner{a: a, caster: caster, caller: caller,
+		slots: make(chan struct{}, a.cfg.Agent.MaxTransfers), running: map[string]context.CancelFunc{}}
+}
+
+// errBusy asks the transport to requeue a start: every slot is taken.
+var errBusy = errors.New("agent busy: max_transfers running")
+
+// start accepts a transfer, or refuses it for now when every slot is taken
+// (the message goes back to the queue for another agent, or later). It
+// returns at once: the transfer runs in its own goroutine, so the delivery
+// is acknowledged long before RabbitMQ's consumer_timeout.
+func (r *runner) start(ctx context.Context, req rpc.TransferStart) error {
+	if err := req.Validate(); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	_, dup := r.running[req.TransferID]
+	r.mu.Unlock()
+	if dup {
+		// A redelivery of a transfer this agent already runs.
+		return nil
+	}
+	select {
+	case r.slots <- struct{}{}:
+	default:
+		return rpc.Temporary(errBusy)
+	}
+	jctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	r.mu.Lock()
+	r.running[req.TransferID] = cancel
+	r.mu.Unlock()
+	r.report(ctx, rpc.StatusEvent{TransferID: req.TransferID, Event: rpc.EventAccepted, Epoch: req.Epoch})
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		defer func() { <-r.slots }()
+		defer func() {
+			r.mu.Lock()
+			delete(r.running, req.TransferID)
+			r.mu.Unlock()
+			cancel()
+		}()
+		r.run(jctx, req)
+	}()
+	return nil
+}
+
+func (r *runner) run(ctx context.Context, req rpc.TransferStart) {
+	log := r.a.log.With("transfer_id", req.TransferID, "request_id", rpc.RequestIDFrom(ctx))
+	dest := &RemoteDest{Caller: r.caller, Region: req.Destination.Region}
+	src := r.a.Source.WithProgress(func(p stream.Progress) {
+		r.report(ctx, rpc.StatusEvent{TransferID: req.TransferID, Event: rpc.EventProgress, Epoch: req.Epoch,
+			BytesDone: p.BytesDone, Rate: uint64(p.BytesPerSecond)})
+	})
+	res, err := src.Run(ctx, transfer.Job{
+		TransferID: req.TransferID, ProjectID: req.ProjectID, Mode: req.Mode,
+		Pool: req.Source.Pool, Image: req.Source.Image, Snapshot: req.Source.Snapshot,
+		DestPool: req.Destination.Pool, DestImage: req.Destination.Image,
+	}, dest)
+	// A report must go out even when the job's context was cancelled.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if err != nil {
+		ev := rpc.StatusEvent{TransferID: req.TransferID, Event: rpc.EventError, Epoch: req.Epoch, Error: err.Error()}
+		if errors.Is(err, context.Canceled) {
+			ev.Event, ev.Error = rpc.EventCancelled, "cancelled"
+		}
+		log.Warn("transfer failed", "error", err)
+		r.report(rctx, ev)
+		return
+	}
+	r.report(rctx, rpc.StatusEvent{
+		TransferID: req.TransferID, Event: rpc.EventCompleted, Epoch: req.Epoch,
+		BytesDone: res.BytesDone, BytesTotal: res.BytesTotal, Digest: res.Digest,
+		Mode: res.Mode, Snapshot: res.Snapshot,
+	})
+}
+
+// cancel stops a running transfer; false when this agent does not run it.
+func (r *runner) cancel(transferID string) bool {
+	r.mu.Lock()
+	c, ok := r.running[transferID]
+	r.mu.Unlock()
+	if ok {
+		c()
+	}
+	return ok
+}
+
+// report casts a status event; a failure is logged (the API also learns
+// the outcome from the next event or from the agent being down).
+func (r *runner) report(ctx context.Context, ev rpc.StatusEvent) {
+	ev.Region, ev.Host = r.a.cfg.Agent.Region, r.a.host
+	ev.Time = time.Now().UTC()
+	if err := r.caster.Cast(ctx, rpc.StatusTarget, rpc.MethodAgentStatus, ev); err != nil {
+		r.a.log.Warn("status report not sent", "transfer_id", ev.TransferID, "event", ev.Event, "error", err)
+	}
+}
+
+// wait waits for the running transfers to stop (after their contexts were
+// cancelled).
+func (r *runner) stopAll() {
+	r.mu.Lock()
+	for _, c := range r.running {
+		c()
+	}
+	r.mu.Unlock()
+	r.wg.Wait()
+}
