@@ -27,14 +27,14 @@ import (
 
 // Agent is one running ferry-agent.
 type Agent struct {
-	cfg     *config.Config
-	log     *slog.Logger
-	cluster *rbd.Cluster
-	server  *stream.Server
-	Dest    *transfer.Dest
-	Source  *transfer.Source
-	ln      net.Listener
-	host    string
+	cfg    *config.Config
+	log    *slog.Logger
+	conns  *rbd.Pool
+	server *stream.Server
+	Dest   *transfer.Dest
+	Source *transfer.Source
+	ln     net.Listener
+	host   string
 }
 
 // New connects to the region's cluster, checks the pool allow-list and the
@@ -46,7 +46,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Agent, err
 	}
 	a, t := cfg.Agent, cfg.TLS
 	fail := func(err error) (*Agent, error) {
-		ag.cluster.Close()
+		ag.conns.Close()
 		return nil, err
 	}
 	serverTLS, err := stream.ServerTLSConfig(t.CAFile, t.CertFile, t.KeyFile)
@@ -62,7 +62,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Agent, err
 		return fail(fmt.Errorf("[agent] data_listen: %w", err))
 	}
 	endpoint, serverName := advertised(a.DataAdvertise, ag.ln.Addr().String(), ag.host)
-	ag.Dest = transfer.NewDest(ag.cluster, ag.server, a.Pools, endpoint, serverName, ag.log)
+	ag.Dest = transfer.NewDest(ag.connector(), ag.server, a.Pools, endpoint, serverName, ag.log)
 	ag.log.Info("data port", "listen", ag.ln.Addr().String(), "advertise", endpoint)
 	return ag, nil
 }
@@ -78,18 +78,23 @@ func newSource(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Agen
 	if err != nil {
 		return nil, fmt.Errorf("[agent] compression: %w", err)
 	}
-	cluster, err := rbd.Connect(ctx, rbd.Options{ConfFile: a.CephConf, User: a.CephUser, Keyring: a.CephKeyring})
+	// One connection to the region's cluster, shared by every transfer
+	// and closed after IdleConnection without one.
+	ag := &Agent{cfg: cfg, log: log, conns: rbd.NewPool(IdleConnection), host: cfg.Hostname()}
+	cluster, release, err := ag.connector()(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("[agent] ceph_conf %s: %w", a.CephConf, err)
 	}
+	defer release()
 	for _, p := range a.Pools {
 		if err := cluster.CheckPool(ctx, p); err != nil {
-			cluster.Close()
+			release()
+			ag.conns.Close()
 			return nil, fmt.Errorf("[agent] pools: %w", err)
 		}
 	}
-	ag := &Agent{cfg: cfg, log: log, cluster: cluster, host: cfg.Hostname()}
-	ag.Source = transfer.NewSource(cluster, a.Pools, transfer.Options{
+	log.Info("connected to ceph", "fsid", cluster.FSID(), "pools", a.Pools)
+	ag.Source = transfer.NewSource(ag.connector(), a.Pools, transfer.Options{
 		Streams:        a.Streams,
 		ChunkSize:      uint64(a.ChunkSize),
 		Compression:    comp,
@@ -98,7 +103,6 @@ func newSource(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Agen
 			return stream.ClientTLSConfig(t.CAFile, t.CertFile, t.KeyFile, name)
 		},
 	}, log)
-	log.Info("connected to ceph", "fsid", cluster.FSID(), "pools", a.Pools)
 	return ag, nil
 }
 
@@ -215,7 +219,16 @@ func (a *Agent) Close(ctx context.Context) {
 	if a.ln != nil {
 		a.ln.Close()
 	}
-	a.cluster.Close()
+	a.conns.Close()
+}
+
+// IdleConnection is how long an unused cluster connection stays open.
+const IdleConnection = 5 * time.Minute
+
+// connector acquires the region's cluster connection from the pool.
+func (a *Agent) connector() transfer.Connector {
+	o := rbd.Options{ConfFile: a.cfg.Agent.CephConf, User: a.cfg.Agent.CephUser, Keyring: a.cfg.Agent.CephKeyring}
+	return func(ctx context.Context) (*rbd.Cluster, func(), error) { return a.conns.Acquire(ctx, o) }
 }
 
 // Run is ferry-agent's body.

@@ -21,7 +21,7 @@ const featureExclusiveLock = 1 << 2
 
 // Dest is the destination side of transfers on one agent.
 type Dest struct {
-	cluster    *rbd.Cluster
+	connect    Connector
 	server     *stream.Server
 	pools      []string
 	endpoint   string
@@ -34,16 +34,18 @@ type Dest struct {
 
 type destJob struct {
 	img      *rbd.Image
+	unref    func() // releases the cluster connection
 	locked   bool
 	session  *stream.Session
 	snapshot string
 	name     string
 }
 
-// NewDest serves transfers into cluster's allowed pools through server,
-// whose data port sources reach at endpoint (certificate name serverName).
-func NewDest(cluster *rbd.Cluster, server *stream.Server, pools []string, endpoint, serverName string, log *slog.Logger) *Dest {
-	return &Dest{cluster: cluster, server: server, pools: pools, endpoint: endpoint, serverName: serverName,
+// NewDest serves transfers into the allowed pools of the cluster connect
+// reaches, through server, whose data port sources reach at endpoint
+// (certificate name serverName).
+func NewDest(connect Connector, server *stream.Server, pools []string, endpoint, serverName string, log *slog.Logger) *Dest {
+	return &Dest{connect: connect, server: server, pools: pools, endpoint: endpoint, serverName: serverName,
 		log: log, jobs: map[string]*destJob{}}
 }
 
@@ -59,11 +61,16 @@ func (d *Dest) Prepare(ctx context.Context, req PrepareRequest) (PrepareResponse
 	log := d.log.With("transfer_id", req.TransferID, "image", req.Pool+"/"+req.Image)
 	d.closeJob(req.TransferID, errors.New("superseded by a new prepare"))
 
-	img, created, err := d.openOrCreate(ctx, req)
+	cluster, unref, err := d.connect(ctx)
 	if err != nil {
 		return PrepareResponse{}, err
 	}
-	job := &destJob{img: img, snapshot: req.Snapshot, name: req.Pool + "/" + req.Image}
+	img, created, err := d.openOrCreate(ctx, cluster, req)
+	if err != nil {
+		unref()
+		return PrepareResponse{}, err
+	}
+	job := &destJob{img: img, unref: unref, snapshot: req.Snapshot, name: req.Pool + "/" + req.Image}
 	fail := func(err error) (PrepareResponse, error) {
 		d.release(job)
 		return PrepareResponse{}, err
@@ -143,8 +150,8 @@ func (d *Dest) Prepare(ctx context.Context, req PrepareRequest) (PrepareResponse
 // openOrCreate opens the destination image for writing, creating it (with
 // Ferry's ownership metadata) when missing. An existing image must carry
 // Ferry's ownership for this same source.
-func (d *Dest) openOrCreate(ctx context.Context, req PrepareRequest) (*rbd.Image, bool, error) {
-	img, err := d.cluster.OpenImage(ctx, req.Pool, req.Image, "", false)
+func (d *Dest) openOrCreate(ctx context.Context, cluster *rbd.Cluster, req PrepareRequest) (*rbd.Image, bool, error) {
+	img, err := cluster.OpenImage(ctx, req.Pool, req.Image, "", false)
 	if err == nil {
 		md, err := img.Metadata()
 		if err != nil {
@@ -164,10 +171,10 @@ func (d *Dest) openOrCreate(ctx context.Context, req PrepareRequest) (*rbd.Image
 		return nil, false, fmt.Errorf("%w: destination %s/%s does not exist", ErrNoBase, req.Pool, req.Image)
 	}
 	spec := rbd.ImageSpec{Size: req.Size, Order: req.Order, Features: req.Features & featuresKept}
-	if err := d.cluster.CreateImage(ctx, req.Pool, req.Image, spec); err != nil {
+	if err := cluster.CreateImage(ctx, req.Pool, req.Image, spec); err != nil {
 		return nil, false, err
 	}
-	img, err = d.cluster.OpenImage(ctx, req.Pool, req.Image, "", false)
+	img, err = cluster.OpenImage(ctx, req.Pool, req.Image, "", false)
 	if err != nil {
 		return nil, false, err
 	}
@@ -296,6 +303,7 @@ func (d *Dest) release(job *destJob) {
 	if err := job.img.Close(); err != nil {
 		d.log.Warn("closing image", "image", job.name, "error", err)
 	}
+	job.unref()
 }
 
 // Endpoint is where sources reach this destination's data port.

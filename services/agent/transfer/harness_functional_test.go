@@ -74,7 +74,7 @@ func newHarness(t *testing.T, opts Options) *harness {
 	go server.Serve(ctx, ln)
 	t.Cleanup(func() { server.Close(context.Background()) })
 	h.serverAddr = ln.Addr().String()
-	h.dest = NewDest(h.dst, server, []string{h.pool}, h.serverAddr, "agent-two", log)
+	h.dest = NewDest(Fixed(h.dst), server, []string{h.pool}, h.serverAddr, "agent-two", log)
 	t.Cleanup(h.dest.Close)
 	h.clientTLS = func(name string) (*tls.Config, error) {
 		return stream.ClientTLSConfig(ca, filepath.Join(dir, "agent-one.crt"), filepath.Join(dir, "agent-one.key"), name)
@@ -86,7 +86,7 @@ func newHarness(t *testing.T, opts Options) *harness {
 		opts.ChunkSize = 1 << 20
 	}
 	opts.ClientTLS = h.clientTLS
-	h.source = NewSource(h.src, []string{h.pool}, opts, log)
+	h.source = NewSource(Fixed(h.src), []string{h.pool}, opts, log)
 	return h
 }
 

@@ -60,15 +60,15 @@ type Result struct {
 
 // Source is the source side of transfers on one agent.
 type Source struct {
-	cluster *rbd.Cluster
+	connect Connector
 	pools   []string
 	opts    Options
 	log     *slog.Logger
 }
 
-// NewSource reads from cluster's allowed pools.
-func NewSource(cluster *rbd.Cluster, pools []string, opts Options, log *slog.Logger) *Source {
-	return &Source{cluster: cluster, pools: pools, opts: opts, log: log}
+// NewSource reads from the allowed pools of the cluster connect reaches.
+func NewSource(connect Connector, pools []string, opts Options, log *slog.Logger) *Source {
+	return &Source{connect: connect, pools: pools, opts: opts, log: log}
 }
 
 // WithProgress returns a Source that reports progress to fn.
@@ -94,11 +94,16 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 		return Result{}, err
 	}
 	log := s.log.With("transfer_id", job.TransferID, "image", job.Pool+"/"+job.Image)
-	snap, err := s.ensureSnapshot(ctx, job)
+	cluster, release, err := s.connect(ctx)
 	if err != nil {
 		return Result{}, err
 	}
-	img, err := s.cluster.OpenImage(ctx, job.Pool, job.Image, snap, true)
+	defer release()
+	snap, err := s.ensureSnapshot(ctx, cluster, job)
+	if err != nil {
+		return Result{}, err
+	}
+	img, err := cluster.OpenImage(ctx, job.Pool, job.Image, snap, true)
 	if err != nil {
 		return Result{}, err
 	}
@@ -127,7 +132,7 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 	prep, err := dest.Prepare(ctx, PrepareRequest{
 		TransferID: job.TransferID, ProjectID: job.ProjectID, Mode: job.Mode,
 		Pool: job.DestPool, Image: job.DestImage,
-		SourceFSID: s.cluster.FSID(), SourceImageID: info.ID, SourceName: job.Pool + "/" + job.Image,
+		SourceFSID: cluster.FSID(), SourceImageID: info.ID, SourceName: job.Pool + "/" + job.Image,
 		Size: info.Size, Order: info.Order, Features: info.Features,
 		Snapshot: snap, Candidates: candidates, ChunkSize: chunk,
 	})
@@ -180,7 +185,7 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 	}
 	// The new snapshot is the next base on both sides; older ones of
 	// Ferry's go. A failure here leaves only space behind.
-	if removed, err := s.removeOld(ctx, job, snap); err != nil {
+	if removed, err := s.removeOld(ctx, cluster, job, snap); err != nil {
 		log.Warn("removing old source snapshots", "error", err)
 	} else {
 		res.Removed = removed
@@ -190,16 +195,16 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 }
 
 // ensureSnapshot returns the snapshot to copy, taking ferry-<id> if needed.
-func (s *Source) ensureSnapshot(ctx context.Context, job Job) (string, error) {
+func (s *Source) ensureSnapshot(ctx context.Context, cluster *rbd.Cluster, job Job) (string, error) {
 	if job.Snapshot != "" {
-		img, err := s.cluster.OpenImage(ctx, job.Pool, job.Image, job.Snapshot, true)
+		img, err := cluster.OpenImage(ctx, job.Pool, job.Image, job.Snapshot, true)
 		if err != nil {
 			return "", fmt.Errorf("source snapshot: %w", err)
 		}
 		return job.Snapshot, img.Close()
 	}
 	snap := SnapshotPrefix + job.TransferID
-	img, err := s.cluster.OpenImage(ctx, job.Pool, job.Image, "", false)
+	img, err := cluster.OpenImage(ctx, job.Pool, job.Image, "", false)
 	if err != nil {
 		return "", fmt.Errorf("source image: %w", err)
 	}
@@ -239,8 +244,8 @@ func (s *Source) extents(ctx context.Context, img *rbd.Image, base string, info 
 	return out, nil
 }
 
-func (s *Source) removeOld(ctx context.Context, job Job, keep string) ([]string, error) {
-	img, err := s.cluster.OpenImage(ctx, job.Pool, job.Image, "", false)
+func (s *Source) removeOld(ctx context.Context, cluster *rbd.Cluster, job Job, keep string) ([]string, error) {
+	img, err := cluster.OpenImage(ctx, job.Pool, job.Image, "", false)
 	if err != nil {
 		return nil, err
 	}

@@ -18,6 +18,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/ferry-project/ferry/services/agent/rbd"
 	"github.com/ferry-project/ferry/services/agent/stream"
 )
 
@@ -136,6 +137,15 @@ type FinishResponse struct {
 	BytesDone uint64   `json:"bytes_done"`
 	Snapshot  string   `json:"snapshot"`
 	Removed   []string `json:"removed_snapshots,omitempty"`
+}
+
+// Connector gives the cluster connection for one operation and the
+// function that releases it (rbd.Pool.Acquire behind a closure).
+type Connector func(ctx context.Context) (*rbd.Cluster, func(), error)
+
+// Fixed is a Connector that always returns c and never closes it.
+func Fixed(c *rbd.Cluster) Connector {
+	return func(context.Context) (*rbd.Cluster, func(), error) { return c, func() {}, nil }
 }
 
 // Preparer is the destination as the source sees it.
