@@ -21,6 +21,7 @@ require (
 	gorm.io/driver/mysql v1.6.0
 	gorm.io/driver/postgres v1.6.3
 	gorm.io/gorm v1.31.2
+	lukechampine.com/blake3 v1.4.1
 )
 
 require (

@@ -40,6 +40,8 @@ type HarnessResult struct {
 	Reconnects   uint64  `json:"reconnects"`
 	Seconds      float64 `json:"seconds"`
 	PeakRSSBytes int64   `json:"peak_rss_bytes"`
+	// Phases: seconds per step (snapshot, prepare, diff, send, finish).
+	Phases map[string]float64 `json:"phases"`
 }
 
 // transferMain runs one transfer with this process as the source agent
@@ -136,6 +138,7 @@ func runHarness(ctx context.Context, cfg *config.Config, log *slog.Logger, job t
 		BytesTotal: res.BytesTotal, BytesDone: res.BytesDone, BytesRead: res.Stream.BytesRead,
 		BytesSent: res.Stream.BytesSent, Skipped: res.Stream.SkippedChunks, Resumed: res.Resumed,
 		Reconnects: res.Stream.Reconnects, Seconds: time.Since(start).Seconds(), PeakRSSBytes: peakRSS(),
+		Phases: res.Phases,
 	}, nil
 }
 

@@ -26,7 +26,7 @@ func TestTwoAgentProcesses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Mode != "full" || res.BytesTotal != 24<<20+4096 || !strings.HasPrefix(res.Digest, "sha256:") {
+	if res.Mode != "full" || res.BytesTotal != 24<<20+4096 || !strings.HasPrefix(res.Digest, "blake3-sha256:") {
 		t.Errorf("result %+v", res)
 	}
 	h.Same(name, res.Snapshot)

@@ -44,6 +44,11 @@ type Harness struct {
 	DstRegion        string
 	Pool             string
 	SrcConf, DstConf string
+	// Streams and ChunkSize go into every configuration written after
+	// they are set (defaults 4 and 1M: small test images still span
+	// several chunks).
+	Streams   int
+	ChunkSize string
 }
 
 var buildOnce struct {
@@ -79,7 +84,8 @@ func New(t testing.TB) *Harness {
 	suffix := fmt.Sprintf("%d", time.Now().UnixNano()%1e9)
 	h := &Harness{t: t, Bin: agentBinary(t), Dir: t.TempDir(),
 		SrcRegion: "TestOne" + suffix, DstRegion: "TestTwo" + suffix, Pool: testenv.Get(t, "CEPH_POOL"),
-		SrcConf: testenv.Get(t, "CEPH_REGIONONE_CONF"), DstConf: testenv.Get(t, "CEPH_REGIONTWO_CONF")}
+		SrcConf: testenv.Get(t, "CEPH_REGIONONE_CONF"), DstConf: testenv.Get(t, "CEPH_REGIONTWO_CONF"),
+		Streams: 4, ChunkSize: "1M"}
 	if _, _, err := pki.InitCA(h.Dir, pki.CAOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +97,7 @@ func New(t testing.TB) *Harness {
 	return h
 }
 
-// config writes an agent configuration; extra lines go into [agent].
+// Config writes an agent configuration; extra lines go into [agent].
 func (h *Harness) Config(name, region, clusterKey string, extra ...string) string {
 	h.t.Helper()
 	conf := fmt.Sprintf(`[DEFAULT]
@@ -106,8 +112,8 @@ ceph_conf = %s
 ceph_user = %s
 ceph_keyring = %s
 pools = %s
-streams = 4
-chunk_size = 1M
+streams = %d
+chunk_size = %s
 heartbeat_interval = 1
 %s
 
@@ -117,7 +123,7 @@ cert_file = %s
 key_file = %s
 `, testenv.Get(h.t, "TRANSPORT_URL"), name, filepath.Join(h.Dir, name+".log"), region,
 		testenv.Get(h.t, "CEPH_"+clusterKey+"_CONF"), testenv.Get(h.t, "CEPH_USER"), testenv.Get(h.t, "CEPH_"+clusterKey+"_KEYRING"),
-		h.Pool, strings.Join(extra, "\n"),
+		h.Pool, h.Streams, h.ChunkSize, strings.Join(extra, "\n"),
 		filepath.Join(h.Dir, "ca.crt"), filepath.Join(h.Dir, name+".crt"), filepath.Join(h.Dir, name+".key"))
 	path := filepath.Join(h.Dir, name+".conf")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {

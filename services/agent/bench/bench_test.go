@@ -232,6 +232,15 @@ func (c *collector) write(t testing.TB) {
 // the source's configuration.
 func agents(t *testing.T) (*agenttest.Harness, string, func() int64) {
 	h := agenttest.New(t)
+	// The shipped defaults ([agent] streams and chunk_size), unless the
+	// environment asks otherwise.
+	h.Streams, h.ChunkSize = 4, "4M"
+	if v := os.Getenv("FERRY_BENCH_STREAMS"); v != "" {
+		fmt.Sscan(v, &h.Streams)
+	}
+	if v := os.Getenv("FERRY_BENCH_CHUNK_SIZE"); v != "" {
+		h.ChunkSize = v
+	}
 	dst := h.StartDest("dst-a")
 	src := h.Config("src", h.SrcRegion, "REGIONONE")
 	return h, src, func() int64 { return agenttest.PeakRSS(dst.Process.Pid) }
@@ -242,11 +251,24 @@ func TestBench(t *testing.T) {
 	defer col.write(t)
 	// Leave fresh memstore clusters for whatever runs next.
 	defer resetCeph(t, "memstore")
-	t.Run("full_dense_1g", func(t *testing.T) { benchDense(t, &col, "full_dense_1g", 1<<30, "memstore", true) })
-	t.Run("full_sparse_4g", func(t *testing.T) { benchSparse(t, &col) })
-	t.Run("incremental_64m", func(t *testing.T) { benchIncremental(t, &col) })
-	if os.Getenv("FERRY_BENCH_SKIP_4G") == "" {
-		t.Run("full_dense_4g", func(t *testing.T) { benchDense(t, &col, "full_dense_4g", 4<<30, "bluestore", false) })
+	// FERRY_BENCH_CASES=a,b runs only those cases.
+	want := func(c string) bool {
+		v := os.Getenv("FERRY_BENCH_CASES")
+		return v == "" || slices.Contains(strings.Split(v, ","), c)
+	}
+	cases := []struct {
+		name string
+		fn   func(*testing.T)
+	}{
+		{"full_dense_1g", func(t *testing.T) { benchDense(t, &col, "full_dense_1g", 1<<30, "memstore", true) }},
+		{"full_sparse_4g", func(t *testing.T) { benchSparse(t, &col) }},
+		{"incremental_64m", func(t *testing.T) { benchIncremental(t, &col) }},
+		{"full_dense_4g", func(t *testing.T) { benchDense(t, &col, "full_dense_4g", 4<<30, "bluestore", false) }},
+	}
+	for _, c := range cases {
+		if want(c.name) {
+			t.Run(c.name, c.fn)
+		}
 	}
 }
 
@@ -283,6 +305,7 @@ func benchDense(t *testing.T, col *collector, name string, size uint64, backend 
 			t.Fatal(err)
 		}
 		ferry = append(ferry, res.Seconds)
+		t.Logf("ferry run %d: %.3f s, phases %v", i, res.Seconds, res.Phases)
 		moved = res.BytesSent
 		rss = max(rss, res.PeakRSSBytes, dstRSS())
 		rmImage(st.conf("REGIONTWO"), fmt.Sprintf("%s/ferry-%d", pool, i))
@@ -350,6 +373,7 @@ func benchSparse(t *testing.T, col *collector) {
 			t.Fatal(err)
 		}
 		ferry = append(ferry, res.Seconds)
+		t.Logf("ferry run %d: %.3f s, phases %v", i, res.Seconds, res.Phases)
 		moved = res.BytesSent
 		rss = max(rss, res.PeakRSSBytes, dstRSS())
 		rmImage(st.conf("REGIONTWO"), fmt.Sprintf("%s/ferry-%d", pool, i))
@@ -419,6 +443,7 @@ func benchIncremental(t *testing.T, col *collector) {
 			t.Fatal(err)
 		}
 		ferry = append(ferry, res.Seconds)
+		t.Logf("ferry run %d: %.3f s, phases %v", i, res.Seconds, res.Phases)
 		moved = res.BytesSent
 		rss = max(rss, res.PeakRSSBytes, dstRSS())
 		d, err := rbdDiffPipe(ctx, st, pool, "inc", fmt.Sprintf("pipe-%d", i-1), fmt.Sprintf("pipe-%d", i), "inc-pipe")

@@ -146,7 +146,7 @@ type SendRequest struct {
 
 // Result accounts for one Send.
 type Result struct {
-	// Digest is the transfer digest "sha256:<hex>", equal on both sides.
+	// Digest is the transfer digest "blake3-sha256:<hex>", equal on both sides.
 	Digest      string
 	TotalChunks uint64
 	// SkippedChunks were below the resume watermark.
