@@ -21,6 +21,7 @@ import (
 	"github.com/ferry-project/ferry/services/internal/config"
 	"github.com/ferry-project/ferry/services/internal/daemon"
 	"github.com/ferry-project/ferry/services/internal/logging"
+	"github.com/ferry-project/ferry/services/internal/profiling"
 )
 
 // HarnessResult is what `ferry-agent transfer` prints (JSON) when a
@@ -102,7 +103,13 @@ func transferMain(args []string, stdout, stderr io.Writer) int {
 		ctx, cancel = context.WithTimeout(ctx, *timeout)
 		defer cancel()
 	}
+	stopProfile, err := profiling.Start()
+	if err != nil {
+		fmt.Fprintf(stderr, "ferry-agent transfer: %v\n", err)
+		return 1
+	}
 	out, err := runHarness(ctx, cfg, log, job, *destRegion)
+	stopProfile()
 	if err != nil {
 		fmt.Fprintf(stderr, "ferry-agent transfer %s: %v\n", job.TransferID, err)
 		return 1

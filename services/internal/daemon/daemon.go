@@ -15,6 +15,7 @@ import (
 
 	"github.com/ferry-project/ferry/services/internal/config"
 	"github.com/ferry-project/ferry/services/internal/logging"
+	"github.com/ferry-project/ferry/services/internal/profiling"
 	"github.com/ferry-project/ferry/services/internal/version"
 )
 
@@ -69,6 +70,12 @@ func Main(binary, summary string, args []string, stderr io.Writer, check func(*c
 	for _, w := range res.Warnings {
 		log.Warn("configuration", "file", *configFile, "warning", w)
 	}
+	stopProfile, err := profiling.Start()
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", binary, err)
+		return 1
+	}
+	defer stopProfile()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	log.Info("starting", "version", version.String(), "config_file", *configFile)
