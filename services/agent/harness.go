@@ -144,14 +144,14 @@ func runHarness(ctx context.Context, cfg *config.Config, log *slog.Logger, job t
 		TransferID: job.TransferID, Mode: res.Mode, Base: res.Base, Snapshot: res.Snapshot, Digest: res.Digest,
 		BytesTotal: res.BytesTotal, BytesDone: res.BytesDone, BytesRead: res.Stream.BytesRead,
 		BytesSent: res.Stream.BytesSent, Skipped: res.Stream.SkippedChunks, Resumed: res.Resumed,
-		Reconnects: res.Stream.Reconnects, Seconds: time.Since(start).Seconds(), PeakRSSBytes: peakRSS(),
+		Reconnects: res.Stream.Reconnects, Seconds: time.Since(start).Seconds(), PeakRSSBytes: PeakRSS(os.Getpid()),
 		Phases: res.Phases,
 	}, nil
 }
 
-// peakRSS is this process's peak resident set (VmHWM), or -1.
-func peakRSS() int64 {
-	b, err := os.ReadFile("/proc/self/status")
+// PeakRSS is a process's peak resident set (VmHWM) in bytes, or -1.
+func PeakRSS(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return -1
 	}

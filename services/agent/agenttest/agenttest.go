@@ -305,16 +305,4 @@ func (h *Harness) KillWhenHalfway(cmd *exec.Cmd, name string, size int64) int64 
 }
 
 // PeakRSS is a process's peak resident set (VmHWM) in bytes, or -1.
-func PeakRSS(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return -1
-	}
-	var kb int64
-	for line := range strings.SplitSeq(string(b), "\n") {
-		if n, _ := fmt.Sscanf(line, "VmHWM: %d kB", &kb); n == 1 {
-			return kb << 10
-		}
-	}
-	return -1
-}
+func PeakRSS(pid int) int64 { return agent.PeakRSS(pid) }

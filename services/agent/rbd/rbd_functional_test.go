@@ -21,16 +21,7 @@ func TestClusterImageLifecycle(t *testing.T) {
 		t.Run(region, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
-			c, err := Connect(ctx, Options{
-				ConfFile: testenv.Get(t, "CEPH_"+region+"_CONF"),
-				User:     testenv.Get(t, "CEPH_USER"),
-				Keyring:  testenv.Get(t, "CEPH_"+region+"_KEYRING"),
-				Timeout:  15 * time.Second,
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(c.Close)
+			c := connectRegion(t, ctx, region)
 			if want := testenv.Get(t, "CEPH_"+region+"_FSID"); c.FSID() != want {
 				t.Errorf("fsid %s, want %s", c.FSID(), want)
 			}
@@ -125,16 +116,7 @@ func TestClusterImageLifecycle(t *testing.T) {
 func TestMissingPool(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := Connect(ctx, Options{
-		ConfFile: testenv.Get(t, "CEPH_REGIONONE_CONF"),
-		User:     testenv.Get(t, "CEPH_USER"),
-		Keyring:  testenv.Get(t, "CEPH_REGIONONE_KEYRING"),
-		Timeout:  15 * time.Second,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := connectRegion(t, ctx, "REGIONONE")
 	if _, err := c.OpenImage(ctx, "no-such-pool", "x", "", true); !errors.Is(err, ErrNotFound) {
 		t.Errorf("open in missing pool: %v, want ErrNotFound", err)
 	}
