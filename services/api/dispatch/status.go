@@ -1,0 +1,311 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/ferry-project/ferry/db"
+	"github.com/ferry-project/ferry/rpc"
+)
+
+// StatusQueue is the queue ferry-api consumes agents' reports from, bound
+// to rpc.StatusTarget.
+const StatusQueue = string(rpc.StatusTarget)
+
+// happyPath is a transfer's life without trouble; an agent's report moves
+// the transfer along it one legal step at a time (finalizing is skipped:
+// verifying → completed is allowed).
+var happyPath = []db.Status{
+	db.StatusQueued, db.StatusAccepted, db.StatusPreparing, db.StatusTransferring, db.StatusVerifying,
+}
+
+func rank(s db.Status) int {
+	for i, h := range happyPath {
+		if h == s {
+			return i
+		}
+	}
+	switch s {
+	case db.StatusFinalizing:
+		return len(happyPath)
+	case db.StatusCompleted:
+		return len(happyPath) + 1
+	}
+	return -1 // error, cancelling, cancelled: off the path
+}
+
+// statusAttempts bounds how often a report is re-applied after losing a
+// race with another change of the same transfer.
+const statusAttempts = 4
+
+// StatusHandler handles the queue ferry.status: agent.status reports become
+// transitions of the transfer (see the mapping in the package
+// documentation) and agent.heartbeat upserts the agent's service row.
+//
+// Reports are idempotent: a redelivered or late report whose change the
+// transfer already went through (or past) is dropped, as is a report of an
+// older epoch (the transfer was re-dispatched since) or of an unknown
+// transfer; each drop is logged, none is retried or dead-lettered. Only
+// database failures are returned (temporary: the message is requeued), and
+// undecodable bodies (permanent: dead-lettered).
+func StatusHandler(store *db.DB, log *slog.Logger) rpc.Handler {
+	if log == nil {
+		log = slog.Default()
+	}
+	h := &statusHandler{db: store, log: log}
+	var mux rpc.Mux
+	mux.Handle(rpc.MethodAgentStatus, h.status)
+	mux.Handle(rpc.MethodAgentHeartbeat, h.heartbeat)
+	return mux.Serve
+}
+
+type statusHandler struct {
+	db  *db.DB
+	log *slog.Logger
+}
+
+func (h *statusHandler) heartbeat(ctx context.Context, env rpc.Envelope) (any, error) {
+	var hb rpc.Heartbeat
+	if err := env.DecodeBody(&hb); err != nil {
+		return nil, err
+	}
+	binary := hb.Binary
+	if binary == "" {
+		binary = db.AgentBinary
+	}
+	_, err := h.db.UpsertServiceHeartbeat(ctx, binary, hb.Host, hb.Region, hb.Version)
+	if errors.Is(err, db.ErrInvalidArgument) {
+		h.log.Warn("heartbeat dropped", "host", hb.Host, "region", hb.Region, "error", err)
+		return nil, nil
+	}
+	if err != nil {
+		return nil, rpc.Temporary(err)
+	}
+	return nil, nil
+}
+
+func (h *statusHandler) status(ctx context.Context, env rpc.Envelope) (any, error) {
+	var ev rpc.StatusEvent
+	if err := env.DecodeBody(&ev); err != nil {
+		return nil, err
+	}
+	log := h.log.With("transfer_id", ev.TransferID, "event", ev.Event, "epoch", ev.Epoch,
+		"region", ev.Region, "host", ev.Host, "request_id", env.RequestID)
+	if ev.TransferID == "" || ev.Epoch <= 0 {
+		log.Warn("status report dropped: no transfer id or epoch")
+		return nil, nil
+	}
+	var err error
+	for range statusAttempts {
+		err = h.apply(ctx, &ev, requestID(env.RequestID), log)
+		if !errors.Is(err, db.ErrConflict) && !errors.Is(err, db.ErrInvalidTransition) {
+			break
+		}
+		// Another change of the transfer won the race: read it again.
+	}
+	switch {
+	case err == nil:
+		return nil, nil
+	case errors.Is(err, db.ErrStaleEpoch):
+		log.Info("stale status report dropped", "reason", err)
+		return nil, nil
+	case errors.Is(err, db.ErrNotFound):
+		log.Warn("status report for an unknown transfer dropped")
+		return nil, nil
+	case errors.Is(err, db.ErrInvalidArgument), errors.Is(err, db.ErrConflict), errors.Is(err, db.ErrInvalidTransition):
+		log.Warn("status report dropped", "error", err)
+		return nil, nil
+	}
+	return nil, rpc.Temporary(fmt.Errorf("dispatch: status %s of %s: %w", ev.Event, ev.TransferID, err))
+}
+
+func requestID(id string) string {
+	if len(id) > db.MaxRequestIDLength {
+		return ""
+	}
+	return id
+}
+
+// apply applies one report to the transfer as it is now. ErrConflict or
+// ErrInvalidTransition mean the transfer changed under it (try again).
+func (h *statusHandler) apply(ctx context.Context, ev *rpc.StatusEvent, reqID string, log *slog.Logger) error {
+	t, err := h.db.GetTransfer(ctx, ev.TransferID, db.AllProjectsScope())
+	if err != nil {
+		return err
+	}
+	if t.Epoch != ev.Epoch {
+		return fmt.Errorf("%w: report for epoch %d, transfer is at epoch %d", db.ErrStaleEpoch, ev.Epoch, t.Epoch)
+	}
+	a := applier{h: h, t: t, ev: ev, reqID: reqID}
+	switch ev.Event {
+	case rpc.EventAccepted:
+		return a.advance(ctx, db.StatusAccepted, log)
+	case rpc.EventProgress:
+		if err := a.advance(ctx, db.StatusTransferring, log); err != nil {
+			return err
+		}
+		if !db.IsActive(a.t.Status) {
+			log.Debug("progress of an inactive transfer dropped", "status", a.t.Status)
+			return nil
+		}
+		err := h.db.UpdateProgress(ctx, ev.TransferID, clamp(ev.BytesDone), clamp(ev.BytesTotal), clamp(ev.Rate))
+		if errors.Is(err, db.ErrConflict) {
+			// It left the active statuses meanwhile: the progress is moot.
+			log.Debug("progress of a transfer that stopped dropped", "error", err)
+			return nil
+		}
+		return err
+	case rpc.EventCompleted:
+		return a.complete(ctx, log)
+	case rpc.EventError:
+		return a.fail(ctx, log)
+	case rpc.EventCancelled:
+		return a.cancelled(ctx, log)
+	}
+	log.Warn("status report of an unknown event dropped")
+	return nil
+}
+
+func clamp(v uint64) int64 {
+	const maxInt64 = 1<<63 - 1
+	if v > maxInt64 {
+		return maxInt64
+	}
+	return int64(v)
+}
+
+// applier moves one transfer; t is kept current after every step.
+type applier struct {
+	h     *statusHandler
+	t     *db.Transfer
+	ev    *rpc.StatusEvent
+	reqID string
+}
+
+// step makes one transition from the status t was read in.
+func (a *applier) step(ctx context.Context, to db.Status, msg string, f db.TransferFields, errMsg string) error {
+	if a.ev.Host != "" && a.t.Agent == nil {
+		host := a.ev.Host
+		f.Agent = &host
+	}
+	t, err := a.h.db.TransitionTransfer(ctx, a.t.ID, to, db.TransitionOpts{
+		Message: msg, Error: errMsg, RequestID: a.reqID,
+		ExpectFrom: []db.Status{a.t.Status}, ExpectEpoch: a.ev.Epoch, Fields: f,
+	})
+	if err != nil {
+		return err
+	}
+	a.t = t
+	return nil
+}
+
+func (a *applier) agent() string {
+	if a.ev.Host != "" {
+		return "agent " + a.ev.Host
+	}
+	return "agent"
+}
+
+// advance walks the happy path up to target; a transfer already there or
+// past it (or off the path: error, cancelling, cancelled) is left alone.
+func (a *applier) advance(ctx context.Context, target db.Status, log *slog.Logger) error {
+	tr := rank(target)
+	for {
+		cur := rank(a.t.Status)
+		if cur < 0 || cur >= tr {
+			if a.t.Status != target {
+				log.Debug("report already applied or overtaken", "status", a.t.Status, "target", target)
+			}
+			return nil
+		}
+		next := happyPath[cur+1]
+		msg := fmt.Sprintf("%s reported %s", a.agent(), a.ev.Event)
+		if next == db.StatusAccepted {
+			msg = a.agent() + " accepted the transfer"
+		}
+		if err := a.step(ctx, next, msg, db.TransferFields{}, ""); err != nil {
+			return err
+		}
+	}
+}
+
+func (a *applier) complete(ctx context.Context, log *slog.Logger) error {
+	f := db.TransferFields{}
+	done, total := clamp(a.ev.BytesDone), clamp(a.ev.BytesTotal)
+	if a.ev.BytesDone > 0 || a.ev.BytesTotal > 0 {
+		f.BytesTransferred = &done
+	}
+	if total > 0 {
+		f.BytesTotal = &total
+	} else if done > 0 {
+		f.BytesTotal = &done
+	}
+	if a.ev.Digest != "" {
+		d := a.ev.Digest
+		f.Digest = &d
+	}
+	if m := db.Mode(a.ev.Mode); m == db.ModeFull || m == db.ModeIncremental {
+		f.Mode = &m
+	}
+	if a.ev.Snapshot != "" {
+		s := a.ev.Snapshot
+		f.DestSnapshot = &s
+		if a.t.SourceSnapshot == "" {
+			f.SourceSnapshot = &s
+		}
+	}
+	switch a.t.Status {
+	case db.StatusCompleted:
+		log.Debug("completion already applied")
+		return nil
+	case db.StatusCancelling:
+		// The agent finished before the cancel reached it.
+		return a.step(ctx, db.StatusCancelled, a.agent()+" completed the copy before the cancel reached it", f, "")
+	case db.StatusError, db.StatusCancelled:
+		log.Info("completion of a finished transfer dropped", "status", a.t.Status)
+		return nil
+	}
+	if err := a.advance(ctx, db.StatusVerifying, log); err != nil {
+		return err
+	}
+	if a.t.Status != db.StatusVerifying && a.t.Status != db.StatusFinalizing {
+		return nil
+	}
+	msg := a.agent() + " completed the transfer"
+	if a.ev.Digest != "" {
+		msg += " (" + a.ev.Digest + ")"
+	}
+	return a.step(ctx, db.StatusCompleted, msg, f, "")
+}
+
+func (a *applier) fail(ctx context.Context, log *slog.Logger) error {
+	if db.IsTerminal(a.t.Status) {
+		log.Debug("error of a finished transfer dropped", "status", a.t.Status)
+		return nil
+	}
+	e := a.ev.Error
+	if e == "" {
+		e = "the agent reported an error without a message"
+	}
+	return a.step(ctx, db.StatusError, e, db.TransferFields{}, e)
+}
+
+func (a *applier) cancelled(ctx context.Context, log *slog.Logger) error {
+	msg := a.agent() + " cancelled the transfer"
+	switch {
+	case a.t.Status == db.StatusCancelled || db.IsTerminal(a.t.Status):
+		log.Debug("cancellation of a finished transfer dropped", "status", a.t.Status)
+		return nil
+	case db.CanTransition(a.t.Status, db.StatusCancelled):
+		return a.step(ctx, db.StatusCancelled, msg, db.TransferFields{}, "")
+	case db.CanTransition(a.t.Status, db.StatusCancelling):
+		if err := a.step(ctx, db.StatusCancelling, msg, db.TransferFields{}, ""); err != nil {
+			return err
+		}
+		return a.step(ctx, db.StatusCancelled, msg, db.TransferFields{}, "")
+	}
+	// finalizing cannot be cancelled: the agent's word is an error then.
+	return a.step(ctx, db.StatusError, msg+" while finalizing", db.TransferFields{}, "cancelled by the agent while finalizing")
+}
