@@ -431,3 +431,6 @@ func (d *DB) String() string { return d.redacted }
 // precision of MySQL DATETIME(6) and PostgreSQL timestamps), so that values
 // read back compare equal to the ones written.
 func (d *DB) now() time.Time { return d.nowFunc() }
+
+// Now is the store's clock (UTC), the one its timestamps use.
+func (d *DB) Now() time.Time { return d.now() }

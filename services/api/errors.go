@@ -33,6 +33,7 @@ var faultNames = map[int]string{
 	http.StatusRequestEntityTooLarge: "overLimit",
 	http.StatusUnsupportedMediaType:  "badMediaType",
 	http.StatusServiceUnavailable:    "serviceUnavailable",
+	http.StatusNotImplemented:        "notImplemented",
 }
 
 // writeError writes {"itemNotFound": {"code": 404, "message": "..."}}.

@@ -29,9 +29,10 @@ const (
 
 // Server holds ferry-api's dependencies.
 type Server struct {
-	cfg *config.Config
-	log *slog.Logger
-	db  *db.DB
+	cfg   *config.Config
+	log   *slog.Logger
+	db    *db.DB
+	hooks Hooks
 }
 
 // Run starts ferry-api and serves until ctx is cancelled. The database schema
@@ -75,6 +76,7 @@ func (s *Server) Router() http.Handler {
 	r.Use(requestID(), gin.Recovery())
 	r.GET("/", s.versions)
 	r.GET("/healthcheck", s.healthcheck)
+	s.routes(r)
 	r.NoRoute(func(c *gin.Context) {
 		writeError(c, http.StatusNotFound, "The resource could not be found.")
 	})

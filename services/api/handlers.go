@@ -1,0 +1,435 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/google/uuid"
+
+	"github.com/ferry-project/ferry/db"
+)
+
+// Caller is who makes a request, as the authentication middleware found
+// it. Ferry keeps ids, never the token.
+type Caller struct {
+	UserID    string
+	ProjectID string
+	Roles     []string
+	// Regions are the regions where the caller's catalog has a
+	// volume-ferry endpoint: the regions a transfer may name.
+	Regions []string
+}
+
+// Hooks are ferry-api's collaborators, behind functions so that the
+// handlers are tested with fakes and wired to Keystone, the policy engine
+// and the dispatcher in Run.
+type Hooks struct {
+	// Authenticate is the middleware that identifies the caller (401s).
+	Authenticate gin.HandlerFunc
+	// CallerOf returns the caller the middleware found.
+	CallerOf func(*gin.Context) *Caller
+	// Allowed enforces a policy rule on a target.
+	Allowed func(rule string, c *Caller, target map[string]string) bool
+	// StartMessage builds the outbox row that dispatches a transfer.
+	StartMessage func(ctx context.Context, t *db.Transfer) (*db.OutboxMessage, error)
+	// CancelMessage builds the outbox row that stops a running transfer.
+	CancelMessage func(ctx context.Context, t *db.Transfer) (*db.OutboxMessage, error)
+	// Kick wakes the outbox publisher after a write.
+	Kick func()
+}
+
+// routes adds /v1.
+func (s *Server) routes(r *gin.Engine) {
+	if s.hooks.Authenticate == nil {
+		return
+	}
+	v1 := r.Group("/v1", s.hooks.Authenticate)
+	v1.POST("/transfers", s.createTransfer)
+	v1.GET("/transfers", s.listTransfers)
+	v1.GET("/transfers/:id", s.showTransfer)
+	v1.GET("/transfers/:id/events", s.transferEvents)
+	v1.POST("/transfers/:id/action", s.transferAction)
+	v1.DELETE("/transfers/:id", s.deleteTransfer)
+	v1.GET("/services", s.listServices)
+}
+
+func requestIDOf(c *gin.Context) string { return c.GetString("request_id") }
+
+// authorize checks rule for the caller on a project's resource; a denial
+// is written as 403 and false returned.
+func (s *Server) authorize(c *gin.Context, rule, projectID string) (*Caller, bool) {
+	caller := s.hooks.CallerOf(c)
+	if caller == nil {
+		writeError(c, http.StatusUnauthorized, "Authentication required.")
+		return nil, false
+	}
+	if !s.hooks.Allowed(rule, caller, map[string]string{"project_id": projectID}) {
+		writeError(c, http.StatusForbidden, fmt.Sprintf("Policy doesn't allow %s to be performed.", rule))
+		return nil, false
+	}
+	return caller, true
+}
+
+// dbError maps store errors to answers; anything unexpected is logged and
+// a 500 without details.
+func (s *Server) dbError(c *gin.Context, err error, what string) {
+	switch {
+	case errors.Is(err, db.ErrNotFound):
+		writeError(c, http.StatusNotFound, what+" could not be found.")
+	case errors.Is(err, db.ErrMarkerNotFound):
+		writeError(c, http.StatusBadRequest, "marker not found: "+c.Query("marker"))
+	case errors.Is(err, db.ErrInvalidSort), errors.Is(err, db.ErrInvalidArgument):
+		writeError(c, http.StatusBadRequest, err.Error())
+	case errors.Is(err, db.ErrInvalidTransition), errors.Is(err, db.ErrConflict):
+		writeError(c, http.StatusConflict, err.Error())
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		writeError(c, http.StatusServiceUnavailable, "The request timed out.")
+	default:
+		s.log.Error("database", "request_id", requestIDOf(c), "error", err)
+		writeError(c, http.StatusInternalServerError, "The server has either erred or is incapable of performing the requested operation.")
+	}
+}
+
+func (s *Server) createTransfer(c *gin.Context) {
+	caller, ok := s.authorize(c, "transfer:create", "")
+	if !ok {
+		return
+	}
+	// The body is checked before the rest of the policy: a bad body is a
+	// 400 whoever sends it.
+	req, err := ParseCreate(c.Request.Body, int64(s.cfg.API.MaxRequestBodySize))
+	if err != nil {
+		writeError(c, statusOf(err), err.Error())
+		return
+	}
+	if !s.hooks.Allowed("transfer:create", caller, map[string]string{"project_id": caller.ProjectID}) {
+		writeError(c, http.StatusForbidden, "Policy doesn't allow transfer:create to be performed.")
+		return
+	}
+	src, dst := req.Source, req.Destination
+	if src.VolumeID != "" || src.BackupID != "" {
+		writeError(c, http.StatusNotImplemented, "Cinder volume and backup sources are not supported by this deployment yet; give pool and image.")
+		return
+	}
+	// A raw RBD image has no project: by default only admins name one.
+	if !s.hooks.Allowed("transfer:create:image_source", caller, map[string]string{"project_id": caller.ProjectID}) {
+		writeError(c, http.StatusForbidden, "Policy doesn't allow transfer:create:image_source to be performed: name a volume instead of a pool and image.")
+		return
+	}
+	for _, r := range []struct{ side, region string }{{"source", src.Region}, {"destination", dst.Region}} {
+		if !slices.Contains(caller.Regions, r.region) {
+			writeError(c, http.StatusBadRequest, fmt.Sprintf("transfer.%s.region %q is not a region with a volume-ferry endpoint (known: %s).",
+				r.side, r.region, strings.Join(caller.Regions, ", ")))
+			return
+		}
+	}
+	mode, _ := db.ParseMode(req.Mode)
+	t := &db.Transfer{
+		ID: uuid.NewString(), Name: req.Name, Description: req.Description,
+		ProjectID: caller.ProjectID, UserID: caller.UserID, Mode: mode,
+		SourceRegion: src.Region, SourcePool: src.Pool, SourceImage: src.Image, SourceSnapshot: src.Snapshot,
+		DestRegion: dst.Region, DestPool: firstNonEmpty(dst.Pool, src.Pool), DestImage: firstNonEmpty(dst.Image, src.Image),
+	}
+	msg, err := s.hooks.StartMessage(c.Request.Context(), t)
+	if err != nil {
+		s.dbError(c, err, "Transfer")
+		return
+	}
+	if err := s.db.CreateTransfer(c.Request.Context(), t, msg, db.WithRequestID(requestIDOf(c))); err != nil {
+		s.dbError(c, err, "Transfer")
+		return
+	}
+	s.hooks.Kick()
+	c.JSON(http.StatusAccepted, gin.H{"transfer": ViewOf(t)})
+}
+
+func firstNonEmpty(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// scopeFor is the caller's project, or every project for an admin asking
+// all_projects.
+func (s *Server) scopeFor(c *gin.Context, caller *Caller) (db.Scope, bool) {
+	v := c.Query("all_projects")
+	if v == "" {
+		return db.ProjectScope(caller.ProjectID), true
+	}
+	all, err := strconv.ParseBool(v)
+	if err != nil {
+		writeError(c, http.StatusBadRequest, fmt.Sprintf("all_projects=%q is not a boolean.", v))
+		return db.Scope{}, false
+	}
+	if !all {
+		return db.ProjectScope(caller.ProjectID), true
+	}
+	if !s.hooks.Allowed("transfer:get_all_projects", caller, map[string]string{"project_id": caller.ProjectID}) {
+		writeError(c, http.StatusForbidden, "Policy doesn't allow transfer:get_all_projects to be performed.")
+		return db.Scope{}, false
+	}
+	return db.AllProjectsScope(), true
+}
+
+// visible is GetTransfer in the caller's scope: another project's transfer
+// is a 404, never a 403 (its existence is not disclosed).
+func (s *Server) visible(c *gin.Context, caller *Caller) (*db.Transfer, bool) {
+	scope := db.ProjectScope(caller.ProjectID)
+	if s.hooks.Allowed("transfer:get_all_projects", caller, map[string]string{"project_id": caller.ProjectID}) {
+		scope = db.AllProjectsScope()
+	}
+	id := c.Param("id")
+	if _, err := uuid.Parse(id); err != nil {
+		writeError(c, http.StatusNotFound, "Transfer "+id+" could not be found.")
+		return nil, false
+	}
+	t, err := s.db.GetTransfer(c.Request.Context(), id, scope)
+	if err != nil {
+		s.dbError(c, err, "Transfer "+id)
+		return nil, false
+	}
+	return t, true
+}
+
+func (s *Server) listTransfers(c *gin.Context) {
+	caller, ok := s.authorize(c, "transfer:get_all", s.callerProject(c))
+	if !ok {
+		return
+	}
+	scope, ok := s.scopeFor(c, caller)
+	if !ok {
+		return
+	}
+	limit := s.cfg.API.DefaultPageSize
+	if v := c.Query("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			writeError(c, http.StatusBadRequest, fmt.Sprintf("limit=%q must be a positive integer.", v))
+			return
+		}
+		limit = min(n, s.cfg.API.MaxPageSize)
+	}
+	opts := db.ListOpts{Scope: scope, Limit: limit, Marker: c.Query("marker"), SortKey: c.Query("sort_key"), SortDir: c.Query("sort_dir")}
+	if v := c.Query("status"); v != "" {
+		st, err := db.ParseStatus(v)
+		if err != nil {
+			writeError(c, http.StatusBadRequest, fmt.Sprintf("status=%q is not a transfer status.", v))
+			return
+		}
+		opts.Status = st
+	}
+	if opts.Marker != "" {
+		if _, err := uuid.Parse(opts.Marker); err != nil {
+			writeError(c, http.StatusBadRequest, "marker not found: "+opts.Marker)
+			return
+		}
+	}
+	items, more, err := s.db.ListTransfers(c.Request.Context(), opts)
+	if err != nil {
+		s.dbError(c, err, "Transfer")
+		return
+	}
+	views := make([]TransferView, 0, len(items))
+	for i := range items {
+		views = append(views, ViewOf(&items[i]))
+	}
+	body := gin.H{"transfers": views}
+	if more && len(items) > 0 {
+		q := c.Request.URL.Query()
+		q.Set("marker", items[len(items)-1].ID)
+		q.Set("limit", strconv.Itoa(limit))
+		body["transfers_links"] = []gin.H{{"rel": "next", "href": s.baseURL(c) + "/v1/transfers?" + q.Encode()}}
+	}
+	c.JSON(http.StatusOK, body)
+}
+
+// callerProject is the caller's own project, the target of list rules.
+func (s *Server) callerProject(c *gin.Context) string {
+	if caller := s.hooks.CallerOf(c); caller != nil {
+		return caller.ProjectID
+	}
+	return ""
+}
+
+func (s *Server) showTransfer(c *gin.Context) {
+	caller, ok := s.authorize(c, "transfer:get", s.callerProject(c))
+	if !ok {
+		return
+	}
+	t, ok := s.visible(c, caller)
+	if !ok {
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"transfer": ViewOf(t)})
+}
+
+func (s *Server) transferEvents(c *gin.Context) {
+	caller, ok := s.authorize(c, "transfer:events", s.callerProject(c))
+	if !ok {
+		return
+	}
+	t, ok := s.visible(c, caller)
+	if !ok {
+		return
+	}
+	events, err := s.db.ListEvents(c.Request.Context(), t.ID)
+	if err != nil {
+		s.dbError(c, err, "Transfer "+t.ID)
+		return
+	}
+	out := make([]gin.H, 0, len(events))
+	for _, e := range events {
+		out = append(out, gin.H{
+			"created_at": isoTime(e.CreatedAt), "kind": string(e.Kind), "from_status": strPtr(string(e.FromStatus)),
+			"to_status": strPtr(string(e.ToStatus)), "message": e.Message, "request_id": strPtr(e.RequestID),
+		})
+	}
+	c.JSON(http.StatusOK, gin.H{"events": out})
+}
+
+func (s *Server) transferAction(c *gin.Context) {
+	var body map[string]any
+	dec := strictJSON(c, &body)
+	if !dec {
+		return
+	}
+	if len(body) != 1 {
+		writeError(c, http.StatusBadRequest, `The action body must hold exactly one action: {"cancel": null} or {"retry": null}.`)
+		return
+	}
+	var action string
+	for k := range body {
+		action = k
+	}
+	if action != "cancel" && action != "retry" {
+		writeError(c, http.StatusBadRequest, fmt.Sprintf("Unknown action %q: use cancel or retry.", action))
+		return
+	}
+	caller, ok := s.authorize(c, "transfer:"+action, s.callerProject(c))
+	if !ok {
+		return
+	}
+	t, ok := s.visible(c, caller)
+	if !ok {
+		return
+	}
+	if !s.hooks.Allowed("transfer:"+action, caller, map[string]string{"project_id": t.ProjectID}) {
+		writeError(c, http.StatusForbidden, fmt.Sprintf("Policy doesn't allow transfer:%s to be performed.", action))
+		return
+	}
+	ctx := c.Request.Context()
+	rid := requestIDOf(c)
+	var err error
+	switch action {
+	case "retry":
+		t, err = s.db.TransitionTransfer(ctx, t.ID, db.StatusQueued, db.TransitionOpts{
+			ExpectFrom: []db.Status{db.StatusError}, RequestID: rid, Message: "retry requested by " + caller.UserID})
+		if err == nil {
+			err = s.enqueue(ctx, t, s.hooks.StartMessage)
+		}
+	case "cancel":
+		if t.Status == db.StatusQueued {
+			// Nothing runs yet. A start already published may still
+			// reach an agent: its "accepted" report for a cancelled
+			// transfer must be answered with a cancel (dispatcher).
+			_, err = s.db.TransitionTransfer(ctx, t.ID, db.StatusCancelled, db.TransitionOpts{
+				ExpectFrom: []db.Status{db.StatusQueued}, RequestID: rid, Message: "cancelled by " + caller.UserID})
+			break
+		}
+		_, err = s.db.TransitionTransfer(ctx, t.ID, db.StatusCancelling, db.TransitionOpts{RequestID: rid, Message: "cancel requested by " + caller.UserID})
+		if err == nil {
+			err = s.enqueue(ctx, t, s.hooks.CancelMessage)
+		}
+	}
+	if err != nil {
+		s.dbError(c, err, "Transfer "+c.Param("id"))
+		return
+	}
+	c.Status(http.StatusAccepted)
+}
+
+// enqueue writes one outbox row for t and wakes the publisher.
+func (s *Server) enqueue(ctx context.Context, t *db.Transfer, build func(context.Context, *db.Transfer) (*db.OutboxMessage, error)) error {
+	m, err := build(ctx, t)
+	if err != nil {
+		return err
+	}
+	if err := s.db.EnqueueOutbox(ctx, m); err != nil {
+		return err
+	}
+	s.hooks.Kick()
+	return nil
+}
+
+func (s *Server) deleteTransfer(c *gin.Context) {
+	caller, ok := s.authorize(c, "transfer:delete", s.callerProject(c))
+	if !ok {
+		return
+	}
+	t, ok := s.visible(c, caller)
+	if !ok {
+		return
+	}
+	if !db.IsTerminal(t.Status) {
+		writeError(c, http.StatusConflict, fmt.Sprintf("Transfer %s is %s: only completed, error or cancelled transfers can be deleted.", t.ID, t.Status))
+		return
+	}
+	if err := s.db.DeleteTransfer(c.Request.Context(), t.ID, db.ProjectScope(t.ProjectID)); err != nil {
+		s.dbError(c, err, "Transfer "+t.ID)
+		return
+	}
+	c.Status(http.StatusNoContent)
+}
+
+func (s *Server) listServices(c *gin.Context) {
+	if _, ok := s.authorize(c, "service:get_all", s.callerProject(c)); !ok {
+		return
+	}
+	svcs, err := s.db.ListServices(c.Request.Context())
+	if err != nil {
+		s.dbError(c, err, "Service")
+		return
+	}
+	now := s.db.Now()
+	out := make([]gin.H, 0, len(svcs))
+	for i := range svcs {
+		sv := &svcs[i]
+		state := "down"
+		if db.ServiceIsUp(sv, now, secondsDur(s.cfg.API.AgentDownTime)) {
+			state = "up"
+		}
+		status := "enabled"
+		if sv.Disabled {
+			status = "disabled"
+		}
+		out = append(out, gin.H{"binary": sv.Binary, "host": sv.Host, "region": sv.Region, "state": state, "status": status,
+			"version": sv.Version, "updated_at": isoTime(sv.LastHeartbeatAt)})
+	}
+	c.JSON(http.StatusOK, gin.H{"services": out})
+}
+
+// strictJSON decodes a small JSON body into v; bad JSON is written as 400.
+func strictJSON(c *gin.Context, v any) bool {
+	body, err := io.ReadAll(io.LimitReader(c.Request.Body, 4096+1))
+	if err != nil || len(body) > 4096 {
+		writeError(c, http.StatusRequestEntityTooLarge, "Request body too large.")
+		return false
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		writeError(c, http.StatusBadRequest, "Malformed request body: "+jsonError(err))
+		return false
+	}
+	return true
+}
+
+func secondsDur(n int) time.Duration { return time.Duration(n) * time.Second }
