@@ -1,0 +1,274 @@
+package dispatch
+
+import (
+	"testing"
+	"time"
+
+	"github.com/ferry-project/ferry/db"
+	"github.com/ferry-project/ferry/rpc"
+)
+
+func send(t *testing.T, h rpc.Handler, method string, body any) error {
+	t.Helper()
+	ctx := rpc.WithRequestID(testCtx(t), "req-agent")
+	env, err := rpc.NewEnvelope(ctx, method, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = h(ctx, env)
+	return err
+}
+
+func report(t *testing.T, h rpc.Handler, ev rpc.StatusEvent) {
+	t.Helper()
+	if ev.Host == "" {
+		ev.Host, ev.Region = "agent-a", "RegionOne"
+	}
+	ev.Time = time.Now().UTC()
+	if err := send(t, h, rpc.MethodAgentStatus, ev); err != nil {
+		t.Fatalf("report %s: %v", ev.Event, err)
+	}
+}
+
+func get(t *testing.T, d *db.DB, id string) *db.Transfer {
+	t.Helper()
+	tr, err := d.GetTransfer(testCtx(t), id, db.AllProjectsScope())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tr
+}
+
+func transitions(t *testing.T, d *db.DB, id string) []string {
+	t.Helper()
+	evs, err := d.ListEvents(testCtx(t), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range evs {
+		out = append(out, string(e.FromStatus)+">"+string(e.ToStatus))
+	}
+	return out
+}
+
+func equal(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestStatusHappyPath(t *testing.T) {
+	d, _ := newDB(t)
+	h := StatusHandler(d, quietLog())
+	tr := createTransfer(t, d, 1)
+	id := tr.ID
+
+	report(t, h, rpc.StatusEvent{TransferID: id, Event: rpc.EventAccepted, Epoch: 1})
+	got := get(t, d, id)
+	if got.Status != db.StatusAccepted || got.Agent == nil || *got.Agent != "agent-a" || got.StartedAt == nil {
+		t.Fatalf("after accepted: %s agent=%v", got.Status, got.Agent)
+	}
+	report(t, h, rpc.StatusEvent{TransferID: id, Event: rpc.EventProgress, Epoch: 1, BytesDone: 100, BytesTotal: 1000, Rate: 50})
+	got = get(t, d, id)
+	if got.Status != db.StatusTransferring || got.BytesTransferred != 100 || got.BytesTotal != 1000 || got.RateBytesPerSecond != 50 {
+		t.Fatalf("after progress: %+v", got)
+	}
+	report(t, h, rpc.StatusEvent{TransferID: id, Event: rpc.EventProgress, Epoch: 1, BytesDone: 600, Rate: 70})
+	got = get(t, d, id)
+	if got.Status != db.StatusTransferring || got.BytesTransferred != 600 || got.BytesTotal != 1000 {
+		t.Fatalf("after second progress: %+v", got)
+	}
+	report(t, h, rpc.StatusEvent{TransferID: id, Event: rpc.EventCompleted, Epoch: 1, BytesDone: 1000, BytesTotal: 1000,
+		Digest: "blake3:abcd", Mode: "full", Snapshot: "ferry-" + id})
+	got = get(t, d, id)
+	if got.Status != db.StatusCompleted || got.BytesTransferred != 1000 || got.Digest != "blake3:abcd" ||
+		got.Mode != db.ModeFull || got.DestSnapshot != "ferry-"+id || got.FinishedAt == nil || got.RateBytesPerSecond != 0 {
+		t.Fatalf("after completed: %+v", got)
+	}
+	want := []string{">queued", "queued>accepted", "accepted>preparing", "preparing>transferring",
+		"transferring>verifying", "verifying>completed"}
+	if ev := transitions(t, d, id); !equal(ev, want) {
+		t.Fatalf("events %v, want %v", ev, want)
+	}
+
+	// Redelivered reports change nothing and are acked.
+	for _, e := range []string{rpc.EventCompleted, rpc.EventAccepted, rpc.EventProgress, rpc.EventError, rpc.EventCancelled} {
+		report(t, h, rpc.StatusEvent{TransferID: id, Event: e, Epoch: 1, BytesDone: 5, Digest: "blake3:ffff", Error: "late"})
+	}
+	got = get(t, d, id)
+	if got.Status != db.StatusCompleted || got.BytesTransferred != 1000 || got.Digest != "blake3:abcd" || got.Error != nil {
+		t.Fatalf("after redeliveries: %+v", got)
+	}
+	if ev := transitions(t, d, id); !equal(ev, want) {
+		t.Fatalf("events after redeliveries %v, want %v", ev, want)
+	}
+}
+
+func TestStatusCompletedWithoutEarlierReports(t *testing.T) {
+	d, _ := newDB(t)
+	h := StatusHandler(d, quietLog())
+	id := createTransfer(t, d, 1).ID
+	// accepted and progress lost or reordered: completed walks the whole path.
+	report(t, h, rpc.StatusEvent{TransferID: id, Event: rpc.EventCompleted, Epoch: 1, BytesDone: 10, Digest: "blake3:01"})
+	got := get(t, d, id)
+	if got.Status != db.StatusCompleted || got.BytesTotal != 10 || got.BytesTransferred != 10 {
+		t.Fatalf("%+v", got)
+	}
+	// A late accepted is dropped.
+	report(t, h, rpc.StatusEvent{TransferID: id, Event: rpc.EventAccepted, Epoch: 1})
+	if n := len(transitions(t, d, id)); n != 6 {
+		t.Fatalf("%d events, want 6", n)
+	}
+}
+
+func TestStatusError(t *testing.T) {
+	d, _ := newDB(t)
+	h := StatusHandler(d, quietLog())
+	id := createTransfer(t, d, 1).ID
+	report(t, h, rpc.StatusEvent{TransferID: id, Event: rpc.EventAccepted, Epoch: 1})
+	report(t, h, rpc.StatusEvent{TransferID: id, Event: rpc.EventProgress, Epoch: 1, BytesDone: 10})
+	report(t, h, rpc.StatusEvent{TransferID: id, Event: rpc.EventError, Epoch: 1, Error: "rbd: image not found"})
+	got := get(t, d, id)
+	if got.Status != db.StatusError || got.Error == nil || *got.Error != "rbd: image not found" || got.FinishedAt == nil {
+		t.Fatalf("%+v", got)
+	}
+	// Redelivered error, late progress and completed are dropped.
+	report(t, h, rpc.StatusEvent{TransferID: id, Event: rpc.EventError, Epoch: 1, Error: "again"})
+	report(t, h, rpc.StatusEvent{TransferID: id, Event: rpc.EventProgress, Epoch: 1, BytesDone: 20})
+	report(t, h, rpc.StatusEvent{TransferID: id, Event: rpc.EventCompleted, Epoch: 1})
+	got = get(t, d, id)
+	if got.Status != db.StatusError || *got.Error != "rbd: image not found" || got.BytesTransferred != 10 {
+		t.Fatalf("after redeliveries: %+v", got)
+	}
+	ev := transitions(t, d, id)
+	if ev[len(ev)-1] != "transferring>error" || len(ev) != 5 {
+		t.Fatalf("events %v", ev)
+	}
+}
+
+func TestStatusStaleEpoch(t *testing.T) {
+	d, _ := newDB(t)
+	h := StatusHandler(d, quietLog())
+	ctx := testCtx(t)
+	id := createTransfer(t, d, 1).ID
+	report(t, h, rpc.StatusEvent{TransferID: id, Event: rpc.EventAccepted, Epoch: 1})
+	// Re-dispatch: back to queued, epoch 2.
+	if _, err := d.TransitionTransfer(ctx, id, db.StatusQueued, db.TransitionOpts{Message: "agent lost"}); err != nil {
+		t.Fatal(err)
+	}
+	before := transitions(t, d, id)
+	for _, e := range []string{rpc.EventAccepted, rpc.EventProgress, rpc.EventCompleted, rpc.EventError} {
+		report(t, h, rpc.StatusEvent{TransferID: id, Event: e, Epoch: 1, BytesDone: 99, Error: "old"})
+	}
+	got := get(t, d, id)
+	if got.Status != db.StatusQueued || got.Epoch != 2 || got.BytesTransferred != 0 || got.Agent != nil {
+		t.Fatalf("stale reports applied: %+v", got)
+	}
+	if ev := transitions(t, d, id); !equal(ev, before) {
+		t.Fatalf("events %v, want %v", ev, before)
+	}
+	// The new epoch's reports apply.
+	report(t, h, rpc.StatusEvent{TransferID: id, Event: rpc.EventAccepted, Epoch: 2, Host: "agent-b"})
+	if got := get(t, d, id); got.Status != db.StatusAccepted || *got.Agent != "agent-b" {
+		t.Fatalf("%+v", got)
+	}
+}
+
+func TestStatusCancelled(t *testing.T) {
+	d, _ := newDB(t)
+	h := StatusHandler(d, quietLog())
+	ctx := testCtx(t)
+
+	// A cancel the user asked for.
+	id := createTransfer(t, d, 1).ID
+	report(t, h, rpc.StatusEvent{TransferID: id, Event: rpc.EventProgress, Epoch: 1, BytesDone: 1})
+	if _, err := d.TransitionTransfer(ctx, id, db.StatusCancelling, db.TransitionOpts{}); err != nil {
+		t.Fatal(err)
+	}
+	report(t, h, rpc.StatusEvent{TransferID: id, Event: rpc.EventProgress, Epoch: 1, BytesDone: 2})
+	report(t, h, rpc.StatusEvent{TransferID: id, Event: rpc.EventCancelled, Epoch: 1})
+	if got := get(t, d, id); got.Status != db.StatusCancelled || got.BytesTransferred != 1 {
+		t.Fatalf("%+v", got)
+	}
+
+	// An agent stopping a transfer on its own.
+	id2 := createTransfer(t, d, 2).ID
+	report(t, h, rpc.StatusEvent{TransferID: id2, Event: rpc.EventAccepted, Epoch: 1})
+	report(t, h, rpc.StatusEvent{TransferID: id2, Event: rpc.EventCancelled, Epoch: 1})
+	ev := transitions(t, d, id2)
+	if got := get(t, d, id2); got.Status != db.StatusCancelled || ev[len(ev)-2] != "accepted>cancelling" {
+		t.Fatalf("%s %v", got.Status, ev)
+	}
+}
+
+func TestStatusDrops(t *testing.T) {
+	d, _ := newDB(t)
+	h := StatusHandler(d, quietLog())
+	// Unknown transfer, no epoch, unknown event: acked (nil), nothing done.
+	for _, ev := range []rpc.StatusEvent{
+		{TransferID: "6f1c2f3e-0000-4000-8000-000000000000", Event: rpc.EventAccepted, Epoch: 1},
+		{TransferID: createTransfer(t, d, 1).ID, Event: rpc.EventAccepted},
+		{TransferID: createTransfer(t, d, 2).ID, Event: "paused", Epoch: 1},
+	} {
+		if err := send(t, h, rpc.MethodAgentStatus, ev); err != nil {
+			t.Errorf("%+v: %v", ev, err)
+		}
+	}
+	// A body that is not a StatusEvent is a permanent error (dead letter).
+	err := send(t, h, rpc.MethodAgentStatus, []int{1})
+	if err == nil || rpc.IsTemporary(err) {
+		t.Fatalf("bad body: %v", err)
+	}
+	if err := send(t, h, "agent.unknown", nil); err == nil {
+		t.Fatal("unknown method accepted")
+	}
+}
+
+func TestStatusDatabaseDownIsTemporary(t *testing.T) {
+	d, _ := newDB(t)
+	h := StatusHandler(d, quietLog())
+	id := createTransfer(t, d, 1).ID
+	_ = d.Close()
+	err := send(t, h, rpc.MethodAgentStatus, rpc.StatusEvent{TransferID: id, Event: rpc.EventAccepted, Epoch: 1})
+	if !rpc.IsTemporary(err) {
+		t.Fatalf("error %v is not temporary", err)
+	}
+	err = send(t, h, rpc.MethodAgentHeartbeat, rpc.Heartbeat{Host: "h", Region: "r"})
+	if !rpc.IsTemporary(err) {
+		t.Fatalf("heartbeat error %v is not temporary", err)
+	}
+}
+
+func TestHeartbeat(t *testing.T) {
+	d, _ := newDB(t)
+	h := StatusHandler(d, quietLog())
+	ctx := testCtx(t)
+	hb := rpc.Heartbeat{Binary: "ferry-agent", Host: "agent-a", Region: "RegionOne", Version: "1.0", Time: time.Now()}
+	if err := send(t, h, rpc.MethodAgentHeartbeat, hb); err != nil {
+		t.Fatal(err)
+	}
+	hb.Version = "1.1"
+	if err := send(t, h, rpc.MethodAgentHeartbeat, hb); err != nil {
+		t.Fatal(err)
+	}
+	svcs, err := d.ListServices(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(svcs) != 1 || svcs[0].Binary != db.AgentBinary || svcs[0].Host != "agent-a" || svcs[0].Region != "RegionOne" ||
+		svcs[0].Version != "1.1" || svcs[0].Topic != "agent.RegionOne.agent-a" || !db.ServiceIsUp(&svcs[0], time.Now(), time.Minute) {
+		t.Fatalf("services %+v", svcs)
+	}
+	// No host: dropped, not dead-lettered.
+	if err := send(t, h, rpc.MethodAgentHeartbeat, rpc.Heartbeat{Region: "RegionOne"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
