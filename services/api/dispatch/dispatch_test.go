@@ -74,12 +74,10 @@ type cast struct {
 	body      []byte
 }
 
-// fakeCaster records casts; it fails the first failN of them (or every one
-// while down is set).
+// fakeCaster records casts; it fails the first failN of them.
 type fakeCaster struct {
 	mu    sync.Mutex
 	failN int
-	down  bool
 	casts []cast
 	tries int
 }
@@ -88,10 +86,8 @@ func (f *fakeCaster) Cast(ctx context.Context, target rpc.Target, method string,
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.tries++
-	if f.down || f.failN > 0 {
-		if f.failN > 0 {
-			f.failN--
-		}
+	if f.failN > 0 {
+		f.failN--
 		return fmt.Errorf("fake: %w", rpc.ErrUnavailable)
 	}
 	raw, err := json.Marshal(body)
@@ -100,12 +96,6 @@ func (f *fakeCaster) Cast(ctx context.Context, target rpc.Target, method string,
 	}
 	f.casts = append(f.casts, cast{target, method, rpc.RequestIDFrom(ctx), raw})
 	return nil
-}
-
-func (f *fakeCaster) setDown(down bool) {
-	f.mu.Lock()
-	f.down = down
-	f.mu.Unlock()
 }
 
 func (f *fakeCaster) recorded() []cast {

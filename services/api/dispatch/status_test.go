@@ -271,4 +271,3 @@ func TestHeartbeat(t *testing.T) {
 		t.Fatal(err)
 	}
 }
-
