@@ -27,6 +27,8 @@ type Caller struct {
 	// Regions are the regions where the caller's catalog has a
 	// volume-ferry endpoint: the regions a transfer may name.
 	Regions []string
+	// creds is what the policy engine evaluates (*auth.Context).
+	creds any
 }
 
 // Hooks are ferry-api's collaborators, behind functions so that the
@@ -139,7 +141,7 @@ func (s *Server) createTransfer(c *gin.Context) {
 		SourceRegion: src.Region, SourcePool: src.Pool, SourceImage: src.Image, SourceSnapshot: src.Snapshot,
 		DestRegion: dst.Region, DestPool: firstNonEmpty(dst.Pool, src.Pool), DestImage: firstNonEmpty(dst.Image, src.Image),
 	}
-	msg, err := s.hooks.StartMessage(c.Request.Context(), t)
+	msg, err := s.hooks.StartMessage(context.WithValue(c.Request.Context(), requestIDKey{}, requestIDOf(c)), t)
 	if err != nil {
 		s.dbError(c, err, "Transfer")
 		return
@@ -327,8 +329,8 @@ func (s *Server) transferAction(c *gin.Context) {
 		writeError(c, http.StatusForbidden, fmt.Sprintf("Policy doesn't allow transfer:%s to be performed.", action))
 		return
 	}
-	ctx := c.Request.Context()
 	rid := requestIDOf(c)
+	ctx := context.WithValue(c.Request.Context(), requestIDKey{}, rid)
 	var err error
 	switch action {
 	case "retry":
@@ -361,7 +363,7 @@ func (s *Server) transferAction(c *gin.Context) {
 // enqueue writes one outbox row for t and wakes the publisher.
 func (s *Server) enqueue(ctx context.Context, t *db.Transfer, build func(context.Context, *db.Transfer) (*db.OutboxMessage, error)) error {
 	m, err := build(ctx, t)
-	if err != nil {
+	if err != nil || m == nil {
 		return err
 	}
 	if err := s.db.EnqueueOutbox(ctx, m); err != nil {

@@ -17,8 +17,10 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/ferry-project/ferry/db"
+	"github.com/ferry-project/ferry/rpc/amqp"
 	"github.com/ferry-project/ferry/services/internal/config"
 	"github.com/ferry-project/ferry/services/internal/daemon"
+	"github.com/ferry-project/ferry/services/internal/keystone"
 )
 
 // Microversions served by /v1 (OpenStack-API-Version: volume-ferry 1.x).
@@ -47,6 +49,22 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return fmt.Errorf("database: %w (run ferry-manage db sync)", err)
 	}
 	s := &Server{cfg: cfg, log: log, db: store}
+	pol, err := policyFrom(cfg)
+	if err != nil {
+		return err
+	}
+	validator, err := keystone.NewValidator(ctx, cfg.KeystoneAuthtoken)
+	if err != nil {
+		return fmt.Errorf("[keystone_authtoken]: %w", err)
+	}
+	opts := amqp.DefaultOptions()
+	opts.Name, opts.Logger = "ferry-api "+cfg.Hostname(), log
+	bus, err := amqp.New(ctx, cfg.Default.TransportURL, opts)
+	if err != nil {
+		return fmt.Errorf("[DEFAULT] transport_url: %w", err)
+	}
+	defer bus.Close(context.WithoutCancel(ctx))
+	s.Start(ctx, Wiring{Validator: validator, Policy: pol, Bus: bus})
 	addr := net.JoinHostPort(cfg.API.BindHost, strconv.Itoa(cfg.API.BindPort))
 	srv := &http.Server{Addr: addr, Handler: s.Router(), ReadHeaderTimeout: 10 * time.Second}
 	ln, err := net.Listen("tcp", addr)

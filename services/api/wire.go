@@ -1,0 +1,122 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/ferry-project/ferry/db"
+	"github.com/ferry-project/ferry/rpc"
+	"github.com/ferry-project/ferry/services/api/auth"
+	"github.com/ferry-project/ferry/services/api/dispatch"
+	"github.com/ferry-project/ferry/services/internal/config"
+)
+
+// ServiceType is the catalog type of Ferry's endpoints.
+const ServiceType = "volume-ferry"
+
+// Wiring is what Run builds around the router: Keystone authentication,
+// the policy, and the bus (outbox publisher, status consumer).
+type Wiring struct {
+	Validator auth.TokenValidator
+	Policy    *auth.Policy
+	Bus       interface {
+		rpc.Caster
+		Consume(ctx context.Context, queue string, bindings []string, h rpc.Handler) error
+	}
+}
+
+// Start installs the hooks on s and starts the publisher and the status
+// consumer; they stop with ctx.
+func (s *Server) Start(ctx context.Context, w Wiring) {
+	cfg, log := s.cfg, s.log
+	pub := &dispatch.Publisher{
+		DB: s.db, Caster: w.Bus, Owner: dispatch.DefaultOwner(),
+		Interval: time.Duration(cfg.API.OutboxPollInterval) * time.Second, Log: log,
+	}
+	go func() {
+		if err := pub.Run(ctx); err != nil && ctx.Err() == nil {
+			log.Error("outbox publisher stopped", "error", err)
+		}
+	}()
+	go func() {
+		q := string(rpc.StatusTarget)
+		if err := w.Bus.Consume(ctx, q, []string{q}, dispatch.StatusHandler(s.db, log)); err != nil && ctx.Err() == nil {
+			log.Error("status consumer stopped", "error", err)
+		}
+	}()
+	s.hooks = Hooks{
+		Authenticate: auth.Middleware(auth.NewCache(w.Validator, auth.CacheOptionsFrom(cfg.KeystoneAuthtoken)),
+			withLogger(auth.OptionsFrom(cfg.KeystoneAuthtoken), log)),
+		CallerOf: callerOf,
+		Allowed: func(rule string, c *Caller, target map[string]string) bool {
+			ac, _ := c.creds.(*auth.Context)
+			return ac != nil && w.Policy.Enforce(rule, ac, target)
+		},
+		StartMessage: func(ctx context.Context, t *db.Transfer) (*db.OutboxMessage, error) {
+			return dispatch.NewStartMessageWithRequestID(t, requestIDFrom(ctx))
+		},
+		CancelMessage: func(ctx context.Context, t *db.Transfer) (*db.OutboxMessage, error) {
+			if t.Agent == nil {
+				// Not accepted yet: the status consumer cancels on
+				// the agent's "accepted".
+				return nil, nil
+			}
+			return dispatch.NewOutboxMessage(requestIDFrom(ctx), rpc.AgentHostTarget(t.SourceRegion, *t.Agent),
+				rpc.MethodTransferCancel, rpc.TransferCancel{TransferID: t.ID})
+		},
+		Kick: pub.Kick,
+	}
+}
+
+func withLogger(o auth.Options, log *slog.Logger) auth.Options {
+	o.Logger = log
+	return o
+}
+
+// callerOf turns the authenticated token into a Caller; the regions are
+// those of the volume-ferry endpoints in the token's catalog.
+func callerOf(c *gin.Context) *Caller {
+	ac := auth.FromGin(c)
+	if ac == nil {
+		return nil
+	}
+	caller := &Caller{UserID: ac.UserID, ProjectID: ac.ProjectID, Roles: ac.Roles, creds: ac}
+	if ac.Catalog != nil {
+		for _, e := range ac.Catalog.Entries {
+			if e.Type != ServiceType {
+				continue
+			}
+			for _, ep := range e.Endpoints {
+				r := ep.Region
+				if r == "" {
+					r = ep.RegionID
+				}
+				if r != "" && !slices.Contains(caller.Regions, r) {
+					caller.Regions = append(caller.Regions, r)
+				}
+			}
+		}
+	}
+	return caller
+}
+
+type requestIDKey struct{}
+
+func requestIDFrom(ctx context.Context) string {
+	id, _ := ctx.Value(requestIDKey{}).(string)
+	return id
+}
+
+// policyFrom loads [api] policy_file (a missing file means the defaults).
+func policyFrom(cfg *config.Config) (*auth.Policy, error) {
+	p, err := auth.LoadPolicy(cfg.API.PolicyFile)
+	if err != nil {
+		return nil, fmt.Errorf("[api] policy_file: %w", err)
+	}
+	return p, nil
+}
