@@ -13,6 +13,7 @@ import (
 
 	"github.com/ferry-project/ferry/db"
 	"github.com/ferry-project/ferry/rpc/amqp"
+	"github.com/ferry-project/ferry/services/api/auth"
 	"github.com/ferry-project/ferry/services/internal/config"
 	"github.com/ferry-project/ferry/services/internal/daemon"
 	"github.com/ferry-project/ferry/services/internal/version"
@@ -130,7 +131,18 @@ func NewCommand(stdout io.Writer) *cobra.Command {
 		},
 	})
 
-	root.AddCommand(dbCmd, cfgCmd, pkiCommand(stdout), &cobra.Command{
+	policyCmd := &cobra.Command{Use: "policy", Short: "API policy commands"}
+	policyCmd.AddCommand(&cobra.Command{
+		Use:   "sample",
+		Short: "Print the default API policy as a commented policy.yaml",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			_, err := io.WriteString(stdout, auth.SampleYAML())
+			return err
+		},
+	})
+
+	root.AddCommand(dbCmd, cfgCmd, policyCmd, pkiCommand(stdout), &cobra.Command{
 		Use:   "status",
 		Short: "Check what an upgrade needs: database reachable and schema current, message broker reachable",
 		Args:  cobra.NoArgs,
