@@ -17,6 +17,8 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
+var _ QueueDeclarer = (*ferryamqp.Transport)(nil)
+
 func transportURL(t *testing.T) string {
 	t.Helper()
 	url := os.Getenv("TRANSPORT_URL")
@@ -143,7 +145,7 @@ func TestFunctionalPublishAndStatus(t *testing.T) {
 	if err := d.CreateTransfer(ctx, tr, msg); err != nil {
 		t.Fatal(err)
 	}
-	p := &Publisher{DB: d, Caster: tp, Owner: "functional-" + id, Interval: time.Hour, Log: log}
+	p := &Publisher{DB: d, Caster: tp, Owner: "functional-" + id, Interval: time.Hour, Declarer: tp, Log: log}
 	go func() {
 		defer func() { consumersDone <- struct{}{} }()
 		if err := p.Run(cctx); err != nil {

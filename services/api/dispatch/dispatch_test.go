@@ -78,14 +78,20 @@ type cast struct {
 type fakeCaster struct {
 	mu    sync.Mutex
 	failN int
-	casts []cast
-	tries int
+	// unroutable lists targets without a queue (until declared).
+	unroutable map[rpc.Target]bool
+	declared   []string
+	casts      []cast
+	tries      int
 }
 
 func (f *fakeCaster) Cast(ctx context.Context, target rpc.Target, method string, body any) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.tries++
+	if f.unroutable[target] {
+		return fmt.Errorf("fake: %w", rpc.ErrUnroutable)
+	}
 	if f.failN > 0 {
 		f.failN--
 		return fmt.Errorf("fake: %w", rpc.ErrUnavailable)
@@ -95,6 +101,17 @@ func (f *fakeCaster) Cast(ctx context.Context, target rpc.Target, method string,
 		return err
 	}
 	f.casts = append(f.casts, cast{target, method, rpc.RequestIDFrom(ctx), raw})
+	return nil
+}
+
+func (f *fakeCaster) DeclareQueue(ctx context.Context, queue string, bindings []string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(bindings) != 1 || bindings[0] != queue {
+		return fmt.Errorf("fake: unexpected bindings %v", bindings)
+	}
+	f.declared = append(f.declared, queue)
+	delete(f.unroutable, rpc.Target(queue))
 	return nil
 }
 
@@ -343,5 +360,56 @@ func TestTwoPublishersNeverPublishTwice(t *testing.T) {
 	wg.Wait()
 	if got := startBodies(t, fc.recorded()); len(got) != n || len(fc.recorded()) != n {
 		t.Fatalf("%d transfers in %d casts, want %d", len(got), len(fc.recorded()), n)
+	}
+}
+
+func TestPublisherUnroutable(t *testing.T) {
+	d, _ := newDB(t)
+	ctx := testCtx(t)
+	other := newTransfer(9)
+	other.SourceRegion = "RegionNowhere"
+	msg, err := NewStartMessage(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.CreateTransfer(ctx, other, msg); err != nil {
+		t.Fatal(err)
+	}
+	createTransfer(t, d, 1)
+	fc := &fakeCaster{unroutable: map[rpc.Target]bool{"agent.RegionNowhere": true}}
+	p := &Publisher{DB: d, Caster: fc, Owner: "api-1", Log: quietLog(), RetryMin: time.Hour}
+	// Without a declarer: the unroutable row waits, the other one goes.
+	n, err := p.Flush(ctx)
+	if n != 2 || !errors.Is(err, rpc.ErrUnroutable) {
+		t.Fatalf("flush: %d, %v", n, err)
+	}
+	if got := fc.recorded(); len(got) != 1 || got[0].target != "agent.RegionOne" {
+		t.Fatalf("casts %+v", got)
+	}
+	// With one: the queue is declared and the message cast.
+	other2 := newTransfer(10)
+	other2.SourceRegion = "RegionNowhere"
+	msg, _ = NewStartMessage(other2)
+	if err := d.CreateTransfer(ctx, other2, msg); err != nil {
+		t.Fatal(err)
+	}
+	p.Declarer = fc
+	if _, err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := fc.recorded(); len(got) != 2 || got[1].target != "agent.RegionNowhere" || len(fc.declared) != 1 {
+		t.Fatalf("casts %+v, declared %v", got, fc.declared)
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	p := &Publisher{RetryMin: time.Second, RetryMax: 10 * time.Second}
+	for attempts, want := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 10 * time.Second, 10 * time.Second} {
+		if got := p.backoff(attempts); got != want {
+			t.Errorf("backoff(%d) = %v, want %v", attempts, got, want)
+		}
+	}
+	if got := (&Publisher{}).backoff(100); got != DefaultRetryMax {
+		t.Errorf("default backoff(100) = %v", got)
 	}
 }

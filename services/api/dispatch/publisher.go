@@ -53,10 +53,21 @@ type Publisher struct {
 	RetryMin, RetryMax time.Duration
 	// PublishTimeout bounds one cast (and never exceeds the lease left).
 	PublishTimeout time.Duration
-	Log            *slog.Logger
+	// Declarer, when set (the amqp Transport is one), declares the queue
+	// of a target the broker had no queue for (rpc.ErrUnroutable: no agent
+	// of that region has started yet) and the cast is tried once more, so
+	// the message waits in the queue instead of in the outbox.
+	Declarer QueueDeclarer
+	Log      *slog.Logger
 
 	once sync.Once
 	kick chan struct{}
+}
+
+// QueueDeclarer declares a durable queue bound to routing keys
+// (rpc/amqp.Transport.DeclareQueue).
+type QueueDeclarer interface {
+	DeclareQueue(ctx context.Context, queue string, bindings []string) error
 }
 
 // DefaultOwner returns "<hostname>:<pid>", a lease owner unique per process.
@@ -235,6 +246,15 @@ func (p *Publisher) publishOne(ctx context.Context, m *db.OutboxMessage, leaseEn
 		body = sm.Body
 	}
 	err = p.Caster.Cast(cctx, target, sm.Method, body)
+	if errors.Is(err, rpc.ErrUnroutable) && p.Declarer != nil {
+		q := string(target)
+		if derr := p.Declarer.DeclareQueue(cctx, q, []string{q}); derr != nil {
+			err = errors.Join(err, derr)
+		} else {
+			p.log().Info("declared the queue of an unroutable target", "target", target, "outbox_id", m.ID)
+			err = p.Caster.Cast(cctx, target, sm.Method, body)
+		}
+	}
 	cancel()
 	// Bookkeeping outlives a cancelled ctx: the cast's outcome is known.
 	bctx, bcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
