@@ -38,6 +38,11 @@ func (s *Server) Start(ctx context.Context, w Wiring) {
 		DB: s.db, Caster: w.Bus, Owner: dispatch.DefaultOwner(),
 		Interval: time.Duration(cfg.API.OutboxPollInterval) * time.Second, Log: log,
 	}
+	// A start for a region whose agents have not run yet waits in its
+	// queue instead of bouncing.
+	if d, ok := w.Bus.(dispatch.QueueDeclarer); ok {
+		pub.Declarer = d
+	}
 	go func() {
 		if err := pub.Run(ctx); err != nil && ctx.Err() == nil {
 			log.Error("outbox publisher stopped", "error", err)
