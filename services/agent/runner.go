@@ -22,12 +22,16 @@ type runner struct {
 
 	mu      sync.Mutex
 	running map[string]context.CancelFunc
+	// cancelled are the transfers a transfer.cancel stopped (as opposed
+	// to the agent shutting down, which must not report them cancelled:
+	// they are handed to another agent and resume).
+	cancelled map[string]bool
 	wg      sync.WaitGroup
 }
 
 func newRunner(a *Agent, caster rpc.Caster, caller rpc.Caller) *runner {
 	return &runner{a: a, caster: caster, caller: caller,
-		slots: make(chan struct{}, a.cfg.Agent.MaxTransfers), running: map[string]context.CancelFunc{}}
+		slots: make(chan struct{}, a.cfg.Agent.MaxTransfers), running: map[string]context.CancelFunc{}, cancelled: map[string]bool{}}
 }
 
 // errBusy asks the transport to requeue a start: every slot is taken.
@@ -91,6 +95,14 @@ func (r *runner) run(ctx context.Context, req rpc.TransferStart) {
 	if err != nil {
 		ev := rpc.StatusEvent{TransferID: req.TransferID, Event: rpc.EventError, Epoch: req.Epoch, Error: err.Error()}
 		if errors.Is(err, context.Canceled) {
+			r.mu.Lock()
+			byUser := r.cancelled[req.TransferID]
+			delete(r.cancelled, req.TransferID)
+			r.mu.Unlock()
+			if !byUser {
+				log.Info("transfer interrupted by the agent stopping; it resumes where it is dispatched next")
+				return
+			}
 			ev.Event, ev.Error = rpc.EventCancelled, "cancelled"
 		}
 		log.Warn("transfer failed", "error", err)
@@ -108,6 +120,9 @@ func (r *runner) run(ctx context.Context, req rpc.TransferStart) {
 func (r *runner) cancel(transferID string) bool {
 	r.mu.Lock()
 	c, ok := r.running[transferID]
+	if ok {
+		r.cancelled[transferID] = true
+	}
 	r.mu.Unlock()
 	if ok {
 		c()
