@@ -26,7 +26,7 @@ type runner struct {
 	// to the agent shutting down, which must not report them cancelled:
 	// they are handed to another agent and resume).
 	cancelled map[string]bool
-	wg      sync.WaitGroup
+	wg        sync.WaitGroup
 }
 
 func newRunner(a *Agent, caster rpc.Caster, caller rpc.Caller) *runner {
