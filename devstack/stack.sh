@@ -23,10 +23,15 @@ source "$DEVSTACK_DIR/lib/rabbitmq.sh"
 source "$DEVSTACK_DIR/lib/ceph.sh"
 # shellcheck source=lib/keystone.sh
 source "$DEVSTACK_DIR/lib/keystone.sh"
+# shellcheck source=lib/ferry.sh
+source "$DEVSTACK_DIR/lib/ferry.sh"
 
-ALL_COMPONENTS=(rabbitmq ceph keystone)
-# FERRY_STACK_COMPONENTS="ceph keystone" restricts a run to some components (in this order).
-read -r -a COMPONENTS <<<"${FERRY_STACK_COMPONENTS:-${ALL_COMPONENTS[*]}}"
+ALL_COMPONENTS=(rabbitmq ceph keystone ferry)
+# FERRY_STACK_COMPONENTS="ceph keystone" restricts a run to some components (in this order);
+# FERRY_STACK_FERRY=0 leaves Ferry's own services (ferry-api, the agents) out.
+DEFAULT_COMPONENTS=("${ALL_COMPONENTS[@]}")
+[[ ${FERRY_STACK_FERRY:-1} == 0 ]] && DEFAULT_COMPONENTS=(rabbitmq ceph keystone)
+read -r -a COMPONENTS <<<"${FERRY_STACK_COMPONENTS:-${DEFAULT_COMPONENTS[*]}}"
 for c in "${COMPONENTS[@]}"; do
     [[ " ${ALL_COMPONENTS[*]} " == *" $c "* ]] || { echo "unknown component '$c' in FERRY_STACK_COMPONENTS" >&2; exit 2; }
 done

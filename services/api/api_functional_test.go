@@ -71,8 +71,12 @@ func TestWiredAPI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// An exchange and queues of the test's own: the stack's ferry-api and
+	// agents use the default ones on the same broker.
+	stamp := time.Now().UnixNano()
 	opts := amqp.DefaultOptions()
 	opts.Name = "ferry-api functional"
+	opts.Exchange = fmt.Sprintf("ferry.test.%d", stamp)
 	bus, err := amqp.New(ctx, testenv.Get(t, "TRANSPORT_URL"), opts)
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +84,8 @@ func TestWiredAPI(t *testing.T) {
 	defer bus.Close(context.Background())
 
 	// A queue of the test's own bound to agent.RegionOne sees the starts.
-	queue := fmt.Sprintf("ferry.test.api.%d", time.Now().UnixNano())
+	queue := fmt.Sprintf("ferry.test.api.%d", stamp)
+	statusQueue := fmt.Sprintf("ferry.test.status.%d", stamp)
 	starts := make(chan rpc.TransferStart, 4)
 	cctx, ccancel := context.WithCancel(ctx)
 	go bus.Consume(cctx, queue, []string{string(rpc.AgentTarget("RegionOne"))}, func(_ context.Context, env rpc.Envelope) (any, error) {
@@ -96,6 +101,8 @@ func TestWiredAPI(t *testing.T) {
 		if conn, err := amqp091.Dial(uris[0]); err == nil {
 			if ch, err := conn.Channel(); err == nil {
 				ch.QueueDelete(queue, false, false, false)
+				ch.QueueDelete(statusQueue, false, false, false)
+				ch.ExchangeDelete(opts.Exchange, false, false)
 			}
 			conn.Close()
 		}
@@ -104,7 +111,7 @@ func TestWiredAPI(t *testing.T) {
 	s := &Server{cfg: cfg, log: slog.New(slog.DiscardHandler), db: store}
 	sctx, scancel := context.WithCancel(ctx)
 	defer scancel()
-	s.Start(sctx, Wiring{Validator: validator, Policy: auth.DefaultPolicy(), Bus: bus})
+	s.Start(sctx, Wiring{Validator: validator, Policy: auth.DefaultPolicy(), Bus: bus, StatusQueue: statusQueue})
 	ts := httptest.NewServer(s.Router())
 	defer ts.Close()
 

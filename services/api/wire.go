@@ -28,6 +28,9 @@ type Wiring struct {
 		rpc.Caster
 		Consume(ctx context.Context, queue string, bindings []string, h rpc.Handler) error
 	}
+	// StatusQueue is the queue of agent reports, bound to ferry.status;
+	// empty means ferry.status (tests name one of their own).
+	StatusQueue string
 }
 
 // Start installs the hooks on s and starts the publisher and the status
@@ -49,8 +52,11 @@ func (s *Server) Start(ctx context.Context, w Wiring) {
 		}
 	}()
 	go func() {
-		q := string(rpc.StatusTarget)
-		if err := w.Bus.Consume(ctx, q, []string{q}, dispatch.StatusHandler(s.db, log)); err != nil && ctx.Err() == nil {
+		q := w.StatusQueue
+		if q == "" {
+			q = string(rpc.StatusTarget)
+		}
+		if err := w.Bus.Consume(ctx, q, []string{string(rpc.StatusTarget)}, dispatch.StatusHandler(s.db, log)); err != nil && ctx.Err() == nil {
 			log.Error("status consumer stopped", "error", err)
 		}
 	}()

@@ -1,0 +1,175 @@
+# shellcheck shell=bash
+# Ferry itself on the local stack: ferry-api on 127.0.0.1:9790 (SQLite) and one ferry-agent per
+# region (data ports 9791, 9792), with certificates from `ferry-manage pki`, configurations and
+# logs under $STACK_DIR/ferry. Built from this checkout with the machine's Go.
+
+F_DIR=$STACK_DIR/ferry
+F_BIN=$F_DIR/bin
+F_PKI=$F_DIR/pki
+F_LOG_DIR=$STACK_LOG_DIR/ferry
+F_API_CONF=$F_DIR/ferry-api.conf
+F_API_PIDFILE=$STACK_PID_DIR/ferry-api.pid
+F_API_PORT=9790
+F_REPO=$(cd "$DEVSTACK_DIR/.." && pwd)
+
+ferry_agent_port() { [[ $1 == RegionOne ]] && echo 9791 || echo 9792; }
+ferry_agent_conf() { echo "$F_DIR/ferry-agent-$1.conf"; }
+ferry_agent_pidfile() { echo "$STACK_PID_DIR/ferry-agent-$1.pid"; }
+ferry_cluster_fsid() { sed -n 's/^[[:space:]]*fsid[[:space:]]*=[[:space:]]*//p' "$STACK_DIR/$1/ceph.conf" 2>/dev/null | head -n1; }
+
+ferry_install() {
+    step "ferry/build" "$F_LOG_DIR/build.log"
+    mkdir -p "$F_BIN" "$F_LOG_DIR"
+    export PATH="$PATH:/usr/local/go/bin"
+    command -v go >/dev/null || die "Go is not installed (/usr/local/go/bin/go)"
+    # go-ceph needs the pacific tag against Debian 12's Ceph 16 (librbd-dev from ceph_install).
+    (cd "$F_REPO" && go build -tags pacific -o "$F_BIN/" ./cmd/ferry-api ./cmd/ferry-agent ./cmd/ferry-manage ./cmd/ferry) \
+        >"$F_LOG_DIR/build.log" 2>&1 || die "go build failed"
+}
+
+ferry_write_configs() {
+    local r R port
+    write_file_atomic "$F_API_CONF" 0600 <<EOF
+[DEFAULT]
+transport_url = $TRANSPORT_URL
+log_file = $F_LOG_DIR/ferry-api.log
+host = ferry-api
+
+[database]
+connection = sqlite:///$F_DIR/ferry.sqlite
+
+[keystone_authtoken]
+www_authenticate_uri = $KEYSTONE_AUTH_URL
+auth_url = $KEYSTONE_AUTH_URL
+username = ferry
+password = $FERRY_SERVICE_PASSWORD
+project_name = service
+region_name = RegionOne
+
+[api]
+bind_host = 127.0.0.1
+bind_port = $F_API_PORT
+policy_file = $F_DIR/policy.yaml
+EOF
+    for r in "${REGIONS[@]}"; do
+        port=$(ferry_agent_port "$r")
+        write_file_atomic "$(ferry_agent_conf "$r")" 0600 <<EOF
+[DEFAULT]
+transport_url = $TRANSPORT_URL
+log_file = $F_LOG_DIR/ferry-agent-$r.log
+host = agent-$r
+
+[agent]
+region = $r
+data_listen = 127.0.0.1:$port
+data_advertise = localhost:$port
+ceph_conf = $STACK_DIR/$r/ceph.conf
+ceph_user = ferry
+ceph_keyring = $STACK_DIR/$r/ceph.client.ferry.keyring
+pools = volumes
+
+[tls]
+ca_file = $F_PKI/ca.crt
+cert_file = $F_PKI/agent-$r.crt
+key_file = $F_PKI/agent-$r.key
+EOF
+    done
+}
+
+ferry_pki() {
+    local r
+    step "ferry/pki" "$F_LOG_DIR/pki.log"
+    if [[ ! -f $F_PKI/ca.crt ]]; then
+        "$F_BIN/ferry-manage" pki init --dir "$F_PKI" >"$F_LOG_DIR/pki.log" 2>&1 || die "pki init failed"
+    fi
+    for r in "${REGIONS[@]}"; do
+        [[ -f $F_PKI/agent-$r.crt ]] && continue
+        "$F_BIN/ferry-manage" pki issue "agent-$r" --dir "$F_PKI" --ca-dir "$F_PKI" --dns localhost --ip 127.0.0.1 \
+            >>"$F_LOG_DIR/pki.log" 2>&1 || die "pki issue agent-$r failed"
+    done
+}
+
+# ferry_spawn NAME PIDFILE LOG ARGS...: start a daemon in its own session, record its pid.
+ferry_spawn() {
+    local name=$1 pidfile=$2 logf=$3; shift 3
+    # 9>&-: the daemon must not inherit (and hold) the stack lock.
+    setsid "$@" >>"$logf" 2>&1 </dev/null 9>&- &
+    echo $! >"$pidfile"
+    log "ferry: started $name (pid $!)"
+}
+
+ferry_api_ok() { curl -fsS -m 2 "http://127.0.0.1:$F_API_PORT/healthcheck" >/dev/null 2>&1; }
+
+ferry_start() {
+    local r
+    mkdir -p "$F_DIR" "$F_LOG_DIR"
+    ferry_write_configs
+    ferry_pki
+    step "ferry/db" "$F_LOG_DIR/db.log"
+    "$F_BIN/ferry-manage" --config-file "$F_API_CONF" db sync >"$F_LOG_DIR/db.log" 2>&1 || die "ferry-manage db sync failed"
+
+    step "ferry/api" "$F_LOG_DIR/ferry-api.log"
+    if pidfile_alive "$F_API_PIDFILE" "$F_API_CONF" && ferry_api_ok; then
+        log "ferry: ferry-api already up"
+    else
+        stop_pidfile "ferry-api" "$F_API_PIDFILE" "$F_API_CONF"
+        port_free "$F_API_PORT" || die "port $F_API_PORT is taken by: $(port_owner "$F_API_PORT")"
+        ferry_spawn ferry-api "$F_API_PIDFILE" "$F_LOG_DIR/ferry-api.out" "$F_BIN/ferry-api" --config-file "$F_API_CONF"
+        wait_until 30 "ferry-api on port $F_API_PORT" ferry_api_ok
+    fi
+
+    for r in "${REGIONS[@]}"; do
+        local conf pidfile port fsid
+        conf=$(ferry_agent_conf "$r")
+        pidfile=$(ferry_agent_pidfile "$r")
+        port=$(ferry_agent_port "$r")
+        step "ferry/agent $r" "$F_LOG_DIR/ferry-agent-$r.log"
+        # An agent holds connections to its cluster: a cluster made anew (another fsid) since the
+        # agent started means a new agent.
+        fsid=$(ferry_cluster_fsid "$r")
+        if [[ $(cat "$F_DIR/agent-$r.fsid" 2>/dev/null) == "$fsid" ]] && pidfile_alive "$pidfile" "$conf" && port_listening "$port"; then
+            log "ferry: agent $r already up"
+            continue
+        fi
+        stop_pidfile "ferry-agent $r" "$pidfile" "$conf"
+        port_free "$port" || die "port $port is taken by: $(port_owner "$port")"
+        ferry_spawn "ferry-agent $r" "$pidfile" "$F_LOG_DIR/ferry-agent-$r.out" "$F_BIN/ferry-agent" --config-file "$conf"
+        echo "$fsid" >"$F_DIR/agent-$r.fsid"
+        wait_until 30 "ferry-agent $r on port $port" port_listening "$port"
+    done
+}
+
+ferry_stop() {
+    local r
+    for r in "${REGIONS[@]}"; do
+        stop_pidfile "ferry-agent $r" "$(ferry_agent_pidfile "$r")" "$(ferry_agent_conf "$r")" 10
+    done
+    stop_pidfile "ferry-api" "$F_API_PIDFILE" "$F_API_CONF" 10
+}
+
+ferry_status() {
+    local r rc=0 state
+    if pidfile_alive "$F_API_PIDFILE" "$F_API_CONF" && ferry_api_ok; then state="up (http://127.0.0.1:$F_API_PORT)"; else state=down; rc=1; fi
+    printf '%-22s %s\n' "ferry-api" "$state"
+    for r in "${REGIONS[@]}"; do
+        if pidfile_alive "$(ferry_agent_pidfile "$r")" "$(ferry_agent_conf "$r")"; then
+            state="up (data port $(ferry_agent_port "$r"))"
+        else
+            state=down
+            rc=1
+        fi
+        printf '%-22s %s\n' "ferry-agent $r" "$state"
+    done
+    return $rc
+}
+
+ferry_env() {
+    cat <<EOF
+FERRY_BIN_DIR=$F_BIN
+FERRY_API_CONF=$F_API_CONF
+FERRY_AGENT_REGIONONE_CONF=$(ferry_agent_conf RegionOne)
+FERRY_AGENT_REGIONTWO_CONF=$(ferry_agent_conf RegionTwo)
+FERRY_PKI_DIR=$F_PKI
+FERRY_LOG_DIR=$F_LOG_DIR
+EOF
+}
