@@ -54,7 +54,7 @@ func (s *Server) routes(r *gin.Engine) {
 	if s.hooks.Authenticate == nil {
 		return
 	}
-	v1 := r.Group("/v1", s.hooks.Authenticate)
+	v1 := r.Group("/v1", microversion(), s.hooks.Authenticate)
 	v1.POST("/transfers", s.createTransfer)
 	v1.GET("/transfers", s.listTransfers)
 	v1.GET("/transfers/:id", s.showTransfer)

@@ -276,3 +276,40 @@ func TestBadRequests(t *testing.T) {
 		}
 	}
 }
+
+func TestMicroversion(t *testing.T) {
+	a := newAPITest(t)
+	cases := []struct {
+		header string
+		code   int
+		served string
+	}{
+		{"", 200, "volume-ferry 1.0"},
+		{"volume-ferry 1.0", 200, "volume-ferry 1.0"},
+		{"volume-ferry latest", 200, "volume-ferry " + MaxMicroversion},
+		{"compute 2.90, volume-ferry 1.0", 200, "volume-ferry 1.0"},
+		{"volume-ferry 1.99", 406, ""},
+		{"volume-ferry 2.0", 406, ""},
+		{"volume-ferry one", 400, ""},
+	}
+	for _, tc := range cases {
+		req, _ := http.NewRequest("GET", a.url+"/v1/transfers", nil)
+		req.Header.Set("X-Test-User", "u")
+		req.Header.Set("X-Test-Project", "p")
+		req.Header.Set("X-Test-Roles", "reader")
+		if tc.header != "" {
+			req.Header.Set("OpenStack-API-Version", tc.header)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.code {
+			t.Errorf("%q: %d, want %d", tc.header, resp.StatusCode, tc.code)
+		}
+		if tc.served != "" && resp.Header.Get("OpenStack-API-Version") != tc.served {
+			t.Errorf("%q: served %q", tc.header, resp.Header.Get("OpenStack-API-Version"))
+		}
+	}
+}

@@ -1,0 +1,58 @@
+package api
+
+import (
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/gin-gonic/gin"
+)
+
+// microversion negotiates OpenStack-API-Version: volume-ferry X.Y, as the
+// OpenStack API guidelines say: absent means the minimum, "latest" the
+// maximum, a version outside [min, max] is 406 Not Acceptable, a malformed
+// one 400. The answer names the version served, and responses vary on it.
+func microversion() gin.HandlerFunc {
+	minMaj, minMin, _ := parseMicroversion(MinMicroversion)
+	maxMaj, maxMin, _ := parseMicroversion(MaxMicroversion)
+	return func(c *gin.Context) {
+		served := MinMicroversion
+		for _, h := range c.Request.Header.Values("OpenStack-API-Version") {
+			for part := range strings.SplitSeq(h, ",") {
+				f := strings.Fields(part)
+				if len(f) != 2 || !strings.EqualFold(f[0], ServiceType) {
+					continue // another service's version
+				}
+				if strings.EqualFold(f[1], "latest") {
+					served = MaxMicroversion
+					continue
+				}
+				maj, minor, err := parseMicroversion(f[1])
+				if err != nil {
+					writeError(c, http.StatusBadRequest, fmt.Sprintf("OpenStack-API-Version %q: %v.", part, err))
+					return
+				}
+				if maj != minMaj || minor < minMin || maj > maxMaj || minor > maxMin {
+					writeError(c, http.StatusNotAcceptable, fmt.Sprintf("Version %s is not supported by the API: minimum %s, maximum %s.",
+						f[1], MinMicroversion, MaxMicroversion))
+					return
+				}
+				served = fmt.Sprintf("%d.%d", maj, minor)
+			}
+		}
+		c.Header("OpenStack-API-Version", ServiceType+" "+served)
+		c.Header("Vary", "OpenStack-API-Version")
+		c.Next()
+	}
+}
+
+func parseMicroversion(v string) (major, minor int, err error) {
+	a, b, ok := strings.Cut(v, ".")
+	major, err1 := strconv.Atoi(a)
+	minor, err2 := strconv.Atoi(b)
+	if !ok || err1 != nil || err2 != nil || major < 0 || minor < 0 {
+		return 0, 0, fmt.Errorf("%q is not a version of the form X.Y", v)
+	}
+	return major, minor, nil
+}
