@@ -56,7 +56,7 @@ func (s *Server) Start(ctx context.Context, w Wiring) {
 		if q == "" {
 			q = string(rpc.StatusTarget)
 		}
-		if err := w.Bus.Consume(ctx, q, []string{string(rpc.StatusTarget)}, dispatch.StatusHandler(s.db, log)); err != nil && ctx.Err() == nil {
+		if err := w.Bus.Consume(ctx, q, []string{string(rpc.StatusTarget)}, dispatch.StatusHandler(s.db, log, dispatch.WithCanceller(w.Bus))); err != nil && ctx.Err() == nil {
 			log.Error("status consumer stopped", "error", err)
 		}
 	}()

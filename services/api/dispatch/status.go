@@ -50,11 +50,14 @@ const statusAttempts = 4
 // transfer; each drop is logged, none is retried or dead-lettered. Only
 // database failures are returned (temporary: the message is requeued), and
 // undecodable bodies (permanent: dead-lettered).
-func StatusHandler(store *db.DB, log *slog.Logger) rpc.Handler {
+func StatusHandler(store *db.DB, log *slog.Logger, opts ...StatusOption) rpc.Handler {
 	if log == nil {
 		log = slog.Default()
 	}
 	h := &statusHandler{db: store, log: log}
+	for _, o := range opts {
+		o(h)
+	}
 	var mux rpc.Mux
 	mux.Handle(rpc.MethodAgentStatus, h.status)
 	mux.Handle(rpc.MethodAgentHeartbeat, h.heartbeat)
@@ -62,9 +65,18 @@ func StatusHandler(store *db.DB, log *slog.Logger) rpc.Handler {
 }
 
 type statusHandler struct {
-	db  *db.DB
-	log *slog.Logger
+	db     *db.DB
+	log    *slog.Logger
+	caster rpc.Caster
 }
+
+// StatusOption configures StatusHandler.
+type StatusOption func(*statusHandler)
+
+// WithCanceller makes the handler answer an agent that reports working on
+// a transfer already cancelled (cancelled while queued, its start already
+// published) with a transfer.cancel to that agent.
+func WithCanceller(c rpc.Caster) StatusOption { return func(h *statusHandler) { h.caster = c } }
 
 func (h *statusHandler) heartbeat(ctx context.Context, env rpc.Envelope) (any, error) {
 	var hb rpc.Heartbeat
@@ -137,6 +149,15 @@ func (h *statusHandler) apply(ctx context.Context, ev *rpc.StatusEvent, reqID st
 	}
 	if t.Epoch != ev.Epoch {
 		return fmt.Errorf("%w: report for epoch %d, transfer is at epoch %d", db.ErrStaleEpoch, ev.Epoch, t.Epoch)
+	}
+	if h.caster != nil && ev.Host != "" && (ev.Event == rpc.EventAccepted || ev.Event == rpc.EventProgress) &&
+		(t.Status == db.StatusCancelled || t.Status == db.StatusCancelling) {
+		target := rpc.AgentHostTarget(ev.Region, ev.Host)
+		if err := h.caster.Cast(ctx, target, rpc.MethodTransferCancel, rpc.TransferCancel{TransferID: t.ID}); err != nil {
+			log.Warn("cancel of a transfer an agent runs after its cancellation not sent", "agent", ev.Host, "error", err)
+		} else {
+			log.Info("agent runs a cancelled transfer: cancel sent", "agent", ev.Host)
+		}
 	}
 	a := applier{h: h, t: t, ev: ev, reqID: reqID}
 	switch ev.Event {

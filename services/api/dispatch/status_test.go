@@ -271,3 +271,29 @@ func TestHeartbeat(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A transfer cancelled while queued, whose start an agent picked up
+// anyway, gets a transfer.cancel to that agent; a running one does not.
+func TestStatusCancelsAgentOfCancelledTransfer(t *testing.T) {
+	d, _ := newDB(t)
+	caster := &fakeCaster{}
+	h := StatusHandler(d, quietLog(), WithCanceller(caster))
+	ctx := testCtx(t)
+	id := createTransfer(t, d, 1).ID
+	if _, err := d.TransitionTransfer(ctx, id, db.StatusCancelled, db.TransitionOpts{}); err != nil {
+		t.Fatal(err)
+	}
+	report(t, h, rpc.StatusEvent{TransferID: id, Event: rpc.EventAccepted, Epoch: 1, Region: "RegionOne", Host: "agent-x"})
+	cs := caster.recorded()
+	if len(cs) != 1 || cs[0].target != rpc.AgentHostTarget("RegionOne", "agent-x") || cs[0].method != rpc.MethodTransferCancel {
+		t.Fatalf("casts %+v", cs)
+	}
+	if got := get(t, d, id); got.Status != db.StatusCancelled {
+		t.Errorf("status %s", got.Status)
+	}
+	id2 := createTransfer(t, d, 2).ID
+	report(t, h, rpc.StatusEvent{TransferID: id2, Event: rpc.EventAccepted, Epoch: 1, Region: "RegionOne", Host: "agent-x"})
+	if n := len(caster.recorded()); n != 1 {
+		t.Errorf("a cancel was sent for a live transfer (%d casts)", n)
+	}
+}
