@@ -51,6 +51,12 @@ func (s *Server) Start(ctx context.Context, w Wiring) {
 			log.Error("outbox publisher stopped", "error", err)
 		}
 	}()
+	redis := &dispatch.Redispatcher{DB: s.db, DownAfter: time.Duration(cfg.API.AgentDownTime) * time.Second, Kick: pub.Kick, Log: log}
+	go func() {
+		if err := redis.Run(ctx); err != nil && ctx.Err() == nil {
+			log.Error("re-dispatcher stopped", "error", err)
+		}
+	}()
 	go func() {
 		q := w.StatusQueue
 		if q == "" {
