@@ -50,6 +50,8 @@ region_name = RegionOne
 bind_host = 127.0.0.1
 bind_port = $F_API_PORT
 policy_file = $F_DIR/policy.yaml
+# A development stack notices a dead agent quickly.
+agent_down_time = 15
 EOF
     for r in "${REGIONS[@]}"; do
         port=$(ferry_agent_port "$r")
@@ -67,6 +69,7 @@ ceph_conf = $STACK_DIR/$r/ceph.conf
 ceph_user = ferry
 ceph_keyring = $STACK_DIR/$r/ceph.client.ferry.keyring
 pools = volumes
+heartbeat_interval = 3
 
 [tls]
 ca_file = $F_PKI/ca.crt
