@@ -3,14 +3,12 @@
 package api
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -29,19 +27,7 @@ import (
 
 func tokenOf(t *testing.T, ctx context.Context, user string) string {
 	t.Helper()
-	f, err := os.Open(filepath.Join(testenv.Get(t, "FERRY_STACK_DIR"), "openrc."+user))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	vars := map[string]string{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if k, v, ok := strings.Cut(strings.TrimPrefix(sc.Text(), "export "), "="); ok {
-			vars[k] = strings.Trim(v, `"'`)
-		}
-	}
-	p, _, err := keystone.CredentialsFromEnv(func(k string) string { return vars[k] }).Authenticate(ctx)
+	p, _, err := keystone.CredentialsFromEnv(testenv.Openrc(t, user)).Authenticate(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -140,7 +140,7 @@ func TestAgentKilledMidTransfer(t *testing.T) {
 		t.Errorf("no re-dispatch in the events: %v", ev)
 	}
 	snap := "volumes/" + image + "@ferry-" + id
-	if a, b := exportSHA(t, testenv.Get(t, "CEPH_REGIONONE_CONF"), snap), exportSHA(t, testenv.Get(t, "CEPH_REGIONTWO_CONF"), snap); a != b {
+	if a, b := testenv.ExportSHA(t, testenv.Get(t, "CEPH_REGIONONE_CONF"), snap), testenv.ExportSHA(t, testenv.Get(t, "CEPH_REGIONTWO_CONF"), snap); a != b {
 		t.Fatalf("%s differs after the re-dispatch", snap)
 	}
 	t.Logf("killed %s; completed by the other agent %.1f s later", victim, time.Since(start).Seconds())

@@ -6,17 +6,12 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -27,21 +22,9 @@ import (
 
 func token(t *testing.T, user string) string {
 	t.Helper()
-	f, err := os.Open(filepath.Join(testenv.Get(t, "FERRY_STACK_DIR"), "openrc."+user))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	vars := map[string]string{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if k, v, ok := strings.Cut(strings.TrimPrefix(sc.Text(), "export "), "="); ok {
-			vars[k] = strings.Trim(v, `"'`)
-		}
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	p, _, err := keystone.CredentialsFromEnv(func(k string) string { return vars[k] }).Authenticate(ctx)
+	p, _, err := keystone.CredentialsFromEnv(testenv.Openrc(t, user)).Authenticate(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,24 +85,6 @@ func rbd(t *testing.T, conf string, args ...string) {
 	}
 }
 
-func exportSHA(t *testing.T, conf, spec string) string {
-	t.Helper()
-	cmd := exec.Command("rbd", "-c", conf, "--no-progress", "export", spec, "-")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	h := sha256.New()
-	io.Copy(h, out)
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("rbd export %s: %v", spec, err)
-	}
-	return hex.EncodeToString(h.Sum(nil))
-}
-
 // A full then an incremental transfer through REST, identical checksums;
 // the second moves only the changes.
 func TestFullThenIncremental(t *testing.T) {
@@ -151,7 +116,7 @@ func TestFullThenIncremental(t *testing.T) {
 			t.Fatalf("transfer %d: %v", i, tr)
 		}
 		snap := "volumes/" + image + "@ferry-" + id
-		if a, b := exportSHA(t, one, snap), exportSHA(t, two, snap); a != b {
+		if a, b := testenv.ExportSHA(t, one, snap), testenv.ExportSHA(t, two, snap); a != b {
 			t.Fatalf("%s differs: %s %s", snap, a, b)
 		}
 		sent = append(sent, tr["bytes_transferred"].(float64))

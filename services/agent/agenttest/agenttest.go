@@ -9,11 +9,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -245,28 +242,10 @@ func (h *Harness) Image(name string, size int64, fill bool) {
 	}
 }
 
-func ExportSHA(t testing.TB, conf, spec string) string {
-	t.Helper()
-	cmd := exec.Command("rbd", "-c", conf, "--no-progress", "export", spec, "-")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.New()
-	io.Copy(sum, out)
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("rbd export %s: %v", spec, err)
-	}
-	return hex.EncodeToString(sum.Sum(nil))
-}
-
 func (h *Harness) Same(name, snap string) {
 	h.t.Helper()
-	a := ExportSHA(h.t, h.SrcConf, h.Pool+"/"+name+"@"+snap)
-	b := ExportSHA(h.t, h.DstConf, h.Pool+"/"+name+"@"+snap)
+	a := testenv.ExportSHA(h.t, h.SrcConf, h.Pool+"/"+name+"@"+snap)
+	b := testenv.ExportSHA(h.t, h.DstConf, h.Pool+"/"+name+"@"+snap)
 	if a != b {
 		h.t.Fatalf("%s@%s: source %s, destination %s", name, snap, a, b)
 	}

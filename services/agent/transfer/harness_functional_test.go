@@ -5,11 +5,8 @@ package transfer
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
-	"encoding/hex"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -141,35 +138,11 @@ func writeRandom(t *testing.T, img *rbd.Image, off, length int64) {
 	}
 }
 
-// exportSHA is `rbd export pool/image@snap - | sha256sum` with the
-// cluster's admin credentials: the reference check, independent of Ferry.
-func exportSHA(t *testing.T, conf, spec string) string {
-	t.Helper()
-	cmd := exec.Command("rbd", "-c", conf, "--no-progress", "export", spec, "-")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr limitedBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	h := sha256.New()
-	if _, err := io.Copy(h, out); err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("rbd export %s: %v: %s", spec, err, stderr.String())
-	}
-	return hex.EncodeToString(h.Sum(nil))
-}
-
 // sameImage fails unless source and destination snapshots are identical.
 func (h *harness) sameImage(name, snap string) {
 	h.t.Helper()
-	a := exportSHA(h.t, h.srcConf, h.pool+"/"+name+"@"+snap)
-	b := exportSHA(h.t, h.dstConf, h.pool+"/"+name+"@"+snap)
+	a := testenv.ExportSHA(h.t, h.srcConf, h.pool+"/"+name+"@"+snap)
+	b := testenv.ExportSHA(h.t, h.dstConf, h.pool+"/"+name+"@"+snap)
 	if a != b {
 		h.t.Fatalf("%s@%s differs: source sha256 %s, destination %s", name, snap, a, b)
 	}
@@ -204,13 +177,3 @@ func metadataOf(t *testing.T, c *rbd.Cluster, pool, name string) map[string]stri
 }
 
 func uniq(prefix string) string { return fmt.Sprintf("%s-%d", prefix, time.Now().UnixNano()) }
-
-type limitedBuffer struct{ b []byte }
-
-func (l *limitedBuffer) Write(p []byte) (int, error) {
-	if len(l.b) < 4096 {
-		l.b = append(l.b, p[:min(len(p), 4096-len(l.b))]...)
-	}
-	return len(p), nil
-}
-func (l *limitedBuffer) String() string { return string(l.b) }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ferry-project/ferry/services/agent/stream"
+	"github.com/ferry-project/ferry/services/internal/testenv"
 )
 
 // Hostile input against a real destination session on a real cluster: a
@@ -27,7 +28,7 @@ func TestHostileChunksNeverReachTheImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := exportSHA(t, h.dstConf, h.pool+"/"+name)
+	before := testenv.ExportSHA(t, h.dstConf, h.pool+"/"+name)
 	info, err := img.Info()
 	if err != nil {
 		t.Fatal(err)
@@ -146,7 +147,7 @@ func TestHostileChunksNeverReachTheImage(t *testing.T) {
 			t.Error("a client without a certificate was served")
 		}
 	})
-	if after := exportSHA(t, h.dstConf, h.pool+"/"+name); after != before {
+	if after := testenv.ExportSHA(t, h.dstConf, h.pool+"/"+name); after != before {
 		t.Error("hostile input changed the destination image")
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/ferry-project/ferry/services/agent/rbd"
 	"github.com/ferry-project/ferry/services/agent/stream"
+	"github.com/ferry-project/ferry/services/internal/testenv"
 )
 
 func ctxT(t *testing.T) context.Context {
@@ -217,12 +218,12 @@ func TestRefusesForeignDestination(t *testing.T) {
 	if err := h.dst.CreateImage(ctx, h.pool, name, rbd.ImageSpec{Size: 4 << 20, Order: 22}); err != nil {
 		t.Fatal(err)
 	}
-	before := exportSHA(t, h.dstConf, h.pool+"/"+name)
+	before := testenv.ExportSHA(t, h.dstConf, h.pool+"/"+name)
 	_, err := h.source.Run(ctx, Job{TransferID: "f-" + name, Pool: h.pool, Image: name}, h.dest)
 	if !errors.Is(err, ErrNotOwned) {
 		t.Fatalf("err = %v, want ErrNotOwned", err)
 	}
-	if after := exportSHA(t, h.dstConf, h.pool+"/"+name); after != before {
+	if after := testenv.ExportSHA(t, h.dstConf, h.pool+"/"+name); after != before {
 		t.Error("the foreign image was modified")
 	}
 }

@@ -3,10 +3,8 @@
 package keystone
 
 import (
-	"bufio"
 	"context"
 	"errors"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -18,28 +16,6 @@ import (
 	"github.com/ferry-project/ferry/services/internal/config"
 	"github.com/ferry-project/ferry/services/internal/testenv"
 )
-
-// openrc reads an openrc file's `export K=V` lines into a getenv function.
-func openrc(t *testing.T, path string) func(string) string {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	vars := map[string]string{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := strings.TrimPrefix(strings.TrimSpace(sc.Text()), "export ")
-		if k, v, ok := strings.Cut(line, "="); ok && strings.HasPrefix(k, "OS_") {
-			vars[k] = strings.Trim(v, `"'`)
-		}
-	}
-	if len(vars) == 0 {
-		t.Fatalf("%s has no OS_ variables", path)
-	}
-	return func(k string) string { return vars[k] }
-}
 
 func serviceValidator(t *testing.T, ctx context.Context) *Validator {
 	t.Helper()
@@ -61,8 +37,7 @@ func serviceValidator(t *testing.T, ctx context.Context) *Validator {
 func TestDemoTokenValidatedByServiceUser(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	dir := testenv.Get(t, "FERRY_STACK_DIR")
-	creds := CredentialsFromEnv(openrc(t, filepath.Join(dir, "openrc.demo")))
+	creds := CredentialsFromEnv(testenv.Openrc(t, "demo"))
 	p, _, err := creds.Authenticate(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -136,7 +111,7 @@ func TestCloudsYAMLReader(t *testing.T) {
 func TestWrongPassword(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	env := openrc(t, filepath.Join(testenv.Get(t, "FERRY_STACK_DIR"), "openrc.demo"))
+	env := testenv.Openrc(t, "demo")
 	creds := CredentialsFromEnv(env)
 	creds.Password = "wrong"
 	_, _, err := creds.Authenticate(ctx)
