@@ -174,3 +174,70 @@ func TestTenancy(t *testing.T) {
 		t.Errorf("delete of a failed transfer: %d", code)
 	}
 }
+
+// Bad requests through the real API with a real token: each a 4xx with
+// an OpenStack error body naming the problem, never a 500.
+func TestBadRequests(t *testing.T) {
+	admin := &client{t: t, url: testenv.Get(t, "FERRY_API_URL"), token: token(t, "admin")}
+	src := `"source": {"region": "RegionOne", "pool": "volumes", "image": "x"}`
+	cases := []struct {
+		method, path, body string
+		code               int
+		key                string
+	}{
+		{"POST", "/v1/transfers", ``, 400, "badRequest"},
+		{"POST", "/v1/transfers", `{`, 400, "badRequest"},
+		{"POST", "/v1/transfers", `[1]`, 400, "badRequest"},
+		{"POST", "/v1/transfers", `{"transfer": {` + src + `}}`, 400, "badRequest"},
+		{"POST", "/v1/transfers", `{"transfer": {"destination": {"region": "RegionTwo"}}}`, 400, "badRequest"},
+		{"POST", "/v1/transfers", `{"transfer": {` + src + `, "destination": {"region": "RegionOne"}}}`, 400, "badRequest"},
+		{"POST", "/v1/transfers", `{"transfer": {` + src + `, "destination": {"region": "Atlantis"}}}`, 400, "badRequest"},
+		{"POST", "/v1/transfers", `{"transfer": {"source": {"region": "Atlantis", "pool": "p", "image": "i"}, "destination": {"region": "RegionTwo"}}}`, 400, "badRequest"},
+		{"POST", "/v1/transfers", `{"transfer": {` + src + `, "destination": {"region": "RegionTwo"}, "mode": "turbo"}}`, 400, "badRequest"},
+		{"POST", "/v1/transfers", `{"transfer": {` + src + `, "destination": {"region": "RegionTwo"}, "speed": 1}}`, 400, "badRequest"},
+		{"POST", "/v1/transfers", `{"transfer": {"source": {"region": 7}, "destination": {"region": "RegionTwo"}}}`, 400, "badRequest"},
+		{"POST", "/v1/transfers", `{"transfer": {"source": {"region": "RegionOne", "pool": "volumes"}, "destination": {"region": "RegionTwo"}}}`, 400, "badRequest"},
+		{"POST", "/v1/transfers", `{"transfer": {"source": {"region": "RegionOne", "pool": "volumes", "image": "a/b"}, "destination": {"region": "RegionTwo"}}}`, 400, "badRequest"},
+		{"POST", "/v1/transfers", `{"transfer": {"source": {"region": "RegionOne", "volume_id": "v", "image": "i", "pool": "p"}, "destination": {"region": "RegionTwo"}}}`, 400, "badRequest"},
+		{"POST", "/v1/transfers", `{"transfer": {"name": "` + strings.Repeat("n", 300) + `", ` + src + `, "destination": {"region": "RegionTwo"}}}`, 400, "badRequest"},
+		{"POST", "/v1/transfers", `{"transfer": {"description": "` + strings.Repeat("d", 200000) + `"}}`, 413, "overLimit"},
+		{"GET", "/v1/transfers?limit=-1", "", 400, "badRequest"},
+		{"GET", "/v1/transfers?limit=ten", "", 400, "badRequest"},
+		{"GET", "/v1/transfers?marker=00000000-0000-0000-0000-000000000000", "", 400, "badRequest"},
+		{"GET", "/v1/transfers?sort_key=colour", "", 400, "badRequest"},
+		{"GET", "/v1/transfers?sort_dir=sideways", "", 400, "badRequest"},
+		{"GET", "/v1/transfers?status=flying", "", 400, "badRequest"},
+		{"GET", "/v1/transfers?all_projects=perhaps", "", 400, "badRequest"},
+		{"GET", "/v1/transfers/00000000-0000-0000-0000-000000000000", "", 404, "itemNotFound"},
+		{"GET", "/v1/transfers/../../etc/passwd", "", 404, "itemNotFound"},
+		{"DELETE", "/v1/transfers/00000000-0000-0000-0000-000000000000", "", 404, "itemNotFound"},
+		{"POST", "/v1/transfers/00000000-0000-0000-0000-000000000000/action", `{"cancel": null}`, 404, "itemNotFound"},
+		{"GET", "/v1/nothing-here", "", 404, "itemNotFound"},
+	}
+	for _, tc := range cases {
+		code, m := admin.do(tc.method, tc.path, tc.body)
+		if code != tc.code || m[tc.key] == nil {
+			t.Errorf("%s %s %.60s: %d %v, want %d %s", tc.method, tc.path, tc.body, code, m, tc.code, tc.key)
+			continue
+		}
+		if msg, _ := m[tc.key].(map[string]any)["message"].(string); msg == "" {
+			t.Errorf("%s %s: empty message", tc.method, tc.path)
+		}
+	}
+	if len(cases) < 20 {
+		t.Fatalf("only %d bad requests", len(cases))
+	}
+	// alt can neither see nor cancel nor delete admin's transfer.
+	_, m := admin.do("POST", "/v1/transfers", `{"transfer": {`+src+`, "destination": {"region": "RegionTwo"}}}`)
+	id := m["transfer"].(map[string]any)["id"].(string)
+	alt := &client{t: t, url: admin.url, token: token(t, "alt")}
+	for _, r := range []struct{ method, path, body string }{
+		{"GET", "/v1/transfers/" + id, ""}, {"GET", "/v1/transfers/" + id + "/events", ""},
+		{"POST", "/v1/transfers/" + id + "/action", `{"cancel": null}`}, {"DELETE", "/v1/transfers/" + id, ""},
+	} {
+		if code, _ := alt.do(r.method, r.path, r.body); code != 404 {
+			t.Errorf("alt %s %s: %d, want 404", r.method, r.path, code)
+		}
+	}
+	admin.wait(id)
+}
