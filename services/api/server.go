@@ -91,8 +91,10 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 func (s *Server) Router() http.Handler {
 	gin.SetMode(gin.ReleaseMode)
 	r := gin.New()
-	r.Use(requestID(), gin.Recovery())
+	m := newMetrics()
+	r.Use(requestID(), m.middleware(), gin.Recovery())
 	r.GET("/", s.versions)
+	r.GET("/metrics", m.handler())
 	r.GET("/healthcheck", s.healthcheck)
 	s.routes(r)
 	r.NoRoute(func(c *gin.Context) {

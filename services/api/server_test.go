@@ -92,3 +92,30 @@ func TestHealthcheck(t *testing.T) {
 		t.Errorf("healthcheck %d", resp.StatusCode)
 	}
 }
+
+func TestMetrics(t *testing.T) {
+	ts := newTestServer(t)
+	for _, p := range []string{"/", "/nope", "/healthcheck"} {
+		resp, err := http.Get(ts.URL + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	resp, err := http.Get(ts.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		`ferry_api_requests_total{code="300",method="GET",route="/"} 1`,
+		`ferry_api_requests_total{code="404",method="GET",route="unmatched"} 1`,
+		`ferry_api_request_duration_seconds_bucket{method="GET",route="/healthcheck",le="+Inf"} 1`,
+		`go_goroutines`,
+	} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}
