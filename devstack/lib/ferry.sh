@@ -17,14 +17,22 @@ ferry_agent_conf() { echo "$F_DIR/ferry-agent-$1.conf"; }
 ferry_agent_pidfile() { echo "$STACK_PID_DIR/ferry-agent-$1.pid"; }
 ferry_cluster_fsid() { sed -n 's/^[[:space:]]*fsid[[:space:]]*=[[:space:]]*//p' "$STACK_DIR/$1/ceph.conf" 2>/dev/null | head -n1; }
 
+# A rebuilt binary (newer than the daemon's pid file) restarts that daemon.
 ferry_install() {
     step "ferry/build" "$F_LOG_DIR/build.log"
     mkdir -p "$F_BIN" "$F_LOG_DIR"
     export PATH="$PATH:/usr/local/go/bin"
     command -v go >/dev/null || die "Go is not installed (/usr/local/go/bin/go)"
     # go-ceph needs the pacific tag against Debian 12's Ceph 16 (librbd-dev from ceph_install).
-    (cd "$F_REPO" && go build -tags pacific -o "$F_BIN/" ./cmd/ferry-api ./cmd/ferry-agent ./cmd/ferry-manage ./cmd/ferry) \
+    local b tmp=$F_DIR/bin.new
+    rm -rf "$tmp" && mkdir -p "$tmp"
+    (cd "$F_REPO" && go build -tags pacific -o "$tmp/" ./cmd/ferry-api ./cmd/ferry-agent ./cmd/ferry-manage ./cmd/ferry) \
         >"$F_LOG_DIR/build.log" 2>&1 || die "go build failed"
+    # Replace only binaries that changed: a new one restarts its daemon.
+    for b in "$tmp"/*; do
+        if cmp -s "$b" "$F_BIN/$(basename "$b")"; then rm -f "$b"; else mv -f "$b" "$F_BIN/"; fi
+    done
+    rmdir "$tmp"
 }
 
 ferry_write_configs() {
@@ -112,7 +120,7 @@ ferry_start() {
     "$F_BIN/ferry-manage" --config-file "$F_API_CONF" db sync >"$F_LOG_DIR/db.log" 2>&1 || die "ferry-manage db sync failed"
 
     step "ferry/api" "$F_LOG_DIR/ferry-api.log"
-    if pidfile_alive "$F_API_PIDFILE" "$F_API_CONF" && ferry_api_ok; then
+    if pidfile_alive "$F_API_PIDFILE" "$F_API_CONF" && ferry_api_ok && [[ ! $F_BIN/ferry-api -nt $F_API_PIDFILE ]]; then
         log "ferry: ferry-api already up"
     else
         stop_pidfile "ferry-api" "$F_API_PIDFILE" "$F_API_CONF"
@@ -130,7 +138,8 @@ ferry_start() {
         # An agent holds connections to its cluster: a cluster made anew (another fsid) since the
         # agent started means a new agent.
         fsid=$(ferry_cluster_fsid "$r")
-        if [[ $(cat "$F_DIR/agent-$r.fsid" 2>/dev/null) == "$fsid" ]] && pidfile_alive "$pidfile" "$conf" && port_listening "$port"; then
+        if [[ $(cat "$F_DIR/agent-$r.fsid" 2>/dev/null) == "$fsid" ]] && pidfile_alive "$pidfile" "$conf" &&
+            port_listening "$port" && [[ ! $F_BIN/ferry-agent -nt $pidfile ]]; then
             log "ferry: agent $r already up"
             continue
         fi
@@ -152,7 +161,7 @@ ferry_stop() {
 
 ferry_status() {
     local r rc=0 state
-    if pidfile_alive "$F_API_PIDFILE" "$F_API_CONF" && ferry_api_ok; then state="up (http://127.0.0.1:$F_API_PORT)"; else state=down; rc=1; fi
+    if pidfile_alive "$F_API_PIDFILE" "$F_API_CONF" && ferry_api_ok && [[ ! $F_BIN/ferry-api -nt $F_API_PIDFILE ]]; then state="up (http://127.0.0.1:$F_API_PORT)"; else state=down; rc=1; fi
     printf '%-22s %s\n' "ferry-api" "$state"
     for r in "${REGIONS[@]}"; do
         if pidfile_alive "$(ferry_agent_pidfile "$r")" "$(ferry_agent_conf "$r")"; then
