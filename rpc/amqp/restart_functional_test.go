@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/ferry-project/ferry/rpc"
+
+	"github.com/ferry-project/ferry/rpc/amqp/amqptest"
 )
 
 // A broker restart needs no process restart: casts during the outage wait
@@ -18,13 +20,13 @@ import (
 // (queued before the stop, or cast during the outage) is consumed, none
 // lost. Runs on a private node (about 20 s).
 func TestBrokerRestart(t *testing.T) {
-	b := startTestBroker(t)
+	b := amqptest.StartBroker(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	opts := DefaultOptions()
 	opts.Name = "restart"
 	// A dead first host: every (re)connection fails over to the node.
-	url := fmt.Sprintf("rabbit://guest:guest@127.0.0.1:%d,127.0.0.1:%d/", freePorts(t, 1)[0], b.port)
+	url := fmt.Sprintf("rabbit://guest:guest@127.0.0.1:%d,127.0.0.1:%d/", amqptest.FreePorts(t, 1)[0], b.Port)
 	tr := newTransport(t, url, opts)
 
 	const live, stored, calls = "restart.live", "restart.stored", "restart.rpc"

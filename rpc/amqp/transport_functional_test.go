@@ -16,6 +16,8 @@ import (
 
 	"github.com/ferry-project/ferry/rpc"
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/ferry-project/ferry/rpc/amqp/amqptest"
 )
 
 // tlog is a slog destination that writes into the test log until the test
@@ -821,7 +823,7 @@ func TestSeveralHosts(t *testing.T) {
 	if i < 0 {
 		t.Fatalf("TRANSPORT_URL %q has no credentials", url)
 	}
-	dead := freePorts(t, 1)[0]
+	dead := amqptest.FreePorts(t, 1)[0]
 	multi := fmt.Sprintf("%s127.0.0.1:%d,%s", url[:i+1], dead, url[i+1:])
 	start := time.Now()
 	tr := newTransport(t, multi, DefaultOptions())

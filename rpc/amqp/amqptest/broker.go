@@ -1,14 +1,16 @@
-//go:build functional
+//go:build functional || e2e
 
-package amqp
+// Package amqptest runs a private RabbitMQ node for tests that stop and
+// restart the broker; the machine's shared broker is never touched.
+package amqptest
 
-// A private RabbitMQ node for tests that stop and restart the broker; the
-// machine's shared broker is never touched. See notes/rabbitmq.md: the node
+// See notes/rabbitmq.md: the node
 // runs /usr/lib/rabbitmq/bin/rabbitmq-server (not Debian's wrapper) in its own
 // session with every path in a test directory, next to its own epmd.
 
 import (
-	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -19,17 +21,19 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
 const rabbitmqServer = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 
-// testBroker is a private RabbitMQ node: Start, Stop and Start again keep
+// Broker is a private RabbitMQ node: Start, Stop and Start again keep
 // its data (same node name and mnesia directory).
-type testBroker struct {
+type Broker struct {
 	t    testing.TB
 	dir  string
 	node string
-	port int
+	Port int
 	env  []string
 	URL  string
 
@@ -38,22 +42,22 @@ type testBroker struct {
 	exited chan struct{} // closed when server exits
 }
 
-// startTestBroker starts a private node and stops it, and its epmd, when the
+// StartBroker starts a private node and stops it, and its epmd, when the
 // test ends.
-func startTestBroker(t testing.TB) *testBroker {
+func StartBroker(t testing.TB) *Broker {
 	t.Helper()
 	if _, err := os.Stat(rabbitmqServer); err != nil {
 		t.Fatalf("rabbitmq-server not installed (apt-get install rabbitmq-server): %v", err)
 	}
 	dir := t.TempDir()
-	ports := freePorts(t, 3)
-	b := &testBroker{
+	ports := FreePorts(t, 3)
+	b := &Broker{
 		t:    t,
 		dir:  dir,
-		node: fmt.Sprintf("ferry-test-%s@localhost", strings.ToLower(newID()[:8])),
-		port: ports[0],
+		node: fmt.Sprintf("ferry-test-%s@localhost", randomID()),
+		Port: ports[0],
 	}
-	b.URL = fmt.Sprintf("rabbit://guest:guest@127.0.0.1:%d/", b.port)
+	b.URL = fmt.Sprintf("rabbit://guest:guest@127.0.0.1:%d/", b.Port)
 	files := map[string]string{
 		"rabbitmq.conf":     "disk_free_limit.absolute = 1MB\nlog.console = false\nlog.file.level = info\n",
 		"enabled_plugins":   "[].\n",
@@ -100,7 +104,7 @@ func startTestBroker(t testing.TB) *testBroker {
 }
 
 // Start starts the node and waits until it accepts AMQP connections.
-func (b *testBroker) Start() {
+func (b *Broker) Start() {
 	b.t.Helper()
 	start := time.Now()
 	log, err := os.OpenFile(filepath.Join(b.dir, "server.out"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -124,10 +128,9 @@ func (b *testBroker) Start() {
 	}(b.server)
 	deadline := time.Now().Add(90 * time.Second)
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		err := Ping(ctx, b.URL)
-		cancel()
+		conn, err := amqp091.DialConfig(fmt.Sprintf("amqp://guest:guest@127.0.0.1:%d/", b.Port), amqp091.Config{Dial: amqp091.DefaultDial(2 * time.Second)})
 		if err == nil {
+			conn.Close()
 			break
 		}
 		select {
@@ -140,12 +143,12 @@ func (b *testBroker) Start() {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	b.t.Logf("node %s up on port %d in %v", b.node, b.port, time.Since(start).Round(time.Millisecond))
+	b.t.Logf("node %s up on port %d in %v", b.node, b.Port, time.Since(start).Round(time.Millisecond))
 }
 
 // Stop stops the node gracefully (SIGTERM to rabbitmq-server, which stops
 // the Erlang VM) and waits for it to exit; after 60 s it kills it.
-func (b *testBroker) Stop() {
+func (b *Broker) Stop() {
 	b.t.Helper()
 	if b.server == nil {
 		return
@@ -166,7 +169,7 @@ func (b *testBroker) Stop() {
 }
 
 // kill ends the node and epmd, whatever their state (t.Cleanup).
-func (b *testBroker) kill() {
+func (b *Broker) kill() {
 	if b.server != nil {
 		pid := b.server.Process.Pid
 		_ = syscall.Kill(-pid, syscall.SIGTERM)
@@ -185,7 +188,7 @@ func (b *testBroker) kill() {
 }
 
 // logTail is the end of the node's logs, for failures.
-func (b *testBroker) logTail() string {
+func (b *Broker) logTail() string {
 	var out []string
 	files, _ := filepath.Glob(filepath.Join(b.dir, "log", "*.log"))
 	for _, f := range append([]string{filepath.Join(b.dir, "server.out")}, files...) {
@@ -199,8 +202,8 @@ func (b *testBroker) logTail() string {
 	return strings.Join(out, "\n")
 }
 
-// freePorts returns n distinct loopback ports that were free a moment ago.
-func freePorts(t testing.TB, n int) []int {
+// FreePorts returns n distinct loopback ports that were free a moment ago.
+func FreePorts(t testing.TB, n int) []int {
 	t.Helper()
 	var ports []int
 	var ls []net.Listener
@@ -232,4 +235,10 @@ func waitPort(t testing.TB, port int, timeout time.Duration) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+func randomID() string {
+	var b [4]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
