@@ -195,11 +195,13 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 		Digest: sres.Digest, Mode: mode, Base: prep.Base, Snapshot: snap, BytesTotal: info.Size,
 		BytesDone: sres.BytesDone, Stream: sres, Resumed: prep.Resumed, DestRemoved: fin.Removed,
 	}
-	// The new snapshot is the next base on both sides; older ones of
-	// Ferry's go. A failure here leaves only space behind.
 	phase("finish")
 	res.Phases = phases
-	if removed, err := s.removeOld(ctx, cluster, job, snap); err != nil {
+	// The new snapshot is the next base for this destination: the base
+	// it replaces goes. Only that one: other ferry-* snapshots may be the
+	// bases (or the running copies) of transfers to other destinations.
+	// A failure here leaves only space behind.
+	if removed, err := s.removeBase(ctx, cluster, job, prep.Base, snap); err != nil {
 		log.Warn("removing old source snapshots", "error", err)
 	} else {
 		res.Removed = removed
@@ -257,13 +259,19 @@ func (s *Source) extents(ctx context.Context, img *rbd.Image, base string) ([]st
 	return out, nil
 }
 
-func (s *Source) removeOld(ctx context.Context, cluster *rbd.Cluster, job Job, keep string) ([]string, error) {
+func (s *Source) removeBase(ctx context.Context, cluster *rbd.Cluster, job Job, base, keep string) ([]string, error) {
+	if base == "" || base == keep || !strings.HasPrefix(base, SnapshotPrefix) {
+		return nil, nil
+	}
 	img, err := cluster.OpenImage(ctx, job.Pool, job.Image, "", false)
 	if err != nil {
 		return nil, err
 	}
 	defer img.Close()
-	return removeOldSnapshots(img, keep)
+	if err := img.RemoveSnapshot(base); err != nil && !errors.Is(err, rbd.ErrNotFound) {
+		return nil, err
+	}
+	return []string{base}, nil
 }
 
 func (s *Source) abort(dest Preparer, transferID string, cause error) {
