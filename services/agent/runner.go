@@ -15,6 +15,8 @@ import (
 // max_transfers at once, each with a cancel function, reporting status
 // events to ferry.status.
 type runner struct {
+	// runJob runs one accepted transfer (run; tests put a fake here).
+	runJob func(ctx context.Context, req rpc.TransferStart)
 	a      *Agent
 	caster rpc.Caster
 	caller rpc.Caller
@@ -30,8 +32,10 @@ type runner struct {
 }
 
 func newRunner(a *Agent, caster rpc.Caster, caller rpc.Caller) *runner {
-	return &runner{a: a, caster: caster, caller: caller,
+	r := &runner{a: a, caster: caster, caller: caller,
 		slots: make(chan struct{}, a.cfg.Agent.MaxTransfers), running: map[string]context.CancelFunc{}, cancelled: map[string]bool{}}
+	r.runJob = r.run
+	return r
 }
 
 // errBusy asks the transport to requeue a start: every slot is taken.
@@ -72,7 +76,7 @@ func (r *runner) start(ctx context.Context, req rpc.TransferStart) error {
 			r.mu.Unlock()
 			cancel()
 		}()
-		r.run(jctx, req)
+		r.runJob(jctx, req)
 	}()
 	return nil
 }

@@ -1,0 +1,109 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ferry-project/ferry/rpc"
+	"github.com/ferry-project/ferry/services/internal/config"
+)
+
+type recordingCaster struct {
+	mu     sync.Mutex
+	events []rpc.StatusEvent
+}
+
+func (c *recordingCaster) Cast(_ context.Context, _ rpc.Target, _ string, body any) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if ev, ok := body.(rpc.StatusEvent); ok {
+		c.events = append(c.events, ev)
+	}
+	return nil
+}
+
+func start(id string) rpc.TransferStart {
+	return rpc.TransferStart{TransferID: id, Epoch: 1,
+		Source: rpc.Location{Region: "RegionOne", Pool: "volumes", Image: "i"}, Destination: rpc.Location{Region: "RegionTwo"}}
+}
+
+// At most max_transfers run; the rest go back to the queue (a temporary
+// error); a redelivered start of a running transfer is ignored; a start
+// is answered at once (the delivery is acked long before the transfer
+// ends); a cancel stops the job and frees its slot.
+func TestRunnerSlots(t *testing.T) {
+	cfg := config.Defaults()
+	cfg.Agent.MaxTransfers = 2
+	cfg.Agent.Region = "RegionOne"
+	a := &Agent{cfg: cfg, log: slog.New(slog.DiscardHandler), host: "h"}
+	caster := &recordingCaster{}
+	r := newRunner(a, caster, nil)
+	release := make(chan struct{})
+	var mu sync.Mutex
+	runs := map[string]int{}
+	r.runJob = func(ctx context.Context, req rpc.TransferStart) {
+		mu.Lock()
+		runs[req.TransferID]++
+		mu.Unlock()
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+	}
+	ctx := context.Background()
+	t0 := time.Now()
+	for _, id := range []string{"a", "b"} {
+		if err := r.start(ctx, start(id)); err != nil {
+			t.Fatalf("start %s: %v", id, err)
+		}
+	}
+	if time.Since(t0) > time.Second {
+		t.Error("start waited for the transfer")
+	}
+	err := r.start(ctx, start("c"))
+	if !rpc.IsTemporary(err) || !errors.Is(err, errBusy) {
+		t.Errorf("third start: %v, want a temporary busy error", err)
+	}
+	if err := r.start(ctx, start("a")); err != nil {
+		t.Errorf("redelivered start: %v", err)
+	}
+	if err := r.start(ctx, rpc.TransferStart{TransferID: "x"}); !errors.Is(err, rpc.ErrInvalid) {
+		t.Errorf("invalid start: %v", err)
+	}
+	if !r.cancel("a") || r.cancel("zzz") {
+		t.Error("cancel of a running / an unknown transfer")
+	}
+	// a's slot frees: c now fits.
+	deadline := time.Now().Add(5 * time.Second)
+	for r.start(ctx, start("c")) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the cancelled transfer's slot never freed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(release)
+	r.wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if runs["a"] != 1 || runs["b"] != 1 || runs["c"] != 1 {
+		t.Errorf("runs %v: each transfer exactly once", runs)
+	}
+	caster.mu.Lock()
+	defer caster.mu.Unlock()
+	accepted := 0
+	for _, ev := range caster.events {
+		if ev.Event == rpc.EventAccepted {
+			accepted++
+			if ev.Host != "h" || ev.Region != "RegionOne" || ev.Epoch != 1 {
+				t.Errorf("report %+v", ev)
+			}
+		}
+	}
+	if accepted != 3 {
+		t.Errorf("%d accepted reports, want 3", accepted)
+	}
+}
