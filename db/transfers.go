@@ -401,6 +401,10 @@ type TransitionOpts struct {
 	ExpectEpoch int64
 	// Fields are further columns to update in the same statement.
 	Fields TransferFields
+	// Outbox, when set, builds a message from the transfer as updated
+	// (new status and epoch); it is written in the same transaction, so
+	// that a retry or a cancel and its message are never separated.
+	Outbox func(*Transfer) (*OutboxMessage, error)
 }
 
 // TransitionTransfer moves transfer id to status to, if the state machine
@@ -496,7 +500,25 @@ func (d *DB) TransitionTransfer(ctx context.Context, id string, to Status, opts 
 		if err := tx.Create(&ev).Error; err != nil {
 			return fmt.Errorf("insert event: %w", translate(err))
 		}
-		return tx.Where("id = ?", id).Take(&out).Error
+		if err := tx.Where("id = ?", id).Take(&out).Error; err != nil {
+			return err
+		}
+		if opts.Outbox != nil {
+			m, err := opts.Outbox(&out)
+			if err != nil {
+				return fmt.Errorf("outbox message: %w", err)
+			}
+			if m != nil {
+				if err := checkOutbox(m); err != nil {
+					return err
+				}
+				resetOutbox(m, now)
+				if err := tx.Create(m).Error; err != nil {
+					return fmt.Errorf("insert outbox message: %w", translate(err))
+				}
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("db: transition transfer %s to %s: %w", id, to, err)

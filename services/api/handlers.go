@@ -334,11 +334,9 @@ func (s *Server) transferAction(c *gin.Context) {
 	var err error
 	switch action {
 	case "retry":
-		t, err = s.db.TransitionTransfer(ctx, t.ID, db.StatusQueued, db.TransitionOpts{
-			ExpectFrom: []db.Status{db.StatusError}, RequestID: rid, Message: "retry requested by " + caller.UserID})
-		if err == nil {
-			err = s.enqueue(ctx, t, s.hooks.StartMessage)
-		}
+		_, err = s.db.TransitionTransfer(ctx, t.ID, db.StatusQueued, db.TransitionOpts{
+			ExpectFrom: []db.Status{db.StatusError}, RequestID: rid, Message: "retry requested by " + caller.UserID,
+			Outbox: func(nt *db.Transfer) (*db.OutboxMessage, error) { return s.hooks.StartMessage(ctx, nt) }})
 	case "cancel":
 		if t.Status == db.StatusQueued {
 			// Nothing runs yet. A start already published may still
@@ -348,29 +346,16 @@ func (s *Server) transferAction(c *gin.Context) {
 				ExpectFrom: []db.Status{db.StatusQueued}, RequestID: rid, Message: "cancelled by " + caller.UserID})
 			break
 		}
-		_, err = s.db.TransitionTransfer(ctx, t.ID, db.StatusCancelling, db.TransitionOpts{RequestID: rid, Message: "cancel requested by " + caller.UserID})
-		if err == nil {
-			err = s.enqueue(ctx, t, s.hooks.CancelMessage)
-		}
+		_, err = s.db.TransitionTransfer(ctx, t.ID, db.StatusCancelling, db.TransitionOpts{
+			RequestID: rid, Message: "cancel requested by " + caller.UserID,
+			Outbox: func(nt *db.Transfer) (*db.OutboxMessage, error) { return s.hooks.CancelMessage(ctx, nt) }})
 	}
 	if err != nil {
 		s.dbError(c, err, "Transfer "+c.Param("id"))
 		return
 	}
-	c.Status(http.StatusAccepted)
-}
-
-// enqueue writes one outbox row for t and wakes the publisher.
-func (s *Server) enqueue(ctx context.Context, t *db.Transfer, build func(context.Context, *db.Transfer) (*db.OutboxMessage, error)) error {
-	m, err := build(ctx, t)
-	if err != nil || m == nil {
-		return err
-	}
-	if err := s.db.EnqueueOutbox(ctx, m); err != nil {
-		return err
-	}
 	s.hooks.Kick()
-	return nil
+	c.Status(http.StatusAccepted)
 }
 
 func (s *Server) deleteTransfer(c *gin.Context) {

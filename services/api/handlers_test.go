@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -50,7 +51,8 @@ func fakeHooks(kicks *atomic.Int32) Hooks {
 			}
 		},
 		StartMessage: func(_ context.Context, t *db.Transfer) (*db.OutboxMessage, error) {
-			return &db.OutboxMessage{Exchange: "ferry", RoutingKey: "agent." + t.SourceRegion, Payload: `{"transfer_id":"` + t.ID + `"}`}, nil
+			return &db.OutboxMessage{Exchange: "ferry", RoutingKey: "agent." + t.SourceRegion,
+				Payload: fmt.Sprintf(`{"transfer_id":%q,"epoch":%d}`, t.ID, t.Epoch)}, nil
 		},
 		CancelMessage: func(_ context.Context, t *db.Transfer) (*db.OutboxMessage, error) {
 			return &db.OutboxMessage{Exchange: "ferry", RoutingKey: "agent." + t.SourceRegion + ".host", Payload: "{}"}, nil
@@ -311,5 +313,38 @@ func TestMicroversion(t *testing.T) {
 		if tc.served != "" && resp.Header.Get("OpenStack-API-Version") != tc.served {
 			t.Errorf("%q: served %q", tc.header, resp.Header.Get("OpenStack-API-Version"))
 		}
+	}
+}
+
+// Retry moves a failed transfer back to queued and writes its new start
+// (new epoch) in the same transaction.
+func TestRetryWritesStart(t *testing.T) {
+	a := newAPITest(t)
+	id := a.create(admin)
+	ctx := context.Background()
+	if _, err := a.db.TransitionTransfer(ctx, id, db.StatusError, db.TransitionOpts{Error: "boom"}); err != nil {
+		t.Fatal(err)
+	}
+	if code, m := a.do(admin, "POST", "/v1/transfers/"+id+"/action", `{"retry": null}`); code != 202 {
+		t.Fatalf("retry: %d %v", code, m)
+	}
+	_, m := a.do(admin, "GET", "/v1/transfers/"+id, "")
+	if tr := m["transfer"].(map[string]any); tr["status"] != "queued" || tr["error"] != nil {
+		t.Errorf("after retry: %v", tr)
+	}
+	msgs, err := a.db.ClaimOutbox(ctx, "test", 60e9, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var payloads []string
+	for _, m := range msgs {
+		payloads = append(payloads, m.Payload)
+	}
+	want := fmt.Sprintf(`{"transfer_id":%q,"epoch":2}`, id)
+	if len(msgs) != 2 || !slices.Contains(payloads, want) {
+		t.Errorf("outbox %q, want the creation's start and %s", payloads, want)
+	}
+	if a.kicks.Load() != 2 {
+		t.Errorf("publisher kicked %d times", a.kicks.Load())
 	}
 }

@@ -114,6 +114,10 @@ func (r *Redispatcher) sweepAgent(ctx context.Context, s *db.Service) (int, erro
 		if to != db.StatusQueued {
 			opts.Message, opts.Error = why, why
 		}
+		if to == db.StatusQueued {
+			// The new start goes in the same transaction as the move.
+			opts.Outbox = func(nt *db.Transfer) (*db.OutboxMessage, error) { return NewStartMessage(nt) }
+		}
 		nt, err := r.DB.TransitionTransfer(ctx, t.ID, to, opts)
 		if errors.Is(err, db.ErrStaleEpoch) || errors.Is(err, db.ErrInvalidTransition) || errors.Is(err, db.ErrConflict) {
 			continue // another API process, or a report, got there first
@@ -125,13 +129,6 @@ func (r *Redispatcher) sweepAgent(ctx context.Context, s *db.Service) (int, erro
 		if to != db.StatusQueued {
 			log.Warn("transfer ended: its agent is down", "to", to)
 			continue
-		}
-		m, err := NewStartMessage(nt)
-		if err == nil {
-			err = r.DB.EnqueueOutbox(ctx, m)
-		}
-		if err != nil {
-			return moved, fmt.Errorf("re-dispatch of %s: %w", t.ID, err)
 		}
 		log.Warn("transfer re-dispatched: its agent is down", "epoch", nt.Epoch)
 	}
