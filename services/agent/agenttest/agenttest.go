@@ -83,6 +83,9 @@ func New(t testing.TB) *Harness {
 		SrcRegion: "TestOne" + suffix, DstRegion: "TestTwo" + suffix, Pool: testenv.Get(t, "CEPH_POOL"),
 		SrcConf: testenv.Get(t, "CEPH_REGIONONE_CONF"), DstConf: testenv.Get(t, "CEPH_REGIONTWO_CONF"),
 		Streams: 4, ChunkSize: "1M"}
+	// The regions are the test's own: their queues go with it (cleanups
+	// run last-in first-out, so after the agents are stopped).
+	t.Cleanup(h.deleteQueues)
 	if _, _, err := pki.InitCA(h.Dir, pki.CAOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -285,3 +288,32 @@ func (h *Harness) KillWhenHalfway(cmd *exec.Cmd, name string, size int64) int64 
 
 // PeakRSS is a process's peak resident set (VmHWM) in bytes, or -1.
 func PeakRSS(pid int) int64 { return agent.PeakRSS(pid) }
+
+// deleteQueues removes the broker queues of the test's regions.
+func (h *Harness) deleteQueues() {
+	uris, err := ferryamqp.ParseTransportURL(testenv.Get(h.t, "TRANSPORT_URL"))
+	if err != nil {
+		return
+	}
+	conn, err := amqp091.Dial(uris[0])
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return
+	}
+	for _, q := range []rpc.Target{
+		rpc.AgentTarget(h.SrcRegion), rpc.AgentTarget(h.DstRegion),
+		rpc.AgentHostTarget(h.DstRegion, "dst-a"), rpc.AgentHostTarget(h.DstRegion, "dst-b"),
+		rpc.AgentHostTarget(h.SrcRegion, "src"),
+	} {
+		if _, err := ch.QueueDelete(string(q), false, false, false); err != nil {
+			// A missing queue closes the channel: open another.
+			if ch, err = conn.Channel(); err != nil {
+				return
+			}
+		}
+	}
+}
