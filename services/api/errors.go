@@ -5,18 +5,22 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
+
+	"github.com/ferry-project/ferry/rpc"
 )
 
 // HeaderRequestID is OpenStack's request id header.
 const HeaderRequestID = "X-Openstack-Request-Id"
 
 // requestID gives every request an id "req-<uuid>", returned in
-// x-openstack-request-id and kept in the context for logs and events.
+// x-openstack-request-id and carried in the request's context
+// (rpc.RequestIDFrom) into events, outbox messages and the agents' logs.
 func requestID() gin.HandlerFunc {
 	return func(c *gin.Context) {
 		id := "req-" + uuid.NewString()
 		c.Set("request_id", id)
 		c.Header(HeaderRequestID, id)
+		c.Request = c.Request.WithContext(rpc.WithRequestID(c.Request.Context(), id))
 		c.Next()
 	}
 }

@@ -141,7 +141,7 @@ func (s *Server) createTransfer(c *gin.Context) {
 		SourceRegion: src.Region, SourcePool: src.Pool, SourceImage: src.Image, SourceSnapshot: src.Snapshot,
 		DestRegion: dst.Region, DestPool: firstNonEmpty(dst.Pool, src.Pool), DestImage: firstNonEmpty(dst.Image, src.Image),
 	}
-	msg, err := s.hooks.StartMessage(context.WithValue(c.Request.Context(), requestIDKey{}, requestIDOf(c)), t)
+	msg, err := s.hooks.StartMessage(c.Request.Context(), t)
 	if err != nil {
 		s.dbError(c, err, "Transfer")
 		return
@@ -330,7 +330,7 @@ func (s *Server) transferAction(c *gin.Context) {
 		return
 	}
 	rid := requestIDOf(c)
-	ctx := context.WithValue(c.Request.Context(), requestIDKey{}, rid)
+	ctx := c.Request.Context()
 	var err error
 	switch action {
 	case "retry":

@@ -17,6 +17,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/ferry-project/ferry/db"
+	"github.com/ferry-project/ferry/rpc"
 	"github.com/ferry-project/ferry/services/internal/config"
 )
 
@@ -50,8 +51,9 @@ func fakeHooks(kicks *atomic.Int32) Hooks {
 				return admin || member && own
 			}
 		},
-		StartMessage: func(_ context.Context, t *db.Transfer) (*db.OutboxMessage, error) {
-			return &db.OutboxMessage{Exchange: "ferry", RoutingKey: "agent." + t.SourceRegion,
+		StartMessage: func(ctx context.Context, t *db.Transfer) (*db.OutboxMessage, error) {
+			// The request id rides in Exchange (informational) for the test.
+			return &db.OutboxMessage{Exchange: rpc.RequestIDFrom(ctx), RoutingKey: "agent." + t.SourceRegion,
 				Payload: fmt.Sprintf(`{"transfer_id":%q,"epoch":%d}`, t.ID, t.Epoch)}, nil
 		},
 		CancelMessage: func(_ context.Context, t *db.Transfer) (*db.OutboxMessage, error) {
@@ -148,7 +150,7 @@ func TestCreateShowListDelete(t *testing.T) {
 	}
 	// The outbox row was written with the transfer.
 	msgs, err := a.db.ClaimOutbox(context.Background(), "test", 60e9, 10)
-	if err != nil || len(msgs) != 1 || msgs[0].RoutingKey != "agent.RegionOne" || !strings.Contains(msgs[0].Payload, id) {
+	if err != nil || len(msgs) != 1 || msgs[0].RoutingKey != "agent.RegionOne" || !strings.Contains(msgs[0].Payload, id) || !strings.HasPrefix(msgs[0].Exchange, "req-") {
 		t.Errorf("outbox %+v %v", msgs, err)
 	}
 	code, m = a.do(admin, "GET", "/v1/transfers/"+id+"/events", "")

@@ -75,7 +75,7 @@ func (s *Server) Start(ctx context.Context, w Wiring) {
 			return ac != nil && w.Policy.Enforce(rule, ac, target)
 		},
 		StartMessage: func(ctx context.Context, t *db.Transfer) (*db.OutboxMessage, error) {
-			return dispatch.NewStartMessageWithRequestID(t, requestIDFrom(ctx))
+			return dispatch.NewStartMessageWithRequestID(t, rpc.RequestIDFrom(ctx))
 		},
 		CancelMessage: func(ctx context.Context, t *db.Transfer) (*db.OutboxMessage, error) {
 			if t.Agent == nil {
@@ -83,7 +83,7 @@ func (s *Server) Start(ctx context.Context, w Wiring) {
 				// the agent's "accepted".
 				return nil, nil
 			}
-			return dispatch.NewOutboxMessage(requestIDFrom(ctx), rpc.AgentHostTarget(t.SourceRegion, *t.Agent),
+			return dispatch.NewOutboxMessage(rpc.RequestIDFrom(ctx), rpc.AgentHostTarget(t.SourceRegion, *t.Agent),
 				rpc.MethodTransferCancel, rpc.TransferCancel{TransferID: t.ID})
 		},
 		Kick: pub.Kick,
@@ -120,13 +120,6 @@ func callerOf(c *gin.Context) *Caller {
 		}
 	}
 	return caller
-}
-
-type requestIDKey struct{}
-
-func requestIDFrom(ctx context.Context) string {
-	id, _ := ctx.Value(requestIDKey{}).(string)
-	return id
 }
 
 // policyFrom loads [api] policy_file (a missing file means the defaults).
