@@ -46,10 +46,15 @@ func testRouter(v TokenValidator, logs io.Writer) *gin.Engine {
 	return r
 }
 
+// inAnHour expires the middleware tests' tokens: the middleware's cache
+// runs on the real clock, so a fixed date would turn them into expired
+// tokens once that date passed.
+var inAnHour = time.Now().Add(time.Hour).UTC().Truncate(time.Second)
+
 func TestMiddleware(t *testing.T) {
 	f := &fakeValidator{tokens: map[string]*keystone.TokenInfo{secretToken: {
 		UserID: "u1", UserName: "demo", ProjectID: "p1", ProjectName: "demo",
-		Roles: []string{"member", "reader"}, ExpiresAt: t0.Add(time.Hour),
+		Roles: []string{"member", "reader"}, ExpiresAt: inAnHour,
 	}}}
 	down := &fakeValidator{down: true}
 	for _, tc := range []struct {
@@ -119,7 +124,7 @@ func TestMiddleware(t *testing.T) {
 func TestMiddlewareContext(t *testing.T) {
 	info := &keystone.TokenInfo{
 		UserID: "u1", UserName: "demo", UserDomainID: "default", ProjectID: "p1", ProjectName: "demo",
-		ProjectDomainID: "default", Roles: []string{"member"}, ExpiresAt: t0.Add(time.Hour),
+		ProjectDomainID: "default", Roles: []string{"member"}, ExpiresAt: inAnHour,
 	}
 	f := &fakeValidator{tokens: map[string]*keystone.TokenInfo{secretToken: info}}
 	gin.SetMode(gin.TestMode)
@@ -136,7 +141,7 @@ func TestMiddlewareContext(t *testing.T) {
 		t.Errorf("%d validator calls through the cache", f.calls.Load())
 	}
 	want := Context{UserID: "u1", UserName: "demo", UserDomainID: "default", ProjectID: "p1",
-		ProjectName: "demo", ProjectDomainID: "default", ExpiresAt: t0.Add(time.Hour)}
+		ProjectName: "demo", ProjectDomainID: "default", ExpiresAt: inAnHour}
 	if got == nil || got.UserID != want.UserID || got.ProjectID != want.ProjectID || got.ProjectName != want.ProjectName ||
 		got.UserDomainID != want.UserDomainID || got.ProjectDomainID != want.ProjectDomainID || !got.ExpiresAt.Equal(want.ExpiresAt) {
 		t.Fatalf("context %+v, want %+v", got, want)
