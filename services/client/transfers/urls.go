@@ -1,0 +1,21 @@
+package transfers
+
+import "github.com/gophercloud/gophercloud/v2"
+
+const resourcePath = "transfers"
+
+func createURL(c *gophercloud.ServiceClient) string { return c.ServiceURL(resourcePath) }
+
+func listURL(c *gophercloud.ServiceClient) string { return c.ServiceURL(resourcePath) }
+
+func getURL(c *gophercloud.ServiceClient, id string) string { return c.ServiceURL(resourcePath, id) }
+
+func deleteURL(c *gophercloud.ServiceClient, id string) string { return getURL(c, id) }
+
+func actionURL(c *gophercloud.ServiceClient, id string) string {
+	return c.ServiceURL(resourcePath, id, "action")
+}
+
+func eventsURL(c *gophercloud.ServiceClient, id string) string {
+	return c.ServiceURL(resourcePath, id, "events")
+}
