@@ -1,0 +1,3 @@
+// Package testing holds the tests of the client package: the catalog
+// lookup and the microversion header.
+package testing
