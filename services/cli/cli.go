@@ -5,33 +5,62 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 
+	"github.com/gophercloud/gophercloud/v2"
 	"github.com/spf13/cobra"
 
+	"github.com/ferry-project/ferry/services/client"
 	"github.com/ferry-project/ferry/services/internal/keystone"
 	"github.com/ferry-project/ferry/services/internal/version"
 )
 
 // Execute runs the CLI and returns the exit code.
 func Execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	root := NewCommand(os.Getenv)
+	root := NewCommand(os.Getenv, stdout, stderr)
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintf(stderr, "ferry: %v\n", err)
+		fmt.Fprintf(stderr, "ferry: %v\n", apiError(err))
 		return 1
 	}
 	return 0
 }
 
+// app is one run of the CLI: its credentials (flags over OS_* variables)
+// and where it writes.
+type app struct {
+	creds          keystone.Credentials
+	stdout, stderr io.Writer
+}
+
+// connect authenticates and finds Ferry's endpoint in the catalog for the
+// cloud's region.
+func (a *app) connect(ctx context.Context) (*gophercloud.ServiceClient, gophercloud.EndpointOpts, error) {
+	pc, eo, err := a.creds.Authenticate(ctx)
+	if err != nil {
+		var he *httpError
+		if e := apiError(err); errors.As(e, &he) {
+			return nil, eo, fmt.Errorf("authentication failed: %w", he)
+		}
+		return nil, eo, err
+	}
+	sc, err := client.NewFerryV1(pc, eo)
+	if err != nil {
+		return nil, eo, err
+	}
+	return sc, eo, nil
+}
+
 // NewCommand builds the command tree. Authentication flags default to the
 // OS_* variables read through getenv.
-func NewCommand(getenv func(string) string) *cobra.Command {
-	creds := keystone.CredentialsFromEnv(getenv)
+func NewCommand(getenv func(string) string, stdout, stderr io.Writer) *cobra.Command {
+	a := &app{creds: keystone.CredentialsFromEnv(getenv), stdout: stdout, stderr: stderr}
+	creds := &a.creds
 	root := &cobra.Command{
 		Use:   "ferry",
 		Short: "Move and replicate Ceph RBD-backed volumes between OpenStack regions",
@@ -72,5 +101,6 @@ func NewCommand(getenv func(string) string) *cobra.Command {
 		f.StringVar(s.p, s.name, *s.p, s.help)
 	}
 	f.BoolVar(&creds.Insecure, "insecure", creds.Insecure, "do not verify TLS certificates")
+	root.AddCommand(a.transferCommand(), a.serviceCommand())
 	return root
 }
