@@ -364,14 +364,14 @@ func TestShowByNameAndErrors(t *testing.T) {
 		want string
 	}{
 		{fc.env(), []string{"transfer", "show", "twin"}, "ferry: more than one transfer is named 'twin': use its ID\n"},
-		{fc.env(), []string{"transfer", "show", "ghost"}, "ferry: no transfer with a name or ID of 'ghost' exists\n"},
+		{fc.env(), []string{"transfer", "show", "ghost"}, "ferry: Transfer ghost could not be found (HTTP 404) (Request-ID: req-test)\n"},
 		{fc.env(), []string{"service", "list"}, "ferry: Policy doesn't allow service:get_all to be performed (HTTP 403) (Request-ID: req-test)\n"},
 		{fc.env("OS_PASSWORD", "wrong"), []string{"transfer", "list"}, "ferry: authentication failed: The request you have made requires authentication (HTTP 401)\n"},
 		{fc.env("OS_REGION_NAME", "RegionNine"), []string{"transfer", "list"}, `ferry: no volume-ferry endpoint in the catalog for region "RegionNine"`},
 		{func(string) string { return "" }, []string{"transfer", "list"}, "ferry: no credentials"},
 		{fc.env(), []string{"transfer", "delete", "00000000-0000-0000-0000-000000000001", "ghost"},
 			"Failed to delete transfer with name or ID '00000000-0000-0000-0000-000000000001': Transfer 00000000-0000-0000-0000-000000000001 is queued; only ended transfers can be deleted (HTTP 409) (Request-ID: req-test)\n" +
-				"Failed to delete transfer with name or ID 'ghost': no transfer with a name or ID of 'ghost' exists\n" +
+				"Failed to delete transfer with name or ID 'ghost': Transfer ghost could not be found (HTTP 404) (Request-ID: req-test)\n" +
 				"ferry: 2 of 2 transfers failed to delete\n"},
 	} {
 		code, _, errOut := run(t, tc.env, tc.args...)

@@ -372,7 +372,7 @@ func findTransfer(ctx context.Context, sc *gophercloud.ServiceClient, ref string
 	}
 	switch len(found) {
 	case 0:
-		return nil, nil, fmt.Errorf("no transfer with a name or ID of '%s' exists", ref)
+		return nil, nil, apiError(r.Err) // the API's 404
 	case 1:
 		id, _ := found[0]["id"].(string)
 		r := transfers.Get(ctx, sc, id)
