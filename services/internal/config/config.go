@@ -36,6 +36,20 @@ type Config struct {
 	API               API               `section:"api"`
 	Agent             Agent             `section:"agent"`
 	TLS               TLS               `section:"tls"`
+	Cinder            Cinder            `section:"cinder"`
+}
+
+// Cinder is the [cinder] section of ferry-api: how Cinder volumes and
+// backups map to RBD images, per region. Regions missing from volume_pools
+// do not accept volume sources; from backup_pools, backup sources.
+type Cinder struct {
+	CatalogInfo        string            `opt:"catalog_info" default:"volumev3::publicURL" help:"Cinder's endpoint in the catalog, as <service_type>:<service_name>:<interface> (nova's [cinder] catalog_info)."`
+	VolumePools        map[string]string `opt:"volume_pools" default:"" help:"RBD pool of the Cinder RBD backend per region, as region:pool,region:pool. A volume <id> is the image volume-<id> there."`
+	BackendHosts       map[string]string `opt:"backend_hosts" default:"" help:"Cinder host@backend#pool that manages a copied volume, per region, as region:host@backend#pool,..."`
+	BackupPools        map[string]string `opt:"backup_pools" default:"" help:"RBD pool of the Ceph backup driver per region, as region:pool,..."`
+	VolumeBackupDriver string            `opt:"backup_driver" default:"cinder.backup.drivers.ceph.CephBackupDriver" help:"Backup driver whose backups Ferry can move (the backup record's service)."`
+	FinalizeTimeout    int               `opt:"finalize_timeout" default:"600" min:"10" max:"86400" help:"Seconds to wait for Cinder to manage a copied volume or import a backup before the transfer is put in error."`
+	OwnerRole          string            `opt:"owner_role" default:"admin" help:"Role the service user holds on the owner's project, for the time of a registration only: manage-existing and backup import-record are admin-only in Cinder and create the resource in the token's project."`
 }
 
 // Default is the [DEFAULT] section.
@@ -389,6 +403,8 @@ func (o option) typeName() string {
 		return "integer value"
 	case o.field.Kind() == reflect.Slice:
 		return "list value"
+	case o.field.Kind() == reflect.Map:
+		return "dict value"
 	default:
 		return "string value"
 	}
@@ -429,6 +445,20 @@ func (o option) set(raw string) error {
 			}
 		}
 		o.field.Set(reflect.ValueOf(items))
+	case o.field.Kind() == reflect.Map:
+		// oslo.config's DictOpt: key:value,key:value.
+		m := map[string]string{}
+		for p := range strings.SplitSeq(v, ",") {
+			if p = strings.TrimSpace(p); p == "" {
+				continue
+			}
+			k, val, ok := strings.Cut(p, ":")
+			if !ok || strings.TrimSpace(k) == "" {
+				return fmt.Errorf("%q is not a key:value pair", p)
+			}
+			m[strings.TrimSpace(k)] = strings.TrimSpace(val)
+		}
+		o.field.Set(reflect.ValueOf(m))
 	default:
 		if o.choices != "" && !slices.Contains(strings.Split(o.choices, ","), v) {
 			return fmt.Errorf("%q is not one of %s", v, strings.ReplaceAll(o.choices, ",", ", "))

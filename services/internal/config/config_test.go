@@ -27,6 +27,10 @@ streams = 8
 chunk_size = 8M
 bandwidth_limit = 100MiB
 compression = zstd
+
+[cinder]
+volume_pools = RegionOne:volumes, RegionTwo : rbd-volumes
+backend_hosts = RegionOne:cinder-1@ceph#ceph
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -40,6 +44,12 @@ compression = zstd
 	}
 	if !reflect.DeepEqual(c.Agent.Pools, []string{"volumes", "backups"}) {
 		t.Errorf("pools = %q", c.Agent.Pools)
+	}
+	if want := map[string]string{"RegionOne": "volumes", "RegionTwo": "rbd-volumes"}; !reflect.DeepEqual(c.Cinder.VolumePools, want) {
+		t.Errorf("volume_pools = %v, want %v", c.Cinder.VolumePools, want)
+	}
+	if h := c.Cinder.BackendHosts["RegionOne"]; h != "cinder-1@ceph#ceph" || len(c.Cinder.BackupPools) != 0 {
+		t.Errorf("backend_hosts = %v, backup_pools = %v", c.Cinder.BackendHosts, c.Cinder.BackupPools)
 	}
 	if c.Agent.ChunkSize != 8<<20 || c.Agent.BandwidthLimit != 100<<20 {
 		t.Errorf("sizes = %d %d", c.Agent.ChunkSize, c.Agent.BandwidthLimit)
@@ -71,6 +81,7 @@ func TestParseErrorsNameSectionAndOption(t *testing.T) {
 		{"pool", "[agent]\npools = a/b\n", `[agent] pools: "a/b" is not a pool name`},
 		{"page", "[api]\ndefault_page_size = 50\nmax_page_size = 10\n", "[api] max_page_size: must be at least default_page_size"},
 		{"syntax", "[agent\nregion = x\n", "cannot parse INI"},
+		{"dict", "[cinder]\nvolume_pools = RegionOne\n", `[cinder] volume_pools: "RegionOne" is not a key:value pair`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
