@@ -18,6 +18,7 @@ import (
 
 	"github.com/ferry-project/ferry/db"
 	"github.com/ferry-project/ferry/rpc/amqp"
+	"github.com/ferry-project/ferry/services/api/dashboard"
 	"github.com/ferry-project/ferry/services/internal/config"
 	"github.com/ferry-project/ferry/services/internal/daemon"
 	"github.com/ferry-project/ferry/services/internal/keystone"
@@ -97,10 +98,23 @@ func (s *Server) Router() http.Handler {
 	r.GET("/metrics", m.handler())
 	r.GET("/healthcheck", s.healthcheck)
 	s.routes(r)
+	s.mountDashboard(r)
 	r.NoRoute(func(c *gin.Context) {
 		writeError(c, http.StatusNotFound, "The resource could not be found.")
 	})
 	return r
+}
+
+// mountDashboard serves the web dashboard under /dashboard unless [api]
+// dashboard is false (then /dashboard is a 404 like any unknown path). The
+// dashboard calls this router in-process, with its users' tokens.
+func (s *Server) mountDashboard(r *gin.Engine) {
+	k := s.cfg.KeystoneAuthtoken
+	if err := dashboard.Register(r, s.cfg.API.Dashboard, dashboard.Options{
+		AuthURL: firstNonEmpty(k.WWWAuthenticateURI, k.AuthURL), API: r, Logger: s.log,
+	}); err != nil {
+		s.log.Error("dashboard disabled", "error", err)
+	}
 }
 
 // versions is the unversioned root: the versions document.

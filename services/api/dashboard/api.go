@@ -1,0 +1,107 @@
+package dashboard
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+
+	"github.com/gophercloud/gophercloud/v2"
+	"github.com/gophercloud/gophercloud/v2/pagination"
+
+	"github.com/ferry-project/ferry/services/client"
+	"github.com/ferry-project/ferry/services/client/services"
+	"github.com/ferry-project/ferry/services/client/transfers"
+)
+
+// The API as the dashboard sees it: the client library's types and calls,
+// as Horizon uses the python clients.
+type (
+	Transfer   = transfers.Transfer
+	Location   = transfers.Location
+	Event      = transfers.Event
+	Service    = services.Service
+	CreateOpts = transfers.CreateOpts
+)
+
+const serviceType = client.ServiceType
+
+// maxListPages bounds the pages of 1000 transfers one table loads.
+const maxListPages = 5
+
+// listTransfers returns the project's transfers, newest first.
+func listTransfers(ctx context.Context, sc *gophercloud.ServiceClient) ([]Transfer, error) {
+	var out []Transfer
+	pages := 0
+	err := transfers.List(sc, transfers.ListOpts{Limit: 1000, SortKey: "created_at", SortDir: "desc"}).EachPage(ctx,
+		func(_ context.Context, p pagination.Page) (bool, error) {
+			ts, err := transfers.ExtractTransfers(p)
+			if err != nil {
+				return false, err
+			}
+			out = append(out, ts...)
+			pages++
+			return pages < maxListPages, nil
+		})
+	return out, err
+}
+
+func getTransfer(ctx context.Context, sc *gophercloud.ServiceClient, id string) (*Transfer, error) {
+	return transfers.Get(ctx, sc, id).Extract()
+}
+
+func listEvents(ctx context.Context, sc *gophercloud.ServiceClient, id string) ([]Event, error) {
+	return transfers.ListEvents(ctx, sc, id).Extract()
+}
+
+func createTransfer(ctx context.Context, sc *gophercloud.ServiceClient, o CreateOpts) (*Transfer, error) {
+	return transfers.Create(ctx, sc, o).Extract()
+}
+
+func transferAction(ctx context.Context, sc *gophercloud.ServiceClient, id, action string) error {
+	if action == "retry" {
+		return transfers.Retry(ctx, sc, id).ExtractErr()
+	}
+	return transfers.Cancel(ctx, sc, id).ExtractErr()
+}
+
+func deleteTransfer(ctx context.Context, sc *gophercloud.ServiceClient, id string) error {
+	return transfers.Delete(ctx, sc, id).ExtractErr()
+}
+
+func listServices(ctx context.Context, sc *gophercloud.ServiceClient) ([]Service, error) {
+	p, err := services.List(sc).AllPages(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return services.ExtractServices(p)
+}
+
+func newFerryClient(pc *gophercloud.ProviderClient, endpoint string) *gophercloud.ServiceClient {
+	return client.NewFerryV1WithEndpoint(pc, endpoint)
+}
+
+// apiError is what the user is told about a failed API call: the API's
+// own message (its OpenStack error body) and the status code. The API is
+// called in-process, so an error without a status is the client
+// library's check of the request: a 400.
+func apiError(err error) (int, string) {
+	var ue gophercloud.ErrUnexpectedResponseCode
+	if errors.As(err, &ue) {
+		var body map[string]struct {
+			Message string `json:"message"`
+		}
+		if json.Unmarshal(ue.Body, &body) == nil {
+			for _, f := range body {
+				if f.Message != "" {
+					return ue.Actual, f.Message
+				}
+			}
+		}
+		return ue.Actual, http.StatusText(ue.Actual)
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return http.StatusServiceUnavailable, "The request timed out."
+	}
+	return http.StatusBadRequest, err.Error()
+}
