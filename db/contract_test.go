@@ -228,6 +228,18 @@ func contractMigrations(t *testing.T, url string) {
 
 	// Roll everything back, then forward again.
 	id, err := d.RollbackLast(ctx)
+	if err != nil || id != "0002_cinder" {
+		t.Fatalf("RollbackLast = %q, %v", id, err)
+	}
+	for _, col := range []string{"owner_project_id", "cinder_spec"} {
+		if d.gorm.Migrator().HasColumn("transfers", col) {
+			t.Errorf("column transfers.%s survived the rollback of 0002_cinder", col)
+		}
+	}
+	if cur, _, _ := d.Version(ctx); cur != "0001_initial" {
+		t.Errorf("Version after one rollback = %q", cur)
+	}
+	id, err = d.RollbackLast(ctx)
 	if err != nil || id != "0001_initial" {
 		t.Fatalf("RollbackLast = %q, %v", id, err)
 	}
@@ -262,7 +274,7 @@ func contractMigrations(t *testing.T, url string) {
 	}
 	err = st.check()
 	wantErr(t, err, ErrSchemaOutdated)
-	if !strings.Contains(err.Error(), "0001_initial") || !strings.Contains(err.Error(), "9999_test_extra") {
+	if !strings.Contains(err.Error(), LatestVersion()) || !strings.Contains(err.Error(), "9999_test_extra") {
 		t.Errorf("outdated error %q does not name both versions", err)
 	}
 
@@ -369,9 +381,13 @@ func contractCreateGet(t *testing.T, url string) {
 	long := newTestTransfer("p1", strings.Repeat("é", MaxNameLength))
 	long.SourceImage, long.DestImage = strings.Repeat("i", MaxNameLength), strings.Repeat("ü", MaxNameLength)
 	long.SourceVolumeID = strings.Repeat("v", MaxIDLength)
+	long.OwnerProjectID = strings.Repeat("o", MaxIDLength)
+	spec := `{"name": "` + strings.Repeat("ü", 20000) + `"}` // 40 KB of JSON fits TEXT everywhere
+	long.CinderSpec = &spec
 	long.Description = strings.Repeat("✓", MaxDescriptionLength)
 	mustCreate(t, d, long)
-	if got, err := d.GetTransfer(ctx, long.ID, ProjectScope("p1")); err != nil || got.Name != long.Name || got.Description != long.Description {
+	if got, err := d.GetTransfer(ctx, long.ID, ProjectScope("p1")); err != nil || got.Name != long.Name || got.Description != long.Description ||
+		got.OwnerProjectID != long.OwnerProjectID || got.CinderSpec == nil || *got.CinderSpec != spec {
 		t.Errorf("long values did not round-trip: %v", err)
 	}
 }

@@ -20,6 +20,7 @@ const migrationsTable = "ferry_migrations"
 func migrations() []*gormigrate.Migration {
 	return []*gormigrate.Migration{
 		migration0001Initial(),
+		migration0002Cinder(),
 	}
 }
 

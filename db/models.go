@@ -51,6 +51,13 @@ type Transfer struct {
 	DestVolumeID string `gorm:"column:dest_volume_id"`
 	DestBackupID string `gorm:"column:dest_backup_id"`
 
+	// OwnerProjectID is the project a Cinder result (volume or backup)
+	// goes to: the source resource's project, which may differ from
+	// ProjectID when an admin moves another project's volume.
+	OwnerProjectID string `gorm:"column:owner_project_id"`
+	// CinderSpec is JSON describing the Cinder source (see services/api).
+	CinderSpec *string `gorm:"column:cinder_spec"`
+
 	BytesTotal         int64  `gorm:"column:bytes_total"`
 	BytesTransferred   int64  `gorm:"column:bytes_transferred"`
 	RateBytesPerSecond int64  `gorm:"column:rate_bytes_per_second"`

@@ -165,6 +165,7 @@ func prepareNewTransfer(t *Transfer) error {
 		{"destination.snapshot", t.DestSnapshot, MaxNameLength},
 		{"destination.volume_id", t.DestVolumeID, MaxIDLength},
 		{"destination.backup_id", t.DestBackupID, MaxIDLength},
+		{"owner_project_id", t.OwnerProjectID, MaxIDLength},
 		{"digest", t.Digest, MaxDigestLength},
 	} {
 		if utf8.RuneCountInString(f.value) > f.max {
@@ -330,6 +331,7 @@ type TransferFields struct {
 	DestImage          *string
 	DestSnapshot       *string
 	DestVolumeID       *string
+	DestBackupID       *string
 	BytesTotal         *int64
 	BytesTransferred   *int64
 	RateBytesPerSecond *int64
@@ -371,6 +373,7 @@ func (f TransferFields) columns() (map[string]any, error) {
 		str("dest_image", f.DestImage, MaxNameLength),
 		str("dest_snapshot", f.DestSnapshot, MaxNameLength),
 		str("dest_volume_id", f.DestVolumeID, MaxIDLength),
+		str("dest_backup_id", f.DestBackupID, MaxIDLength),
 		str("digest", f.Digest, MaxDigestLength),
 		num("bytes_total", f.BytesTotal),
 		num("bytes_transferred", f.BytesTransferred),
