@@ -878,6 +878,23 @@ func contractProgress(t *testing.T, url string) {
 	}
 	mustTransition(t, d, tr.ID, StatusCancelling, TransitionOpts{})
 	wantErr(t, d.UpdateProgress(ctx, tr.ID, 1000, 2000, 1), ErrConflict)
+
+	// UpdateFields: only in the expected status, no event.
+	vol := uuid.NewString()
+	wantErr(t, d.UpdateFields(ctx, tr.ID, StatusFinalizing, TransferFields{DestVolumeID: &vol}), ErrConflict)
+	wantErr(t, d.UpdateFields(ctx, uuid.NewString(), StatusCancelling, TransferFields{DestVolumeID: &vol}), ErrNotFound)
+	long := strings.Repeat("x", MaxIDLength+1)
+	wantErr(t, d.UpdateFields(ctx, tr.ID, StatusCancelling, TransferFields{DestBackupID: &long}), ErrInvalidArgument)
+	if err := d.UpdateFields(ctx, tr.ID, StatusCancelling, TransferFields{DestVolumeID: &vol, DestBackupID: &vol}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := d.GetTransfer(ctx, tr.ID, ProjectScope("p1"))
+	if err != nil || got.DestVolumeID != vol || got.DestBackupID != vol || got.Status != StatusCancelling {
+		t.Errorf("after UpdateFields: %+v, %v", got, err)
+	}
+	if n := countRows(t, d, &TransferEvent{}, "transfer_id = ?", tr.ID); n != 5 {
+		t.Errorf("%d events, want 5 (UpdateFields writes none)", n)
+	}
 }
 
 func contractEvents(t *testing.T, url string) {

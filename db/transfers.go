@@ -670,3 +670,36 @@ func (d *DB) DeleteTransfer(ctx context.Context, id string, scope Scope) error {
 	}
 	return nil
 }
+
+// UpdateFields sets fields of a transfer that is in status expect, without
+// a transition (no event): e.g. the id of the Cinder volume a finalization
+// created, before it is available. Another status is ErrConflict; an
+// unknown id ErrNotFound.
+func (d *DB) UpdateFields(ctx context.Context, id string, expect Status, f TransferFields) error {
+	upd, err := f.columns()
+	if err != nil {
+		return fmt.Errorf("db: update %s: %w", id, err)
+	}
+	if len(upd) == 0 {
+		return nil
+	}
+	upd["updated_at"] = d.now()
+	err = d.inTx(ctx, func(tx *gorm.DB) error {
+		res := tx.Model(&Transfer{}).Where("id = ? AND status = ?", id, expect).UpdateColumns(upd)
+		if res.Error != nil {
+			return res.Error
+		}
+		if res.RowsAffected > 0 {
+			return nil
+		}
+		var cur Transfer
+		if err := tx.Select("id", "status").Where("id = ?", id).Take(&cur).Error; err != nil {
+			return translate(err)
+		}
+		return fmt.Errorf("%w: transfer is %s, not %s", ErrConflict, cur.Status, expect)
+	})
+	if err != nil {
+		return fmt.Errorf("db: update %s: %w", id, err)
+	}
+	return nil
+}
