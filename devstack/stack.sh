@@ -23,14 +23,22 @@ source "$DEVSTACK_DIR/lib/rabbitmq.sh"
 source "$DEVSTACK_DIR/lib/ceph.sh"
 # shellcheck source=lib/keystone.sh
 source "$DEVSTACK_DIR/lib/keystone.sh"
+# shellcheck source=lib/cinder.sh
+source "$DEVSTACK_DIR/lib/cinder.sh"
 # shellcheck source=lib/ferry.sh
 source "$DEVSTACK_DIR/lib/ferry.sh"
 
-ALL_COMPONENTS=(rabbitmq ceph keystone ferry)
+ALL_COMPONENTS=(rabbitmq ceph keystone cinder ferry)
 # FERRY_STACK_COMPONENTS="ceph keystone" restricts a run to some components (in this order);
-# FERRY_STACK_FERRY=0 leaves Ferry's own services (ferry-api, the agents) out.
-DEFAULT_COMPONENTS=("${ALL_COMPONENTS[@]}")
-[[ ${FERRY_STACK_FERRY:-1} == 0 ]] && DEFAULT_COMPONENTS=(rabbitmq ceph keystone)
+# FERRY_STACK_FERRY=0 leaves Ferry's own services (ferry-api, the agents) out, FERRY_STACK_CINDER=0
+# leaves Cinder out. `down` without FERRY_STACK_COMPONENTS stops every component.
+DEFAULT_COMPONENTS=()
+for c in "${ALL_COMPONENTS[@]}"; do
+    [[ $c == ferry && ${FERRY_STACK_FERRY:-1} == 0 ]] && continue
+    [[ $c == cinder && ${FERRY_STACK_CINDER:-1} == 0 ]] && continue
+    DEFAULT_COMPONENTS+=("$c")
+done
+[[ ${1:-} == down && -z ${FERRY_STACK_COMPONENTS:-} ]] && DEFAULT_COMPONENTS=("${ALL_COMPONENTS[@]}")
 read -r -a COMPONENTS <<<"${FERRY_STACK_COMPONENTS:-${DEFAULT_COMPONENTS[*]}}"
 for c in "${COMPONENTS[@]}"; do
     [[ " ${ALL_COMPONENTS[*]} " == *" $c "* ]] || { echo "unknown component '$c' in FERRY_STACK_COMPONENTS" >&2; exit 2; }

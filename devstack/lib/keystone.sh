@@ -347,8 +347,13 @@ EOF
       user_domain_name: Default
       project_domain_name: Default
     region_name: RegionOne
+    regions: [RegionOne, RegionTwo]
     interface: public
     identity_api_version: 3
+    # openstackclient 6.0 builds an image client for any "volume create" and fails without an
+    # image endpoint: there is no Glance here, point the (unused) image client at nothing.
+    image_api_version: '2'
+    image_endpoint_override: http://127.0.0.1:9292/
 EOF
         done < <(keystone_users)
     } | write_file_atomic "$STACK_DIR/clouds.yaml" 0600
