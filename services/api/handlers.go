@@ -47,6 +47,8 @@ type Hooks struct {
 	CancelMessage func(ctx context.Context, t *db.Transfer) (*db.OutboxMessage, error)
 	// Kick wakes the outbox publisher after a write.
 	Kick func()
+	// Cinder resolves volume sources; nil: they are not configured (501).
+	Cinder CinderSources
 }
 
 // routes adds /v1.
@@ -118,12 +120,12 @@ func (s *Server) createTransfer(c *gin.Context) {
 		return
 	}
 	src, dst := req.Source, req.Destination
-	if src.VolumeID != "" || src.BackupID != "" {
-		writeError(c, http.StatusNotImplemented, "Cinder volume and backup sources are not supported by this deployment yet; give pool and image.")
+	if src.BackupID != "" {
+		writeError(c, http.StatusNotImplemented, "Cinder backup sources are not supported by this deployment yet.")
 		return
 	}
 	// A raw RBD image has no project: by default only admins name one.
-	if !s.hooks.Allowed("transfer:create:image_source", caller, map[string]string{"project_id": caller.ProjectID}) {
+	if src.VolumeID == "" && !s.hooks.Allowed("transfer:create:image_source", caller, map[string]string{"project_id": caller.ProjectID}) {
 		writeError(c, http.StatusForbidden, "Policy doesn't allow transfer:create:image_source to be performed: name a volume instead of a pool and image.")
 		return
 	}
@@ -140,6 +142,9 @@ func (s *Server) createTransfer(c *gin.Context) {
 		ProjectID: caller.ProjectID, UserID: caller.UserID, Mode: mode,
 		SourceRegion: src.Region, SourcePool: src.Pool, SourceImage: src.Image, SourceSnapshot: src.Snapshot,
 		DestRegion: dst.Region, DestPool: firstNonEmpty(dst.Pool, src.Pool), DestImage: firstNonEmpty(dst.Image, src.Image),
+	}
+	if src.VolumeID != "" && !s.volumeSource(c, caller, req, t) {
+		return
 	}
 	msg, err := s.hooks.StartMessage(c.Request.Context(), t)
 	if err != nil {

@@ -47,6 +47,8 @@ func fakeHooks(kicks *atomic.Int32) Hooks {
 				return admin
 			case "transfer:get", "transfer:get_all", "transfer:events":
 				return admin || own
+			case "transfer:create": // the default policy: a member of the token's project
+				return member
 			default:
 				return admin || member && own
 			}

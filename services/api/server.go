@@ -18,6 +18,7 @@ import (
 
 	"github.com/ferry-project/ferry/db"
 	"github.com/ferry-project/ferry/rpc/amqp"
+	"github.com/ferry-project/ferry/services/api/cinder"
 	"github.com/ferry-project/ferry/services/api/dashboard"
 	"github.com/ferry-project/ferry/services/internal/config"
 	"github.com/ferry-project/ferry/services/internal/daemon"
@@ -65,7 +66,15 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return fmt.Errorf("[DEFAULT] transport_url: %w", err)
 	}
 	defer bus.Close(context.WithoutCancel(ctx))
-	s.Start(ctx, Wiring{Validator: validator, Policy: pol, Bus: bus})
+	wiring := Wiring{Validator: validator, Policy: pol, Bus: bus}
+	if len(cfg.Cinder.VolumePools) > 0 {
+		cs, err := cinder.New(cfg.KeystoneAuthtoken, cfg.Cinder, log)
+		if err != nil {
+			return err
+		}
+		wiring.Cinder = cs
+	}
+	s.Start(ctx, wiring)
 	addr := net.JoinHostPort(cfg.API.BindHost, strconv.Itoa(cfg.API.BindPort))
 	srv := &http.Server{Addr: addr, Handler: s.Router(), ReadHeaderTimeout: 10 * time.Second}
 	ln, err := net.Listen("tcp", addr)

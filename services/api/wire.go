@@ -31,6 +31,12 @@ type Wiring struct {
 	// StatusQueue is the queue of agent reports, bound to ferry.status;
 	// empty means ferry.status (tests name one of their own).
 	StatusQueue string
+	// Cinder resolves volume sources and registers their copies; nil
+	// when [cinder] volume_pools is empty.
+	Cinder interface {
+		CinderSources
+		Registrar
+	}
 }
 
 // Start installs the hooks on s and starts the publisher and the status
@@ -57,12 +63,22 @@ func (s *Server) Start(ctx context.Context, w Wiring) {
 			log.Error("re-dispatcher stopped", "error", err)
 		}
 	}()
+	fin := &Finalizer{DB: s.db, Log: log}
+	if w.Cinder != nil {
+		fin.Cinder = w.Cinder
+	}
+	go func() {
+		if err := fin.Run(ctx); err != nil && ctx.Err() == nil {
+			log.Error("finalizer stopped", "error", err)
+		}
+	}()
 	go func() {
 		q := w.StatusQueue
 		if q == "" {
 			q = string(rpc.StatusTarget)
 		}
-		if err := w.Bus.Consume(ctx, q, []string{string(rpc.StatusTarget)}, dispatch.StatusHandler(s.db, log, dispatch.WithCanceller(w.Bus))); err != nil && ctx.Err() == nil {
+		h := dispatch.StatusHandler(s.db, log, dispatch.WithCanceller(w.Bus), dispatch.WithFinalizer(fin.Kick))
+		if err := w.Bus.Consume(ctx, q, []string{string(rpc.StatusTarget)}, h); err != nil && ctx.Err() == nil {
 			log.Error("status consumer stopped", "error", err)
 		}
 	}()
@@ -87,6 +103,9 @@ func (s *Server) Start(ctx context.Context, w Wiring) {
 				rpc.MethodTransferCancel, rpc.TransferCancel{TransferID: t.ID})
 		},
 		Kick: pub.Kick,
+	}
+	if w.Cinder != nil {
+		s.hooks.Cinder = w.Cinder
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 
 	"github.com/ferry-project/ferry/db"
 	"github.com/ferry-project/ferry/rpc"
@@ -65,9 +66,10 @@ func StatusHandler(store *db.DB, log *slog.Logger, opts ...StatusOption) rpc.Han
 }
 
 type statusHandler struct {
-	db     *db.DB
-	log    *slog.Logger
-	caster rpc.Caster
+	db       *db.DB
+	log      *slog.Logger
+	caster   rpc.Caster
+	finalize func()
 }
 
 // StatusOption configures StatusHandler.
@@ -77,6 +79,15 @@ type StatusOption func(*statusHandler)
 // a transfer already cancelled (cancelled while queued, its start already
 // published) with a transfer.cancel to that agent.
 func WithCanceller(c rpc.Caster) StatusOption { return func(h *statusHandler) { h.caster = c } }
+
+// WithFinalizer makes a completed copy of a Cinder volume or backup go to
+// finalizing (registration at the destination) instead of completed, and
+// calls kick to wake whoever finalizes.
+func WithFinalizer(kick func()) StatusOption { return func(h *statusHandler) { h.finalize = kick } }
+
+// NeedsFinalizing reports whether a transfer's copy must be registered with
+// Cinder before it is complete.
+func NeedsFinalizing(t *db.Transfer) bool { return t.SourceVolumeID != "" || t.SourceBackupID != "" }
 
 func (h *statusHandler) heartbeat(ctx context.Context, env rpc.Envelope) (any, error) {
 	var hb rpc.Heartbeat
@@ -297,6 +308,18 @@ func (a *applier) complete(ctx context.Context, log *slog.Logger) error {
 	msg := a.agent() + " completed the transfer"
 	if a.ev.Digest != "" {
 		msg += " (" + a.ev.Digest + ")"
+	}
+	if a.t.Status == db.StatusVerifying && NeedsFinalizing(a.t) && a.h.finalize != nil {
+		msg = strings.Replace(msg, "completed the transfer", "completed the copy", 1) + "; registering it with Cinder"
+		if err := a.step(ctx, db.StatusFinalizing, msg, f, ""); err != nil {
+			return err
+		}
+		a.h.finalize()
+		return nil
+	}
+	if a.t.Status == db.StatusFinalizing && NeedsFinalizing(a.t) && a.h.finalize != nil {
+		log.Debug("completion already applied: finalizing")
+		return nil
 	}
 	return a.step(ctx, db.StatusCompleted, msg, f, "")
 }

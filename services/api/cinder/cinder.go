@@ -1,0 +1,429 @@
+// Package cinder is ferry-api's side of Cinder: it resolves a caller's
+// volume or backup to the RBD image behind it (with the caller's token, so
+// Cinder's own policy decides what the caller may see), and registers a
+// copied image at the destination as a Cinder volume (manage-existing) or
+// backup (import-record) of the owner's project.
+//
+// Credential model. Manage-existing and import-record are admin-only in
+// Cinder's default policy and create the resource in the project of the
+// token that calls them. Ferry's service user (role admin in the service
+// project, as Cinder's own service user) therefore takes [cinder]
+// owner_role on the owner's project for the time of one registration,
+// authenticates scoped to that project, registers, and removes the grant
+// (unless it was there before). The caller's token is used only during the
+// create request and never stored, so a transfer that outlives it still
+// finishes. A trust (the alternative) can delegate only roles the caller
+// holds: it cannot make a member's project receive an imported backup, nor
+// let an admin register into a project the admin is not in.
+package cinder
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gophercloud/gophercloud/v2"
+	"github.com/gophercloud/gophercloud/v2/openstack"
+	"github.com/gophercloud/gophercloud/v2/openstack/blockstorage/v3/manageablevolumes"
+	"github.com/gophercloud/gophercloud/v2/openstack/blockstorage/v3/volumes"
+	"github.com/gophercloud/gophercloud/v2/openstack/identity/v3/roles"
+	"github.com/gophercloud/gophercloud/v2/openstack/identity/v3/tokens"
+
+	"github.com/ferry-project/ferry/services/internal/config"
+)
+
+// Errors the API maps to HTTP statuses.
+var (
+	// ErrNotFound: Cinder does not show the resource to the caller (404).
+	ErrNotFound = errors.New("not found")
+	// ErrInvalid: the resource cannot be moved as it is (400).
+	ErrInvalid = errors.New("invalid")
+	// ErrNotConfigured: Ferry has no Cinder mapping for the region (400).
+	ErrNotConfigured = errors.New("not configured")
+)
+
+// VolumeSpec is what the destination volume takes from the source
+// volume. It is kept as JSON in the transfer (transfers.cinder_spec).
+type VolumeSpec struct {
+	Kind        string            `json:"kind"` // "volume"
+	ID          string            `json:"id"`
+	Name        string            `json:"name"`
+	Description string            `json:"description"`
+	SizeGiB     int               `json:"size_gib"`
+	Metadata    map[string]string `json:"metadata,omitempty"`
+	Bootable    bool              `json:"bootable"`
+	ProjectID   string            `json:"project_id"`
+}
+
+// SourceVolume is a resolved volume source.
+type SourceVolume struct {
+	Spec  VolumeSpec
+	Pool  string // RBD pool of the region's Cinder backend
+	Image string // volume-<id>
+}
+
+// Service talks to Keystone and to Cinder in every region.
+type Service struct {
+	cfg  config.Cinder
+	auth gophercloud.AuthOptions // the service user (project-scoped to the service project)
+	eo   gophercloud.EndpointOpts
+	log  *slog.Logger
+
+	svcType, svcName string
+	avail            gophercloud.Availability
+
+	mu       sync.Mutex
+	provider *gophercloud.ProviderClient // service user, service project
+	userID   string
+	roleID   string
+	locks    map[string]*sync.Mutex // owner project → registration lock
+	// newHTTP lets tests point clients at fakes.
+	httpClient *http.Client
+}
+
+// New builds the Service; it authenticates lazily.
+func New(k config.KeystoneAuthtoken, c config.Cinder, log *slog.Logger) (*Service, error) {
+	st, name, iface, err := parseCatalogInfo(c.CatalogInfo)
+	if err != nil {
+		return nil, err
+	}
+	s := &Service{
+		cfg: c, log: log, svcType: st, svcName: name, avail: iface, locks: map[string]*sync.Mutex{},
+		auth: gophercloud.AuthOptions{
+			IdentityEndpoint: k.AuthURL, Username: k.Username, Password: k.Password,
+			DomainName: k.UserDomainName, AllowReauth: true,
+			Scope: &gophercloud.AuthScope{ProjectName: k.ProjectName, DomainName: k.ProjectDomainName},
+		},
+		eo: gophercloud.EndpointOpts{Region: k.RegionName, Availability: gophercloud.AvailabilityPublic},
+	}
+	return s, nil
+}
+
+// VolumePool is the RBD pool of region's Cinder volume backend; empty when
+// Ferry has none for it.
+func (s *Service) VolumePool(region string) string { return s.cfg.VolumePools[region] }
+
+func parseCatalogInfo(v string) (string, string, gophercloud.Availability, error) {
+	parts := strings.Split(v, ":")
+	if len(parts) != 3 || parts[0] == "" {
+		return "", "", "", fmt.Errorf("[cinder] catalog_info %q: want <service_type>:<service_name>:<interface>", v)
+	}
+	var a gophercloud.Availability
+	switch strings.TrimSuffix(parts[2], "URL") {
+	case "public", "":
+		a = gophercloud.AvailabilityPublic
+	case "internal":
+		a = gophercloud.AvailabilityInternal
+	case "admin":
+		a = gophercloud.AvailabilityAdmin
+	default:
+		return "", "", "", fmt.Errorf("[cinder] catalog_info %q: unknown interface %q", v, parts[2])
+	}
+	return parts[0], parts[1], a, nil
+}
+
+// service returns the authenticated service user's provider.
+func (s *Service) service(ctx context.Context) (*gophercloud.ProviderClient, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.provider != nil {
+		return s.provider, nil
+	}
+	p, err := s.newProvider(ctx, s.auth)
+	if err != nil {
+		return nil, fmt.Errorf("service user %q: %w", s.auth.Username, err)
+	}
+	res, ok := p.GetAuthResult().(tokens.CreateResult)
+	if !ok {
+		return nil, fmt.Errorf("service user %q: unexpected authentication result %T", s.auth.Username, p.GetAuthResult())
+	}
+	u, err := res.ExtractUser()
+	if err != nil {
+		return nil, err
+	}
+	s.provider, s.userID = p, u.ID
+	return p, nil
+}
+
+func (s *Service) newProvider(ctx context.Context, ao gophercloud.AuthOptions) (*gophercloud.ProviderClient, error) {
+	p, err := openstack.NewClient(ao.IdentityEndpoint)
+	if err != nil {
+		return nil, err
+	}
+	if s.httpClient != nil {
+		p.HTTPClient = *s.httpClient
+	}
+	if err := openstack.Authenticate(ctx, p, ao); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// endpoint is Cinder's v3 root for region without a project id: Cinder
+// (3.67+, Zed has 3.70) serves every path without it, and the project
+// then comes from the token, whoever's it is.
+func (s *Service) endpoint(ctx context.Context, region string) (string, error) {
+	p, err := s.service(ctx)
+	if err != nil {
+		return "", err
+	}
+	url, err := p.EndpointLocator(gophercloud.EndpointOpts{Type: s.svcType, Name: s.svcName, Region: region, Availability: s.avail})
+	if err != nil {
+		return "", fmt.Errorf("%w: no %s endpoint for region %q in the catalog (%w)", ErrNotConfigured, s.svcType, region, err)
+	}
+	i := strings.Index(url, "/v3")
+	if i < 0 {
+		return "", fmt.Errorf("%w: Cinder endpoint %q of region %q is not a v3 endpoint", ErrNotConfigured, url, region)
+	}
+	return url[:i+len("/v3")] + "/", nil
+}
+
+// client is a Cinder client for region acting with token.
+func (s *Service) client(ctx context.Context, region, token string) (*gophercloud.ServiceClient, error) {
+	url, err := s.endpoint(ctx, region)
+	if err != nil {
+		return nil, err
+	}
+	p := &gophercloud.ProviderClient{}
+	if s.httpClient != nil {
+		p.HTTPClient = *s.httpClient
+	}
+	p.SetToken(token)
+	return &gophercloud.ServiceClient{ProviderClient: p, Endpoint: url, ResourceBase: url, Type: "volume", Microversion: "3.67"}, nil
+}
+
+// ResolveVolume finds the caller's volume in region, with the caller's
+// token, and checks that Ferry can move it.
+func (s *Service) ResolveVolume(ctx context.Context, token, callerProject, region, id string) (*SourceVolume, error) {
+	pool := s.cfg.VolumePools[region]
+	if pool == "" {
+		return nil, fmt.Errorf("%w: region %q has no Cinder volume pool in Ferry's [cinder] volume_pools", ErrNotConfigured, region)
+	}
+	sc, err := s.client(ctx, region, token)
+	if err != nil {
+		return nil, err
+	}
+	v, err := volumes.Get(ctx, sc, id).Extract()
+	if err != nil {
+		if gophercloud.ResponseCodeIs(err, http.StatusNotFound) {
+			return nil, fmt.Errorf("%w: volume %s could not be found in region %s", ErrNotFound, id, region)
+		}
+		return nil, fmt.Errorf("cinder in %s: %w", region, err)
+	}
+	switch {
+	case v.Status != "available" && v.Status != "in-use":
+		return nil, fmt.Errorf("%w: volume %s is %s; only an available or in-use volume can be moved", ErrInvalid, id, v.Status)
+	case v.Encrypted:
+		return nil, fmt.Errorf("%w: volume %s is encrypted; Ferry cannot move its key yet", ErrInvalid, id)
+	}
+	owner := v.TenantID // shown to admins only
+	if owner == "" {
+		owner = callerProject
+	}
+	return &SourceVolume{
+		Spec: VolumeSpec{Kind: "volume", ID: v.ID, Name: v.Name, Description: v.Description, SizeGiB: v.Size,
+			Metadata: v.Metadata, Bootable: v.Bootable == "true", ProjectID: owner},
+		Pool: pool, Image: "volume-" + v.ID,
+	}, nil
+}
+
+// Marshal returns spec as the JSON kept in the transfer.
+func (v VolumeSpec) Marshal() string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+// ParseVolumeSpec reads a transfer's cinder_spec.
+func ParseVolumeSpec(s string) (VolumeSpec, error) {
+	var v VolumeSpec
+	if err := json.Unmarshal([]byte(s), &v); err != nil || v.Kind != "volume" {
+		return v, fmt.Errorf("cinder_spec is not a volume spec: %q", s)
+	}
+	return v, nil
+}
+
+// Registration is a request to make a copied image a Cinder volume.
+type Registration struct {
+	TransferID string
+	Region     string // destination region
+	Image      string // the copy, in the region's volume pool
+	Spec       VolumeSpec
+	// ExistingVolumeID is the volume an earlier, interrupted attempt
+	// created: it is waited for rather than managed again.
+	ExistingVolumeID string
+	// Created is called with the new volume's id as soon as Cinder
+	// returns it, before it is available, so that an interrupted
+	// finalization can resume.
+	Created func(ctx context.Context, volumeID string) error
+}
+
+// RegisterVolume manages the copied image as a volume of the spec's
+// project and waits until it is available. On failure nothing stays in
+// Cinder; the error says where the copied image is.
+func (s *Service) RegisterVolume(ctx context.Context, r Registration) (string, error) {
+	host := s.cfg.BackendHosts[r.Region]
+	if host == "" {
+		return "", fmt.Errorf("%w: region %q has no Cinder backend host in Ferry's [cinder] backend_hosts", ErrNotConfigured, r.Region)
+	}
+	var volumeID string
+	err := s.asOwner(ctx, r.Region, r.Spec.ProjectID, func(ctx context.Context, sc *gophercloud.ServiceClient) error {
+		volumeID = r.ExistingVolumeID
+		if volumeID == "" {
+			md := map[string]string{}
+			for k, v := range r.Spec.Metadata {
+				md[k] = v
+			}
+			md["ferry_transfer_id"] = r.TransferID
+			md["ferry_source_volume_id"] = r.Spec.ID
+			v, err := manageablevolumes.ManageExisting(ctx, sc, manageablevolumes.ManageExistingOpts{
+				Host: host, Ref: map[string]string{"source-name": r.Image},
+				Name: r.Spec.Name, Description: r.Spec.Description, Bootable: r.Spec.Bootable, Metadata: md,
+			}).Extract()
+			if err != nil {
+				return fmt.Errorf("manage-existing of %s: %w", r.Image, err)
+			}
+			volumeID = v.ID
+			if r.Created != nil {
+				if err := r.Created(ctx, volumeID); err != nil {
+					return err
+				}
+			}
+		}
+		return s.waitAvailable(ctx, sc, volumeID)
+	})
+	if err != nil {
+		if volumeID != "" {
+			s.discard(ctx, r.Region, r.Spec.ProjectID, volumeID)
+		}
+		return "", fmt.Errorf("registering the copy as a Cinder volume in %s: %w; the copied image is left in region %s, pool %s, as %s (or volume-%s if Cinder renamed it)",
+			r.Region, err, r.Region, s.cfg.VolumePools[r.Region], r.Image, volumeID)
+	}
+	return volumeID, nil
+}
+
+func (s *Service) waitAvailable(ctx context.Context, sc *gophercloud.ServiceClient, id string) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(s.cfg.FinalizeTimeout)*time.Second)
+	defer cancel()
+	delay := 250 * time.Millisecond
+	for {
+		v, err := volumes.Get(ctx, sc, id).Extract()
+		switch {
+		case err != nil && ctx.Err() == nil:
+			return fmt.Errorf("volume %s: %w", id, err)
+		case err == nil && v.Status == "available":
+			return nil
+		case err == nil && (v.Status == "error" || v.Status == "error_managing" || v.Status == "error_managing_deleting"):
+			return fmt.Errorf("volume %s went to %s (see cinder-volume's log)", id, v.Status)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("volume %s not available after %d s: %w", id, s.cfg.FinalizeTimeout, ctx.Err())
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 2*time.Second)
+	}
+}
+
+// discard deletes a volume record that failed to become available. The
+// RBD driver renames the image only once manage succeeds, so deleting an
+// error_managing volume leaves the copied image under its own name.
+func (s *Service) discard(ctx context.Context, region, project, id string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	err := s.asOwner(ctx, region, project, func(ctx context.Context, sc *gophercloud.ServiceClient) error {
+		return volumes.Delete(ctx, sc, id, volumes.DeleteOpts{}).ExtractErr()
+	})
+	if err != nil && !gophercloud.ResponseCodeIs(err, http.StatusNotFound) {
+		s.log.Warn("deleting a volume that failed to register", "volume_id", id, "region", region, "error", err)
+	}
+}
+
+// asOwner runs fn with a Cinder client of region acting as the service
+// user scoped to project, holding owner_role there for fn's duration.
+// Registrations into one project are serialised: removing the grant
+// revokes the service user's tokens on that project.
+func (s *Service) asOwner(ctx context.Context, region, project string, fn func(context.Context, *gophercloud.ServiceClient) error) error {
+	p, err := s.service(ctx)
+	if err != nil {
+		return err
+	}
+	lock := s.projectLock(project)
+	lock.Lock()
+	defer lock.Unlock()
+	idc, err := openstack.NewIdentityV3(p, s.eo)
+	if err != nil {
+		return fmt.Errorf("identity endpoint: %w", err)
+	}
+	roleID, err := s.ownerRoleID(ctx, idc)
+	if err != nil {
+		return err
+	}
+	had := roles.Validate(ctx, idc, roleID, roles.ValidateOpts{UserID: s.userID, ProjectID: project}).Err == nil
+	if !had {
+		if err := roles.Assign(ctx, idc, roleID, roles.AssignOpts{UserID: s.userID, ProjectID: project}).ExtractErr(); err != nil {
+			return fmt.Errorf("granting role %s on project %s to the service user: %w", s.cfg.OwnerRole, project, err)
+		}
+		defer func() {
+			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			defer cancel()
+			if err := roles.Unassign(uctx, idc, roleID, roles.UnassignOpts{UserID: s.userID, ProjectID: project}).ExtractErr(); err != nil {
+				s.log.Error("removing the service user's temporary role grant failed: remove it by hand",
+					"role", s.cfg.OwnerRole, "project_id", project, "error", err)
+			}
+		}()
+	}
+	ao := s.auth
+	ao.AllowReauth = false
+	ao.Scope = &gophercloud.AuthScope{ProjectID: project}
+	op, err := s.newProvider(ctx, ao)
+	if err != nil {
+		return fmt.Errorf("service user token for project %s: %w", project, err)
+	}
+	url, err := s.endpoint(ctx, region)
+	if err != nil {
+		return err
+	}
+	sc := &gophercloud.ServiceClient{ProviderClient: op, Endpoint: url, ResourceBase: url, Type: "volume", Microversion: "3.67"}
+	return fn(ctx, sc)
+}
+
+func (s *Service) projectLock(project string) *sync.Mutex {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l, ok := s.locks[project]
+	if !ok {
+		l = &sync.Mutex{}
+		s.locks[project] = l
+	}
+	return l
+}
+
+func (s *Service) ownerRoleID(ctx context.Context, idc *gophercloud.ServiceClient) (string, error) {
+	s.mu.Lock()
+	id := s.roleID
+	s.mu.Unlock()
+	if id != "" {
+		return id, nil
+	}
+	pages, err := roles.List(idc, roles.ListOpts{Name: s.cfg.OwnerRole}).AllPages(ctx)
+	if err != nil {
+		return "", fmt.Errorf("looking up role %q: %w", s.cfg.OwnerRole, err)
+	}
+	rs, err := roles.ExtractRoles(pages)
+	if err != nil {
+		return "", err
+	}
+	if len(rs) == 0 {
+		return "", fmt.Errorf("%w: role %q ([cinder] owner_role) does not exist in Keystone", ErrNotConfigured, s.cfg.OwnerRole)
+	}
+	s.mu.Lock()
+	s.roleID = rs[0].ID
+	s.mu.Unlock()
+	return rs[0].ID, nil
+}

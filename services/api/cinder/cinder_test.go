@@ -1,0 +1,276 @@
+package cinder
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ferry-project/ferry/services/internal/config"
+)
+
+// fakeCloud is Keystone (tokens, roles, grants) and Cinder (volumes,
+// manageable_volumes) in one server. Tokens are "tok-<project>".
+type fakeCloud struct {
+	srv *httptest.Server
+
+	mu       sync.Mutex
+	grants   map[string]bool // project → the service user holds admin there
+	log      []string
+	volumes  map[string]map[string]any
+	manageTo string // status a managed volume reaches on its second GET
+	managed  []map[string]any
+	polls    map[string]int
+}
+
+func newFakeCloud(t *testing.T) *fakeCloud {
+	f := &fakeCloud{grants: map[string]bool{}, volumes: map[string]map[string]any{}, polls: map[string]int{}, manageTo: "available"}
+	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
+	t.Cleanup(f.srv.Close)
+	return f
+}
+
+func (f *fakeCloud) serve(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.log = append(f.log, r.Method+" "+r.URL.Path+" "+r.Header.Get("X-Auth-Token"))
+	w.Header().Set("Content-Type", "application/json")
+	p := r.URL.Path
+	switch {
+	case p == "/v3/auth/tokens" && r.Method == http.MethodPost:
+		var req struct {
+			Auth struct {
+				Scope struct {
+					Project struct {
+						ID   string `json:"id"`
+						Name string `json:"name"`
+					} `json:"project"`
+				} `json:"scope"`
+			} `json:"auth"`
+		}
+		_ = json.NewDecoder(r.Body).Decode(&req)
+		project := req.Auth.Scope.Project.ID
+		if project == "" {
+			project = "service-project"
+		} else if !f.grants[project] {
+			w.WriteHeader(401)
+			fmt.Fprint(w, `{"error": {"code": 401, "message": "no role on the project"}}`)
+			return
+		}
+		w.Header().Set("X-Subject-Token", "tok-"+project)
+		w.WriteHeader(201)
+		u := f.srv.URL
+		fmt.Fprintf(w, `{"token": {"expires_at": %q, "user": {"id": "ferry-id", "name": "ferry", "domain": {"id": "default"}},
+			"project": {"id": %q, "name": "x", "domain": {"id": "default"}}, "roles": [{"id": "r-admin", "name": "admin"}],
+			"catalog": [
+			 {"type": "identity", "name": "keystone", "endpoints": [{"interface": "public", "region_id": "RegionOne", "region": "RegionOne", "url": "%s/v3"}]},
+			 {"type": "volumev3", "name": "cinderv3", "endpoints": [
+			  {"interface": "public", "region_id": "RegionOne", "region": "RegionOne", "url": "%s/one/v3/%s"},
+			  {"interface": "public", "region_id": "RegionTwo", "region": "RegionTwo", "url": "%s/two/v3/%s"}]}]}}`,
+			time.Now().Add(time.Hour).UTC().Format(time.RFC3339), project, u, u, project, u, project)
+	case p == "/v3/roles" && r.Method == http.MethodGet:
+		fmt.Fprint(w, `{"roles": [{"id": "r-admin", "name": "admin"}], "links": {}}`)
+	case strings.HasPrefix(p, "/v3/projects/") && strings.HasSuffix(p, "/users/ferry-id/roles/r-admin"):
+		project := strings.Split(p, "/")[3]
+		switch r.Method {
+		case http.MethodHead:
+			if f.grants[project] {
+				w.WriteHeader(204)
+			} else {
+				w.WriteHeader(404)
+			}
+		case http.MethodPut:
+			f.grants[project] = true
+			w.WriteHeader(204)
+		case http.MethodDelete:
+			delete(f.grants, project)
+			w.WriteHeader(204)
+		}
+	case strings.HasPrefix(p, "/two/v3/manageable_volumes") && r.Method == http.MethodPost:
+		var body map[string]map[string]any
+		_ = json.NewDecoder(r.Body).Decode(&body)
+		f.managed = append(f.managed, body["volume"])
+		id := fmt.Sprintf("managed-%d", len(f.managed))
+		f.volumes[id] = map[string]any{"id": id, "status": "creating", "size": 1}
+		w.WriteHeader(202)
+		_ = json.NewEncoder(w).Encode(map[string]any{"volume": f.volumes[id]})
+	case strings.Contains(p, "/v3/volumes/"):
+		id := p[strings.LastIndex(p, "/")+1:]
+		v, ok := f.volumes[id]
+		if !ok || (v["owner"] != nil && v["owner"] != strings.TrimPrefix(r.Header.Get("X-Auth-Token"), "tok-") && r.Header.Get("X-Auth-Token") != "tok-admin") {
+			w.WriteHeader(404)
+			fmt.Fprint(w, `{"itemNotFound": {"code": 404, "message": "Volume could not be found."}}`)
+			return
+		}
+		if r.Method == http.MethodDelete {
+			delete(f.volumes, id)
+			w.WriteHeader(202)
+			return
+		}
+		if strings.HasPrefix(id, "managed-") {
+			f.polls[id]++
+			if f.polls[id] >= 2 {
+				v["status"] = f.manageTo
+			}
+		}
+		out := map[string]any{}
+		for k, val := range v {
+			if k != "owner" {
+				out[k] = val
+			}
+		}
+		if r.Header.Get("X-Auth-Token") == "tok-admin" {
+			out["os-vol-tenant-attr:tenant_id"] = v["owner"]
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"volume": out})
+	default:
+		w.WriteHeader(404)
+		fmt.Fprintf(w, `{"itemNotFound": {"code": 404, "message": "no route %s %s"}}`, r.Method, p)
+	}
+}
+
+func newService(t *testing.T, f *fakeCloud) *Service {
+	s, err := New(config.KeystoneAuthtoken{AuthURL: f.srv.URL + "/v3", Username: "ferry", Password: "pw", ProjectName: "service",
+		UserDomainName: "Default", ProjectDomainName: "Default", RegionName: "RegionOne"},
+		config.Cinder{CatalogInfo: "volumev3::publicURL", VolumePools: map[string]string{"RegionOne": "volumes", "RegionTwo": "vols2"},
+			BackendHosts: map[string]string{"RegionTwo": "c2@ceph#ceph"}, FinalizeTimeout: 10, OwnerRole: "admin"},
+		slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestResolveVolume(t *testing.T) {
+	f := newFakeCloud(t)
+	f.volumes["v1"] = map[string]any{"id": "v1", "status": "available", "size": 2, "name": "data", "description": "d",
+		"metadata": map[string]string{"k": "v"}, "bootable": "true", "encrypted": false, "owner": "demo"}
+	f.volumes["v2"] = map[string]any{"id": "v2", "status": "error", "size": 1, "owner": "demo"}
+	f.volumes["v3"] = map[string]any{"id": "v3", "status": "in-use", "size": 1, "encrypted": true, "owner": "demo"}
+	s := newService(t, f)
+	ctx := context.Background()
+
+	sv, err := s.ResolveVolume(ctx, "tok-demo", "demo", "RegionOne", "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := SourceVolume{Spec: VolumeSpec{Kind: "volume", ID: "v1", Name: "data", Description: "d", SizeGiB: 2,
+		Metadata: map[string]string{"k": "v"}, Bootable: true, ProjectID: "demo"}, Pool: "volumes", Image: "volume-v1"}
+	if got, _ := json.Marshal(sv); string(got) != mustJSON(want) {
+		t.Errorf("resolved %s, want %s", got, mustJSON(want))
+	}
+	// The caller's token went to Cinder, at the project-less v3 root.
+	if !containsLine(f.log, "GET /one/v3/volumes/v1 tok-demo") {
+		t.Errorf("requests: %q", f.log)
+	}
+	// An admin sees the owner.
+	if sv, err := s.ResolveVolume(ctx, "tok-admin", "admin", "RegionOne", "v1"); err != nil || sv.Spec.ProjectID != "demo" {
+		t.Errorf("admin: %+v %v", sv, err)
+	}
+	for _, tc := range []struct {
+		token, region, id string
+		want              error
+		msg               string
+	}{
+		{"tok-alt", "RegionOne", "v1", ErrNotFound, "volume v1 could not be found in region RegionOne"},
+		{"tok-demo", "RegionOne", "nope", ErrNotFound, "could not be found"},
+		{"tok-demo", "RegionOne", "v2", ErrInvalid, "volume v2 is error; only an available or in-use volume can be moved"},
+		{"tok-demo", "RegionOne", "v3", ErrInvalid, "volume v3 is encrypted"},
+		{"tok-demo", "RegionNine", "v1", ErrNotConfigured, `region "RegionNine" has no Cinder volume pool`},
+	} {
+		_, err := s.ResolveVolume(ctx, tc.token, "x", tc.region, tc.id)
+		if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.msg) {
+			t.Errorf("%s %s %s: %v, want %v %q", tc.token, tc.region, tc.id, err, tc.want, tc.msg)
+		}
+	}
+}
+
+func TestRegisterVolumeGrantsManagesWaitsAndRevokes(t *testing.T) {
+	f := newFakeCloud(t)
+	s := newService(t, f)
+	var created string
+	id, err := s.RegisterVolume(context.Background(), Registration{
+		TransferID: "t1", Region: "RegionTwo", Image: "ferry-t1",
+		Spec:    VolumeSpec{Kind: "volume", ID: "v1", Name: "data", Description: "d", Bootable: true, Metadata: map[string]string{"k": "v"}, ProjectID: "demo"},
+		Created: func(_ context.Context, id string) error { created = id; return nil },
+	})
+	if err != nil || id != "managed-1" || created != "managed-1" {
+		t.Fatalf("RegisterVolume = %q, %v (created %q)", id, err, created)
+	}
+	want := map[string]any{"host": "c2@ceph#ceph", "ref": map[string]any{"source-name": "ferry-t1"}, "name": "data", "description": "d",
+		"bootable": true, "metadata": map[string]any{"k": "v", "ferry_transfer_id": "t1", "ferry_source_volume_id": "v1"}}
+	if got := mustJSON(f.managed[0]); got != mustJSON(want) {
+		t.Errorf("manage body %s, want %s", got, mustJSON(want))
+	}
+	// Managed with a token of the owner's project; the grant is gone after.
+	if !containsLine(f.log, "POST /two/v3/manageable_volumes tok-demo") || !containsLine(f.log, "PUT /v3/projects/demo/users/ferry-id/roles/r-admin tok-service-project") ||
+		!containsLine(f.log, "DELETE /v3/projects/demo/users/ferry-id/roles/r-admin tok-service-project") || f.grants["demo"] {
+		t.Errorf("requests: %q", f.log)
+	}
+
+	// A grant that was there before stays.
+	f.grants["keep"] = true
+	spec := VolumeSpec{Kind: "volume", ID: "v2", ProjectID: "keep"}
+	if _, err := s.RegisterVolume(context.Background(), Registration{TransferID: "t2", Region: "RegionTwo", Image: "ferry-t2", Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	if !f.grants["keep"] {
+		t.Error("a pre-existing grant was removed")
+	}
+
+	// error_managing: the volume record is deleted, the error says where
+	// the image is.
+	f.manageTo = "error_managing"
+	_, err = s.RegisterVolume(context.Background(), Registration{TransferID: "t3", Region: "RegionTwo", Image: "ferry-t3", Spec: VolumeSpec{Kind: "volume", ID: "v3", ProjectID: "demo"}})
+	if err == nil || !strings.Contains(err.Error(), "went to error_managing") || !strings.Contains(err.Error(), "the copied image is left in region RegionTwo, pool vols2, as ferry-t3") {
+		t.Errorf("error_managing: %v", err)
+	}
+	if _, ok := f.volumes["managed-3"]; ok || f.grants["demo"] {
+		t.Errorf("after a failed manage: volume kept %v, grant kept %v", ok, f.grants["demo"])
+	}
+	// No backend host for the region: nothing is asked.
+	n := len(f.log)
+	if _, err := s.RegisterVolume(context.Background(), Registration{Region: "RegionOne", Spec: spec}); !errors.Is(err, ErrNotConfigured) || len(f.log) != n {
+		t.Errorf("no backend host: %v", err)
+	}
+}
+
+func TestResumeWaitsForTheExistingVolume(t *testing.T) {
+	f := newFakeCloud(t)
+	f.volumes["managed-9"] = map[string]any{"id": "managed-9", "status": "creating"}
+	s := newService(t, f)
+	id, err := s.RegisterVolume(context.Background(), Registration{TransferID: "t", Region: "RegionTwo", Image: "ferry-t",
+		Spec: VolumeSpec{Kind: "volume", ID: "v", ProjectID: "demo"}, ExistingVolumeID: "managed-9"})
+	if err != nil || id != "managed-9" || len(f.managed) != 0 {
+		t.Errorf("resume: %q %v, %d manage calls", id, err, len(f.managed))
+	}
+}
+
+func TestCatalogInfo(t *testing.T) {
+	for _, v := range []string{"volumev3", "volumev3::sideways", ""} {
+		if _, err := New(config.KeystoneAuthtoken{}, config.Cinder{CatalogInfo: v}, nil); err == nil {
+			t.Errorf("catalog_info %q accepted", v)
+		}
+	}
+}
+
+func mustJSON(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+func containsLine(lines []string, want string) bool {
+	for _, l := range lines {
+		if l == want {
+			return true
+		}
+	}
+	return false
+}

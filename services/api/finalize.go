@@ -1,0 +1,159 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/ferry-project/ferry/db"
+	"github.com/ferry-project/ferry/services/api/cinder"
+)
+
+// Registrar registers copied images with Cinder (cinder.Service).
+type Registrar interface {
+	RegisterVolume(ctx context.Context, r cinder.Registration) (string, error)
+}
+
+// Finalizer takes transfers in finalizing (the agents copied and verified
+// the data) through their registration with Cinder to completed, or to
+// error with a message that says what was left where. It scans on a kick
+// (the status consumer's) and every Interval, so a finalization that a
+// stopped API left is resumed by the next: the volume that an interrupted
+// attempt created is in destination.volume_id and is waited for, not
+// managed twice.
+type Finalizer struct {
+	DB       *db.DB
+	Cinder   Registrar // nil: Cinder is not configured
+	Log      *slog.Logger
+	Interval time.Duration
+
+	once    sync.Once
+	kick    chan struct{}
+	mu      sync.Mutex
+	running map[string]bool
+	wg      sync.WaitGroup
+}
+
+func (f *Finalizer) init() {
+	f.once.Do(func() {
+		f.kick = make(chan struct{}, 1)
+		f.running = map[string]bool{}
+		if f.Interval <= 0 {
+			f.Interval = 10 * time.Second
+		}
+		if f.Log == nil {
+			f.Log = slog.Default()
+		}
+	})
+}
+
+// Kick asks for a scan now.
+func (f *Finalizer) Kick() {
+	f.init()
+	select {
+	case f.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run scans until ctx ends, then waits for the finalizations it started.
+func (f *Finalizer) Run(ctx context.Context) error {
+	f.init()
+	defer f.wg.Wait()
+	t := time.NewTicker(f.Interval)
+	defer t.Stop()
+	for {
+		f.scan(ctx)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		case <-f.kick:
+		}
+	}
+}
+
+func (f *Finalizer) scan(ctx context.Context) {
+	ts, _, err := f.DB.ListTransfers(ctx, db.ListOpts{Scope: db.AllProjectsScope(), Status: db.StatusFinalizing, Limit: db.MaxListLimit, SortDir: "asc"})
+	if err != nil {
+		if ctx.Err() == nil {
+			f.Log.Warn("listing transfers to finalize", "error", err)
+		}
+		return
+	}
+	for i := range ts {
+		t := ts[i]
+		f.mu.Lock()
+		busy := f.running[t.ID]
+		f.running[t.ID] = true
+		f.mu.Unlock()
+		if busy {
+			continue
+		}
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			defer func() {
+				f.mu.Lock()
+				delete(f.running, t.ID)
+				f.mu.Unlock()
+			}()
+			f.finalize(ctx, &t)
+		}()
+	}
+}
+
+// finalize registers one transfer's copy and ends the transfer.
+func (f *Finalizer) finalize(ctx context.Context, t *db.Transfer) {
+	log := f.Log.With("transfer_id", t.ID)
+	done := func(to db.Status, msg, errMsg string, fields db.TransferFields) {
+		_, err := f.DB.TransitionTransfer(context.WithoutCancel(ctx), t.ID, to, db.TransitionOpts{
+			Message: msg, Error: errMsg, ExpectFrom: []db.Status{db.StatusFinalizing}, ExpectEpoch: t.Epoch, Fields: fields,
+		})
+		if err != nil {
+			log.Warn("ending a finalization", "status", to, "error", err)
+		}
+	}
+	switch {
+	case t.SourceVolumeID != "":
+		if f.Cinder == nil {
+			done(db.StatusError, "", "Cinder is not configured in ferry-api ([cinder]): the copy cannot be registered; it is in region "+
+				t.DestRegion+", pool "+t.DestPool+", image "+t.DestImage, db.TransferFields{})
+			return
+		}
+		spec, err := cinder.ParseVolumeSpec(deref(t.CinderSpec))
+		if err != nil {
+			done(db.StatusError, "", err.Error(), db.TransferFields{})
+			return
+		}
+		log.Info("registering the copy with Cinder", "region", t.DestRegion, "image", t.DestImage, "project_id", spec.ProjectID)
+		id, err := f.Cinder.RegisterVolume(ctx, cinder.Registration{
+			TransferID: t.ID, Region: t.DestRegion, Image: t.DestImage, Spec: spec, ExistingVolumeID: t.DestVolumeID,
+			Created: func(ctx context.Context, volumeID string) error {
+				return f.DB.UpdateFields(ctx, t.ID, db.StatusFinalizing, db.TransferFields{DestVolumeID: &volumeID})
+			},
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				return // stopping: the next API resumes it
+			}
+			log.Error("registration failed", "error", err)
+			empty := ""
+			done(db.StatusError, "", err.Error(), db.TransferFields{DestVolumeID: &empty})
+			return
+		}
+		done(db.StatusCompleted, fmt.Sprintf("registered as Cinder volume %s of project %s in %s", id, spec.ProjectID, t.DestRegion), "",
+			db.TransferFields{DestVolumeID: &id})
+	default:
+		done(db.StatusCompleted, "nothing to register", "", db.TransferFields{})
+	}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}

@@ -1,0 +1,258 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ferry-project/ferry/db"
+	"github.com/ferry-project/ferry/services/api/cinder"
+	"github.com/ferry-project/ferry/services/internal/config"
+)
+
+// fakeCinder resolves volumes from a table and registers copies in memory.
+type fakeCinder struct {
+	mu      sync.Mutex
+	volumes map[string]*cinder.SourceVolume // id → volume; "" owner: caller's project
+	errs    map[string]error
+	tokens  []string
+	regs    []cinder.Registration
+	regErr  error
+}
+
+func (f *fakeCinder) VolumePool(region string) string {
+	if region == "RegionOne" || region == "RegionTwo" {
+		return "volumes"
+	}
+	return ""
+}
+
+func (f *fakeCinder) ResolveVolume(_ context.Context, token, callerProject, region, id string) (*cinder.SourceVolume, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.tokens = append(f.tokens, token)
+	if err := f.errs[id]; err != nil {
+		return nil, err
+	}
+	v, ok := f.volumes[id]
+	if !ok || (v.Spec.ProjectID != "" && v.Spec.ProjectID != callerProject && callerProject != "admin-project") {
+		return nil, fmt.Errorf("%w: volume %s", cinder.ErrNotFound, id)
+	}
+	out := *v
+	if out.Spec.ProjectID == "" {
+		out.Spec.ProjectID = callerProject
+	}
+	return &out, nil
+}
+
+func (f *fakeCinder) RegisterVolume(ctx context.Context, r cinder.Registration) (string, error) {
+	f.mu.Lock()
+	f.regs = append(f.regs, r)
+	err := f.regErr
+	f.mu.Unlock()
+	if err != nil {
+		return "", err
+	}
+	id := r.ExistingVolumeID
+	if id == "" {
+		id = "new-" + r.Spec.ID
+		if err := r.Created(ctx, id); err != nil {
+			return "", err
+		}
+	}
+	return id, nil
+}
+
+func newCinderAPITest(t *testing.T, fc *fakeCinder) *apiTest {
+	t.Helper()
+	ctx := context.Background()
+	d, err := db.Open(ctx, "sqlite:///"+filepath.Join(t.TempDir(), "ferry.sqlite"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	if err := d.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	at := &apiTest{t: t, db: d}
+	hooks := fakeHooks(&at.kicks)
+	hooks.Cinder = fc
+	s := &Server{cfg: config.Defaults(), log: slog.New(slog.DiscardHandler), db: d, hooks: hooks}
+	ts := httptest.NewServer(s.Router())
+	t.Cleanup(ts.Close)
+	at.url = ts.URL
+	return at
+}
+
+func volumeBody(id, extra string) string {
+	return `{"transfer": {"source": {"region": "RegionOne", "volume_id": "` + id + `"}, "destination": {"region": "RegionTwo"` + extra + `}}}`
+}
+
+func TestVolumeSourceCreate(t *testing.T) {
+	fc := &fakeCinder{
+		volumes: map[string]*cinder.SourceVolume{
+			"v1": {Spec: cinder.VolumeSpec{Kind: "volume", ID: "v1", Name: "data", SizeGiB: 1, ProjectID: "demo-project"}, Pool: "volumes", Image: "volume-v1"},
+		},
+		errs: map[string]error{
+			"broken":    fmt.Errorf("%w: volume broken is error; only an available or in-use volume can be moved", cinder.ErrInvalid),
+			"encrypted": fmt.Errorf("%w: volume encrypted is encrypted; Ferry cannot move its key yet", cinder.ErrInvalid),
+			"down":      errors.New("dial tcp: connection refused"),
+		},
+	}
+	a := newCinderAPITest(t, fc)
+	// A member moves a volume of its project; no pool or image is named.
+	code, m := a.do(demo, "POST", "/v1/transfers", volumeBody("v1", ""))
+	if code != 202 {
+		t.Fatalf("create: %d %v", code, m)
+	}
+	tr := m["transfer"].(map[string]any)
+	src, dst := tr["source"].(map[string]any), tr["destination"].(map[string]any)
+	if src["volume_id"] != "v1" || src["pool"] != "volumes" || src["image"] != "volume-v1" || tr["mode"] != "full" ||
+		dst["pool"] != "volumes" || dst["image"] != "ferry-"+tr["id"].(string) || dst["volume_id"] != nil {
+		t.Errorf("transfer = %v", tr)
+	}
+	got, err := a.db.GetTransfer(context.Background(), tr["id"].(string), db.AllProjectsScope())
+	if err != nil || got.OwnerProjectID != "demo-project" || got.CinderSpec == nil || !strings.Contains(*got.CinderSpec, `"name":"data"`) {
+		t.Errorf("stored = %+v, %v", got, err)
+	}
+	// The other project's member: Cinder does not show it (404).
+	if code, m := a.do(alt, "POST", "/v1/transfers", volumeBody("v1", "")); code != 404 ||
+		m["itemNotFound"].(map[string]any)["message"] != "Volume v1 could not be found in region RegionOne." {
+		t.Errorf("alt: %d %v", code, m)
+	}
+	// An admin moves it; the result still belongs to demo's project.
+	code, m = a.do(admin, "POST", "/v1/transfers", volumeBody("v1", ""))
+	if code != 202 {
+		t.Fatalf("admin create: %d %v", code, m)
+	}
+	got, _ = a.db.GetTransfer(context.Background(), m["transfer"].(map[string]any)["id"].(string), db.AllProjectsScope())
+	if got.OwnerProjectID != "demo-project" || got.ProjectID != "admin-project" {
+		t.Errorf("admin's transfer: owner %q, project %q", got.OwnerProjectID, got.ProjectID)
+	}
+	for _, tc := range []struct {
+		body    string
+		code    int
+		message string
+	}{
+		{volumeBody("missing", ""), 404, "Volume missing could not be found in region RegionOne."},
+		{volumeBody("broken", ""), 400, "Volume broken is error; only an available or in-use volume can be moved."},
+		{volumeBody("encrypted", ""), 400, "Volume encrypted is encrypted; Ferry cannot move its key yet."},
+		{volumeBody("down", ""), 503, "Cinder in region RegionOne could not be asked about volume down; try again later."},
+		{volumeBody("v1", `, "pool": "other"`), 400, "transfer.destination.pool and image cannot be given with a volume source"},
+		{`{"transfer": {"source": {"region": "RegionOne", "volume_id": "v1", "snapshot": "s"}, "destination": {"region": "RegionTwo"}}}`, 400, "transfer.source.snapshot cannot be given"},
+		{`{"transfer": {"source": {"region": "RegionOne", "volume_id": "v1"}, "destination": {"region": "RegionTwo"}, "mode": "incremental"}}`, 400, "transfer.mode incremental is not possible"},
+	} {
+		code, m := a.do(demo, "POST", "/v1/transfers", tc.body)
+		var msg string
+		for _, v := range m {
+			msg, _ = v.(map[string]any)["message"].(string)
+		}
+		if code != tc.code || !strings.HasPrefix(msg, tc.message) {
+			t.Errorf("%s: %d %q, want %d %q", tc.body, code, msg, tc.code, tc.message)
+		}
+	}
+	// A reader may not create at all (before Cinder is asked).
+	n := len(fc.tokens)
+	if code, _ := a.do(reader, "POST", "/v1/transfers", volumeBody("v1", "")); code != 403 {
+		t.Errorf("reader: %d", code)
+	}
+	if len(fc.tokens) != n {
+		t.Error("Cinder was asked on behalf of a reader")
+	}
+}
+
+// A transfer in finalizing is registered and completed; a failure puts it in
+// error with the registrar's message; an interrupted registration resumes
+// with the volume it created.
+func TestFinalizer(t *testing.T) {
+	ctx := context.Background()
+	d, err := db.Open(ctx, "sqlite:///"+filepath.Join(t.TempDir(), "ferry.sqlite"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	spec := cinder.VolumeSpec{Kind: "volume", ID: "v1", Name: "data", SizeGiB: 1, ProjectID: "demo-project"}.Marshal()
+	finalizing := func(name, destVolume string) *db.Transfer {
+		tr := &db.Transfer{Name: name, ProjectID: "demo-project", UserID: "u", SourceRegion: "RegionOne", SourcePool: "volumes",
+			SourceImage: "volume-v1", SourceVolumeID: "v1", DestRegion: "RegionTwo", DestPool: "volumes", DestImage: "ferry-x",
+			OwnerProjectID: "demo-project", CinderSpec: &spec}
+		if err := d.CreateTransfer(ctx, tr, nil); err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range []db.Status{db.StatusAccepted, db.StatusPreparing, db.StatusTransferring, db.StatusVerifying, db.StatusFinalizing} {
+			if _, err := d.TransitionTransfer(ctx, tr.ID, s, db.TransitionOpts{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if destVolume != "" {
+			if err := d.UpdateFields(ctx, tr.ID, db.StatusFinalizing, db.TransferFields{DestVolumeID: &destVolume}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return tr
+	}
+	wait := func(id string) *db.Transfer {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			tr, err := d.GetTransfer(ctx, id, db.AllProjectsScope())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if db.IsTerminal(tr.Status) {
+				return tr
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Fatalf("transfer %s still finalizing", id)
+		return nil
+	}
+	fc := &fakeCinder{}
+	fin := &Finalizer{DB: d, Cinder: fc, Log: slog.New(slog.DiscardHandler), Interval: time.Hour}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- fin.Run(runCtx) }()
+	defer func() { cancel(); <-done }()
+
+	fresh := finalizing("fresh", "")
+	resumed := finalizing("resumed", "vol-made-before")
+	fin.Kick()
+	if tr := wait(fresh.ID); tr.Status != db.StatusCompleted || tr.DestVolumeID != "new-v1" {
+		t.Errorf("fresh: %s, volume %q", tr.Status, tr.DestVolumeID)
+	}
+	if tr := wait(resumed.ID); tr.Status != db.StatusCompleted || tr.DestVolumeID != "vol-made-before" {
+		t.Errorf("resumed: %s, volume %q", tr.Status, tr.DestVolumeID)
+	}
+	if len(fc.regs) != 2 {
+		t.Fatalf("%d registrations, want 2", len(fc.regs))
+	}
+	for _, r := range fc.regs {
+		if r.Region != "RegionTwo" || r.Image != "ferry-x" || r.Spec.Name != "data" || r.Spec.ProjectID != "demo-project" {
+			t.Errorf("registration = %+v", r)
+		}
+	}
+	evs, _ := d.ListEvents(ctx, fresh.ID)
+	if last := evs[len(evs)-1]; !strings.Contains(last.Message, "registered as Cinder volume new-v1 of project demo-project in RegionTwo") {
+		t.Errorf("last event = %q", last.Message)
+	}
+
+	fc.mu.Lock()
+	fc.regErr = errors.New("registering the copy as a Cinder volume in RegionTwo: volume x went to error_managing; the copied image is left in region RegionTwo, pool volumes, as ferry-x")
+	fc.mu.Unlock()
+	failed := finalizing("failed", "")
+	fin.Kick()
+	tr := wait(failed.ID)
+	if tr.Status != db.StatusError || tr.Error == nil || !strings.Contains(*tr.Error, "the copied image is left in region RegionTwo, pool volumes, as ferry-x") {
+		t.Errorf("failed: %s %v", tr.Status, tr.Error)
+	}
+}
