@@ -29,11 +29,14 @@ import (
 )
 
 // The envelope version this side writes. Receivers accept every minor version
-// of VersionMajor.
+// of VersionMajor. Minor versions:
+//
+//	1.0  the first contract
+//	1.1  TransferStart.ephemeral
 const (
 	VersionMajor = 1
-	VersionMinor = 0
-	Version      = "1.0"
+	VersionMinor = 1
+	Version      = "1.1"
 )
 
 var (

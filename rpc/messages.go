@@ -26,6 +26,12 @@ type TransferStart struct {
 	// Epoch grows each time the transfer is (re-)dispatched; reports of
 	// an older epoch are stale.
 	Epoch int64 `json:"epoch"`
+	// Ephemeral: the copy is handed over (to Cinder): once it completed,
+	// no Ferry snapshot stays on either side, and the destination keeps
+	// no base metadata. Such a transfer is always a full copy (mode
+	// incremental is refused) and its completed event names no snapshot.
+	// Since 1.1; older agents ignore it.
+	Ephemeral bool `json:"ephemeral,omitempty"`
 }
 
 // Validate checks what an agent needs to run the transfer.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"testing"
 )
 
@@ -60,7 +61,7 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := `{"version":"1.0","method":"transfer.start","request_id":"req-abc","body":{"transfer_id":"t1","size":42}}`
+	want := `{"version":"1.1","method":"transfer.start","request_id":"req-abc","body":{"transfer_id":"t1","size":42}}`
 	if string(data) != want {
 		t.Errorf("wire form\n got %s\nwant %s", data, want)
 	}
@@ -112,7 +113,7 @@ func TestNewEnvelope(t *testing.T) {
 	if _, err := (Envelope{}).Marshal(); !errors.Is(err, ErrMalformed) {
 		t.Errorf("Marshal of an empty envelope: %v", err)
 	}
-	if data, err := (Envelope{Method: "m"}).Marshal(); err != nil || string(data) != `{"version":"1.0","method":"m","request_id":""}` {
+	if data, err := (Envelope{Method: "m"}).Marshal(); err != nil || string(data) != `{"version":"1.1","method":"m","request_id":""}` {
 		t.Errorf("Marshal fills the version: %s %v", data, err)
 	}
 }
@@ -281,4 +282,49 @@ func FuzzDecode(f *testing.F) {
 		var v any
 		_ = env.DecodeBody(&v)
 	})
+}
+
+// ephemeral is on the wire only when set; a 1.0 receiver (a body without
+// the field) decodes a 1.1 start and ignores it; a 1.1 receiver decodes a
+// 1.0 start as not ephemeral.
+func TestTransferStartEphemeral(t *testing.T) {
+	st := TransferStart{TransferID: "t1", Source: Location{Region: "R1", Pool: "p", Image: "i"}, Destination: Location{Region: "R2"}, Epoch: 1}
+	env, err := NewEnvelope(context.Background(), MethodTransferStart, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(env.Body), "ephemeral") {
+		t.Errorf("a non-ephemeral start carries the field: %s", env.Body)
+	}
+	st.Ephemeral = true
+	if env, err = NewEnvelope(context.Background(), MethodTransferStart, st); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(env.Body), `"ephemeral":true`) {
+		t.Errorf("body %s", env.Body)
+	}
+	data, err := env.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Decode(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back TransferStart
+	if err := got.DecodeBody(&back); err != nil || !back.Ephemeral || back.Validate() != nil {
+		t.Errorf("decoded %+v %v", back, err)
+	}
+	var old struct {
+		TransferID string `json:"transfer_id"`
+		Epoch      int64  `json:"epoch"`
+	}
+	if err := got.DecodeBody(&old); err != nil || old.TransferID != "t1" || old.Epoch != 1 {
+		t.Errorf("an older receiver: %+v %v", old, err)
+	}
+	v10 := Envelope{Version: "1.0", Method: MethodTransferStart, Body: []byte(`{"transfer_id":"t1","source":{"region":"R1","pool":"p","image":"i"},"destination":{"region":"R2"},"epoch":1}`)}
+	back = TransferStart{}
+	if err := v10.DecodeBody(&back); err != nil || back.Ephemeral {
+		t.Errorf("a 1.0 start decoded as %+v %v", back, err)
+	}
 }

@@ -807,7 +807,7 @@ func TestEnvelopeOnTheWire(t *testing.T) {
 	if err := json.Unmarshal(d.Body, &wire); err != nil {
 		t.Fatal(err)
 	}
-	if wire["version"] != "1.0" || wire["method"] != "agent.status" || wire["request_id"] != "req-wire" || fmt.Sprint(wire["body"]) != "map[event:progress]" {
+	if wire["version"] != rpc.Version || wire["method"] != "agent.status" || wire["request_id"] != "req-wire" || fmt.Sprint(wire["body"]) != "map[event:progress]" {
 		t.Errorf("wire form %s", d.Body)
 	}
 	if d.DeliveryMode != amqp.Persistent || d.ContentType != "application/json" || d.MessageId == "" || d.Type != "agent.status" {

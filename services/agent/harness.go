@@ -27,20 +27,28 @@ import (
 // HarnessResult is what `ferry-agent transfer` prints (JSON) when a
 // transfer completes.
 type HarnessResult struct {
-	TransferID   string  `json:"transfer_id"`
-	Mode         string  `json:"mode"`
-	Base         string  `json:"base,omitempty"`
-	Snapshot     string  `json:"snapshot"`
-	Digest       string  `json:"digest"`
-	BytesTotal   uint64  `json:"bytes_total"`
-	BytesDone    uint64  `json:"bytes_done"`
-	BytesRead    uint64  `json:"bytes_read"`
-	BytesSent    uint64  `json:"bytes_sent"`
-	Skipped      uint64  `json:"skipped_chunks"`
-	Resumed      bool    `json:"resumed"`
-	Reconnects   uint64  `json:"reconnects"`
-	Seconds      float64 `json:"seconds"`
-	PeakRSSBytes int64   `json:"peak_rss_bytes"`
+	TransferID string `json:"transfer_id"`
+	Mode       string `json:"mode"`
+	Base       string `json:"base,omitempty"`
+	// Snapshot is the one both sides end with: empty when ephemeral.
+	Snapshot string `json:"snapshot"`
+	// SourceSnapshot is the source snapshot copied.
+	SourceSnapshot string `json:"source_snapshot,omitempty"`
+	Ephemeral      bool   `json:"ephemeral,omitempty"`
+	// Removed and DestRemoved are the snapshots removed at the source and
+	// at the destination.
+	Removed      []string `json:"removed_snapshots,omitempty"`
+	DestRemoved  []string `json:"dest_removed_snapshots,omitempty"`
+	Digest       string   `json:"digest"`
+	BytesTotal   uint64   `json:"bytes_total"`
+	BytesDone    uint64   `json:"bytes_done"`
+	BytesRead    uint64   `json:"bytes_read"`
+	BytesSent    uint64   `json:"bytes_sent"`
+	Skipped      uint64   `json:"skipped_chunks"`
+	Resumed      bool     `json:"resumed"`
+	Reconnects   uint64   `json:"reconnects"`
+	Seconds      float64  `json:"seconds"`
+	PeakRSSBytes int64    `json:"peak_rss_bytes"`
 	// Phases: seconds per step (snapshot, prepare, diff, send, finish).
 	Phases map[string]float64 `json:"phases"`
 }
@@ -60,6 +68,7 @@ func transferMain(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&job.Mode, "mode", transfer.ModeAuto, "auto, full or incremental")
 	fs.StringVar(&job.DestPool, "dest-pool", "", "destination pool (default: the source pool)")
 	fs.StringVar(&job.DestImage, "dest-image", "", "destination image (default: the source image name)")
+	fs.BoolVar(&job.Ephemeral, "ephemeral", false, "the copy is handed over (as to Cinder): a full copy that leaves no Ferry snapshot on either side and no base metadata")
 	destRegion := fs.String("dest-region", "", "destination region (required)")
 	timeout := fs.Duration("timeout", 0, "give up after this long (0: never)")
 	fs.Usage = func() {
@@ -142,6 +151,7 @@ func runHarness(ctx context.Context, cfg *config.Config, log *slog.Logger, job t
 	}
 	return HarnessResult{
 		TransferID: job.TransferID, Mode: res.Mode, Base: res.Base, Snapshot: res.Snapshot, Digest: res.Digest,
+		SourceSnapshot: res.SourceSnapshot, Ephemeral: res.Ephemeral, Removed: res.Removed, DestRemoved: res.DestRemoved,
 		BytesTotal: res.BytesTotal, BytesDone: res.BytesDone, BytesRead: res.Stream.BytesRead,
 		BytesSent: res.Stream.BytesSent, Skipped: res.Stream.SkippedChunks, Resumed: res.Resumed,
 		Reconnects: res.Stream.Reconnects, Seconds: time.Since(start).Seconds(), PeakRSSBytes: PeakRSS(os.Getpid()),

@@ -88,11 +88,7 @@ func (r *runner) run(ctx context.Context, req rpc.TransferStart) {
 		r.report(ctx, rpc.StatusEvent{TransferID: req.TransferID, Event: rpc.EventProgress, Epoch: req.Epoch,
 			BytesDone: p.BytesDone, Rate: uint64(p.BytesPerSecond)})
 	})
-	res, err := src.Run(ctx, transfer.Job{
-		TransferID: req.TransferID, ProjectID: req.ProjectID, Mode: req.Mode,
-		Pool: req.Source.Pool, Image: req.Source.Image, Snapshot: req.Source.Snapshot,
-		DestPool: req.Destination.Pool, DestImage: req.Destination.Image,
-	}, dest)
+	res, err := src.Run(ctx, jobOf(req), dest)
 	// A report must go out even when the job's context was cancelled.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
@@ -113,11 +109,32 @@ func (r *runner) run(ctx context.Context, req rpc.TransferStart) {
 		r.report(rctx, ev)
 		return
 	}
-	r.report(rctx, rpc.StatusEvent{
+	r.report(rctx, completed(req, res))
+}
+
+// jobOf is the transfer a transfer.start asks for.
+func jobOf(req rpc.TransferStart) transfer.Job {
+	return transfer.Job{
+		TransferID: req.TransferID, ProjectID: req.ProjectID, Mode: req.Mode,
+		Pool: req.Source.Pool, Image: req.Source.Image, Snapshot: req.Source.Snapshot,
+		DestPool: req.Destination.Pool, DestImage: req.Destination.Image,
+		Ephemeral: req.Ephemeral,
+	}
+}
+
+// completed is the report of a finished transfer. Snapshot is the
+// destination's snapshot (ferry-api records it as the next base): none
+// for an ephemeral transfer, which leaves no snapshot on either side.
+func completed(req rpc.TransferStart, res transfer.Result) rpc.StatusEvent {
+	ev := rpc.StatusEvent{
 		TransferID: req.TransferID, Event: rpc.EventCompleted, Epoch: req.Epoch,
 		BytesDone: res.BytesDone, BytesTotal: res.BytesTotal, Digest: res.Digest,
 		Mode: res.Mode, Snapshot: res.Snapshot,
-	})
+	}
+	if req.Ephemeral || res.Ephemeral {
+		ev.Snapshot = ""
+	}
+	return ev
 }
 
 // cancel stops a running transfer; false when this agent does not run it.

@@ -39,6 +39,8 @@ type destJob struct {
 	session  *stream.Session
 	snapshot string
 	name     string
+	// ephemeral: finish without a snapshot or base (PrepareRequest).
+	ephemeral bool
 }
 
 // NewDest serves transfers into the allowed pools of the cluster connect
@@ -70,7 +72,7 @@ func (d *Dest) Prepare(ctx context.Context, req PrepareRequest) (PrepareResponse
 		unref()
 		return PrepareResponse{}, err
 	}
-	job := &destJob{img: img, unref: unref, snapshot: req.Snapshot, name: req.Pool + "/" + req.Image}
+	job := &destJob{img: img, unref: unref, snapshot: req.Snapshot, name: req.Pool + "/" + req.Image, ephemeral: req.Ephemeral}
 	fail := func(err error) (PrepareResponse, error) {
 		d.release(job)
 		return PrepareResponse{}, err
@@ -101,7 +103,7 @@ func (d *Dest) Prepare(ctx context.Context, req PrepareRequest) (PrepareResponse
 		// The same transfer again: same base, so chunks number the same.
 		base, resumed = w.Base, true
 	} else {
-		if req.Mode != ModeFull {
+		if req.Mode != ModeFull && !req.Ephemeral {
 			base = chooseBase(req.Candidates, snaps)
 		}
 		if base == "" && req.Mode == ModeIncremental {
@@ -140,10 +142,10 @@ func (d *Dest) Prepare(ctx context.Context, req PrepareRequest) (PrepareResponse
 	d.mu.Lock()
 	d.jobs[req.TransferID] = job
 	d.mu.Unlock()
-	log.Info("prepared", "base", base, "created", created, "resumed", pr.Resumed, "watermark", pr.Checkpoint.Watermark)
+	log.Info("prepared", "base", base, "created", created, "resumed", pr.Resumed, "watermark", pr.Checkpoint.Watermark, "ephemeral", req.Ephemeral)
 	return PrepareResponse{
 		Endpoint: d.endpoint, ServerName: d.serverName, Ticket: pr.Ticket, ChunkSize: pr.ChunkSize,
-		Checkpoint: pr.Checkpoint, Resumed: pr.Resumed, Base: base, Created: created,
+		Checkpoint: pr.Checkpoint, Resumed: pr.Resumed, Base: base, Created: created, Ephemeral: req.Ephemeral,
 	}, nil
 }
 
@@ -210,7 +212,10 @@ func (d *Dest) cleanHead(img *rbd.Image, created bool, base string, size uint64,
 }
 
 // Finish seals a transfer whose data the source has sent and the session
-// verified: snapshot, metadata, old snapshots removed, lock released.
+// verified: snapshot, metadata, old snapshots removed, lock released. An
+// ephemeral transfer ends without a snapshot and without base metadata
+// (its image is handed over, never a base): Ferry's snapshots all go,
+// its ownership metadata stays.
 func (d *Dest) Finish(ctx context.Context, req FinishRequest) (FinishResponse, error) {
 	d.mu.Lock()
 	job, ok := d.jobs[req.TransferID]
@@ -231,18 +236,24 @@ func (d *Dest) Finish(ctx context.Context, req FinishRequest) (FinishResponse, e
 	if err := img.Flush(); err != nil {
 		return FinishResponse{}, err
 	}
-	if err := img.CreateSnapshot(job.snapshot); err != nil && !errors.Is(err, rbd.ErrExists) {
-		return FinishResponse{}, err
+	snapshot, drop := job.snapshot, []string{MetaWriting, MetaCheckpoint}
+	if job.ephemeral {
+		// A base left by an earlier transfer into this image goes too.
+		snapshot, drop = "", append(drop, MetaBase)
+	} else {
+		if err := img.CreateSnapshot(snapshot); err != nil && !errors.Is(err, rbd.ErrExists) {
+			return FinishResponse{}, err
+		}
+		if err := img.SetMetadata(MetaBase, snapshot); err != nil {
+			return FinishResponse{}, err
+		}
 	}
-	if err := img.SetMetadata(MetaBase, job.snapshot); err != nil {
-		return FinishResponse{}, err
-	}
-	for _, k := range []string{MetaWriting, MetaCheckpoint} {
+	for _, k := range drop {
 		if err := img.RemoveMetadata(k); err != nil {
 			return FinishResponse{}, err
 		}
 	}
-	removed, err := removeOldSnapshots(img, job.snapshot)
+	removed, err := removeOldSnapshots(img, snapshot)
 	if err != nil {
 		// The copy is complete; a leftover snapshot is only space.
 		d.log.Warn("removing old snapshots", "transfer_id", req.TransferID, "image", job.name, "error", err)
@@ -251,8 +262,8 @@ func (d *Dest) Finish(ctx context.Context, req FinishRequest) (FinishResponse, e
 	delete(d.jobs, req.TransferID)
 	d.mu.Unlock()
 	d.release(job)
-	d.log.Info("finished", "transfer_id", req.TransferID, "image", job.name, "snapshot", job.snapshot, "digest", res.Digest)
-	return FinishResponse{Digest: res.Digest, BytesDone: res.BytesDone, Snapshot: job.snapshot, Removed: removed}, nil
+	d.log.Info("finished", "transfer_id", req.TransferID, "image", job.name, "snapshot", snapshot, "ephemeral", job.ephemeral, "digest", res.Digest)
+	return FinishResponse{Digest: res.Digest, BytesDone: res.BytesDone, Snapshot: snapshot, Removed: removed}, nil
 }
 
 // Abort ends a transfer's session on this agent; the image keeps its

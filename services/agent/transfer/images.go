@@ -73,8 +73,9 @@ func snapshotNames(img *rbd.Image) ([]string, error) {
 	return names, nil
 }
 
-// removeOldSnapshots removes Ferry's snapshots other than keep; they are no
-// longer needed as a base. Snapshots Ferry did not name are left alone.
+// removeOldSnapshots removes Ferry's snapshots other than keep (all of
+// them when keep is empty); they are no longer needed as a base.
+// Snapshots Ferry did not name are left alone.
 func removeOldSnapshots(img *rbd.Image, keep string) ([]string, error) {
 	names, err := snapshotNames(img)
 	if err != nil {

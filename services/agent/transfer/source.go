@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ferry-project/ferry/services/agent/rbd"
@@ -26,6 +27,12 @@ type Job struct {
 	Snapshot  string
 	DestPool  string // default Pool
 	DestImage string // default Image
+	// Ephemeral: the copy is handed over (to Cinder) once finished, so it
+	// is never the base of another transfer: a full copy (auto means
+	// full, incremental is refused) after which no Ferry snapshot stays
+	// on either side. A snapshot named in Snapshot is the user's and
+	// stays.
+	Ephemeral bool
 }
 
 // Options tune the data stream.
@@ -43,15 +50,21 @@ type Options struct {
 
 // Result of a completed transfer.
 type Result struct {
-	Digest     string
-	Mode       string // full or incremental, as run
-	Base       string
-	Snapshot   string
-	BytesTotal uint64 // the image's size
-	BytesDone  uint64
-	Stream     stream.Result
-	Resumed    bool
-	Removed    []string // old snapshots removed at the source
+	Digest string
+	Mode   string // full or incremental, as run
+	Base   string
+	// Snapshot is the snapshot both sides end with, the next incremental
+	// base; empty for an ephemeral transfer, which leaves none.
+	Snapshot string
+	// SourceSnapshot is the source snapshot that was copied (for an
+	// ephemeral transfer removed afterwards when Ferry took it).
+	SourceSnapshot string
+	Ephemeral      bool
+	BytesTotal     uint64 // the image's size
+	BytesDone      uint64
+	Stream         stream.Result
+	Resumed        bool
+	Removed        []string // snapshots removed at the source
 	// DestRemoved are old snapshots removed at the destination.
 	DestRemoved []string
 	// Phases are the seconds spent in each step up to the verified end:
@@ -85,6 +98,15 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 	if job.Mode == "" {
 		job.Mode = ModeAuto
 	}
+	if job.Ephemeral {
+		// An ephemeral copy is never a base: there is none to start from.
+		switch job.Mode {
+		case ModeIncremental:
+			return Result{}, fmt.Errorf("%w: transfer %s is ephemeral (handed over, no snapshot kept): it can only be a full copy, not incremental", ErrBadRequest, job.TransferID)
+		case ModeAuto:
+			job.Mode = ModeFull
+		}
+	}
 	if job.DestPool == "" {
 		job.DestPool = job.Pool
 	}
@@ -115,7 +137,8 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 	if err != nil {
 		return Result{}, err
 	}
-	defer img.Close()
+	closeImg := sync.OnceValue(img.Close)
+	defer closeImg()
 	info, err := img.Info()
 	if err != nil {
 		return Result{}, err
@@ -143,10 +166,16 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 		Pool: job.DestPool, Image: job.DestImage,
 		SourceFSID: cluster.FSID(), SourceImageID: info.ID, SourceName: job.Pool + "/" + job.Image,
 		Size: info.Size, Order: info.Order, Features: info.Features,
-		Snapshot: snap, Candidates: candidates, ChunkSize: chunk,
+		Snapshot: snap, Candidates: candidates, ChunkSize: chunk, Ephemeral: job.Ephemeral,
 	})
 	if err != nil {
 		return Result{}, fmt.Errorf("prepare at the destination: %w", err)
+	}
+	if job.Ephemeral && !prep.Ephemeral {
+		// An older destination agent: it would keep its snapshot and base.
+		err := fmt.Errorf("%w: the destination agent does not support ephemeral transfers (upgrade it)", ErrBadRequest)
+		s.abort(dest, job.TransferID, err)
+		return Result{}, err
 	}
 	if prep.Base != "" && !slices.Contains(candidates, prep.Base) {
 		return Result{}, fmt.Errorf("destination chose base %q, which the source does not have", prep.Base)
@@ -192,11 +221,28 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 		return Result{}, fmt.Errorf("finishing at the destination: %w", err)
 	}
 	res := Result{
-		Digest: sres.Digest, Mode: mode, Base: prep.Base, Snapshot: snap, BytesTotal: info.Size,
+		Digest: sres.Digest, Mode: mode, Base: prep.Base, Snapshot: snap, SourceSnapshot: snap, BytesTotal: info.Size,
 		BytesDone: sres.BytesDone, Stream: sres, Resumed: prep.Resumed, DestRemoved: fin.Removed,
+		Ephemeral: job.Ephemeral,
 	}
 	phase("finish")
 	res.Phases = phases
+	if job.Ephemeral {
+		res.Snapshot = ""
+		// Nothing is a base: the snapshot Ferry took goes, a snapshot the
+		// user named stays. A failure leaves a ferry-* snapshot behind
+		// (space, and Cinder's trash on delete), not a wrong copy.
+		if job.Snapshot == "" {
+			closeImg() // no handle left on the snapshot being removed
+			if err := s.removeSnapshot(ctx, cluster, job, snap); err != nil {
+				log.Warn("removing the ephemeral transfer's source snapshot", "error", err)
+			} else {
+				res.Removed = []string{snap}
+			}
+		}
+		log.Info("completed", "digest", sres.Digest, "bytes_sent", sres.BytesSent, "duration", sres.Duration.Round(time.Millisecond), "ephemeral", true)
+		return res, nil
+	}
 	// The new snapshot is the next base for this destination: the base
 	// it replaces goes. Only that one: other ferry-* snapshots may be the
 	// bases (or the running copies) of transfers to other destinations.
@@ -263,15 +309,24 @@ func (s *Source) removeBase(ctx context.Context, cluster *rbd.Cluster, job Job, 
 	if base == "" || base == keep || !strings.HasPrefix(base, SnapshotPrefix) {
 		return nil, nil
 	}
-	img, err := cluster.OpenImage(ctx, job.Pool, job.Image, "", false)
-	if err != nil {
-		return nil, err
-	}
-	defer img.Close()
-	if err := img.RemoveSnapshot(base); err != nil && !errors.Is(err, rbd.ErrNotFound) {
+	if err := s.removeSnapshot(ctx, cluster, job, base); err != nil {
 		return nil, err
 	}
 	return []string{base}, nil
+}
+
+// removeSnapshot removes one of the source image's snapshots; one already
+// gone is no error.
+func (s *Source) removeSnapshot(ctx context.Context, cluster *rbd.Cluster, job Job, name string) error {
+	img, err := cluster.OpenImage(ctx, job.Pool, job.Image, "", false)
+	if err != nil {
+		return err
+	}
+	defer img.Close()
+	if err := img.RemoveSnapshot(name); err != nil && !errors.Is(err, rbd.ErrNotFound) {
+		return err
+	}
+	return nil
 }
 
 func (s *Source) abort(dest Preparer, transferID string, cause error) {

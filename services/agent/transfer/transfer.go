@@ -3,7 +3,9 @@
 // (DiffIterate from the newest common base, or every allocated extent for a
 // full copy) and streams them; the destination opens or creates the image,
 // fences it, writes and verifies what arrives and ends with a snapshot of
-// the same name as the source's, the base of the next incremental.
+// the same name as the source's, the base of the next incremental. An
+// ephemeral transfer (a copy handed over to Cinder, never the base of
+// another) is a full copy that leaves no Ferry snapshot on either side.
 //
 // It joins services/agent/rbd (Ceph) and services/agent/stream (the wire);
 // the Preparer interface is how the source reaches the destination: a
@@ -79,6 +81,12 @@ type PrepareRequest struct {
 	// destination picks the newest it also has as the incremental base.
 	Candidates []string `json:"candidates,omitempty"`
 	ChunkSize  uint64   `json:"chunk_size"`
+	// Ephemeral: the copy is handed over (to Cinder) once finished: the
+	// destination ends without a snapshot and without base metadata, and
+	// removes Ferry's older snapshots. Never incremental. Agents that
+	// predate it ignore it; PrepareResponse.Ephemeral tells the source
+	// that the destination will honour it.
+	Ephemeral bool `json:"ephemeral,omitempty"`
 }
 
 // Validate checks the request's fields.
@@ -93,6 +101,8 @@ func (r *PrepareRequest) Validate() error {
 		return bad("snapshot name %q", r.Snapshot)
 	case r.SourceFSID == "" || r.SourceImageID == "":
 		return bad("source identity missing")
+	case r.Ephemeral && r.Mode == ModeIncremental:
+		return bad("an ephemeral transfer is a full copy, not incremental")
 	case r.Order < 12 || r.Order > 26:
 		return bad("object order %d outside 12..26", r.Order)
 	}
@@ -123,6 +133,10 @@ type PrepareResponse struct {
 	// Base is the incremental base, empty for a full copy.
 	Base    string `json:"base,omitempty"`
 	Created bool   `json:"created"`
+	// Ephemeral echoes the request's: the destination will finish
+	// without a snapshot. False from an agent that predates ephemeral
+	// transfers, which the source then refuses to send to.
+	Ephemeral bool `json:"ephemeral,omitempty"`
 }
 
 // FinishRequest asks the destination to seal a sent transfer.
@@ -133,10 +147,12 @@ type FinishRequest struct {
 
 // FinishResponse is the destination's account of a sealed transfer.
 type FinishResponse struct {
-	Digest    string   `json:"digest"`
-	BytesDone uint64   `json:"bytes_done"`
-	Snapshot  string   `json:"snapshot"`
-	Removed   []string `json:"removed_snapshots,omitempty"`
+	Digest    string `json:"digest"`
+	BytesDone uint64 `json:"bytes_done"`
+	// Snapshot is the snapshot the destination ends with; empty for an
+	// ephemeral transfer.
+	Snapshot string   `json:"snapshot"`
+	Removed  []string `json:"removed_snapshots,omitempty"`
 }
 
 // Connector gives the cluster connection for one operation and the

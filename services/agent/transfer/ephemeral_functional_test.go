@@ -1,0 +1,232 @@
+//go:build functional
+
+package transfer
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ferry-project/ferry/services/agent/stream"
+	"github.com/ferry-project/ferry/services/internal/testenv"
+)
+
+// rbdSnaps lists an image's snapshots with the rbd CLI (what an operator,
+// or Cinder's driver, sees).
+func rbdSnaps(t *testing.T, conf, spec string) []string {
+	t.Helper()
+	out, err := exec.Command("rbd", "-c", conf, "snap", "ls", "--format", "json", spec).Output()
+	if err != nil {
+		t.Fatalf("rbd snap ls %s: %v", spec, err)
+	}
+	var snaps []struct {
+		Name string `json:"name"`
+	}
+	if err := json.Unmarshal(out, &snaps); err != nil {
+		t.Fatalf("rbd snap ls %s: %q: %v", spec, out, err)
+	}
+	names := []string{}
+	for _, s := range snaps {
+		names = append(names, s.Name)
+	}
+	return names
+}
+
+// checkEphemeralEnd: no snapshot on the destination, the source keeps
+// exactly srcSnaps, the destination head equals the copied source data,
+// and the destination keeps Ferry's ownership but no base or progress.
+func (h *harness) checkEphemeralEnd(name, srcSpec string, srcSnaps []string) {
+	t := h.t
+	t.Helper()
+	if s := rbdSnaps(t, h.srcConf, h.pool+"/"+name); !slices.Equal(s, srcSnaps) {
+		t.Errorf("source snapshots %v, want %v", s, srcSnaps)
+	}
+	if s := rbdSnaps(t, h.dstConf, h.pool+"/"+name); len(s) != 0 {
+		t.Errorf("destination snapshots %v, want none", s)
+	}
+	a := testenv.ExportSHA(t, h.srcConf, srcSpec)
+	b := testenv.ExportSHA(t, h.dstConf, h.pool+"/"+name)
+	if a != b {
+		t.Errorf("%s: source sha256 %s, destination head %s", srcSpec, a, b)
+	}
+	md := metadataOf(t, h.dst, h.pool, name)
+	if md[MetaOwner] != OwnerValue || md[MetaSourceFSID] != h.src.FSID() {
+		t.Errorf("ownership metadata lost: %v", md)
+	}
+	for _, k := range []string{MetaBase, MetaWriting, MetaCheckpoint} {
+		if v, ok := md[k]; ok {
+			t.Errorf("destination keeps %s=%q", k, v)
+		}
+	}
+}
+
+// An ephemeral transfer (a Cinder volume's copy) leaves no snapshot on
+// either side and a byte-identical destination; a snapshot the user named
+// stays; incremental is refused; a normal transfer still ends with its
+// snapshot on both sides.
+func TestEphemeralTransfer(t *testing.T) {
+	h := newHarness(t, Options{})
+	ctx := ctxT(t)
+	name := uniq("xfer-eph")
+	const size = 20<<20 + 4096
+	img := h.newImage(name, size)
+	writeRandom(t, img, 0, 3<<20)
+	writeRandom(t, img, 11<<20+512, 1<<20)
+	writeRandom(t, img, size-4096, 4096)
+
+	_, err := h.source.Run(ctx, Job{TransferID: "ei-" + name, Pool: h.pool, Image: name, Mode: ModeIncremental, Ephemeral: true}, h.dest)
+	if !errors.Is(err, ErrBadRequest) {
+		t.Fatalf("ephemeral incremental: %v, want ErrBadRequest", err)
+	}
+	if s := rbdSnaps(t, h.srcConf, h.pool+"/"+name); len(s) != 0 {
+		t.Fatalf("a refused ephemeral incremental left snapshots %v", s)
+	}
+
+	id := "e1-" + name
+	r, err := h.source.Run(ctx, Job{TransferID: id, Pool: h.pool, Image: name, Ephemeral: true}, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Mode != ModeFull || r.Snapshot != "" || r.SourceSnapshot != SnapshotPrefix+id || !r.Ephemeral ||
+		!slices.Equal(r.Removed, []string{SnapshotPrefix + id}) || r.BytesTotal != size {
+		t.Errorf("ephemeral result %+v", r)
+	}
+	h.checkEphemeralEnd(name, h.pool+"/"+name, nil)
+
+	// A snapshot the user named is copied and stays, at the source only.
+	writeRandom(t, img, 5<<20, 64<<10)
+	if err := img.CreateSnapshot("user-snap"); err != nil {
+		t.Fatal(err)
+	}
+	writeRandom(t, img, 6<<20, 64<<10) // after the snapshot: not copied
+	r, err = h.source.Run(ctx, Job{TransferID: "e2-" + name, Pool: h.pool, Image: name, Snapshot: "user-snap", Ephemeral: true}, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Mode != ModeFull || r.Snapshot != "" || r.SourceSnapshot != "user-snap" || len(r.Removed) != 0 {
+		t.Errorf("ephemeral result with a user snapshot %+v", r)
+	}
+	h.checkEphemeralEnd(name, h.pool+"/"+name+"@user-snap", []string{"user-snap"})
+
+	// The same image, not ephemeral: the snapshot stays on both sides,
+	// the destination records its base, as always.
+	r, err = h.source.Run(ctx, Job{TransferID: "n1-" + name, Pool: h.pool, Image: name}, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := SnapshotPrefix + "n1-" + name
+	if r.Snapshot != want || r.Ephemeral || len(r.Removed) != 0 {
+		t.Errorf("normal result %+v", r)
+	}
+	h.sameImage(name, want)
+	if s := rbdSnaps(t, h.srcConf, h.pool+"/"+name); !slices.Equal(s, []string{"user-snap", want}) {
+		t.Errorf("source snapshots after a normal transfer %v", s)
+	}
+	if s := rbdSnaps(t, h.dstConf, h.pool+"/"+name); !slices.Equal(s, []string{want}) {
+		t.Errorf("destination snapshots after a normal transfer %v", s)
+	}
+	if md := metadataOf(t, h.dst, h.pool, name); md[MetaBase] != want {
+		t.Errorf("destination base %q, want %s", md[MetaBase], want)
+	}
+
+	// Ephemeral into that image again (auto: a full copy although a base
+	// exists): the destination's old Ferry snapshot and base go too.
+	writeRandom(t, img, 2<<20, 64<<10)
+	id = "e3-" + name
+	r, err = h.source.Run(ctx, Job{TransferID: id, Pool: h.pool, Image: name, Mode: ModeAuto, Ephemeral: true}, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Mode != ModeFull || r.Base != "" || r.Snapshot != "" || !slices.Equal(r.DestRemoved, []string{want}) ||
+		!slices.Equal(r.Removed, []string{SnapshotPrefix + id}) {
+		t.Errorf("ephemeral over a base %+v", r)
+	}
+	// The source's snapshot of the earlier, normal transfer is not this
+	// transfer's: it stays (it may be another destination's base).
+	h.checkEphemeralEnd(name, h.pool+"/"+name, []string{"user-snap", want})
+}
+
+// An interrupted ephemeral transfer resumes from the destination's
+// checkpoint and still ends without snapshots.
+func TestEphemeralResume(t *testing.T) {
+	var cancelAt atomic.Pointer[context.CancelFunc]
+	var done atomic.Uint64
+	const size = 64 << 20
+	h := newHarness(t, Options{
+		BandwidthLimit: 24 << 20,
+		Progress: func(p stream.Progress) {
+			done.Store(p.BytesDone)
+			if c := cancelAt.Load(); c != nil && p.BytesDone >= size/2 {
+				(*c)()
+			}
+		},
+	})
+	name := uniq("xfer-eph-resume")
+	img := h.newImage(name, size)
+	writeRandom(t, img, 0, size)
+	job := Job{TransferID: "er-" + name, Pool: h.pool, Image: name, Ephemeral: true}
+
+	ctx1, cancel1 := context.WithCancel(ctxT(t))
+	cancelAt.Store(&cancel1)
+	if _, err := h.source.Run(ctx1, job, h.dest); err == nil {
+		t.Fatal("the interrupted run succeeded")
+	}
+	cancelAt.Store(nil)
+	first := done.Load()
+	// Until it completes, the copy keeps its source snapshot (the retry
+	// copies the same data).
+	if s := rbdSnaps(t, h.srcConf, h.pool+"/"+name); !slices.Equal(s, []string{SnapshotPrefix + job.TransferID}) {
+		t.Fatalf("source snapshots of the interrupted transfer %v", s)
+	}
+	time.Sleep(1500 * time.Millisecond) // let the destination notice and save
+
+	r, err := h.source.Run(ctxT(t), job, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.Resumed || r.Stream.SkippedChunks == 0 || r.Snapshot != "" {
+		t.Errorf("second run did not resume: %+v", r)
+	}
+	t.Logf("interrupted at %d MiB; second run sent %d MiB", first>>20, r.Stream.BytesSent>>20)
+	h.checkEphemeralEnd(name, h.pool+"/"+name, nil)
+}
+
+// oldDest is a destination agent that predates ephemeral transfers: it
+// ignores the field and does not echo it.
+type oldDest struct{ *Dest }
+
+func (o oldDest) Prepare(ctx context.Context, req PrepareRequest) (PrepareResponse, error) {
+	req.Ephemeral = false
+	resp, err := o.Dest.Prepare(ctx, req)
+	resp.Ephemeral = false
+	return resp, err
+}
+
+// An ephemeral transfer is not sent to a destination that would keep its
+// snapshot; the same transfer then runs once the destination is upgraded.
+func TestEphemeralRefusesOldDestination(t *testing.T) {
+	h := newHarness(t, Options{})
+	ctx := ctxT(t)
+	name := uniq("xfer-eph-old")
+	img := h.newImage(name, 8<<20)
+	writeRandom(t, img, 0, 8<<20)
+	job := Job{TransferID: "eo-" + name, Pool: h.pool, Image: name, Ephemeral: true}
+	_, err := h.source.Run(ctx, job, oldDest{h.dest})
+	if !errors.Is(err, ErrBadRequest) || !strings.Contains(err.Error(), "does not support ephemeral") {
+		t.Fatalf("err = %v", err)
+	}
+	r, err := h.source.Run(ctx, job, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Snapshot != "" || r.Mode != ModeFull {
+		t.Errorf("result %+v", r)
+	}
+	h.checkEphemeralEnd(name, h.pool+"/"+name, nil)
+}
