@@ -110,6 +110,9 @@ func NewStartMessageWithRequestID(t *db.Transfer, requestID string) (*db.OutboxM
 			Region: t.DestRegion, Pool: t.DestPool, Image: t.DestImage, Snapshot: t.DestSnapshot,
 		},
 		Epoch: epoch,
+		// A Cinder volume's copy becomes a new Cinder volume: no base
+		// snapshot is kept for a next incremental on either side.
+		Ephemeral: t.SourceVolumeID != "",
 	}
 	return NewOutboxMessage(requestID, rpc.AgentTarget(t.SourceRegion), rpc.MethodTransferStart, body)
 }

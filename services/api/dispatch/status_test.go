@@ -1,6 +1,7 @@
 package dispatch
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -295,5 +296,43 @@ func TestStatusCancelsAgentOfCancelledTransfer(t *testing.T) {
 	report(t, h, rpc.StatusEvent{TransferID: id2, Event: rpc.EventAccepted, Epoch: 1, Region: "RegionOne", Host: "agent-x"})
 	if n := len(caster.recorded()); n != 1 {
 		t.Errorf("a cancel was sent for a live transfer (%d casts)", n)
+	}
+}
+
+// A completed copy of a Cinder volume goes to finalizing and wakes the
+// finalizer; a redelivered completion changes nothing; the start message
+// asks the agents for an ephemeral copy.
+func TestStatusCompletedVolumeGoesToFinalizing(t *testing.T) {
+	d, _ := newDB(t)
+	kicks := 0
+	h := StatusHandler(d, quietLog(), WithFinalizer(func() { kicks++ }))
+	tr := newTransfer(1)
+	tr.SourceVolumeID = "v1"
+	msg, err := NewStartMessageWithRequestID(tr, "req-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(msg.Payload, `"ephemeral":true`) {
+		t.Errorf("start of a volume transfer is not ephemeral: %s", msg.Payload)
+	}
+	if err := d.CreateTransfer(testCtx(t), tr, msg); err != nil {
+		t.Fatal(err)
+	}
+	plain := createTransfer(t, d, 2)
+	for _, id := range []string{tr.ID, plain.ID} {
+		report(t, h, rpc.StatusEvent{TransferID: id, Event: rpc.EventCompleted, Epoch: 1, Digest: "blake3-sha256:ab", BytesDone: 10, BytesTotal: 10})
+	}
+	if got := get(t, d, tr.ID); got.Status != db.StatusFinalizing || got.Digest != "blake3-sha256:ab" || kicks != 1 {
+		t.Errorf("volume transfer: %s digest %q, %d kicks", got.Status, got.Digest, kicks)
+	}
+	if got := get(t, d, plain.ID); got.Status != db.StatusCompleted || kicks != 1 {
+		t.Errorf("image transfer: %s, %d kicks", got.Status, kicks)
+	}
+	report(t, h, rpc.StatusEvent{TransferID: tr.ID, Event: rpc.EventCompleted, Epoch: 1, Digest: "blake3-sha256:ab"})
+	if got := get(t, d, tr.ID); got.Status != db.StatusFinalizing {
+		t.Errorf("after a redelivered completion: %s", got.Status)
+	}
+	if m, err := NewStartMessage(plain); err != nil || strings.Contains(m.Payload, "ephemeral") {
+		t.Errorf("start of an image transfer: %v %s", err, m.Payload)
 	}
 }
