@@ -223,6 +223,12 @@ func TestClientLibraryAgainstRouter(t *testing.T) {
 	if _, err := transfers.Create(ctx, demo, opts).Extract(); !gophercloud.ResponseCodeIs(err, http.StatusForbidden) {
 		t.Errorf("member creates from an image: %v, want 403", err)
 	}
+	// A member may create from a volume (the default policy's
+	// transfer:create): past the policy, this server has no Cinder (501).
+	volOpts := transfers.CreateOpts{Source: transfers.SourceOpts{Region: "RegionOne", VolumeID: "v1"}, Destination: transfers.DestinationOpts{Region: "RegionTwo"}}
+	if _, err := transfers.Create(ctx, demo, volOpts).Extract(); !gophercloud.ResponseCodeIs(err, http.StatusNotImplemented) {
+		t.Errorf("member creates from a volume without Cinder: %v, want 501", err)
+	}
 	if _, err := transfers.List(demo, transfers.ListOpts{AllProjects: true}).AllPages(ctx); !gophercloud.ResponseCodeIs(err, http.StatusForbidden) {
 		t.Errorf("member lists all projects: %v, want 403", err)
 	}

@@ -104,7 +104,7 @@ func (s *Server) dbError(c *gin.Context, err error, what string) {
 }
 
 func (s *Server) createTransfer(c *gin.Context) {
-	caller, ok := s.authorize(c, "transfer:create", "")
+	caller, ok := s.authorize(c, "transfer:create", s.callerProject(c))
 	if !ok {
 		return
 	}
