@@ -17,7 +17,7 @@ ferry_agent_conf() { echo "$F_DIR/ferry-agent-$1.conf"; }
 ferry_agent_pidfile() { echo "$STACK_PID_DIR/ferry-agent-$1.pid"; }
 ferry_cluster_fsid() { sed -n 's/^[[:space:]]*fsid[[:space:]]*=[[:space:]]*//p' "$STACK_DIR/$1/ceph.conf" 2>/dev/null | head -n1; }
 
-# A rebuilt binary (newer than the daemon's pid file) restarts that daemon.
+# A rebuilt binary or a rewritten configuration (newer than the daemon's pid file) restarts that daemon.
 ferry_install() {
     step "ferry/build" "$F_LOG_DIR/build.log"
     mkdir -p "$F_BIN" "$F_LOG_DIR"
@@ -33,6 +33,20 @@ ferry_install() {
         if cmp -s "$b" "$F_BIN/$(basename "$b")"; then rm -f "$b"; else mv -f "$b" "$F_BIN/"; fi
     done
     rmdir "$tmp"
+}
+
+# The [cinder] section of ferry-api: each region's Cinder RBD pools and backend host
+# (devstack/lib/cinder.sh), unless the stack runs without Cinder.
+ferry_cinder_conf() {
+    [[ ${FERRY_STACK_CINDER:-1} == 0 ]] && return 0
+    local r vp="" bh="" bp=""
+    for r in "${REGIONS[@]}"; do
+        cinder_region "$r"
+        vp+="${vp:+,}$r:$CEPH_POOL"
+        bh+="${bh:+,}$r:$CI_BACKEND_HOST"
+        bp+="${bp:+,}$r:$CINDER_BACKUP_POOL"
+    done
+    printf '\n[cinder]\nvolume_pools = %s\nbackend_hosts = %s\nbackup_pools = %s\n' "$vp" "$bh" "$bp"
 }
 
 ferry_write_configs() {
@@ -60,6 +74,7 @@ bind_port = $F_API_PORT
 policy_file = $F_DIR/policy.yaml
 # A development stack notices a dead agent quickly.
 agent_down_time = 15
+$(ferry_cinder_conf)
 EOF
     for r in "${REGIONS[@]}"; do
         port=$(ferry_agent_port "$r")
@@ -120,7 +135,7 @@ ferry_start() {
     "$F_BIN/ferry-manage" --config-file "$F_API_CONF" db sync >"$F_LOG_DIR/db.log" 2>&1 || die "ferry-manage db sync failed"
 
     step "ferry/api" "$F_LOG_DIR/ferry-api.log"
-    if pidfile_alive "$F_API_PIDFILE" "$F_API_CONF" && ferry_api_ok && [[ ! $F_BIN/ferry-api -nt $F_API_PIDFILE ]]; then
+    if pidfile_alive "$F_API_PIDFILE" "$F_API_CONF" && ferry_api_ok && [[ ! $F_BIN/ferry-api -nt $F_API_PIDFILE && ! $F_API_CONF -nt $F_API_PIDFILE ]]; then
         log "ferry: ferry-api already up"
     else
         stop_pidfile "ferry-api" "$F_API_PIDFILE" "$F_API_CONF"
@@ -139,7 +154,7 @@ ferry_start() {
         # agent started means a new agent.
         fsid=$(ferry_cluster_fsid "$r")
         if [[ $(cat "$F_DIR/agent-$r.fsid" 2>/dev/null) == "$fsid" ]] && pidfile_alive "$pidfile" "$conf" &&
-            port_listening "$port" && [[ ! $F_BIN/ferry-agent -nt $pidfile ]]; then
+            port_listening "$port" && [[ ! $F_BIN/ferry-agent -nt $pidfile && ! $conf -nt $pidfile ]]; then
             log "ferry: agent $r already up"
             continue
         fi
