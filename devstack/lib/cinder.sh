@@ -397,9 +397,13 @@ cinder_stop_daemons() {
 # answers, a service sends a heartbeat (a manager with a problem, e.g. a volume driver that did
 # not initialise, sends none).
 cinder_wait_spawned() {
-    local r=$1 d=$2 e since="" logf deadline
+    local r=$1 d=$2 e since="" pid="" logf deadline
     for e in "${CINDER_SPAWNED[@]}"; do
-        [[ $e == "$r:$d:"* ]] && since=${e#*:*:*:}
+        if [[ $e == "$r:$d:"* ]]; then
+            since=${e#*:*:*:}
+            pid=${e#*:*:}
+            pid=${pid%%:*}
+        fi
     done
     [[ -n $since ]] || return 0
     cinder_region "$r"
@@ -412,7 +416,8 @@ cinder_wait_spawned() {
         else
             cinder_heartbeat_since "cinder-$d" "$since" && break
         fi
-        cinder_daemon_alive "$d" || die "cinder-$d of $r exited during start-up (log: $logf)"
+        # (uwsgi writes its own pid file a moment after the start: watch the spawned pid.)
+        kill -0 "$pid" 2>/dev/null || die "cinder-$d of $r exited during start-up (log: $logf)"
         (($(now_ms) < deadline)) || die "cinder-$d of $r not up within 120s (log: $logf)"
         sleep 0.3
     done
@@ -446,13 +451,10 @@ cinder_pool_known() {
 }
 
 cinder_stop() {
-    local r d i
+    local r
     for r in "${REGIONS[@]}"; do
         cinder_region "$r"
-        for ((i = ${#CINDER_DAEMONS[@]} - 1; i >= 0; i--)); do
-            cinder_stop_daemon "${CINDER_DAEMONS[i]}"
-        done
-        cinder_stop_daemon api
+        cinder_stop_daemons api "${CINDER_DAEMONS[@]}"
         # The /etc/ceph symlink is ours only when it points into this stack.
         if [[ -L $CI_ETC_KEYRING && $(readlink "$CI_ETC_KEYRING") == "$CI_KEYRING" ]]; then
             rm -f "$CI_ETC_KEYRING"
