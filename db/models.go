@@ -95,8 +95,8 @@ func (t *Transfer) AfterFind(*gorm.DB) error {
 // ProgressPercent returns bytes transferred as a percentage of bytes total
 // (0–100); a completed transfer is 100.
 func (t *Transfer) ProgressPercent() float64 {
-	if t.Status == StatusCompleted {
-		return 100
+	if t.Status == StatusCompleted || t.Status == StatusFinalizing {
+		return 100 // finalizing: the data is copied and verified
 	}
 	if t.BytesTotal <= 0 || t.BytesTransferred <= 0 {
 		return 0
@@ -108,7 +108,7 @@ func (t *Transfer) ProgressPercent() float64 {
 // ETASeconds estimates the seconds left from the current rate; ok is false
 // when no estimate can be made (not running, rate or total unknown).
 func (t *Transfer) ETASeconds() (secs int64, ok bool) {
-	if !IsActive(t.Status) || t.RateBytesPerSecond <= 0 || t.BytesTotal <= 0 {
+	if !IsActive(t.Status) || t.Status == StatusFinalizing || t.RateBytesPerSecond <= 0 || t.BytesTotal <= 0 {
 		return 0, false
 	}
 	left := max(t.BytesTotal-t.BytesTransferred, 0)

@@ -147,6 +147,7 @@ func TestProgressAndETA(t *testing.T) {
 		{"half", Transfer{Status: StatusTransferring, BytesTotal: 200, BytesTransferred: 100, RateBytesPerSecond: 30}, 50, 4, true},
 		{"over", Transfer{Status: StatusVerifying, BytesTotal: 100, BytesTransferred: 150, RateBytesPerSecond: 1}, 100, 0, true},
 		{"completed", Transfer{Status: StatusCompleted}, 100, 0, false},
+		{"finalizing a sparse copy", Transfer{Status: StatusFinalizing, BytesTotal: 1000, BytesTransferred: 50, RateBytesPerSecond: 9}, 100, 0, false},
 		{"queued", Transfer{Status: StatusQueued, BytesTotal: 10, RateBytesPerSecond: 1}, 0, 0, false},
 	}
 	for _, tt := range tests {

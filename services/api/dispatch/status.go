@@ -278,6 +278,8 @@ func (a *applier) complete(ctx context.Context, log *slog.Logger) error {
 		d := a.ev.Digest
 		f.Digest = &d
 	}
+	var still int64 // the copy is over: no rate any more
+	f.RateBytesPerSecond = &still
 	if m := db.Mode(a.ev.Mode); m == db.ModeFull || m == db.ModeIncremental {
 		f.Mode = &m
 	}
