@@ -584,3 +584,20 @@ func TestSafeNext(t *testing.T) {
 		}
 	}
 }
+
+func TestFormatting(t *testing.T) {
+	eta := int64(3725)
+	for _, tc := range []struct {
+		tr                   Transfer
+		progress, rate, etaS string
+	}{
+		{Transfer{Status: "transferring", BytesTransferred: 32 << 20, RateBytesPerSecond: 16 << 20}, "32.0 MiB", "16.0 MiB/s", "-"},
+		{Transfer{Status: "transferring", BytesTransferred: 1 << 30, BytesTotal: 4 << 30, Progress: 25, ETASeconds: &eta, RateBytesPerSecond: 1}, "25%", "1 B/s", "1h 02m"},
+		{Transfer{Status: "completed", BytesTransferred: 5, BytesTotal: 5, Progress: 100, ETASeconds: &eta, RateBytesPerSecond: 9}, "100%", "-", "-"},
+		{Transfer{Status: "queued"}, "0%", "-", "-"},
+	} {
+		if p, r, e := progressText(&tc.tr), humanRate(&tc.tr), humanETA(&tc.tr); p != tc.progress || r != tc.rate || e != tc.etaS {
+			t.Errorf("%s: %q %q %q, want %q %q %q", tc.tr.Status, p, r, e, tc.progress, tc.rate, tc.etaS)
+		}
+	}
+}

@@ -50,6 +50,8 @@ var funcs = template.FuncMap{
 	"terminal":  terminal,
 	"badge":     badgeClass,
 	"pct":       func(p float64) string { return fmt.Sprintf("%.0f%%", p) },
+	"progress":  progressText,
+	"unsized":   unsized,
 	"source":    sourceText,
 	"dest":      destText,
 	"shortid":   func(id string) string { return id[:min(8, len(id))] },
@@ -277,6 +279,7 @@ type rowData struct {
 	Rate       string  `json:"rate"`
 	ETA        string  `json:"eta"`
 	Terminal   bool    `json:"terminal"`
+	Unsized    bool    `json:"unsized"`
 	CanCancel  bool    `json:"can_cancel"`
 	CanRetry   bool    `json:"can_retry"`
 	CanDelete  bool    `json:"can_delete"`
@@ -289,7 +292,7 @@ type rowData struct {
 
 func rowOf(t *Transfer) rowData {
 	return rowData{
-		ID: t.ID, Status: t.Status, Badge: badgeClass(t.Status), Progress: t.Progress, ProgressTx: fmt.Sprintf("%.0f%%", t.Progress),
+		ID: t.ID, Status: t.Status, Badge: badgeClass(t.Status), Progress: t.Progress, ProgressTx: progressText(t), Unsized: unsized(t),
 		Bytes: humanBytes(t.BytesTransferred) + " / " + humanBytes(t.BytesTotal), Rate: humanRate(t), ETA: humanETA(t),
 		Terminal: terminal(t.Status), CanCancel: !terminal(t.Status) && t.Status != "cancelling", CanRetry: t.Status == "error",
 		CanDelete: terminal(t.Status), Error: t.Error, Updated: when(t.UpdatedAt), Started: whenPtr(t.StartedAt),
@@ -498,6 +501,20 @@ func badgeClass(status string) string {
 		return "info"
 	}
 	return "busy"
+}
+
+// unsized: bytes move but the total is not known yet (no percentage).
+func unsized(t *Transfer) bool {
+	return !terminal(t.Status) && t.BytesTotal <= 0 && t.BytesTransferred > 0
+}
+
+// progressText is the percentage, or the bytes moved while the total is
+// unknown.
+func progressText(t *Transfer) string {
+	if unsized(t) {
+		return humanBytes(t.BytesTransferred)
+	}
+	return fmt.Sprintf("%.0f%%", t.Progress)
 }
 
 func humanBytes(n int64) string {

@@ -15,9 +15,7 @@
 
   function initBars(root) {
     root.querySelectorAll(".progress[data-progress]").forEach(function (el) {
-      var row = el.closest("[data-id]");
-      var st = row ? row.querySelector("[data-f=status]") : null;
-      setBar(el, el.getAttribute("data-progress"), st ? st.textContent.trim() : "");
+      setBar(el, el.getAttribute("data-progress"), el.getAttribute("data-status"));
     });
   }
 
@@ -32,7 +30,10 @@
       el.textContent = v;
       if (k === "status") el.className = "badge badge-" + t.badge;
     });
-    root.querySelectorAll(".progress").forEach(function (el) { setBar(el, t.progress, t.status); });
+    root.querySelectorAll(".progress").forEach(function (el) {
+      el.classList.toggle("unsized", !!t.unsized);
+      setBar(el, t.progress, t.status);
+    });
     root.querySelectorAll("[data-show]").forEach(function (el) {
       el.hidden = !t[el.getAttribute("data-show")];
     });
