@@ -316,7 +316,9 @@ cinder_start() {
     local r d fsid pids=() todo
     CINDER_TODO=()
     CINDER_SPAWNED=()
-    mkdir -p "$STACK_PID_DIR"
+    mkdir -p "$STACK_PID_DIR" /etc/ceph
+    [[ $CINDER_PASSWORD =~ ^[A-Za-z0-9._+@%,=-]+$ ]] ||
+        die "FERRY_STACK_CINDER_PASSWORD may only use letters, digits and ._+@%,=-"
     step "cinder/mariadb"
     cinder_sql "SELECT 1" >/dev/null 2>&1 ||
         die "MariaDB does not answer on 127.0.0.1:3306 as root without a password (start it: start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd)"
