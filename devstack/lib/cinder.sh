@@ -453,10 +453,15 @@ cinder_pool_known() {
 }
 
 cinder_stop() {
-    local r
+    local r p=()
+    # Both regions at once: a service takes up to graceful_shutdown_timeout (5 s) to stop.
+    for r in "${REGIONS[@]}"; do
+        (cinder_region "$r" && cinder_stop_daemons api "${CINDER_DAEMONS[@]}") &
+        p+=($!)
+    done
+    for r in "${p[@]}"; do wait "$r" || true; done
     for r in "${REGIONS[@]}"; do
         cinder_region "$r"
-        cinder_stop_daemons api "${CINDER_DAEMONS[@]}"
         # The /etc/ceph symlink is ours only when it points into this stack.
         if [[ -L $CI_ETC_KEYRING && $(readlink "$CI_ETC_KEYRING") == "$CI_KEYRING" ]]; then
             rm -f "$CI_ETC_KEYRING"
