@@ -325,6 +325,7 @@ func TestDashboard(t *testing.T) {
 	}
 	t.Logf("%s in the table: %v", cancelled, seen)
 	t.Logf("%s: rate %q, ETA %q", cancelled, b.cell(cancelID, "[data-f=rate]", "textContent"), b.cell(cancelID, "[data-f=eta]", "textContent"))
+	time.Sleep(1200 * time.Millisecond) // the bars' CSS transition ends
 	shots["table"] = b.shot("transfers")
 	b.do("cancel", chromedp.Click(chromedp.CSS(fmt.Sprintf(`tr[data-id=%q] form[data-show=can_cancel] button`, cancelID))), chromedp.WaitVisible(chromedp.CSS(".alert-success")))
 	if msg := eval[string](b, `document.querySelector(".alert-success").textContent`); !strings.Contains(msg, "Cancel requested for transfer: "+cancelled) {
