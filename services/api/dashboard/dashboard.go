@@ -159,9 +159,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.forbidden(w, r, "Cross-site request refused.")
 		return
 	}
-	if n := h.sessions.len(); n > 0 && n%64 == 0 {
-		h.sessions.sweep()
-	}
+	h.sessions.sweepEvery(time.Minute)
 	h.mux.ServeHTTP(w, r)
 }
 

@@ -456,6 +456,12 @@ func TestSessionStoreBounded(t *testing.T) {
 	if len(ss[0].id) != 43 || ss[0].id == ss[1].id || ss[0].csrf == ss[0].id {
 		t.Fatalf("ids %q %q", ss[0].id, ss[1].id)
 	}
+	// Expired sessions go at the next sweep, unvisited.
+	now = now.Add(2 * time.Hour)
+	st.sweepEvery(time.Minute)
+	if st.len() != 0 {
+		t.Fatalf("%d expired sessions kept by the sweep", st.len())
+	}
 }
 
 func TestReaderSeesNoWriteActions(t *testing.T) {

@@ -92,6 +92,7 @@ type sessionStore struct {
 	max   int
 	idle  time.Duration
 	now   func() time.Time
+	swept time.Time
 }
 
 func newSessionStore(max int, idle time.Duration, now func() time.Time) *sessionStore {
@@ -158,11 +159,16 @@ func (st *sessionStore) len() int {
 	return st.order.Len()
 }
 
-// sweep drops the expired sessions (called now and then).
-func (st *sessionStore) sweep() {
+// sweepEvery drops the expired sessions when the last sweep is older
+// than d.
+func (st *sessionStore) sweepEvery(d time.Duration) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	now := st.now()
+	if now.Sub(st.swept) < d {
+		return
+	}
+	st.swept = now
 	for e := st.order.Back(); e != nil; {
 		prev := e.Prev()
 		s := e.Value.(*session)
