@@ -91,7 +91,7 @@ data_advertise = localhost:$port
 ceph_conf = $STACK_DIR/$r/ceph.conf
 ceph_user = ferry
 ceph_keyring = $STACK_DIR/$r/ceph.client.ferry.keyring
-pools = volumes
+pools = volumes$([[ ${FERRY_STACK_CINDER:-1} == 0 ]] || echo ", $CINDER_BACKUP_POOL")
 heartbeat_interval = 3
 
 [tls]

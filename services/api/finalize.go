@@ -14,6 +14,7 @@ import (
 // Registrar registers copied images with Cinder (cinder.Service).
 type Registrar interface {
 	RegisterVolume(ctx context.Context, r cinder.Registration) (string, error)
+	RegisterBackup(ctx context.Context, r cinder.BackupRegistration) (string, error)
 }
 
 // Finalizer takes transfers in finalizing (the agents copied and verified
@@ -146,6 +147,34 @@ func (f *Finalizer) finalize(ctx context.Context, t *db.Transfer) {
 		}
 		done(db.StatusCompleted, fmt.Sprintf("registered as Cinder volume %s of project %s in %s", id, spec.ProjectID, t.DestRegion), "",
 			db.TransferFields{DestVolumeID: &id})
+	case t.SourceBackupID != "":
+		if f.Cinder == nil {
+			done(db.StatusError, "", "Cinder is not configured in ferry-api ([cinder]): the copy cannot be registered; it is in region "+
+				t.DestRegion+", pool "+t.DestPool+", image "+t.DestImage, db.TransferFields{})
+			return
+		}
+		spec, err := cinder.ParseBackupSpec(deref(t.CinderSpec))
+		if err != nil {
+			done(db.StatusError, "", err.Error(), db.TransferFields{})
+			return
+		}
+		log.Info("registering the copied backup with Cinder", "region", t.DestRegion, "backup_id", spec.ID, "project_id", spec.ProjectID)
+		id, err := f.Cinder.RegisterBackup(ctx, cinder.BackupRegistration{
+			TransferID: t.ID, Region: t.DestRegion, Pool: t.DestPool, Image: t.DestImage, Spec: spec, Existing: t.DestBackupID != "",
+			Created: func(ctx context.Context, backupID string) error {
+				return f.DB.UpdateFields(ctx, t.ID, db.StatusFinalizing, db.TransferFields{DestBackupID: &backupID})
+			},
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			log.Error("registration failed", "error", err)
+			done(db.StatusError, "", err.Error(), db.TransferFields{})
+			return
+		}
+		done(db.StatusCompleted, fmt.Sprintf("registered as Cinder backup %s of project %s in %s", id, spec.ProjectID, t.DestRegion), "",
+			db.TransferFields{DestBackupID: &id})
 	default:
 		done(db.StatusCompleted, "nothing to register", "", db.TransferFields{})
 	}

@@ -120,12 +120,8 @@ func (s *Server) createTransfer(c *gin.Context) {
 		return
 	}
 	src, dst := req.Source, req.Destination
-	if src.BackupID != "" {
-		writeError(c, http.StatusNotImplemented, "Cinder backup sources are not supported by this deployment yet.")
-		return
-	}
 	// A raw RBD image has no project: by default only admins name one.
-	if src.VolumeID == "" && !s.hooks.Allowed("transfer:create:image_source", caller, map[string]string{"project_id": caller.ProjectID}) {
+	if src.VolumeID == "" && src.BackupID == "" && !s.hooks.Allowed("transfer:create:image_source", caller, map[string]string{"project_id": caller.ProjectID}) {
 		writeError(c, http.StatusForbidden, "Policy doesn't allow transfer:create:image_source to be performed: name a volume instead of a pool and image.")
 		return
 	}
@@ -144,6 +140,9 @@ func (s *Server) createTransfer(c *gin.Context) {
 		DestRegion: dst.Region, DestPool: firstNonEmpty(dst.Pool, src.Pool), DestImage: firstNonEmpty(dst.Image, src.Image),
 	}
 	if src.VolumeID != "" && !s.volumeSource(c, caller, req, t) {
+		return
+	}
+	if src.BackupID != "" && !s.backupSource(c, caller, req, t) {
 		return
 	}
 	msg, err := s.hooks.StartMessage(c.Request.Context(), t)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/gin-gonic/gin"
 
@@ -16,6 +17,8 @@ import (
 type CinderSources interface {
 	VolumePool(region string) string
 	ResolveVolume(ctx context.Context, token, callerProject, region, id string) (*cinder.SourceVolume, error)
+	BackupPool(region string) string
+	ResolveBackup(ctx context.Context, token, callerProject, region, dstRegion, id string) (*cinder.SourceBackup, error)
 }
 
 // volumeSource fills t from the caller's Cinder volume: the RBD image behind
@@ -44,16 +47,7 @@ func (s *Server) volumeSource(c *gin.Context, caller *Caller, req *CreateTransfe
 		return false
 	}
 	sv, err := s.hooks.Cinder.ResolveVolume(c.Request.Context(), c.GetHeader("X-Auth-Token"), caller.ProjectID, src.Region, src.VolumeID)
-	switch {
-	case errors.Is(err, cinder.ErrNotFound):
-		writeError(c, http.StatusNotFound, fmt.Sprintf("Volume %s could not be found in region %s.", src.VolumeID, src.Region))
-		return false
-	case errors.Is(err, cinder.ErrInvalid), errors.Is(err, cinder.ErrNotConfigured):
-		writeError(c, http.StatusBadRequest, capitalize(errorDetail(err))+".")
-		return false
-	case err != nil:
-		s.log.Error("resolving a volume source", "volume_id", src.VolumeID, "region", src.Region, "error", err)
-		writeError(c, http.StatusServiceUnavailable, fmt.Sprintf("Cinder in region %s could not be asked about volume %s; try again later.", src.Region, src.VolumeID))
+	if !s.cinderError(c, err, "Volume", src.VolumeID, src.Region) {
 		return false
 	}
 	spec := sv.Spec.Marshal()
@@ -64,10 +58,63 @@ func (s *Server) volumeSource(c *gin.Context, caller *Caller, req *CreateTransfe
 	return true
 }
 
+// cinderError writes the answer to a failed resolution and returns false;
+// true when err is nil.
+func (s *Server) cinderError(c *gin.Context, err error, kind, id, region string) bool {
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, cinder.ErrNotFound):
+		writeError(c, http.StatusNotFound, fmt.Sprintf("%s %s could not be found in region %s.", kind, id, region))
+	case errors.Is(err, cinder.ErrConflict):
+		writeError(c, http.StatusConflict, capitalize(errorDetail(err))+".")
+	case errors.Is(err, cinder.ErrInvalid), errors.Is(err, cinder.ErrNotConfigured):
+		writeError(c, http.StatusBadRequest, capitalize(errorDetail(err))+".")
+	default:
+		s.log.Error("resolving a Cinder source", "kind", kind, "id", id, "region", region, "error", err)
+		writeError(c, http.StatusServiceUnavailable, fmt.Sprintf("Cinder in region %s could not be asked about %s %s; try again later.", region, strings.ToLower(kind), id))
+	}
+	return false
+}
+
+// backupSource fills t from the caller's Cinder backup: the base image of
+// its chain in the source region's backup pool, read at the backup's own
+// snapshot, into the same image in the destination's backup pool (an
+// incremental copy when an earlier backup of the chain was moved before),
+// then registered there by import-record for the backup's project.
+func (s *Server) backupSource(c *gin.Context, caller *Caller, req *CreateTransfer, t *db.Transfer) bool {
+	src, dst := req.Source, req.Destination
+	switch {
+	case s.hooks.Cinder == nil:
+		writeError(c, http.StatusNotImplemented, "Cinder backup sources are not configured in this deployment ([cinder] backup_pools).")
+		return false
+	case dst.Pool != "" || dst.Image != "":
+		writeError(c, http.StatusBadRequest, "transfer.destination.pool and image cannot be given with a backup source: the copy goes to the destination region's backup pool.")
+		return false
+	case src.Snapshot != "":
+		writeError(c, http.StatusBadRequest, "transfer.source.snapshot cannot be given with a backup source: the backup names its snapshot.")
+		return false
+	}
+	dstPool := s.hooks.Cinder.BackupPool(dst.Region)
+	if dstPool == "" {
+		writeError(c, http.StatusBadRequest, fmt.Sprintf("transfer.destination.region %q has no Cinder backup pool known to Ferry.", dst.Region))
+		return false
+	}
+	sb, err := s.hooks.Cinder.ResolveBackup(c.Request.Context(), c.GetHeader("X-Auth-Token"), caller.ProjectID, src.Region, dst.Region, src.BackupID)
+	if !s.cinderError(c, err, "Backup", src.BackupID, src.Region) {
+		return false
+	}
+	spec := sb.Spec.Marshal()
+	t.SourceBackupID, t.SourcePool, t.SourceImage, t.SourceSnapshot = sb.Spec.ID, sb.Pool, sb.Image, sb.SnapshotPattern
+	t.DestPool, t.DestImage = dstPool, sb.Image
+	t.OwnerProjectID, t.CinderSpec = sb.Spec.ProjectID, &spec
+	return true
+}
+
 // errorDetail drops the sentinel's own text from "invalid: volume x is ...".
 func errorDetail(err error) string {
 	msg := err.Error()
-	for _, sentinel := range []error{cinder.ErrInvalid, cinder.ErrNotConfigured, cinder.ErrNotFound} {
+	for _, sentinel := range []error{cinder.ErrInvalid, cinder.ErrNotConfigured, cinder.ErrNotFound, cinder.ErrConflict} {
 		if p := sentinel.Error() + ": "; len(msg) > len(p) && msg[:len(p)] == p {
 			return msg[len(p):]
 		}

@@ -25,6 +25,8 @@ type fakeCinder struct {
 	tokens  []string
 	regs    []cinder.Registration
 	regErr  error
+
+	backupRegs []cinder.BackupRegistration
 }
 
 func (f *fakeCinder) VolumePool(region string) string {
@@ -68,6 +70,84 @@ func (f *fakeCinder) RegisterVolume(ctx context.Context, r cinder.Registration) 
 		}
 	}
 	return id, nil
+}
+
+func (f *fakeCinder) BackupPool(region string) string {
+	if region == "RegionOne" || region == "RegionTwo" {
+		return "backups"
+	}
+	return ""
+}
+
+func (f *fakeCinder) ResolveBackup(_ context.Context, token, callerProject, region, dstRegion, id string) (*cinder.SourceBackup, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.tokens = append(f.tokens, token)
+	if err := f.errs[id]; err != nil {
+		return nil, err
+	}
+	if id != "b1" || callerProject != "demo-project" && callerProject != "admin-project" {
+		return nil, fmt.Errorf("%w: backup %s", cinder.ErrNotFound, id)
+	}
+	return &cinder.SourceBackup{Spec: cinder.BackupSpec{Kind: "backup", ID: "b1", ProjectID: "demo-project", Service: "ceph",
+		Record: []byte(`{"id": "b1"}`)}, Pool: "backups", Image: "volume-v1.backup.b0", SnapshotPattern: "backup.b1.snap.*"}, nil
+}
+
+func (f *fakeCinder) RegisterBackup(ctx context.Context, r cinder.BackupRegistration) (string, error) {
+	f.mu.Lock()
+	f.backupRegs = append(f.backupRegs, r)
+	err := f.regErr
+	f.mu.Unlock()
+	if err != nil {
+		return "", err
+	}
+	if !r.Existing {
+		if err := r.Created(ctx, r.Spec.ID); err != nil {
+			return "", err
+		}
+	}
+	return r.Spec.ID, nil
+}
+
+func TestBackupSourceCreate(t *testing.T) {
+	fc := &fakeCinder{errs: map[string]error{
+		"incr":   fmt.Errorf("%w: backup incr is incremental: move its parent backup b0 to RegionTwo first", cinder.ErrInvalid),
+		"there":  fmt.Errorf("%w: backup there already exists in region RegionTwo", cinder.ErrConflict),
+		"swifty": fmt.Errorf("%w: backup swifty was made by swift; Ferry moves backups of ceph only", cinder.ErrInvalid),
+	}}
+	a := newCinderAPITest(t, fc)
+	body := func(id, extra string) string {
+		return `{"transfer": {"source": {"region": "RegionOne", "backup_id": "` + id + `"` + extra + `}, "destination": {"region": "RegionTwo"}}}`
+	}
+	code, m := a.do(demo, "POST", "/v1/transfers", body("b1", ""))
+	if code != 202 {
+		t.Fatalf("create: %d %v", code, m)
+	}
+	tr := m["transfer"].(map[string]any)
+	src, dst := tr["source"].(map[string]any), tr["destination"].(map[string]any)
+	if src["backup_id"] != "b1" || src["pool"] != "backups" || src["image"] != "volume-v1.backup.b0" || src["snapshot"] != "backup.b1.snap.*" ||
+		dst["pool"] != "backups" || dst["image"] != "volume-v1.backup.b0" || tr["mode"] != "auto" {
+		t.Errorf("transfer = %v", tr)
+	}
+	for _, tc := range []struct {
+		body, message string
+		code          int
+	}{
+		{body("nope", ""), "Backup nope could not be found in region RegionOne.", 404},
+		{body("incr", ""), "Backup incr is incremental: move its parent backup b0 to RegionTwo first.", 400},
+		{body("there", ""), "Backup there already exists in region RegionTwo.", 409},
+		{body("swifty", ""), "Backup swifty was made by swift; Ferry moves backups of ceph only.", 400},
+		{body("b1", `, "snapshot": "s"`), "transfer.source.snapshot cannot be given with a backup source", 400},
+	} {
+		code, m := a.do(demo, "POST", "/v1/transfers", tc.body)
+		var msg string
+		for _, v := range m {
+			msg, _ = v.(map[string]any)["message"].(string)
+		}
+		if code != tc.code || !strings.HasPrefix(msg, tc.message) {
+			t.Errorf("%s: %d %q, want %d %q", tc.body, code, msg, tc.code, tc.message)
+		}
+	}
 }
 
 func newCinderAPITest(t *testing.T, fc *fakeCinder) *apiTest {
@@ -244,6 +324,26 @@ func TestFinalizer(t *testing.T) {
 	evs, _ := d.ListEvents(ctx, fresh.ID)
 	if last := evs[len(evs)-1]; !strings.Contains(last.Message, "registered as Cinder volume new-v1 of project demo-project in RegionTwo") {
 		t.Errorf("last event = %q", last.Message)
+	}
+
+	bspec := cinder.BackupSpec{Kind: "backup", ID: "b1", ProjectID: "demo-project", Service: "ceph", Record: []byte(`{"id":"b1"}`)}.Marshal()
+	bt := &db.Transfer{Name: "backup", ProjectID: "demo-project", UserID: "u", SourceRegion: "RegionOne", SourcePool: "backups",
+		SourceImage: "volume-v1.backup.b1", SourceSnapshot: "backup.b1.snap.*", SourceBackupID: "b1", DestRegion: "RegionTwo",
+		DestPool: "backups", DestImage: "volume-v1.backup.b1", OwnerProjectID: "demo-project", CinderSpec: &bspec}
+	if err := d.CreateTransfer(ctx, bt, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []db.Status{db.StatusAccepted, db.StatusPreparing, db.StatusTransferring, db.StatusVerifying, db.StatusFinalizing} {
+		if _, err := d.TransitionTransfer(ctx, bt.ID, s, db.TransitionOpts{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fin.Kick()
+	if tr := wait(bt.ID); tr.Status != db.StatusCompleted || tr.DestBackupID != "b1" {
+		t.Errorf("backup: %s, backup %q", tr.Status, tr.DestBackupID)
+	}
+	if len(fc.backupRegs) != 1 || fc.backupRegs[0].Pool != "backups" || fc.backupRegs[0].Spec.ID != "b1" || fc.backupRegs[0].Existing {
+		t.Errorf("backup registrations: %+v", fc.backupRegs)
 	}
 
 	fc.mu.Lock()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path"
 	"slices"
 	"strings"
 	"sync"
@@ -152,7 +153,8 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 	var candidates []string
 	for i := len(all) - 1; i >= 0; i-- {
 		n := all[i].Name
-		if n != snap && strings.HasPrefix(n, SnapshotPrefix) {
+		if n != snap && (strings.HasPrefix(n, SnapshotPrefix) ||
+			strings.HasPrefix(snap, CinderBackupSnapshotPrefix) && strings.HasPrefix(n, CinderBackupSnapshotPrefix)) {
 			candidates = append(candidates, n)
 		}
 	}
@@ -257,7 +259,36 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 }
 
 // ensureSnapshot returns the snapshot to copy, taking ferry-<id> if needed.
+// A snapshot named by a pattern (path.Match: a Cinder backup's snapshot is
+// backup.<backup id>.snap.<time>, and only the image knows the time) must
+// match exactly one snapshot of the image.
 func (s *Source) ensureSnapshot(ctx context.Context, cluster *rbd.Cluster, job Job) (string, error) {
+	if strings.ContainsAny(job.Snapshot, "*?[") {
+		img, err := cluster.OpenImage(ctx, job.Pool, job.Image, "", true)
+		if err != nil {
+			return "", fmt.Errorf("source image: %w", err)
+		}
+		defer img.Close()
+		snaps, err := img.Snapshots()
+		if err != nil {
+			return "", err
+		}
+		var found []string
+		for _, sn := range snaps {
+			if ok, err := path.Match(job.Snapshot, sn.Name); err != nil {
+				return "", fmt.Errorf("%w: snapshot pattern %q: %w", ErrBadRequest, job.Snapshot, err)
+			} else if ok {
+				found = append(found, sn.Name)
+			}
+		}
+		switch len(found) {
+		case 0:
+			return "", fmt.Errorf("%w: no snapshot of %s/%s matches %q", rbd.ErrNotFound, job.Pool, job.Image, job.Snapshot)
+		case 1:
+			return found[0], nil
+		}
+		return "", fmt.Errorf("%w: snapshots %s of %s/%s all match %q", ErrBadRequest, strings.Join(found, ", "), job.Pool, job.Image, job.Snapshot)
+	}
 	if job.Snapshot != "" {
 		img, err := cluster.OpenImage(ctx, job.Pool, job.Image, job.Snapshot, true)
 		if err != nil {

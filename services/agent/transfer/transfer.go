@@ -39,6 +39,11 @@ const (
 	// SnapshotPrefix names the snapshots Ferry takes (ferry-<transfer id>);
 	// only those are ever removed by Ferry.
 	SnapshotPrefix = "ferry-"
+	// CinderBackupSnapshotPrefix starts the snapshots Cinder's Ceph
+	// backup driver keeps on a backup's base image, one per backup
+	// (backup.<backup id>.snap.<time>): copying a later backup, an
+	// earlier one that both sides have is its incremental base.
+	CinderBackupSnapshotPrefix = "backup."
 )
 
 // Modes of a transfer.

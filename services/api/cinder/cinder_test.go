@@ -28,10 +28,15 @@ type fakeCloud struct {
 	manageTo string // status a managed volume reaches on its second GET
 	managed  []map[string]any
 	polls    map[string]int
+
+	backups  map[string]map[string]any // "<one|two>/<id>" → backup (with "owner", "record")
+	imported []map[string]any          // decoded records imported
+	importTo string                    // status an imported backup reaches
 }
 
 func newFakeCloud(t *testing.T) *fakeCloud {
-	f := &fakeCloud{grants: map[string]bool{}, volumes: map[string]map[string]any{}, polls: map[string]int{}, manageTo: "available"}
+	f := &fakeCloud{grants: map[string]bool{}, volumes: map[string]map[string]any{}, polls: map[string]int{}, manageTo: "available",
+		backups: map[string]map[string]any{}, importTo: "available"}
 	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
 	t.Cleanup(f.srv.Close)
 	return f
@@ -101,6 +106,42 @@ func (f *fakeCloud) serve(w http.ResponseWriter, r *http.Request) {
 		f.volumes[id] = map[string]any{"id": id, "status": "creating", "size": 1}
 		w.WriteHeader(202)
 		_ = json.NewEncoder(w).Encode(map[string]any{"volume": f.volumes[id]})
+	case strings.HasSuffix(p, "/v3/backups/import_record") && r.Method == http.MethodPost:
+		var body struct {
+			Record struct {
+				Service string `json:"backup_service"`
+				URL     []byte `json:"backup_url"`
+			} `json:"backup-record"`
+		}
+		_ = json.NewDecoder(r.Body).Decode(&body)
+		var rec map[string]any
+		_ = json.Unmarshal(body.Record.URL, &rec)
+		rec["_service"] = body.Record.Service
+		f.imported = append(f.imported, rec)
+		id, _ := rec["id"].(string)
+		region := strings.Split(p, "/")[1]
+		f.backups[region+"/"+id] = map[string]any{"id": id, "status": "creating", "owner": strings.TrimPrefix(r.Header.Get("X-Auth-Token"), "tok-")}
+		w.WriteHeader(201)
+		fmt.Fprintf(w, `{"backup": {"id": %q, "name": "x", "links": []}}`, id)
+	case strings.Contains(p, "/v3/backups/"):
+		parts := strings.Split(p, "/")
+		region, id := parts[1], parts[4]
+		b, ok := f.backups[region+"/"+id]
+		tok := strings.TrimPrefix(r.Header.Get("X-Auth-Token"), "tok-")
+		if !ok || (b["owner"] != tok && tok != "admin" && tok != "service-project") {
+			w.WriteHeader(404)
+			fmt.Fprint(w, `{"itemNotFound": {"code": 404, "message": "Backup could not be found."}}`)
+			return
+		}
+		if len(parts) == 6 && parts[5] == "export_record" {
+			rec, _ := json.Marshal(b["record"])
+			_ = json.NewEncoder(w).Encode(map[string]any{"backup-record": map[string]any{"backup_service": b["service"], "backup_url": rec}})
+			return
+		}
+		if b["status"] == "creating" {
+			b["status"] = f.importTo
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"backup": map[string]any{"id": id, "status": b["status"], "fail_reason": "driver said no"}})
 	case strings.Contains(p, "/v3/volumes/"):
 		id := p[strings.LastIndex(p, "/")+1:]
 		v, ok := f.volumes[id]
@@ -140,6 +181,7 @@ func newService(t *testing.T, f *fakeCloud) *Service {
 	s, err := New(config.KeystoneAuthtoken{AuthURL: f.srv.URL + "/v3", Username: "ferry", Password: "pw", ProjectName: "service",
 		UserDomainName: "Default", ProjectDomainName: "Default", RegionName: "RegionOne"},
 		config.Cinder{CatalogInfo: "volumev3::publicURL", VolumePools: map[string]string{"RegionOne": "volumes", "RegionTwo": "vols2"},
+			BackupPools: map[string]string{"RegionOne": "backups", "RegionTwo": "backups2"}, VolumeBackupDriver: "cinder.backup.drivers.ceph.CephBackupDriver",
 			BackendHosts: map[string]string{"RegionTwo": "c2@ceph#ceph"}, FinalizeTimeout: 10, OwnerRole: "admin"},
 		slog.New(slog.DiscardHandler))
 	if err != nil {
@@ -273,4 +315,100 @@ func containsLine(lines []string, want string) bool {
 		}
 	}
 	return false
+}
+
+func cephBackup(id, parent, owner string) map[string]any {
+	rec := map[string]any{"id": id, "volume_id": "v1", "container": "backups", "service_metadata": `{"base": "volume-v1.backup.b1"}`,
+		"project_id": owner, "host": "one", "availability_zone": "nova", "service": "cinder.backup.drivers.ceph.CephBackupDriver", "size": 1}
+	if parent != "" {
+		rec["parent_id"] = parent
+	} else {
+		rec["parent_id"] = nil
+	}
+	return map[string]any{"id": id, "status": "available", "owner": owner, "record": rec, "service": "cinder.backup.drivers.ceph.CephBackupDriver"}
+}
+
+func TestResolveBackup(t *testing.T) {
+	f := newFakeCloud(t)
+	f.backups["one/b1"] = cephBackup("b1", "", "demo")
+	f.backups["one/b2"] = cephBackup("b2", "b1", "demo")
+	f.backups["one/b3"] = cephBackup("b3", "", "demo")
+	f.backups["one/b3"]["status"] = "backing-up"
+	f.backups["one/sw"] = cephBackup("sw", "", "demo")
+	f.backups["one/sw"]["service"] = "cinder.backup.drivers.swift.SwiftBackupDriver"
+	f.backups["one/dup"] = cephBackup("dup", "", "demo")
+	f.backups["two/dup"] = cephBackup("dup", "", "demo")
+	s := newService(t, f)
+	ctx := context.Background()
+
+	sb, err := s.ResolveBackup(ctx, "tok-demo", "demo", "RegionOne", "RegionTwo", "b1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sb.Pool != "backups" || sb.Image != "volume-v1.backup.b1" || sb.SnapshotPattern != "backup.b1.snap.*" ||
+		sb.Spec.ProjectID != "demo" || sb.Spec.ParentID != "" || !strings.Contains(string(sb.Spec.Record), `"volume_id":"v1"`) {
+		t.Errorf("resolved %+v", sb)
+	}
+	if !containsLine(f.log, "GET /one/v3/backups/b1 tok-demo") || !containsLine(f.log, "GET /one/v3/backups/b1/export_record tok-service-project") {
+		t.Errorf("requests: %q", f.log)
+	}
+	for _, tc := range []struct {
+		token, id string
+		want      error
+		msg       string
+	}{
+		{"tok-alt", "b1", ErrNotFound, "backup b1 could not be found in region RegionOne"},
+		{"tok-demo", "b2", ErrInvalid, "backup b2 is incremental: move its parent backup b1 to RegionTwo first"},
+		{"tok-demo", "b3", ErrInvalid, "backup b3 is backing-up; only an available backup can be moved"},
+		{"tok-demo", "sw", ErrInvalid, "backup sw was made by cinder.backup.drivers.swift.SwiftBackupDriver"},
+		{"tok-demo", "dup", ErrConflict, "backup dup already exists in region RegionTwo"},
+	} {
+		_, err := s.ResolveBackup(ctx, tc.token, "demo", "RegionOne", "RegionTwo", tc.id)
+		if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.msg) {
+			t.Errorf("%s %s: %v, want %v %q", tc.token, tc.id, err, tc.want, tc.msg)
+		}
+	}
+	// Once its parent is in RegionTwo, the incremental can go.
+	f.backups["two/b1"] = cephBackup("b1", "", "demo")
+	if sb, err := s.ResolveBackup(ctx, "tok-demo", "demo", "RegionOne", "RegionTwo", "b2"); err != nil || sb.Spec.ParentID != "b1" {
+		t.Errorf("incremental after its parent: %+v %v", sb, err)
+	}
+}
+
+func TestRegisterBackupImportsAdaptedRecord(t *testing.T) {
+	f := newFakeCloud(t)
+	f.backups["one/b1"] = cephBackup("b1", "", "demo")
+	s := newService(t, f)
+	ctx := context.Background()
+	sb, err := s.ResolveBackup(ctx, "tok-demo", "demo", "RegionOne", "RegionTwo", "b1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var created string
+	id, err := s.RegisterBackup(ctx, BackupRegistration{TransferID: "t1", Region: "RegionTwo", Pool: "backups2", Image: sb.Image, Spec: sb.Spec,
+		Created: func(_ context.Context, id string) error { created = id; return nil }})
+	if err != nil || id != "b1" || created != "b1" {
+		t.Fatalf("RegisterBackup = %q, %v (created %q)", id, err, created)
+	}
+	rec := f.imported[0]
+	if rec["container"] != "backups2" || rec["host"] != nil || rec["availability_zone"] != nil || rec["service"] != nil ||
+		rec["id"] != "b1" || rec["_service"] != "cinder.backup.drivers.ceph.CephBackupDriver" || rec["service_metadata"] != `{"base": "volume-v1.backup.b1"}` {
+		t.Errorf("imported record %v", rec)
+	}
+	// In the owner's project, with the grant gone afterwards.
+	if f.backups["two/b1"]["owner"] != "demo" || f.grants["demo"] {
+		t.Errorf("imported backup owner %v, grant left %v", f.backups["two/b1"]["owner"], f.grants["demo"])
+	}
+	// An import that ends in error says what is left where.
+	f.importTo = "error"
+	f.backups["one/b9"] = cephBackup("b9", "", "demo")
+	sb, err = s.ResolveBackup(ctx, "tok-demo", "demo", "RegionOne", "RegionTwo", "b9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.RegisterBackup(ctx, BackupRegistration{Region: "RegionTwo", Pool: "backups2", Image: sb.Image, Spec: sb.Spec})
+	if err == nil || !strings.Contains(err.Error(), "went to error: driver said no") ||
+		!strings.Contains(err.Error(), "the imported record of backup b9 (project demo) and the copied data stays in region RegionTwo, pool backups2, image volume-v1.backup.b1") {
+		t.Errorf("failed import: %v", err)
+	}
 }

@@ -286,8 +286,8 @@ func (a *applier) complete(ctx context.Context, log *slog.Logger) error {
 	if a.ev.Snapshot != "" {
 		s := a.ev.Snapshot
 		f.DestSnapshot = &s
-		if a.t.SourceSnapshot == "" {
-			f.SourceSnapshot = &s
+		if a.t.SourceSnapshot == "" || strings.ContainsAny(a.t.SourceSnapshot, "*?[") {
+			f.SourceSnapshot = &s // the one Ferry took, or the one a pattern named
 		}
 	}
 	switch a.t.Status {
