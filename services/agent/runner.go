@@ -86,7 +86,7 @@ func (r *runner) run(ctx context.Context, req rpc.TransferStart) {
 	dest := &RemoteDest{Caller: r.caller, Region: req.Destination.Region}
 	src := r.a.Source.WithProgress(func(p stream.Progress) {
 		r.report(ctx, rpc.StatusEvent{TransferID: req.TransferID, Event: rpc.EventProgress, Epoch: req.Epoch,
-			BytesDone: p.BytesDone, Rate: uint64(p.BytesPerSecond)})
+			BytesDone: p.BytesDone, BytesTotal: p.BytesTotal, Rate: uint64(p.BytesPerSecond)})
 	})
 	res, err := src.Run(ctx, jobOf(req), dest)
 	// A report must go out even when the job's context was cancelled.

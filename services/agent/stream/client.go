@@ -98,6 +98,9 @@ type Progress struct {
 	BytesSent uint64
 	// ChunksDone is chunks acknowledged in this run.
 	ChunksDone uint64
+	// BytesTotal is the image bytes of all the extents to send (the
+	// BytesDone of the end); 0 when the extents come from ExtentIter.
+	BytesTotal uint64
 	// BytesPerSecond is the BytesDone rate over the last interval.
 	BytesPerSecond float64
 	Elapsed        time.Duration
@@ -236,6 +239,8 @@ type sender struct {
 	baseDone uint64
 	jobs     chan ChunkSpec
 	total    uint64 // set by dispatch before it closes jobs
+	// extentBytes is the sum of the extents' lengths, when listed.
+	extentBytes uint64
 	zeros    []byte
 
 	bytesRead, bytesSent, bytesAcked, chunksAcked, zeroChunks, resent, reconnects atomic.Uint64
@@ -309,6 +314,11 @@ func newSender(req SendRequest) (*sender, error) {
 	if s.limiter != nil {
 		s.piece = limiterPiece(req.BandwidthLimit)
 	}
+	if req.ExtentIter == nil {
+		for _, e := range req.Extents {
+			s.extentBytes += e.Length
+		}
+	}
 	s.tls = req.TLSConfig.Clone()
 	if len(s.tls.NextProtos) == 0 {
 		s.tls.NextProtos = []string{ALPN}
@@ -346,6 +356,7 @@ func (s *sender) progress(start time.Time, prevDone uint64, dt time.Duration) Pr
 		BytesDone:  s.baseDone + s.bytesAcked.Load(),
 		BytesSent:  s.bytesSent.Load(),
 		ChunksDone: s.chunksAcked.Load(),
+		BytesTotal: s.extentBytes,
 		Elapsed:    time.Since(start),
 	}
 	if dt > 0 && p.BytesDone >= prevDone {

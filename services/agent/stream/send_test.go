@@ -248,6 +248,9 @@ func TestProgressReported(t *testing.T) {
 	var sawRate bool
 	for _, p := range reports {
 		sawRate = sawRate || p.BytesPerSecond > 0
+		if p.BytesTotal != size {
+			t.Fatalf("progress %+v: total is not the extents' %d bytes", p, size)
+		}
 	}
 	if !sawRate {
 		t.Fatal("no rate reported")
