@@ -241,7 +241,7 @@ type sender struct {
 	total    uint64 // set by dispatch before it closes jobs
 	// extentBytes is the sum of the extents' lengths, when listed.
 	extentBytes uint64
-	zeros    []byte
+	zeros       []byte
 
 	bytesRead, bytesSent, bytesAcked, chunksAcked, zeroChunks, resent, reconnects atomic.Uint64
 }
