@@ -538,6 +538,14 @@ func TestCreate(t *testing.T) {
 	if _, page = b.do("GET", "/dashboard/project/transfers", nil); strings.Contains(page, "vol-copy") || !strings.Contains(page, "No items to display.") {
 		t.Errorf("RegionTwo's table shows RegionOne's transfer")
 	}
+	// A Cinder backup as the source.
+	bform := url.Values{"csrf_token": {tok}, "source_region": {"RegionOne"}, "backup_id": {"b-1"}, "destination_region": {"RegionTwo"}, "mode": {"auto"}}
+	if resp, _ := b.do("POST", "/dashboard/project/transfers/create", bform); resp.StatusCode != http.StatusSeeOther || len(r.api.created) != 2 {
+		t.Fatalf("create from a backup: %d %v", resp.StatusCode, r.api.created)
+	}
+	if src := r.api.created[1]["source"].(map[string]any); src["backup_id"] != "b-1" || src["pool"] != nil {
+		t.Errorf("backup source sent as %v", src)
+	}
 }
 
 func TestRegisterDisabled(t *testing.T) {

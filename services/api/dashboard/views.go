@@ -405,6 +405,7 @@ func (h *Handler) action(w http.ResponseWriter, r *http.Request, s *session) {
 type createForm struct {
 	Name, Description, Mode         string
 	SourceRegion, VolumeID          string
+	BackupID                        string
 	Pool, Image, Snapshot           string
 	DestRegion, DestPool, DestImage string
 	Regions                         []string
@@ -435,12 +436,12 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request, s *session) {
 	v := func(k string) string { return strings.TrimSpace(r.PostFormValue(k)) }
 	f := createForm{
 		Name: v("name"), Description: v("description"), Mode: v("mode"),
-		SourceRegion: v("source_region"), VolumeID: v("volume_id"), Pool: v("pool"), Image: v("image"), Snapshot: v("snapshot"),
+		SourceRegion: v("source_region"), VolumeID: v("volume_id"), BackupID: v("backup_id"), Pool: v("pool"), Image: v("image"), Snapshot: v("snapshot"),
 		DestRegion: v("destination_region"), DestPool: v("destination_pool"), DestImage: v("destination_image"),
 	}
 	var o CreateOpts
 	o.Name, o.Description, o.Mode = f.Name, f.Description, f.Mode
-	o.Source.Region, o.Source.VolumeID, o.Source.Pool, o.Source.Image, o.Source.Snapshot = f.SourceRegion, f.VolumeID, f.Pool, f.Image, f.Snapshot
+	o.Source.Region, o.Source.VolumeID, o.Source.BackupID, o.Source.Pool, o.Source.Image, o.Source.Snapshot = f.SourceRegion, f.VolumeID, f.BackupID, f.Pool, f.Image, f.Snapshot
 	o.Destination.Region, o.Destination.Pool, o.Destination.Image = f.DestRegion, f.DestPool, f.DestImage
 	ctx, cancel := apiCtx(r)
 	defer cancel()
@@ -576,6 +577,12 @@ func sourceText(l Location) string {
 }
 
 func destText(l Location) string {
+	switch {
+	case l.VolumeID != "":
+		return "volume " + l.VolumeID
+	case l.BackupID != "":
+		return "backup " + l.BackupID
+	}
 	if l.Pool == "" && l.Image == "" {
 		return ""
 	}
