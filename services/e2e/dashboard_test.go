@@ -238,6 +238,45 @@ func TestDashboard(t *testing.T) {
 		t.FailNow()
 	}
 
+	// A member of demo moves a Cinder volume of demo's from the form; it
+	// completes in the table and shows the new volume.
+	var demoID string
+	t.Run("MemberMovesVolume", func(t *testing.T) {
+		if os.Getenv("FERRY_STACK_CINDER") == "0" {
+			t.Skip("FERRY_STACK_CINDER=0: the stack runs without Cinder")
+		}
+		vol := oscVolume(t, "demo", "RegionOne", 1)
+		name := fmt.Sprintf("dash-volume-%d", time.Now().Unix())
+		b := newBrowser(t)
+		b.login("demo", "demo")
+		b.do("create "+name,
+			chromedp.Navigate(b.base+"/project/transfers"),
+			chromedp.Click(chromedp.CSS("#create-transfer")),
+			chromedp.WaitVisible(chromedp.CSS("#create-form")),
+			chromedp.SendKeys(chromedp.CSS("#name"), name),
+			chromedp.SendKeys(chromedp.CSS("#volume_id"), vol),
+			chromedp.Click(chromedp.CSS("#create-submit")),
+			chromedp.WaitVisible(chromedp.CSS("#transfers")),
+		)
+		if demoID = b.rowOf(name); demoID == "" {
+			t.Fatalf("%s is not in the table: %s", name, eval[string](b, `(document.querySelector(".alert-error")||{}).textContent||""`))
+		}
+		demoAPI := &client{t: t, url: api, token: token(t, "demo")}
+		tr := demoAPI.wait(demoID)
+		newVol, _ := tr["destination"].(map[string]any)["volume_id"].(string)
+		if tr["status"] != "completed" || newVol == "" {
+			t.Fatalf("%s: %v", name, tr)
+		}
+		t.Cleanup(func() { osc(t, "admin", "RegionTwo", "volume", "delete", "--force", newVol) })
+		b.waitJS("the table shows "+name+" completed",
+			fmt.Sprintf(`(document.querySelector('#transfers tr[data-id=%q] [data-f=status]')||{}).textContent === "completed"`, demoID), time.Minute)
+		b.do("detail of "+name, chromedp.Navigate(b.base+"/project/transfers/"+demoID), chromedp.WaitVisible(chromedp.CSS(".info")))
+		if html := eval[string](b, `document.body.innerHTML`); !strings.Contains(html, newVol) || !strings.Contains(html, vol) {
+			t.Errorf("the detail page names neither the source volume %s nor the new one %s", vol, newVol)
+		}
+		shots["detail-volume"] = b.shot("detail-volume")
+	})
+
 	// Admin: one transfer to completion, one cancelled while it runs. The
 	// RegionOne agents are slowed to 32 MiB/s so that the second runs for
 	// seconds.
@@ -362,9 +401,9 @@ func TestDashboard(t *testing.T) {
 		alt := newBrowser(t)
 		alt.login("alt", "alt")
 		html := eval[string](alt, `document.getElementById("transfers").outerHTML`)
-		for _, id := range []string{doneID, cancelID} {
-			if strings.Contains(html, id) {
-				t.Errorf("alt sees admin's transfer %s", id)
+		for _, id := range []string{doneID, cancelID, demoID} {
+			if id != "" && strings.Contains(html, id) {
+				t.Errorf("alt sees another project's transfer %s", id)
 			}
 		}
 		alt.do("detail of another project's transfer", chromedp.Navigate(alt.base+"/project/transfers/"+doneID), chromedp.WaitVisible(chromedp.CSS(".alert-error")))

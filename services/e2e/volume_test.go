@@ -209,4 +209,24 @@ func TestVolumeRefusalsAndRevokedToken(t *testing.T) {
 	if out := mustOSC(t, "demo", "RegionTwo", "volume", "show", newID, "-f", "value", "-c", "status"); out != "available" {
 		t.Errorf("volume %s: %s", newID, out)
 	}
+
+	// An admin moves demo's volume: the transfer is the admin's, the new
+	// volume demo's.
+	code, m = admin.do("POST", "/v1/transfers", body(id))
+	if code != 202 {
+		t.Fatalf("admin's create: %d %v", code, m)
+	}
+	tr = admin.wait(m["transfer"].(map[string]any)["id"].(string))
+	adminID, _ := tr["destination"].(map[string]any)["volume_id"].(string)
+	if tr["status"] != "completed" || adminID == "" {
+		t.Fatalf("admin's transfer: %v", tr)
+	}
+	t.Cleanup(func() { osc(t, "admin", "RegionTwo", "volume", "delete", "--force", adminID) })
+	demoProject := mustOSC(t, "admin", "RegionOne", "project", "show", "demo", "-f", "value", "-c", "id")
+	if owner := mustOSC(t, "admin", "RegionTwo", "volume", "show", adminID, "-f", "value", "-c", "os-vol-tenant-attr:tenant_id"); owner != demoProject {
+		t.Errorf("the volume an admin moved belongs to %s, want demo's project %s", owner, demoProject)
+	}
+	if tr["project_id"] == demoProject {
+		t.Errorf("the admin's transfer is in demo's project")
+	}
 }
