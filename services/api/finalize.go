@@ -145,8 +145,10 @@ func (f *Finalizer) finalize(ctx context.Context, t *db.Transfer) {
 			done(db.StatusError, "", err.Error(), db.TransferFields{DestVolumeID: &empty})
 			return
 		}
-		done(db.StatusCompleted, fmt.Sprintf("registered as Cinder volume %s of project %s in %s", id, spec.ProjectID, t.DestRegion), "",
-			db.TransferFields{DestVolumeID: &id})
+		// Cinder's RBD driver renamed the image volume-<id> when it managed it.
+		image := "volume-" + id
+		done(db.StatusCompleted, fmt.Sprintf("registered as Cinder volume %s of project %s in %s (image %s)", id, spec.ProjectID, t.DestRegion, image), "",
+			db.TransferFields{DestVolumeID: &id, DestImage: &image})
 	case t.SourceBackupID != "":
 		if f.Cinder == nil {
 			done(db.StatusError, "", "Cinder is not configured in ferry-api ([cinder]): the copy cannot be registered; it is in region "+

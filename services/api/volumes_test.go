@@ -307,7 +307,7 @@ func TestFinalizer(t *testing.T) {
 	fresh := finalizing("fresh", "")
 	resumed := finalizing("resumed", "vol-made-before")
 	fin.Kick()
-	if tr := wait(fresh.ID); tr.Status != db.StatusCompleted || tr.DestVolumeID != "new-v1" {
+	if tr := wait(fresh.ID); tr.Status != db.StatusCompleted || tr.DestVolumeID != "new-v1" || tr.DestImage != "volume-new-v1" {
 		t.Errorf("fresh: %s, volume %q", tr.Status, tr.DestVolumeID)
 	}
 	if tr := wait(resumed.ID); tr.Status != db.StatusCompleted || tr.DestVolumeID != "vol-made-before" {
