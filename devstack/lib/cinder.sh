@@ -256,7 +256,9 @@ cinder_provision() {
     chmod 0644 "$CI_KEYRING" # dev stack: tests may run as another user
 
     step "cinder $CI_REGION/mariadb" "$L"
-    if [[ -f $CI_MARKER && $(cat "$CI_MARKER") != "$fsid" ]]; then
+    # Provisioning is for a new cluster (or a new stack directory, whose clusters are new too): the
+    # volumes a database from before names are gone.
+    if [[ ! -f $CI_MARKER || $(cat "$CI_MARKER") != "$fsid" ]]; then
         log "cinder $CI_REGION: new Ceph cluster: dropping database $CI_DB (its volumes are gone)"
         run "$L" cinder_sql "DROP DATABASE IF EXISTS $CI_DB"
     fi
