@@ -192,6 +192,15 @@ func (s *Service) RegisterBackup(ctx context.Context, r BackupRegistration) (str
 	imported := false
 	err = s.asOwner(ctx, r.Region, r.Spec.ProjectID, func(ctx context.Context, sc *gophercloud.ServiceClient) error {
 		if !r.Existing {
+			// An attempt that stopped after the import: the backup is
+			// there already, only the wait is left.
+			if _, err := backups.Get(ctx, sc, r.Spec.ID).Extract(); err == nil {
+				r.Existing = true
+			} else if !gophercloud.ResponseCodeIs(err, http.StatusNotFound) {
+				return fmt.Errorf("backup %s: %w", r.Spec.ID, err)
+			}
+		}
+		if !r.Existing {
 			if _, err := backups.Import(ctx, sc, backups.ImportOpts{BackupService: r.Spec.Service, BackupURL: url}).Extract(); err != nil {
 				return fmt.Errorf("import-record of backup %s: %w", r.Spec.ID, err)
 			}

@@ -275,6 +275,15 @@ func (s *Service) RegisterVolume(ctx context.Context, r Registration) (string, e
 	err := s.asOwner(ctx, r.Region, r.Spec.ProjectID, func(ctx context.Context, sc *gophercloud.ServiceClient) error {
 		volumeID = r.ExistingVolumeID
 		if volumeID == "" {
+			// An attempt that stopped between Cinder's answer and
+			// Created left a volume that names this transfer: take it.
+			found, err := s.volumeOfTransfer(ctx, sc, r.TransferID)
+			if err != nil {
+				return err
+			}
+			volumeID = found
+		}
+		if volumeID == "" {
 			md := map[string]string{}
 			for k, v := range r.Spec.Metadata {
 				md[k] = v
@@ -305,6 +314,25 @@ func (s *Service) RegisterVolume(ctx context.Context, r Registration) (string, e
 			r.Region, err, r.Region, s.cfg.VolumePools[r.Region], r.Image, volumeID)
 	}
 	return volumeID, nil
+}
+
+// volumeOfTransfer is the id of the volume (in sc's project) whose
+// metadata names the transfer, "" if none.
+func (s *Service) volumeOfTransfer(ctx context.Context, sc *gophercloud.ServiceClient, transferID string) (string, error) {
+	pages, err := volumes.List(sc, volumes.ListOpts{Metadata: map[string]string{"ferry_transfer_id": transferID}}).AllPages(ctx)
+	if err != nil {
+		return "", fmt.Errorf("looking for a volume of transfer %s: %w", transferID, err)
+	}
+	vs, err := volumes.ExtractVolumes(pages)
+	if err != nil {
+		return "", err
+	}
+	for _, v := range vs {
+		if v.Metadata["ferry_transfer_id"] == transferID {
+			return v.ID, nil
+		}
+	}
+	return "", nil
 }
 
 func (s *Service) waitAvailable(ctx context.Context, sc *gophercloud.ServiceClient, id string) error {

@@ -142,6 +142,19 @@ func (f *fakeCloud) serve(w http.ResponseWriter, r *http.Request) {
 			b["status"] = f.importTo
 		}
 		_ = json.NewEncoder(w).Encode(map[string]any{"backup": map[string]any{"id": id, "status": b["status"], "fail_reason": "driver said no"}})
+	case strings.HasSuffix(p, "/v3/volumes/detail") && r.Method == http.MethodGet:
+		// metadata={'k':'v'} (gophercloud's form, which Cinder parses)
+		want := strings.NewReplacer("{", "", "}", "", "'", "").Replace(r.URL.Query().Get("metadata"))
+		k, v, _ := strings.Cut(want, ":")
+		tok := strings.TrimPrefix(r.Header.Get("X-Auth-Token"), "tok-")
+		out := []map[string]any{}
+		for _, vol := range f.volumes {
+			md, _ := vol["metadata"].(map[string]string)
+			if vol["owner"] == tok && md[k] == v {
+				out = append(out, map[string]any{"id": vol["id"], "status": vol["status"], "metadata": md})
+			}
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"volumes": out})
 	case strings.Contains(p, "/v3/volumes/"):
 		id := p[strings.LastIndex(p, "/")+1:]
 		v, ok := f.volumes[id]
@@ -284,6 +297,23 @@ func TestRegisterVolumeGrantsManagesWaitsAndRevokes(t *testing.T) {
 	}
 }
 
+// An attempt that died between Cinder's answer and recording the volume:
+// the volume naming the transfer is found and waited for, not managed again.
+func TestResumeFindsTheVolumeOfTheTransfer(t *testing.T) {
+	f := newFakeCloud(t)
+	f.grants["demo"] = true // the grant is still there too
+	f.volumes["managed-7"] = map[string]any{"id": "managed-7", "status": "available", "owner": "demo",
+		"metadata": map[string]string{"ferry_transfer_id": "t-7"}}
+	f.volumes["other"] = map[string]any{"id": "other", "status": "available", "owner": "demo",
+		"metadata": map[string]string{"ferry_transfer_id": "t-8"}}
+	s := newService(t, f)
+	id, err := s.RegisterVolume(context.Background(), Registration{TransferID: "t-7", Region: "RegionTwo", Image: "ferry-t-7",
+		Spec: VolumeSpec{Kind: "volume", ID: "v", ProjectID: "demo"}})
+	if err != nil || id != "managed-7" || len(f.managed) != 0 {
+		t.Errorf("resume: %q %v, %d manage calls", id, err, len(f.managed))
+	}
+}
+
 func TestResumeWaitsForTheExistingVolume(t *testing.T) {
 	f := newFakeCloud(t)
 	f.volumes["managed-9"] = map[string]any{"id": "managed-9", "status": "creating"}
@@ -410,5 +440,20 @@ func TestRegisterBackupImportsAdaptedRecord(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "went to error: driver said no") ||
 		!strings.Contains(err.Error(), "the imported record of backup b9 (project demo) and the copied data stays in region RegionTwo, pool backups2, image volume-v1.backup.b1") {
 		t.Errorf("failed import: %v", err)
+	}
+}
+
+// An attempt that stopped after the import: the backup at the destination
+// is waited for, not imported again.
+func TestRegisterBackupResumes(t *testing.T) {
+	f := newFakeCloud(t)
+	f.backups["two/b5"] = map[string]any{"id": "b5", "status": "available", "owner": "demo"}
+	s := newService(t, f)
+	var created bool
+	id, err := s.RegisterBackup(context.Background(), BackupRegistration{Region: "RegionTwo", Pool: "backups2", Image: "img",
+		Spec:    BackupSpec{Kind: "backup", ID: "b5", ProjectID: "demo", Service: "ceph", Record: []byte(`{"id":"b5"}`)},
+		Created: func(context.Context, string) error { created = true; return nil }})
+	if err != nil || id != "b5" || len(f.imported) != 0 || created {
+		t.Errorf("resume: %q %v, %d imports, created %v", id, err, len(f.imported), created)
 	}
 }
