@@ -46,6 +46,7 @@ func (s *Server) Start(ctx context.Context, w Wiring) {
 	pub := &dispatch.Publisher{
 		DB: s.db, Caster: w.Bus, Owner: dispatch.DefaultOwner(),
 		Interval: time.Duration(cfg.API.OutboxPollInterval) * time.Second, Log: log,
+		Retention: time.Duration(cfg.API.OutboxRetention) * time.Hour,
 	}
 	// A start for a region whose agents have not run yet waits in its
 	// queue instead of bouncing.

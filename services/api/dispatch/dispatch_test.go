@@ -413,3 +413,33 @@ func TestBackoff(t *testing.T) {
 		t.Errorf("default backoff(100) = %v", got)
 	}
 }
+
+// Published rows older than Retention go; younger ones and unpublished
+// ones stay; without Retention nothing goes.
+func TestPublisherPurgesPublishedRows(t *testing.T) {
+	d, _ := newDB(t)
+	ctx := testCtx(t)
+	for i := range 3 {
+		createTransfer(t, d, i)
+	}
+	p := &Publisher{DB: d, Caster: &fakeCaster{}, Owner: "api-1", Log: quietLog()}
+	if _, err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	createTransfer(t, d, 3) // not published yet
+	if n, err := p.Purge(ctx); err != nil || n != 0 {
+		t.Fatalf("Purge without Retention = %d, %v", n, err)
+	}
+	p.Retention = time.Hour
+	if n, err := p.Purge(ctx); err != nil || n != 0 {
+		t.Fatalf("Purge of rows younger than an hour = %d, %v", n, err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	p.Retention = 10 * time.Millisecond
+	if n, err := p.Purge(ctx); err != nil || n != 3 {
+		t.Fatalf("Purge = %d, %v; want the 3 published rows", n, err)
+	}
+	if n := unpublished(t, d); n != 1 {
+		t.Errorf("%d unpublished rows left, want 1", n)
+	}
+}

@@ -58,7 +58,11 @@ type Publisher struct {
 	// of that region has started yet) and the cast is tried once more, so
 	// the message waits in the queue instead of in the outbox.
 	Declarer QueueDeclarer
-	Log      *slog.Logger
+	// Retention is how long published rows are kept (for an operator
+	// looking at what went out); older ones are deleted every PurgeEvery
+	// (default 10 min). 0 keeps them forever.
+	Retention, PurgeEvery time.Duration
+	Log                   *slog.Logger
 
 	once sync.Once
 	kick chan struct{}
@@ -126,7 +130,16 @@ func (p *Publisher) Run(ctx context.Context) error {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	failing := false
+	var purged time.Time
 	for {
+		if p.Retention > 0 && time.Since(purged) >= orDur(p.PurgeEvery, 10*time.Minute) {
+			purged = time.Now()
+			if n, err := p.Purge(ctx); err != nil && ctx.Err() == nil {
+				p.log().Warn("purging published outbox rows", "error", err)
+			} else if n > 0 {
+				p.log().Info("purged published outbox rows", "rows", n, "older_than", p.Retention)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -276,4 +289,13 @@ func (p *Publisher) publishOne(ctx context.Context, m *db.OutboxMessage, leaseEn
 	p.log().Debug("outbox message published", "outbox_id", m.ID, "method", sm.Method, "target", target,
 		"request_id", sm.RequestID)
 	return nil
+}
+
+// Purge deletes the rows published more than Retention ago (by the
+// database's clock) and returns how many; with no Retention, none.
+func (p *Publisher) Purge(ctx context.Context) (int64, error) {
+	if p.Retention <= 0 {
+		return 0, nil
+	}
+	return p.DB.PurgePublishedOutbox(ctx, p.DB.Now().Add(-p.Retention))
 }

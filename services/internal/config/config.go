@@ -93,6 +93,7 @@ type API struct {
 	DefaultPageSize    int    `opt:"default_page_size" default:"100" min:"1" max:"1000" help:"Items returned by a list request without limit."`
 	MaxPageSize        int    `opt:"max_page_size" default:"1000" min:"1" max:"100000" help:"Largest limit a list request may ask for."`
 	OutboxPollInterval int    `opt:"outbox_poll_interval" default:"1" min:"1" max:"3600" help:"Seconds between scans of the outbox for messages not yet published."`
+	OutboxRetention    int    `opt:"outbox_retention" default:"24" min:"0" max:"87600" help:"Hours a published outbox message is kept before it is deleted; 0 keeps them forever."`
 	PublicEndpoint     string `opt:"public_endpoint" default:"" help:"Public URL of this API, used in links; defaults to the URL of the request."`
 }
 
