@@ -88,7 +88,9 @@ func (r *Redispatcher) Sweep(ctx context.Context) (int, error) {
 func (r *Redispatcher) sweepAgent(ctx context.Context, s *db.Service) (int, error) {
 	list, _, err := r.DB.ListTransfers(ctx, db.ListOpts{
 		Scope: db.AllProjectsScope(), Agent: s.Host, Limit: db.MaxListLimit,
-		Statuses: []db.Status{db.StatusAccepted, db.StatusPreparing, db.StatusTransferring, db.StatusVerifying, db.StatusFinalizing, db.StatusCancelling},
+		// Not finalizing: the agents are done then; the API registers the
+		// copy with Cinder, whatever became of the agent.
+		Statuses: []db.Status{db.StatusAccepted, db.StatusPreparing, db.StatusTransferring, db.StatusVerifying, db.StatusCancelling},
 	})
 	if err != nil {
 		return 0, err

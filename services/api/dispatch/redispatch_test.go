@@ -56,6 +56,7 @@ func TestRedispatchOfDownAgent(t *testing.T) {
 	moving := hold(1, "agent-a", db.StatusAccepted, db.StatusPreparing, db.StatusTransferring)
 	verifying := hold(2, "agent-a", db.StatusAccepted, db.StatusPreparing, db.StatusTransferring, db.StatusVerifying)
 	cancelling := hold(3, "agent-a", db.StatusAccepted, db.StatusCancelling)
+	finalizing := hold(5, "agent-a", db.StatusAccepted, db.StatusPreparing, db.StatusTransferring, db.StatusVerifying, db.StatusFinalizing)
 	other := hold(4, "agent-b", db.StatusAccepted)
 
 	r := &Redispatcher{DB: d, DownAfter: time.Minute, Log: quietLog()}
@@ -84,6 +85,9 @@ func TestRedispatchOfDownAgent(t *testing.T) {
 	}
 	if got := get(t, d, cancelling.ID); got.Status != db.StatusCancelled {
 		t.Errorf("cancelling transfer: %s", got.Status)
+	}
+	if got := get(t, d, finalizing.ID); got.Status != db.StatusFinalizing {
+		t.Errorf("a finalizing transfer (the API's work, not the agent's) moved: %s", got.Status)
 	}
 	if got := get(t, d, other.ID); got.Status != db.StatusAccepted {
 		t.Errorf("a live agent's transfer moved: %s", got.Status)
