@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -243,3 +244,36 @@ func mustMarshal(t *testing.T, v any) string {
 }
 
 func ptrTime(t time.Time) *time.Time { return &t }
+
+// On a terminal --wait redraws one line: a bar, bytes, rate and ETA (run
+// under script(1) for a pseudo-terminal; the RegionOne agents are slowed so
+// that the transfer lasts seconds).
+func TestCLIWaitOnATerminal(t *testing.T) {
+	if _, err := exec.LookPath("script"); err != nil {
+		t.Fatalf("script(1) (util-linux) is needed: %v", err)
+	}
+	sourceAgents(t)
+	image := newImage(t, "e2e-cli-tty", 160)
+	cmdline := fmt.Sprintf("%s transfer create --pool volumes --image %s --destination-region RegionTwo --wait --poll-interval 200ms -f value -c status",
+		ferryCLI(t), image)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "script", "-qfec", cmdline, "/dev/null")
+	cmd.Env = cliEnv(map[string]string{"OS_CLIENT_CONFIG_FILE": testenv.Get(t, "OS_CLIENT_CONFIG_FILE"), "OS_CLOUD": "admin", "TERM": "xterm"})
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("ferry --wait on a terminal: %v\n%q", err, out)
+	}
+	s := string(out)
+	frames := strings.Split(s, "\r")
+	var bar, rate, eta bool
+	for _, f := range frames {
+		bar = bar || regexp.MustCompile(`^transferring \[#*\.*\] +\d+\.\d%`).MatchString(f)
+		rate = rate || strings.Contains(f, "MiB/s")
+		eta = eta || strings.Contains(f, "ETA ")
+	}
+	if !bar || !rate || !eta || !strings.HasSuffix(strings.TrimSpace(s), "completed") {
+		t.Errorf("terminal output (bar %v, rate %v, ETA %v):\n%q", bar, rate, eta, s)
+	}
+	t.Logf("%d frames; one of them: %q", len(frames), frames[len(frames)/2])
+}
