@@ -154,6 +154,7 @@ func runStoreContract(t *testing.T, newURL func(t *testing.T) string) {
 		{"Services", contractServices},
 		{"Outbox", contractOutbox},
 		{"OutboxConcurrentClaimers", contractOutboxConcurrentClaimers},
+		{"Leases", contractLeases},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, newURL(t)) })
@@ -174,7 +175,7 @@ func contractSchema(t *testing.T, url string) {
 		t.Fatalf("CheckCurrent: %v", err)
 	}
 	m := d.gorm.WithContext(ctx).Migrator()
-	for _, model := range []any{&Transfer{}, &TransferEvent{}, &Service{}, &OutboxMessage{}} {
+	for _, model := range []any{&Transfer{}, &TransferEvent{}, &Service{}, &OutboxMessage{}, &Lease{}} {
 		stmt := &gorm.Statement{DB: d.gorm}
 		if err := stmt.Parse(model); err != nil {
 			t.Fatal(err)
@@ -228,6 +229,13 @@ func contractMigrations(t *testing.T, url string) {
 
 	// Roll everything back, then forward again.
 	id, err := d.RollbackLast(ctx)
+	if err != nil || id != "0003_leases" {
+		t.Fatalf("RollbackLast = %q, %v", id, err)
+	}
+	if d.gorm.Migrator().HasTable("leases") {
+		t.Error("table leases survived the rollback of 0003_leases")
+	}
+	id, err = d.RollbackLast(ctx)
 	if err != nil || id != "0002_cinder" {
 		t.Fatalf("RollbackLast = %q, %v", id, err)
 	}
@@ -1173,5 +1181,61 @@ func contractOutboxConcurrentClaimers(t *testing.T, url string) {
 	}
 	if n := countRows(t, d1, &OutboxMessage{}, "published_at IS NULL"); n != 0 {
 		t.Errorf("%d messages left unpublished", n)
+	}
+}
+
+func contractLeases(t *testing.T, url string) {
+	ctx := testCtx(t)
+	clock := newTestClock()
+	d := openSynced(t, url, WithNowFunc(clock.Now))
+	must := func(owner string, want bool) {
+		t.Helper()
+		got, err := d.AcquireLease(ctx, "finalizer", owner, time.Minute)
+		if err != nil || got != want {
+			t.Fatalf("AcquireLease(%s) = %v, %v; want %v", owner, got, err, want)
+		}
+	}
+	must("api-a", true)
+	must("api-b", false) // held by a
+	clock.Advance(50 * time.Second)
+	must("api-a", true) // renewed until +110 s
+	clock.Advance(50 * time.Second)
+	must("api-b", false) // the renewal counts
+	clock.Advance(20 * time.Second)
+	must("api-b", true) // a stopped renewing: expired
+	must("api-a", false)
+	if err := d.ReleaseLease(ctx, "finalizer", "api-a"); err != nil { // not a's: no effect
+		t.Fatal(err)
+	}
+	must("api-a", false)
+	if err := d.ReleaseLease(ctx, "finalizer", "api-b"); err != nil {
+		t.Fatal(err)
+	}
+	must("api-a", true)
+	if _, err := d.AcquireLease(ctx, "", "x", time.Second); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("lease without a name: %v", err)
+	}
+	// Many processes race for a new lease: exactly one gets it.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	winners := 0
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ok, err := d.AcquireLease(ctx, "race", fmt.Sprintf("p%d", i), time.Minute)
+			if err != nil {
+				t.Errorf("racer %d: %v", i, err)
+			}
+			if ok {
+				mu.Lock()
+				winners++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if winners != 1 {
+		t.Errorf("%d processes hold the lease", winners)
 	}
 }

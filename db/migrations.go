@@ -21,6 +21,7 @@ func migrations() []*gormigrate.Migration {
 	return []*gormigrate.Migration{
 		migration0001Initial(),
 		migration0002Cinder(),
+		migration0003Leases(),
 	}
 }
 
