@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/ferry-project/ferry/db"
 	"github.com/ferry-project/ferry/services/api/cinder"
 )
@@ -24,11 +26,20 @@ type Registrar interface {
 // stopped API left is resumed by the next: the volume that an interrupted
 // attempt created is in destination.volume_id and is waited for, not
 // managed twice.
+//
+// Of several ferry-api processes only the holder of the database lease
+// "finalizer" finalizes (Owner names this process), so registrations, and
+// the temporary grants they take, never run in two processes at once; when
+// the holder stops renewing, another takes over within LeaseTTL.
 type Finalizer struct {
 	DB       *db.DB
 	Cinder   Registrar // nil: Cinder is not configured
 	Log      *slog.Logger
 	Interval time.Duration
+	// Owner names this process in the lease; LeaseTTL is how long the
+	// lease outlives its last renewal (default 3 × Interval).
+	Owner    string
+	LeaseTTL time.Duration
 
 	once    sync.Once
 	kick    chan struct{}
@@ -39,6 +50,9 @@ type Finalizer struct {
 
 func (f *Finalizer) init() {
 	f.once.Do(func() {
+		if f.Owner == "" {
+			f.Owner = "ferry-api-" + uuid.NewString()
+		}
 		f.kick = make(chan struct{}, 1)
 		f.running = map[string]bool{}
 		if f.Interval <= 0 {
@@ -69,6 +83,9 @@ func (f *Finalizer) Run(ctx context.Context) error {
 		f.scan(ctx)
 		select {
 		case <-ctx.Done():
+			// Let another process take over at once, once ours are done.
+			f.wg.Wait()
+			_ = f.DB.ReleaseLease(context.WithoutCancel(ctx), FinalizerLease, f.Owner)
 			return ctx.Err()
 		case <-t.C:
 		case <-f.kick:
@@ -76,7 +93,21 @@ func (f *Finalizer) Run(ctx context.Context) error {
 	}
 }
 
+// FinalizerLease is the name of the lease the finalizing process holds.
+const FinalizerLease = "finalizer"
+
 func (f *Finalizer) scan(ctx context.Context) {
+	ttl := f.LeaseTTL
+	if ttl <= 0 {
+		ttl = 3 * f.Interval
+	}
+	held, err := f.DB.AcquireLease(ctx, FinalizerLease, f.Owner, ttl)
+	if err != nil || !held {
+		if err != nil && ctx.Err() == nil {
+			f.Log.Warn("finalizer lease", "error", err)
+		}
+		return
+	}
 	ts, _, err := f.DB.ListTransfers(ctx, db.ListOpts{Scope: db.AllProjectsScope(), Status: db.StatusFinalizing, Limit: db.MaxListLimit, SortDir: "asc"})
 	if err != nil {
 		if ctx.Err() == nil {

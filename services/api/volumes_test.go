@@ -356,3 +356,80 @@ func TestFinalizer(t *testing.T) {
 		t.Errorf("failed: %s %v", tr.Status, tr.Error)
 	}
 }
+
+// Two ferry-api processes: only the lease holder finalizes; when it stops,
+// the other takes over.
+func TestFinalizerLease(t *testing.T) {
+	ctx := context.Background()
+	d, err := db.Open(ctx, "sqlite:///"+filepath.Join(t.TempDir(), "ferry.sqlite"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	spec := cinder.VolumeSpec{Kind: "volume", ID: "v1", ProjectID: "p"}.Marshal()
+	finalizing := func(name string) string {
+		tr := &db.Transfer{Name: name, ProjectID: "p", UserID: "u", SourceRegion: "RegionOne", SourcePool: "volumes",
+			SourceImage: "volume-v1", SourceVolumeID: "v1", DestRegion: "RegionTwo", DestPool: "volumes", DestImage: "ferry-" + name,
+			OwnerProjectID: "p", CinderSpec: &spec}
+		if err := d.CreateTransfer(ctx, tr, nil); err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range []db.Status{db.StatusAccepted, db.StatusPreparing, db.StatusTransferring, db.StatusVerifying, db.StatusFinalizing} {
+			if _, err := d.TransitionTransfer(ctx, tr.ID, s, db.TransitionOpts{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return tr.ID
+	}
+	completed := func(id string) bool {
+		tr, err := d.GetTransfer(ctx, id, db.AllProjectsScope())
+		return err == nil && tr.Status == db.StatusCompleted
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+		}
+	}
+	start := func(owner string, fc *fakeCinder) (*Finalizer, context.CancelFunc, chan error) {
+		f := &Finalizer{DB: d, Cinder: fc, Log: slog.New(slog.DiscardHandler), Interval: 20 * time.Millisecond, Owner: owner, LeaseTTL: 300 * time.Millisecond}
+		c, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- f.Run(c) }()
+		return f, cancel, done
+	}
+	fa, fb := &fakeCinder{}, &fakeCinder{}
+	_, stopA, doneA := start("api-a", fa)
+	waitFor("api-a to hold the lease", func() bool {
+		ok, _ := d.AcquireLease(ctx, FinalizerLease, "probe", time.Millisecond)
+		return !ok
+	})
+	_, stopB, doneB := start("api-b", fb)
+	defer func() { stopB(); <-doneB }()
+	first := finalizing("first")
+	second := finalizing("second")
+	waitFor("both transfers completed", func() bool { return completed(first) && completed(second) })
+	fa.mu.Lock()
+	na := len(fa.regs)
+	fa.mu.Unlock()
+	fb.mu.Lock()
+	nb := len(fb.regs)
+	fb.mu.Unlock()
+	if na != 2 || nb != 0 {
+		t.Errorf("registrations: api-a %d, api-b %d; want 2 and 0 (api-a holds the lease)", na, nb)
+	}
+	stopA()
+	<-doneA
+	third := finalizing("third")
+	waitFor("api-b to take over", func() bool { return completed(third) })
+	fb.mu.Lock()
+	defer fb.mu.Unlock()
+	if len(fb.regs) != 1 {
+		t.Errorf("api-b registered %d, want 1", len(fb.regs))
+	}
+}

@@ -64,7 +64,7 @@ func (s *Server) Start(ctx context.Context, w Wiring) {
 			log.Error("re-dispatcher stopped", "error", err)
 		}
 	}()
-	fin := &Finalizer{DB: s.db, Log: log}
+	fin := &Finalizer{DB: s.db, Log: log, Owner: pub.Owner}
 	if w.Cinder != nil {
 		fin.Cinder = w.Cinder
 	}
