@@ -265,13 +265,12 @@ func (a *applier) advance(ctx context.Context, target db.Status, log *slog.Logge
 
 func (a *applier) complete(ctx context.Context, log *slog.Logger) error {
 	f := db.TransferFields{}
-	done, total := clamp(a.ev.BytesDone), clamp(a.ev.BytesTotal)
+	// bytes_total is what the transfer copies (the allocated or changed
+	// extents), as the progress reports said, not the image's size (the
+	// report's BytesTotal): a finished transfer copied all it had to.
+	done := clamp(a.ev.BytesDone)
 	if a.ev.BytesDone > 0 || a.ev.BytesTotal > 0 {
 		f.BytesTransferred = &done
-	}
-	if total > 0 {
-		f.BytesTotal = &total
-	} else if done > 0 {
 		f.BytesTotal = &done
 	}
 	if a.ev.Digest != "" {

@@ -86,10 +86,11 @@ func TestStatusHappyPath(t *testing.T) {
 	if got.Status != db.StatusTransferring || got.BytesTransferred != 600 || got.BytesTotal != 1000 {
 		t.Fatalf("after second progress: %+v", got)
 	}
-	report(t, h, rpc.StatusEvent{TransferID: id, Event: rpc.EventCompleted, Epoch: 1, BytesDone: 1000, BytesTotal: 1000,
+	// The report's total is the image's size; the transfer's is what it copied.
+	report(t, h, rpc.StatusEvent{TransferID: id, Event: rpc.EventCompleted, Epoch: 1, BytesDone: 1000, BytesTotal: 4096,
 		Digest: "blake3:abcd", Mode: "full", Snapshot: "ferry-" + id})
 	got = get(t, d, id)
-	if got.Status != db.StatusCompleted || got.BytesTransferred != 1000 || got.Digest != "blake3:abcd" ||
+	if got.Status != db.StatusCompleted || got.BytesTransferred != 1000 || got.BytesTotal != 1000 || got.Digest != "blake3:abcd" ||
 		got.Mode != db.ModeFull || got.DestSnapshot != "ferry-"+id || got.FinishedAt == nil || got.RateBytesPerSecond != 0 {
 		t.Fatalf("after completed: %+v", got)
 	}
