@@ -155,6 +155,7 @@ func runStoreContract(t *testing.T, newURL func(t *testing.T) string) {
 		{"Outbox", contractOutbox},
 		{"OutboxConcurrentClaimers", contractOutboxConcurrentClaimers},
 		{"Leases", contractLeases},
+		{"ListRegions", contractListRegions},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, newURL(t)) })
@@ -1237,5 +1238,36 @@ func contractLeases(t *testing.T, url string) {
 	wg.Wait()
 	if winners != 1 {
 		t.Errorf("%d processes hold the lease", winners)
+	}
+}
+
+func contractListRegions(t *testing.T, url string) {
+	ctx := testCtx(t)
+	d := openSynced(t, url)
+	for i, r := range [][2]string{{"RegionOne", "RegionTwo"}, {"RegionTwo", "RegionOne"}, {"RegionOne", "RegionThree"}} {
+		tr := newTestTransfer("p1", fmt.Sprint("r", i))
+		tr.SourceRegion, tr.DestRegion = r[0], r[1]
+		mustCreate(t, d, tr)
+	}
+	for _, tc := range []struct {
+		src, dst string
+		want     []string
+	}{
+		{"RegionOne", "", []string{"r0", "r2"}},
+		{"", "RegionOne", []string{"r1"}},
+		{"RegionOne", "RegionThree", []string{"r2"}},
+		{"RegionNine", "", nil},
+	} {
+		items, _, err := d.ListTransfers(ctx, ListOpts{Scope: ProjectScope("p1"), SourceRegion: tc.src, DestRegion: tc.dst, SortKey: "name", SortDir: "asc"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, it := range items {
+			got = append(got, it.Name)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+			t.Errorf("from %q to %q: %v, want %v", tc.src, tc.dst, got, tc.want)
+		}
 	}
 }

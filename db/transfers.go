@@ -202,6 +202,9 @@ type ListOpts struct {
 	Statuses []Status
 	// Agent, when set, keeps transfers held by that agent host.
 	Agent string
+	// SourceRegion and DestRegion, when set, keep transfers from or to
+	// that region.
+	SourceRegion, DestRegion string
 	// Limit is the page size: 0 means DefaultListLimit; at most MaxListLimit.
 	Limit int
 	// Marker is the id of the last transfer of the previous page. It is
@@ -269,6 +272,12 @@ func (d *DB) ListTransfers(ctx context.Context, opts ListOpts) ([]Transfer, bool
 	}
 	if opts.Agent != "" {
 		q = q.Where("agent = ?", opts.Agent)
+	}
+	if opts.SourceRegion != "" {
+		q = q.Where("source_region = ?", opts.SourceRegion)
+	}
+	if opts.DestRegion != "" {
+		q = q.Where("dest_region = ?", opts.DestRegion)
 	}
 	col := clause.Column{Name: key}
 	idCol := clause.Column{Name: "id"}

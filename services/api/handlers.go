@@ -234,6 +234,18 @@ func (s *Server) listTransfers(c *gin.Context) {
 		}
 		opts.Status = st
 	}
+	for _, f := range []struct {
+		param string
+		into  *string
+	}{{"source_region", &opts.SourceRegion}, {"destination_region", &opts.DestRegion}} {
+		if v := c.Query(f.param); v != "" {
+			if len(v) > db.MaxNameLength {
+				writeError(c, http.StatusBadRequest, fmt.Sprintf("%s is longer than %d characters.", f.param, db.MaxNameLength))
+				return
+			}
+			*f.into = v
+		}
+	}
 	if opts.Marker != "" {
 		if _, err := uuid.Parse(opts.Marker); err != nil {
 			writeError(c, http.StatusBadRequest, "marker not found: "+opts.Marker)

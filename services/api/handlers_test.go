@@ -208,6 +208,17 @@ func TestPagination(t *testing.T) {
 			t.Errorf("transfer %s on no page (%d seen)", id, len(seen))
 		}
 	}
+	// Region filters (the fixture's transfers go from RegionOne to RegionTwo).
+	for q, want := range map[string]int{"source_region=RegionOne": 5, "source_region=RegionTwo": 0,
+		"destination_region=RegionTwo": 5, "source_region=RegionOne&destination_region=RegionOne": 0} {
+		code, m := a.do(admin, "GET", "/v1/transfers?"+q, "")
+		if n := len(m["transfers"].([]any)); code != 200 || n != want {
+			t.Errorf("?%s: %d, %d transfers, want %d", q, code, n, want)
+		}
+	}
+	if code, _ := a.do(admin, "GET", "/v1/transfers?source_region="+strings.Repeat("r", 300), ""); code != 400 {
+		t.Errorf("a too long region: %d", code)
+	}
 }
 
 // Tenancy: another project's transfer is invisible (404), a reader cannot

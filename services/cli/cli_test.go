@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -30,6 +31,7 @@ type fakeCloud struct {
 	polls    map[string]int
 	creates  []map[string]any
 	requests []string
+	queries  []string
 }
 
 func newFakeCloud(t *testing.T) *fakeCloud {
@@ -94,6 +96,7 @@ func (fc *fakeCloud) serveAPI(w http.ResponseWriter, r *http.Request) {
 	fc.mu.Lock()
 	defer fc.mu.Unlock()
 	fc.requests = append(fc.requests, r.Method+" "+r.URL.Path)
+	fc.queries = append(fc.queries, r.URL.RawQuery)
 	if r.Header.Get("X-Auth-Token") != "tok-demo" {
 		fault(w, 401, "unauthorized", "The request you have made requires authentication.")
 		return
@@ -329,6 +332,11 @@ func TestListFollowsPagesAndFormats(t *testing.T) {
 		"| n0   | region='RegionOne', pool='p', image='i0' |\n"
 	if !strings.HasPrefix(out, want[:37]) || !strings.Contains(out, "| n0   | region='RegionOne', pool='p', image='i0' |") {
 		t.Errorf("table:\n%s", out)
+	}
+	n := len(fc.queries)
+	if code, _, e := run(t, fc.env(), "transfer", "list", "--source-region", "RegionOne", "--destination-region", "R2", "--status", "queued"); code != 0 ||
+		!slices.Contains(fc.queries[n:], "destination_region=R2&source_region=RegionOne&status=queued") {
+		t.Errorf("list filters: exit %d %q, queries %q", code, e, fc.queries[n:])
 	}
 	code, _, errOut = run(t, fc.env(), "transfer", "list", "-c", "nope")
 	if code == 0 || !strings.Contains(errOut, `no column "nope"`) {

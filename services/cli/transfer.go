@@ -210,6 +210,8 @@ func (a *app) transferList() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&opts.Status, "status", "", "only transfers in this status")
+	f.StringVar(&opts.SourceRegion, "source-region", "", "only transfers from this region")
+	f.StringVar(&opts.DestinationRegion, "destination-region", "", "only transfers to this region")
 	f.StringVar(&opts.Marker, "marker", "", "list after this transfer id")
 	f.IntVar(&limit, "limit", 0, "at most this many transfers (default: all, page by page)")
 	f.StringVar(&sort, "sort", "", "sort key and direction, e.g. created_at:desc")

@@ -29,11 +29,12 @@ const serviceType = client.ServiceType
 // maxListPages bounds the pages of 1000 transfers one table loads.
 const maxListPages = 5
 
-// listTransfers returns the project's transfers, newest first.
-func listTransfers(ctx context.Context, sc *gophercloud.ServiceClient) ([]Transfer, error) {
+// listTransfers returns the project's transfers from sourceRegion (any
+// when empty), newest first.
+func listTransfers(ctx context.Context, sc *gophercloud.ServiceClient, sourceRegion string) ([]Transfer, error) {
 	var out []Transfer
 	pages := 0
-	err := transfers.List(sc, transfers.ListOpts{Limit: 1000, SortKey: "created_at", SortDir: "desc"}).EachPage(ctx,
+	err := transfers.List(sc, transfers.ListOpts{Limit: 1000, SortKey: "created_at", SortDir: "desc", SourceRegion: sourceRegion}).EachPage(ctx,
 		func(_ context.Context, p pagination.Page) (bool, error) {
 			ts, err := transfers.ExtractTransfers(p)
 			if err != nil {

@@ -134,6 +134,11 @@ func (a *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p := r.URL.Path
 	switch {
 	case r.Method == http.MethodGet && p == "/v1/transfers":
+		// The API filters on the source region (the fixture's is RegionOne).
+		if sr := r.URL.Query().Get("source_region"); sr != "" && sr != "RegionOne" {
+			io.WriteString(w, `{"transfers": []}`)
+			return
+		}
 		io.WriteString(w, `{"transfers": [`+transferJSON+`]}`)
 	case r.Method == http.MethodGet && p == "/v1/transfers/"+transferID:
 		io.WriteString(w, `{"transfer": `+transferJSON+`}`)

@@ -242,18 +242,11 @@ type transfersBody struct {
 func (h *Handler) regionTransfers(r *http.Request, s *session) ([]Transfer, int, error) {
 	ctx, cancel := apiCtx(r)
 	defer cancel()
-	all, err := listTransfers(ctx, h.ferryClient(s, r))
+	out, err := listTransfers(ctx, h.ferryClient(s, r), s.selectedRegion())
 	if err != nil {
 		return nil, 0, err
 	}
-	region := s.selectedRegion()
-	out := all[:0:0]
-	for _, t := range all {
-		if region == "" || t.Source.Region == region {
-			out = append(out, t)
-		}
-	}
-	return out, len(all), nil
+	return out, len(out), nil
 }
 
 func (h *Handler) transfersPage(w http.ResponseWriter, r *http.Request, s *session) {

@@ -121,6 +121,10 @@ type ListOpts struct {
 	SortDir string `q:"sort_dir"`
 	// Status lists only the transfers in that status.
 	Status string `q:"status"`
+	// SourceRegion and DestinationRegion list only the transfers from or
+	// to that region.
+	SourceRegion      string `q:"source_region"`
+	DestinationRegion string `q:"destination_region"`
 	// AllProjects lists every project's transfers (admins only).
 	AllProjects bool `q:"all_projects"`
 }

@@ -138,6 +138,7 @@ func TestListQuery(t *testing.T) {
 		{transfers.ListOpts{}, ""},
 		{transfers.ListOpts{AllProjects: false, Status: "queued"}, "?status=queued"},
 		{transfers.ListOpts{Limit: 5, Marker: "m", AllProjects: true}, "?all_projects=true&limit=5&marker=m"},
+		{transfers.ListOpts{SourceRegion: "RegionOne", DestinationRegion: "RegionTwo"}, "?destination_region=RegionTwo&source_region=RegionOne"},
 	} {
 		q, err := tc.opts.ToTransferListQuery()
 		th.AssertNoErr(t, err)
