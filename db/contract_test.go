@@ -1213,6 +1213,12 @@ func contractLeases(t *testing.T, url string) {
 		t.Fatal(err)
 	}
 	must("api-a", true)
+	if l, err := d.GetLease(ctx, "finalizer"); err != nil || l.Owner != "api-a" {
+		t.Errorf("GetLease = %+v, %v", l, err)
+	}
+	if _, err := d.GetLease(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("GetLease of nothing: %v", err)
+	}
 	if _, err := d.AcquireLease(ctx, "", "x", time.Second); !errors.Is(err, ErrInvalidArgument) {
 		t.Errorf("lease without a name: %v", err)
 	}

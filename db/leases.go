@@ -79,3 +79,13 @@ func (d *DB) ReleaseLease(ctx context.Context, name, owner string) error {
 	}
 	return nil
 }
+
+// GetLease returns lease name, expired or not; ErrNotFound when there is
+// none.
+func (d *DB) GetLease(ctx context.Context, name string) (*Lease, error) {
+	var l Lease
+	if err := d.gorm.WithContext(ctx).Where("name = ?", name).Take(&l).Error; err != nil {
+		return nil, fmt.Errorf("db: lease %s: %w", name, translate(err))
+	}
+	return &l, nil
+}

@@ -72,6 +72,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		if err != nil {
 			return err
 		}
+		cs.Ledger = grantLedger{db: store}
 		wiring.Cinder = cs
 	}
 	s.Start(ctx, wiring)

@@ -83,8 +83,19 @@ type Service struct {
 	userID   string
 	roleID   string
 	locks    map[string]*sync.Mutex // owner project → registration lock
+	// Ledger, when set, remembers the grants this service takes until it
+	// removes them, so that one left by a stopped process is known as
+	// Ferry's (and removed) rather than taken for an operator's.
+	Ledger GrantLedger
 	// newHTTP lets tests point clients at fakes.
 	httpClient *http.Client
+}
+
+// GrantLedger records the temporary role grants on owners' projects.
+type GrantLedger interface {
+	Record(ctx context.Context, project string) error
+	Recorded(ctx context.Context, project string) (bool, error)
+	Clear(ctx context.Context, project string) error
 }
 
 // New builds the Service; it authenticates lazily.
@@ -393,16 +404,40 @@ func (s *Service) asOwner(ctx context.Context, region, project string, fn func(c
 		return err
 	}
 	had := roles.Validate(ctx, idc, roleID, roles.ValidateOpts{UserID: s.userID, ProjectID: project}).Err == nil
+	if had && s.Ledger != nil {
+		// A grant Ferry took and a stopped process did not remove is
+		// Ferry's to remove, not an operator's to keep.
+		ours, err := s.Ledger.Recorded(ctx, project)
+		if err != nil {
+			return fmt.Errorf("grant ledger: %w", err)
+		}
+		if ours {
+			s.log.Info("removing a temporary role grant a stopped registration left", "project_id", project)
+			had = false
+		}
+	}
 	if !had {
+		if s.Ledger != nil {
+			if err := s.Ledger.Record(ctx, project); err != nil {
+				return fmt.Errorf("grant ledger: %w", err)
+			}
+		}
 		if err := roles.Assign(ctx, idc, roleID, roles.AssignOpts{UserID: s.userID, ProjectID: project}).ExtractErr(); err != nil {
 			return fmt.Errorf("granting role %s on project %s to the service user: %w", s.cfg.OwnerRole, project, err)
 		}
 		defer func() {
 			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 			defer cancel()
-			if err := roles.Unassign(uctx, idc, roleID, roles.UnassignOpts{UserID: s.userID, ProjectID: project}).ExtractErr(); err != nil {
+			err := roles.Unassign(uctx, idc, roleID, roles.UnassignOpts{UserID: s.userID, ProjectID: project}).ExtractErr()
+			if err != nil && !gophercloud.ResponseCodeIs(err, http.StatusNotFound) {
 				s.log.Error("removing the service user's temporary role grant failed: remove it by hand",
 					"role", s.cfg.OwnerRole, "project_id", project, "error", err)
+				return
+			}
+			if s.Ledger != nil {
+				if err := s.Ledger.Clear(uctx, project); err != nil {
+					s.log.Warn("grant ledger", "project_id", project, "error", err)
+				}
 			}
 		}()
 	}

@@ -457,3 +457,54 @@ func TestRegisterBackupResumes(t *testing.T) {
 		t.Errorf("resume: %q %v, %d imports, created %v", id, err, len(f.imported), created)
 	}
 }
+
+type memLedger struct {
+	mu  sync.Mutex
+	set map[string]bool
+	log []string
+}
+
+func (l *memLedger) Record(_ context.Context, p string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.set[p] = true
+	l.log = append(l.log, "record "+p)
+	return nil
+}
+
+func (l *memLedger) Recorded(_ context.Context, p string) (bool, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.set[p], nil
+}
+
+func (l *memLedger) Clear(_ context.Context, p string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.set, p)
+	l.log = append(l.log, "clear "+p)
+	return nil
+}
+
+// A grant a stopped process left (in the ledger) is removed by the next
+// registration into that project; an operator's (not in it) stays.
+func TestGrantLedger(t *testing.T) {
+	f := newFakeCloud(t)
+	s := newService(t, f)
+	led := &memLedger{set: map[string]bool{"demo": true}}
+	s.Ledger = led
+	f.grants["demo"] = true // left by a crashed registration
+	f.grants["ops"] = true  // an operator's
+	for _, p := range []string{"demo", "ops", "fresh"} {
+		if _, err := s.RegisterVolume(context.Background(), Registration{TransferID: "t-" + p, Region: "RegionTwo", Image: "ferry-" + p,
+			Spec: VolumeSpec{Kind: "volume", ID: "v", ProjectID: p}}); err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+	}
+	if f.grants["demo"] || !f.grants["ops"] || f.grants["fresh"] {
+		t.Errorf("grants after: demo %v (want false), ops %v (want true), fresh %v (want false)", f.grants["demo"], f.grants["ops"], f.grants["fresh"])
+	}
+	if len(led.set) != 0 || strings.Join(led.log, ",") != "record demo,clear demo,record fresh,clear fresh" {
+		t.Errorf("ledger %v, log %v", led.set, led.log)
+	}
+}
