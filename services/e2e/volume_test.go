@@ -9,7 +9,10 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -228,5 +231,88 @@ func TestVolumeRefusalsAndRevokedToken(t *testing.T) {
 	}
 	if tr["project_id"] == demoProject {
 		t.Errorf("the admin's transfer is in demo's project")
+	}
+}
+
+// ferry-api killed (-9) while it registers a copy with Cinder: after it
+// restarts, the registration resumes; there is exactly one new volume and
+// no grant is left on demo's project.
+func TestVolumeFinalizeSurvivesAPIKill(t *testing.T) {
+	if os.Getenv("FERRY_STACK_CINDER") == "0" {
+		t.Skip("FERRY_STACK_CINDER=0: the stack runs without Cinder")
+	}
+	url := testenv.Get(t, "FERRY_API_URL")
+	id := oscVolume(t, "demo", "RegionOne", 1)
+	demo := &client{t: t, url: url, token: token(t, "demo")}
+	code, m := demo.do("POST", "/v1/transfers", `{"transfer": {"source": {"region": "RegionOne", "volume_id": "`+id+`"}, "destination": {"region": "RegionTwo"}}}`)
+	if code != 202 {
+		t.Fatalf("create: %d %v", code, m)
+	}
+	tid := m["transfer"].(map[string]any)["id"].(string)
+	restart := func() {
+		root, _ := filepath.Abs("../..")
+		cmd := exec.Command(filepath.Join(root, "devstack/stack.sh"), "up")
+		cmd.Env = append(os.Environ(), "FERRY_STACK_COMPONENTS=ferry")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("restarting ferry-api: %v\n%s", err, out)
+		}
+	}
+	killed := false
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		code, m := demo.do("GET", "/v1/transfers/"+tid, "")
+		if code != 200 {
+			t.Fatalf("show: %d %v", code, m)
+		}
+		st := m["transfer"].(map[string]any)["status"]
+		if st == "finalizing" {
+			b, err := os.ReadFile(filepath.Join(testenv.Get(t, "STACK_PID_DIR"), "ferry-api.pid"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			killed = true
+			break
+		}
+		if st == "completed" || st == "error" || st == "cancelled" {
+			break
+		}
+	}
+	if !killed {
+		restart()
+		t.Fatal("the transfer was never seen finalizing: nothing was interrupted")
+	}
+	t.Logf("ferry-api killed while transfer %s was finalizing", tid)
+	time.Sleep(500 * time.Millisecond)
+	restart()
+	admin := &client{t: t, url: url, token: token(t, "admin")}
+	tr := admin.wait(tid)
+	newID, _ := tr["destination"].(map[string]any)["volume_id"].(string)
+	if tr["status"] != "completed" || newID == "" {
+		t.Fatalf("after the restart: %v", tr)
+	}
+	t.Cleanup(func() { osc(t, "admin", "RegionTwo", "volume", "delete", "--force", newID) })
+	ctx := context.Background()
+	pages, err := volumes.List(cinderClient(t, ctx, "demo", "RegionTwo"), volumes.ListOpts{Metadata: map[string]string{"ferry_transfer_id": tid}}).AllPages(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vs, err := volumes.ExtractVolumes(pages)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, v := range vs {
+		if v.Metadata["ferry_transfer_id"] == tid {
+			ids = append(ids, v.ID)
+		}
+	}
+	if len(ids) != 1 || ids[0] != newID {
+		t.Errorf("volumes of transfer %s in RegionTwo: %v, want only %s", tid, ids, newID)
+	}
+	if out := mustOSC(t, "admin", "RegionOne", "role", "assignment", "list", "--project", "demo", "--user", "ferry", "-f", "value"); out != "" {
+		t.Errorf("the service user still has roles on demo's project: %s", out)
 	}
 }
