@@ -58,7 +58,10 @@ type VolumeSpec struct {
 	SizeGiB     int               `json:"size_gib"`
 	Metadata    map[string]string `json:"metadata,omitempty"`
 	Bootable    bool              `json:"bootable"`
-	ProjectID   string            `json:"project_id"`
+	// ImageMetadata is a volume made from a Glance image's
+	// volume_image_metadata (what Nova boots it with).
+	ImageMetadata map[string]string `json:"image_metadata,omitempty"`
+	ProjectID     string            `json:"project_id"`
 }
 
 // SourceVolume is a resolved volume source.
@@ -239,7 +242,7 @@ func (s *Service) ResolveVolume(ctx context.Context, token, callerProject, regio
 	}
 	return &SourceVolume{
 		Spec: VolumeSpec{Kind: "volume", ID: v.ID, Name: v.Name, Description: v.Description, SizeGiB: v.Size,
-			Metadata: v.Metadata, Bootable: v.Bootable == "true", ProjectID: owner},
+			Metadata: v.Metadata, Bootable: v.Bootable == "true", ImageMetadata: v.VolumeImageMetadata, ProjectID: owner},
 		Pool: pool, Image: "volume-" + v.ID,
 	}, nil
 }
@@ -315,7 +318,19 @@ func (s *Service) RegisterVolume(ctx context.Context, r Registration) (string, e
 				}
 			}
 		}
-		return s.waitAvailable(ctx, sc, volumeID)
+		if err := s.waitAvailable(ctx, sc, volumeID); err != nil {
+			return err
+		}
+		if len(r.Spec.ImageMetadata) == 0 {
+			return nil
+		}
+		// A volume made from an image carries the image's properties. The
+		// volume is there and usable without them: a failure is logged,
+		// not a reason to undo the registration.
+		if err := volumes.SetImageMetadata(ctx, sc, volumeID, volumes.ImageMetadataOpts{Metadata: r.Spec.ImageMetadata}).ExtractErr(); err != nil {
+			s.log.Warn("the moved volume lacks its image metadata", "volume_id", volumeID, "region", r.Region, "error", err)
+		}
+		return nil
 	})
 	if err != nil {
 		if volumeID != "" {

@@ -155,6 +155,14 @@ func (f *fakeCloud) serve(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		_ = json.NewEncoder(w).Encode(map[string]any{"volumes": out})
+	case strings.HasSuffix(p, "/action") && strings.Contains(p, "/v3/volumes/") && r.Method == http.MethodPost:
+		parts := strings.Split(p, "/")
+		var body map[string]map[string]map[string]string
+		_ = json.NewDecoder(r.Body).Decode(&body)
+		if v, ok := f.volumes[parts[4]]; ok {
+			v["image_metadata"] = body["os-set_image_metadata"]["metadata"]
+		}
+		fmt.Fprint(w, `{"metadata": {}}`)
 	case strings.Contains(p, "/v3/volumes/"):
 		id := p[strings.LastIndex(p, "/")+1:]
 		v, ok := f.volumes[id]
@@ -206,7 +214,8 @@ func newService(t *testing.T, f *fakeCloud) *Service {
 func TestResolveVolume(t *testing.T) {
 	f := newFakeCloud(t)
 	f.volumes["v1"] = map[string]any{"id": "v1", "status": "available", "size": 2, "name": "data", "description": "d",
-		"metadata": map[string]string{"k": "v"}, "bootable": "true", "encrypted": false, "owner": "demo"}
+		"metadata": map[string]string{"k": "v"}, "bootable": "true", "encrypted": false, "owner": "demo",
+		"volume_image_metadata": map[string]string{"image_name": "debian-12"}}
 	f.volumes["v2"] = map[string]any{"id": "v2", "status": "error", "size": 1, "owner": "demo"}
 	f.volumes["v3"] = map[string]any{"id": "v3", "status": "in-use", "size": 1, "encrypted": true, "owner": "demo"}
 	s := newService(t, f)
@@ -217,7 +226,8 @@ func TestResolveVolume(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := SourceVolume{Spec: VolumeSpec{Kind: "volume", ID: "v1", Name: "data", Description: "d", SizeGiB: 2,
-		Metadata: map[string]string{"k": "v"}, Bootable: true, ProjectID: "demo"}, Pool: "volumes", Image: "volume-v1"}
+		Metadata: map[string]string{"k": "v"}, Bootable: true, ImageMetadata: map[string]string{"image_name": "debian-12"}, ProjectID: "demo"},
+		Pool: "volumes", Image: "volume-v1"}
 	if got, _ := json.Marshal(sv); string(got) != mustJSON(want) {
 		t.Errorf("resolved %s, want %s", got, mustJSON(want))
 	}
@@ -253,7 +263,8 @@ func TestRegisterVolumeGrantsManagesWaitsAndRevokes(t *testing.T) {
 	var created string
 	id, err := s.RegisterVolume(context.Background(), Registration{
 		TransferID: "t1", Region: "RegionTwo", Image: "ferry-t1",
-		Spec:    VolumeSpec{Kind: "volume", ID: "v1", Name: "data", Description: "d", Bootable: true, Metadata: map[string]string{"k": "v"}, ProjectID: "demo"},
+		Spec: VolumeSpec{Kind: "volume", ID: "v1", Name: "data", Description: "d", Bootable: true, Metadata: map[string]string{"k": "v"},
+			ImageMetadata: map[string]string{"hw_disk_bus": "scsi"}, ProjectID: "demo"},
 		Created: func(_ context.Context, id string) error { created = id; return nil },
 	})
 	if err != nil || id != "managed-1" || created != "managed-1" {
@@ -263,6 +274,9 @@ func TestRegisterVolumeGrantsManagesWaitsAndRevokes(t *testing.T) {
 		"bootable": true, "metadata": map[string]any{"k": "v", "ferry_transfer_id": "t1", "ferry_source_volume_id": "v1"}}
 	if got := mustJSON(f.managed[0]); got != mustJSON(want) {
 		t.Errorf("manage body %s, want %s", got, mustJSON(want))
+	}
+	if md := fmt.Sprint(f.volumes["managed-1"]["image_metadata"]); md != "map[hw_disk_bus:scsi]" {
+		t.Errorf("image metadata of the new volume: %s", md)
 	}
 	// Managed with a token of the owner's project; the grant is gone after.
 	if !containsLine(f.log, "POST /two/v3/manageable_volumes tok-demo") || !containsLine(f.log, "PUT /v3/projects/demo/users/ferry-id/roles/r-admin tok-service-project") ||
