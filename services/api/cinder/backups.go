@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"time"
 
 	"github.com/gophercloud/gophercloud/v2"
 	"github.com/gophercloud/gophercloud/v2/openstack/blockstorage/v3/backups"
@@ -226,24 +225,14 @@ func (s *Service) RegisterBackup(ctx context.Context, r BackupRegistration) (str
 }
 
 func (s *Service) waitBackup(ctx context.Context, sc *gophercloud.ServiceClient, id string) error {
-	ctx, cancel := context.WithTimeout(ctx, time.Duration(s.cfg.FinalizeTimeout)*time.Second)
-	defer cancel()
-	delay := 250 * time.Millisecond
-	for {
+	return s.waitFor(ctx, "backup "+id, func(ctx context.Context) (string, error) {
 		b, err := backups.Get(ctx, sc, id).Extract()
-		switch {
-		case err != nil && ctx.Err() == nil:
-			return fmt.Errorf("backup %s: %w", id, err)
-		case err == nil && b.Status == "available":
-			return nil
-		case err == nil && b.Status == "error":
-			return fmt.Errorf("backup %s went to error: %s", id, b.FailReason)
+		if err != nil {
+			return "", err
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("backup %s not available after %d s: %w", id, s.cfg.FinalizeTimeout, ctx.Err())
-		case <-time.After(delay):
+		if b.Status == "error" {
+			return "", failedState(fmt.Sprintf("backup %s went to error: %s", id, b.FailReason))
 		}
-		delay = min(delay*2, 2*time.Second)
-	}
+		return b.Status, nil
+	})
 }

@@ -362,22 +362,44 @@ func (s *Service) volumeOfTransfer(ctx context.Context, sc *gophercloud.ServiceC
 }
 
 func (s *Service) waitAvailable(ctx context.Context, sc *gophercloud.ServiceClient, id string) error {
+	return s.waitFor(ctx, "volume "+id, func(ctx context.Context) (string, error) {
+		v, err := volumes.Get(ctx, sc, id).Extract()
+		if err != nil {
+			return "", err
+		}
+		switch v.Status {
+		case "error", "error_managing", "error_managing_deleting":
+			return "", failedState(fmt.Sprintf("volume %s went to %s (see cinder-volume's log)", id, v.Status))
+		}
+		return v.Status, nil
+	})
+}
+
+// failedState is a status that ends a wait: status funcs return it as is.
+type failedState string
+
+func (f failedState) Error() string { return string(f) }
+
+// waitFor polls status (backing off from 250 ms to 2 s) until it answers
+// "available", fails, or [cinder] finalize_timeout passes.
+func (s *Service) waitFor(ctx context.Context, what string, status func(context.Context) (string, error)) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(s.cfg.FinalizeTimeout)*time.Second)
 	defer cancel()
 	delay := 250 * time.Millisecond
 	for {
-		v, err := volumes.Get(ctx, sc, id).Extract()
+		st, err := status(ctx)
+		var failed failedState
 		switch {
+		case errors.As(err, &failed):
+			return err
 		case err != nil && ctx.Err() == nil:
-			return fmt.Errorf("volume %s: %w", id, err)
-		case err == nil && v.Status == "available":
+			return fmt.Errorf("%s: %w", what, err)
+		case err == nil && st == "available":
 			return nil
-		case err == nil && (v.Status == "error" || v.Status == "error_managing" || v.Status == "error_managing_deleting"):
-			return fmt.Errorf("volume %s went to %s (see cinder-volume's log)", id, v.Status)
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("volume %s not available after %d s: %w", id, s.cfg.FinalizeTimeout, ctx.Err())
+			return fmt.Errorf("%s not available after %d s: %w", what, s.cfg.FinalizeTimeout, ctx.Err())
 		case <-time.After(delay):
 		}
 		delay = min(delay*2, 2*time.Second)

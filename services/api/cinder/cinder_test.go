@@ -298,7 +298,7 @@ func TestRegisterVolumeGrantsManagesWaitsAndRevokes(t *testing.T) {
 	// the image is.
 	f.manageTo = "error_managing"
 	_, err = s.RegisterVolume(context.Background(), Registration{TransferID: "t3", Region: "RegionTwo", Image: "ferry-t3", Spec: VolumeSpec{Kind: "volume", ID: "v3", ProjectID: "demo"}})
-	if err == nil || !strings.Contains(err.Error(), "went to error_managing") || !strings.Contains(err.Error(), "the copied image is left in region RegionTwo, pool vols2, as ferry-t3") {
+	if err == nil || !strings.Contains(err.Error(), "went to error_managing") || strings.Count(err.Error(), "volume managed-3") != 1 || !strings.Contains(err.Error(), "the copied image is left in region RegionTwo, pool vols2, as ferry-t3") {
 		t.Errorf("error_managing: %v", err)
 	}
 	if _, ok := f.volumes["managed-3"]; ok || f.grants["demo"] {
