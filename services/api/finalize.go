@@ -149,68 +149,74 @@ func (f *Finalizer) finalize(ctx context.Context, t *db.Transfer) {
 		}
 	}
 	switch {
-	case t.SourceVolumeID != "":
-		if f.Cinder == nil {
-			done(db.StatusError, "", "Cinder is not configured in ferry-api ([cinder]): the copy cannot be registered; it is in region "+
-				t.DestRegion+", pool "+t.DestPool+", image "+t.DestImage, db.TransferFields{})
-			return
-		}
-		spec, err := cinder.ParseVolumeSpec(deref(t.CinderSpec))
-		if err != nil {
-			done(db.StatusError, "", err.Error(), db.TransferFields{})
-			return
-		}
-		log.Info("registering the copy with Cinder", "region", t.DestRegion, "image", t.DestImage, "project_id", spec.ProjectID)
-		id, err := f.Cinder.RegisterVolume(ctx, cinder.Registration{
-			TransferID: t.ID, Region: t.DestRegion, Image: t.DestImage, Spec: spec, ExistingVolumeID: t.DestVolumeID,
-			Created: func(ctx context.Context, volumeID string) error {
-				return f.DB.UpdateFields(ctx, t.ID, db.StatusFinalizing, db.TransferFields{DestVolumeID: &volumeID})
-			},
-		})
-		if err != nil {
-			if ctx.Err() != nil {
-				return // stopping: the next API resumes it
-			}
-			log.Error("registration failed", "error", err)
-			empty := ""
-			done(db.StatusError, "", err.Error(), db.TransferFields{DestVolumeID: &empty})
-			return
-		}
-		// Cinder's RBD driver renamed the image volume-<id> when it managed it.
-		image := "volume-" + id
-		done(db.StatusCompleted, fmt.Sprintf("registered as Cinder volume %s of project %s in %s (image %s)", id, spec.ProjectID, t.DestRegion, image), "",
-			db.TransferFields{DestVolumeID: &id, DestImage: &image})
-	case t.SourceBackupID != "":
-		if f.Cinder == nil {
-			done(db.StatusError, "", "Cinder is not configured in ferry-api ([cinder]): the copy cannot be registered; it is in region "+
-				t.DestRegion+", pool "+t.DestPool+", image "+t.DestImage, db.TransferFields{})
-			return
-		}
-		spec, err := cinder.ParseBackupSpec(deref(t.CinderSpec))
-		if err != nil {
-			done(db.StatusError, "", err.Error(), db.TransferFields{})
-			return
-		}
-		log.Info("registering the copied backup with Cinder", "region", t.DestRegion, "backup_id", spec.ID, "project_id", spec.ProjectID)
-		id, err := f.Cinder.RegisterBackup(ctx, cinder.BackupRegistration{
-			TransferID: t.ID, Region: t.DestRegion, Pool: t.DestPool, Image: t.DestImage, Spec: spec, Existing: t.DestBackupID != "",
-			Created: func(ctx context.Context, backupID string) error {
-				return f.DB.UpdateFields(ctx, t.ID, db.StatusFinalizing, db.TransferFields{DestBackupID: &backupID})
-			},
-		})
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			log.Error("registration failed", "error", err)
-			done(db.StatusError, "", err.Error(), db.TransferFields{})
-			return
-		}
-		done(db.StatusCompleted, fmt.Sprintf("registered as Cinder backup %s of project %s in %s", id, spec.ProjectID, t.DestRegion), "",
-			db.TransferFields{DestBackupID: &id})
-	default:
+	case t.SourceVolumeID == "" && t.SourceBackupID == "":
 		done(db.StatusCompleted, "nothing to register", "", db.TransferFields{})
+		return
+	case f.Cinder == nil:
+		done(db.StatusError, "", "Cinder is not configured in ferry-api ([cinder]): the copy cannot be registered; it is in region "+
+			t.DestRegion+", pool "+t.DestPool+", image "+t.DestImage, db.TransferFields{})
+		return
 	}
+	register, onError := f.registerBackup, db.TransferFields{}
+	if t.SourceVolumeID != "" {
+		// The volume record of a failed attempt was deleted.
+		empty := ""
+		register, onError = f.registerVolume, db.TransferFields{DestVolumeID: &empty}
+	}
+	msg, fields, err := register(ctx, t, log)
+	if err != nil {
+		if ctx.Err() != nil {
+			return // stopping: the next holder of the lease resumes it
+		}
+		log.Error("registration failed", "error", err)
+		done(db.StatusError, "", err.Error(), onError)
+		return
+	}
+	done(db.StatusCompleted, msg, "", fields)
+}
+
+// registerVolume manages the copy as a Cinder volume of the owner's
+// project; it returns the completion's message and fields.
+func (f *Finalizer) registerVolume(ctx context.Context, t *db.Transfer, log *slog.Logger) (string, db.TransferFields, error) {
+	spec, err := cinder.ParseVolumeSpec(deref(t.CinderSpec))
+	if err != nil {
+		return "", db.TransferFields{}, err
+	}
+	log.Info("registering the copy with Cinder", "region", t.DestRegion, "image", t.DestImage, "project_id", spec.ProjectID)
+	id, err := f.Cinder.RegisterVolume(ctx, cinder.Registration{
+		TransferID: t.ID, Region: t.DestRegion, Image: t.DestImage, Spec: spec, ExistingVolumeID: t.DestVolumeID,
+		Created: func(ctx context.Context, volumeID string) error {
+			return f.DB.UpdateFields(ctx, t.ID, db.StatusFinalizing, db.TransferFields{DestVolumeID: &volumeID})
+		},
+	})
+	if err != nil {
+		return "", db.TransferFields{}, err
+	}
+	// Cinder's RBD driver renamed the image volume-<id> when it managed it.
+	image := "volume-" + id
+	return fmt.Sprintf("registered as Cinder volume %s of project %s in %s (image %s)", id, spec.ProjectID, t.DestRegion, image),
+		db.TransferFields{DestVolumeID: &id, DestImage: &image}, nil
+}
+
+// registerBackup imports the copied backup's record for the owner's
+// project; it returns the completion's message and fields.
+func (f *Finalizer) registerBackup(ctx context.Context, t *db.Transfer, log *slog.Logger) (string, db.TransferFields, error) {
+	spec, err := cinder.ParseBackupSpec(deref(t.CinderSpec))
+	if err != nil {
+		return "", db.TransferFields{}, err
+	}
+	log.Info("registering the copied backup with Cinder", "region", t.DestRegion, "backup_id", spec.ID, "project_id", spec.ProjectID)
+	id, err := f.Cinder.RegisterBackup(ctx, cinder.BackupRegistration{
+		TransferID: t.ID, Region: t.DestRegion, Pool: t.DestPool, Image: t.DestImage, Spec: spec, Existing: t.DestBackupID != "",
+		Created: func(ctx context.Context, backupID string) error {
+			return f.DB.UpdateFields(ctx, t.ID, db.StatusFinalizing, db.TransferFields{DestBackupID: &backupID})
+		},
+	})
+	if err != nil {
+		return "", db.TransferFields{}, err
+	}
+	return fmt.Sprintf("registered as Cinder backup %s of project %s in %s", id, spec.ProjectID, t.DestRegion),
+		db.TransferFields{DestBackupID: &id}, nil
 }
 
 func deref(s *string) string {
