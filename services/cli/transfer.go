@@ -32,9 +32,12 @@ var (
 func (a *app) transferCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "transfer", Short: "Cross-region transfers of RBD images, Cinder volumes and backups", Args: cobra.NoArgs}
 	cmd.AddCommand(a.transferCreate(), a.transferList(), a.transferShow(), a.transferEvents(),
-		a.transferAction("cancel", "Cancel transfers (the destination keeps nothing half-written)", transfers.Cancel),
-		a.transferAction("retry", "Retry transfers in error; they resume from their checkpoint", transfers.Retry),
-		a.transferDelete())
+		a.transferAction("cancel", "Cancel transfers (the destination keeps nothing half-written)",
+			func(ctx context.Context, sc *gophercloud.ServiceClient, id string) error { return transfers.Cancel(ctx, sc, id).ExtractErr() }),
+		a.transferAction("retry", "Retry transfers in error; they resume from their checkpoint",
+			func(ctx context.Context, sc *gophercloud.ServiceClient, id string) error { return transfers.Retry(ctx, sc, id).ExtractErr() }),
+		a.transferAction("delete", "Delete ended transfers (completed, error or cancelled); the copied data stays",
+			func(ctx context.Context, sc *gophercloud.ServiceClient, id string) error { return transfers.Delete(ctx, sc, id).ExtractErr() }))
 	return cmd
 }
 
@@ -285,10 +288,10 @@ func (a *app) transferEvents() *cobra.Command {
 	return cmd
 }
 
-// transferAction runs cancel or retry on each transfer named, as the
-// openstack CLI does for several resources: each failure is reported and the
-// command fails at the end.
-func (a *app) transferAction(name, short string, do func(context.Context, *gophercloud.ServiceClient, string) transfers.ActionResult) *cobra.Command {
+// transferAction runs an action (cancel, retry, delete) on each transfer
+// named, as the openstack CLI does for several resources: each failure is
+// reported and the command fails at the end.
+func (a *app) transferAction(name, short string, do func(context.Context, *gophercloud.ServiceClient, string) error) *cobra.Command {
 	return &cobra.Command{
 		Use:   name + " TRANSFER [TRANSFER ...]",
 		Short: short,
@@ -304,29 +307,7 @@ func (a *app) transferAction(name, short string, do func(context.Context, *gophe
 				if err != nil {
 					return err
 				}
-				return apiError(do(ctx, sc, t.ID).ExtractErr())
-			})
-		},
-	}
-}
-
-func (a *app) transferDelete() *cobra.Command {
-	return &cobra.Command{
-		Use:   "delete TRANSFER [TRANSFER ...]",
-		Short: "Delete ended transfers (completed, error or cancelled); the copied data stays",
-		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			sc, _, err := a.connect(ctx)
-			if err != nil {
-				return err
-			}
-			return a.each(args, "delete", func(ref string) error {
-				t, _, err := findTransfer(ctx, sc, ref)
-				if err != nil {
-					return err
-				}
-				return apiError(transfers.Delete(ctx, sc, t.ID).ExtractErr())
+				return apiError(do(ctx, sc, t.ID))
 			})
 		},
 	}
