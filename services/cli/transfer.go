@@ -33,11 +33,17 @@ func (a *app) transferCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "transfer", Short: "Cross-region transfers of RBD images, Cinder volumes and backups", Args: cobra.NoArgs}
 	cmd.AddCommand(a.transferCreate(), a.transferList(), a.transferShow(), a.transferEvents(),
 		a.transferAction("cancel", "Cancel transfers (the destination keeps nothing half-written)",
-			func(ctx context.Context, sc *gophercloud.ServiceClient, id string) error { return transfers.Cancel(ctx, sc, id).ExtractErr() }),
+			func(ctx context.Context, sc *gophercloud.ServiceClient, id string) error {
+				return transfers.Cancel(ctx, sc, id).ExtractErr()
+			}),
 		a.transferAction("retry", "Retry transfers in error; they resume from their checkpoint",
-			func(ctx context.Context, sc *gophercloud.ServiceClient, id string) error { return transfers.Retry(ctx, sc, id).ExtractErr() }),
+			func(ctx context.Context, sc *gophercloud.ServiceClient, id string) error {
+				return transfers.Retry(ctx, sc, id).ExtractErr()
+			}),
 		a.transferAction("delete", "Delete ended transfers (completed, error or cancelled); the copied data stays",
-			func(ctx context.Context, sc *gophercloud.ServiceClient, id string) error { return transfers.Delete(ctx, sc, id).ExtractErr() }))
+			func(ctx context.Context, sc *gophercloud.ServiceClient, id string) error {
+				return transfers.Delete(ctx, sc, id).ExtractErr()
+			}))
 	return cmd
 }
 
