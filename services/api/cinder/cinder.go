@@ -90,8 +90,6 @@ type Service struct {
 	// removes them, so that one left by a stopped process is known as
 	// Ferry's (and removed) rather than taken for an operator's.
 	Ledger GrantLedger
-	// newHTTP lets tests point clients at fakes.
-	httpClient *http.Client
 }
 
 // GrantLedger records the temporary role grants on owners' projects.
@@ -170,9 +168,6 @@ func (s *Service) newProvider(ctx context.Context, ao gophercloud.AuthOptions) (
 	if err != nil {
 		return nil, err
 	}
-	if s.httpClient != nil {
-		p.HTTPClient = *s.httpClient
-	}
 	if err := openstack.Authenticate(ctx, p, ao); err != nil {
 		return nil, err
 	}
@@ -205,9 +200,6 @@ func (s *Service) client(ctx context.Context, region, token string) (*gopherclou
 		return nil, err
 	}
 	p := &gophercloud.ProviderClient{}
-	if s.httpClient != nil {
-		p.HTTPClient = *s.httpClient
-	}
 	p.SetToken(token)
 	return &gophercloud.ServiceClient{ProviderClient: p, Endpoint: url, ResourceBase: url, Type: "volume", Microversion: "3.67"}, nil
 }
