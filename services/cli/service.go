@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 
+	"github.com/gophercloud/gophercloud/v2"
 	"github.com/gophercloud/gophercloud/v2/pagination"
 	"github.com/spf13/cobra"
 
@@ -18,17 +19,9 @@ func (a *app) serviceCommand() *cobra.Command {
 		Use:   "list",
 		Short: "List Ferry's agents, their region and whether they are up",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := out.validate(); err != nil {
-				return err
-			}
-			ctx := cmd.Context()
-			sc, _, err := a.connect(ctx)
-			if err != nil {
-				return err
-			}
+		RunE: a.withClient(&out, func(ctx context.Context, sc *gophercloud.ServiceClient, _ gophercloud.EndpointOpts, _ []string) error {
 			var objs []object
-			err = services.List(sc).EachPage(ctx, func(_ context.Context, page pagination.Page) (bool, error) {
+			err := services.List(sc).EachPage(ctx, func(_ context.Context, page pagination.Page) (bool, error) {
 				items, err := rawList(page.GetBody(), "services")
 				if err != nil {
 					return false, err
@@ -42,7 +35,7 @@ func (a *app) serviceCommand() *cobra.Command {
 				return apiError(err)
 			}
 			return printList(a.stdout, out, objs, serviceFields, serviceFields)
-		},
+		}),
 	}
 	addOutputFlags(list, &out)
 	cmd.AddCommand(list)

@@ -62,15 +62,7 @@ func (a *app) transferCreate() *cobra.Command {
 		Long: "Create a transfer of a Cinder volume, a Cinder backup or an RBD image (pool and image, admins by\n" +
 			"default) to another region. The source region defaults to the cloud's region (OS_REGION_NAME).",
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := out.validate(); err != nil {
-				return err
-			}
-			ctx := cmd.Context()
-			sc, eo, err := a.connect(ctx)
-			if err != nil {
-				return err
-			}
+		RunE: a.withClient(&out, func(ctx context.Context, sc *gophercloud.ServiceClient, eo gophercloud.EndpointOpts, _ []string) error {
 			if src.Region == "" {
 				src.Region = eo.Region
 			}
@@ -93,7 +85,7 @@ func (a *app) transferCreate() *cobra.Command {
 				return a.wait(ctx, sc, t.ID, out, pollInt)
 			}
 			return printOne(a.stdout, out, newObject(raw, transferFields), transferFields)
-		},
+		}),
 	}
 	f := cmd.Flags()
 	f.StringVar(&src.Region, "source-region", "", "region of the source (default: the cloud's region)")
@@ -236,21 +228,13 @@ func (a *app) transferShow() *cobra.Command {
 		Use:   "show TRANSFER",
 		Short: "Show a transfer (by id or name)",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := out.validate(); err != nil {
-				return err
-			}
-			ctx := cmd.Context()
-			sc, _, err := a.connect(ctx)
-			if err != nil {
-				return err
-			}
+		RunE: a.withClient(&out, func(ctx context.Context, sc *gophercloud.ServiceClient, _ gophercloud.EndpointOpts, args []string) error {
 			_, raw, err := findTransfer(ctx, sc, args[0])
 			if err != nil {
 				return err
 			}
 			return printOne(a.stdout, out, newObject(raw, transferFields), transferFields)
-		},
+		}),
 	}
 	addOutputFlags(cmd, &out)
 	return cmd
@@ -262,15 +246,7 @@ func (a *app) transferEvents() *cobra.Command {
 		Use:   "events TRANSFER",
 		Short: "Show a transfer's history: state changes, errors, retries",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := out.validate(); err != nil {
-				return err
-			}
-			ctx := cmd.Context()
-			sc, _, err := a.connect(ctx)
-			if err != nil {
-				return err
-			}
+		RunE: a.withClient(&out, func(ctx context.Context, sc *gophercloud.ServiceClient, _ gophercloud.EndpointOpts, args []string) error {
 			t, _, err := findTransfer(ctx, sc, args[0])
 			if err != nil {
 				return err
@@ -288,7 +264,7 @@ func (a *app) transferEvents() *cobra.Command {
 				objs[i] = newObject(items[i], eventFields)
 			}
 			return printList(a.stdout, out, objs, eventFields[:5], eventFields)
-		},
+		}),
 	}
 	addOutputFlags(cmd, &out)
 	return cmd
@@ -302,12 +278,7 @@ func (a *app) transferAction(name, short string, do func(context.Context, *gophe
 		Use:   name + " TRANSFER [TRANSFER ...]",
 		Short: short,
 		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			sc, _, err := a.connect(ctx)
-			if err != nil {
-				return err
-			}
+		RunE: a.withClient(nil, func(ctx context.Context, sc *gophercloud.ServiceClient, _ gophercloud.EndpointOpts, args []string) error {
 			return a.each(args, name, func(ref string) error {
 				t, _, err := findTransfer(ctx, sc, ref)
 				if err != nil {
@@ -315,7 +286,7 @@ func (a *app) transferAction(name, short string, do func(context.Context, *gophe
 				}
 				return apiError(do(ctx, sc, t.ID))
 			})
-		},
+		}),
 	}
 }
 
@@ -405,4 +376,22 @@ func rawList(body any, key string) ([]map[string]any, error) {
 		out = append(out, o)
 	}
 	return out, nil
+}
+
+// withClient is a command's RunE: it checks the output options, when the
+// command has some, authenticates, finds Ferry's endpoint and runs fn.
+func (a *app) withClient(out *outputOpts, fn func(ctx context.Context, sc *gophercloud.ServiceClient, eo gophercloud.EndpointOpts, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		if out != nil {
+			if err := out.validate(); err != nil {
+				return err
+			}
+		}
+		ctx := cmd.Context()
+		sc, eo, err := a.connect(ctx)
+		if err != nil {
+			return err
+		}
+		return fn(ctx, sc, eo, args)
+	}
 }
