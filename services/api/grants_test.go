@@ -2,23 +2,13 @@ package api
 
 import (
 	"context"
-	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/ferry-project/ferry/db"
 )
 
 func TestGrantLedgerInTheDatabase(t *testing.T) {
 	ctx := context.Background()
-	d, err := db.Open(ctx, "sqlite:///"+filepath.Join(t.TempDir(), "ferry.sqlite"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	if err := d.Sync(ctx); err != nil {
-		t.Fatal(err)
-	}
+	d := testDB(t)
 	g := grantLedger{db: d}
 	long := strings.Repeat("p", 64)
 	for _, p := range []string{"2968f6968f614dc49d6a407bb5acda7e", long} {

@@ -72,7 +72,8 @@ type apiTest struct {
 	kicks atomic.Int32
 }
 
-func newAPITest(t *testing.T) *apiTest {
+// testDB is a migrated SQLite database of the test's own.
+func testDB(t *testing.T) *db.DB {
 	t.Helper()
 	ctx := context.Background()
 	d, err := db.Open(ctx, "sqlite:///"+filepath.Join(t.TempDir(), "ferry.sqlite"))
@@ -83,6 +84,12 @@ func newAPITest(t *testing.T) *apiTest {
 	if err := d.Sync(ctx); err != nil {
 		t.Fatal(err)
 	}
+	return d
+}
+
+func newAPITest(t *testing.T) *apiTest {
+	t.Helper()
+	d := testDB(t)
 	at := &apiTest{t: t, db: d}
 	s := &Server{cfg: config.Defaults(), log: slog.New(slog.DiscardHandler), db: d, hooks: fakeHooks(&at.kicks)}
 	ts := httptest.NewServer(s.Router())

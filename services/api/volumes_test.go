@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -152,15 +151,7 @@ func TestBackupSourceCreate(t *testing.T) {
 
 func newCinderAPITest(t *testing.T, fc *fakeCinder) *apiTest {
 	t.Helper()
-	ctx := context.Background()
-	d, err := db.Open(ctx, "sqlite:///"+filepath.Join(t.TempDir(), "ferry.sqlite"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	if err := d.Sync(ctx); err != nil {
-		t.Fatal(err)
-	}
+	d := testDB(t)
 	at := &apiTest{t: t, db: d}
 	hooks := fakeHooks(&at.kicks)
 	hooks.Cinder = fc
@@ -253,14 +244,7 @@ func TestVolumeSourceCreate(t *testing.T) {
 // with the volume it created.
 func TestFinalizer(t *testing.T) {
 	ctx := context.Background()
-	d, err := db.Open(ctx, "sqlite:///"+filepath.Join(t.TempDir(), "ferry.sqlite"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	if err := d.Sync(ctx); err != nil {
-		t.Fatal(err)
-	}
+	d := testDB(t)
 	spec := cinder.VolumeSpec{Kind: "volume", ID: "v1", Name: "data", SizeGiB: 1, ProjectID: "demo-project"}.Marshal()
 	finalizing := func(name, destVolume string) *db.Transfer {
 		tr := &db.Transfer{Name: name, ProjectID: "demo-project", UserID: "u", SourceRegion: "RegionOne", SourcePool: "volumes",
@@ -361,14 +345,7 @@ func TestFinalizer(t *testing.T) {
 // the other takes over.
 func TestFinalizerLease(t *testing.T) {
 	ctx := context.Background()
-	d, err := db.Open(ctx, "sqlite:///"+filepath.Join(t.TempDir(), "ferry.sqlite"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	if err := d.Sync(ctx); err != nil {
-		t.Fatal(err)
-	}
+	d := testDB(t)
 	spec := cinder.VolumeSpec{Kind: "volume", ID: "v1", ProjectID: "p"}.Marshal()
 	finalizing := func(name string) string {
 		tr := &db.Transfer{Name: name, ProjectID: "p", UserID: "u", SourceRegion: "RegionOne", SourcePool: "volumes",
