@@ -3,9 +3,7 @@
 package agent_test
 
 import (
-	"encoding/json"
 	"fmt"
-	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -14,25 +12,6 @@ import (
 	"github.com/ferry-project/ferry/services/agent/agenttest"
 	"github.com/ferry-project/ferry/services/internal/testenv"
 )
-
-func snapLs(t *testing.T, conf, spec string) []string {
-	t.Helper()
-	out, err := exec.Command("rbd", "-c", conf, "snap", "ls", "--format", "json", spec).Output()
-	if err != nil {
-		t.Fatalf("rbd snap ls %s: %v", spec, err)
-	}
-	var snaps []struct {
-		Name string `json:"name"`
-	}
-	if err := json.Unmarshal(out, &snaps); err != nil {
-		t.Fatal(err)
-	}
-	names := []string{}
-	for _, s := range snaps {
-		names = append(names, s.Name)
-	}
-	return names
-}
 
 // `ferry-agent transfer --ephemeral` between two agent processes (the
 // flag crosses the prepare RPC): no snapshot on either side afterwards,
@@ -57,7 +36,7 @@ func TestEphemeralTwoAgentProcesses(t *testing.T) {
 		t.Errorf("result %+v", res)
 	}
 	for _, conf := range []string{h.SrcConf, h.DstConf} {
-		if s := snapLs(t, conf, spec); len(s) != 0 {
+		if s := testenv.Snapshots(t, conf, spec); len(s) != 0 {
 			t.Errorf("%s: snapshots %v after an ephemeral transfer", conf, s)
 		}
 	}
@@ -75,7 +54,7 @@ func TestEphemeralTwoAgentProcesses(t *testing.T) {
 		t.Errorf("result %+v", res)
 	}
 	for _, conf := range []string{h.SrcConf, h.DstConf} {
-		if s := snapLs(t, conf, h.Pool+"/"+name2); !slices.Equal(s, []string{res.Snapshot}) {
+		if s := testenv.Snapshots(t, conf, h.Pool+"/"+name2); !slices.Equal(s, []string{res.Snapshot}) {
 			t.Errorf("%s: snapshots %v after a normal transfer, want %s", conf, s, res.Snapshot)
 		}
 	}

@@ -57,15 +57,6 @@ func oscVolume(t *testing.T, user, region string, sizeGiB int) string {
 	return id
 }
 
-func snapshots(t *testing.T, conf, spec string) string {
-	t.Helper()
-	out, err := exec.Command("rbd", "-c", conf, "snap", "ls", spec).CombinedOutput()
-	if err != nil {
-		t.Fatalf("rbd snap ls %s: %v %s", spec, err, out)
-	}
-	return strings.TrimSpace(string(out))
-}
-
 // A Cinder volume moved by the ferry CLI to another region: it becomes an
 // available volume of demo's project there with the same size, name and
 // data, and neither side keeps a Ferry snapshot.
@@ -116,11 +107,11 @@ func TestVolumeMove(t *testing.T) {
 	if got := testenv.ExportSHA(t, two, "volumes/volume-"+newID); got != srcSHA {
 		t.Errorf("data differs: source %s, destination %s", srcSHA, got)
 	}
-	if s := snapshots(t, one, "volumes/volume-"+id); s != "" {
-		t.Errorf("source volume keeps snapshots:\n%s", s)
+	if s := testenv.Snapshots(t, one, "volumes/volume-"+id); len(s) != 0 {
+		t.Errorf("source volume keeps snapshots %v", s)
 	}
-	if s := snapshots(t, two, "volumes/volume-"+newID); s != "" {
-		t.Errorf("destination volume keeps snapshots:\n%s", s)
+	if s := testenv.Snapshots(t, two, "volumes/volume-"+newID); len(s) != 0 {
+		t.Errorf("destination volume keeps snapshots %v", s)
 	}
 	// The grant Ferry took on demo's project for the registration is gone.
 	if out := mustOSC(t, "admin", "RegionOne", "role", "assignment", "list", "--project", "demo", "--user", "ferry", "-f", "value"); out != "" {

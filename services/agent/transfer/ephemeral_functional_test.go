@@ -4,9 +4,7 @@ package transfer
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"os/exec"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -17,37 +15,16 @@ import (
 	"github.com/ferry-project/ferry/services/internal/testenv"
 )
 
-// rbdSnaps lists an image's snapshots with the rbd CLI (what an operator,
-// or Cinder's driver, sees).
-func rbdSnaps(t *testing.T, conf, spec string) []string {
-	t.Helper()
-	out, err := exec.Command("rbd", "-c", conf, "snap", "ls", "--format", "json", spec).Output()
-	if err != nil {
-		t.Fatalf("rbd snap ls %s: %v", spec, err)
-	}
-	var snaps []struct {
-		Name string `json:"name"`
-	}
-	if err := json.Unmarshal(out, &snaps); err != nil {
-		t.Fatalf("rbd snap ls %s: %q: %v", spec, out, err)
-	}
-	names := []string{}
-	for _, s := range snaps {
-		names = append(names, s.Name)
-	}
-	return names
-}
-
 // checkEphemeralEnd: no snapshot on the destination, the source keeps
 // exactly srcSnaps, the destination head equals the copied source data,
 // and the destination keeps Ferry's ownership but no base or progress.
 func (h *harness) checkEphemeralEnd(name, srcSpec string, srcSnaps []string) {
 	t := h.t
 	t.Helper()
-	if s := rbdSnaps(t, h.srcConf, h.pool+"/"+name); !slices.Equal(s, srcSnaps) {
+	if s := testenv.Snapshots(t, h.srcConf, h.pool+"/"+name); !slices.Equal(s, srcSnaps) {
 		t.Errorf("source snapshots %v, want %v", s, srcSnaps)
 	}
-	if s := rbdSnaps(t, h.dstConf, h.pool+"/"+name); len(s) != 0 {
+	if s := testenv.Snapshots(t, h.dstConf, h.pool+"/"+name); len(s) != 0 {
 		t.Errorf("destination snapshots %v, want none", s)
 	}
 	a := testenv.ExportSHA(t, h.srcConf, srcSpec)
@@ -84,7 +61,7 @@ func TestEphemeralTransfer(t *testing.T) {
 	if !errors.Is(err, ErrBadRequest) {
 		t.Fatalf("ephemeral incremental: %v, want ErrBadRequest", err)
 	}
-	if s := rbdSnaps(t, h.srcConf, h.pool+"/"+name); len(s) != 0 {
+	if s := testenv.Snapshots(t, h.srcConf, h.pool+"/"+name); len(s) != 0 {
 		t.Fatalf("a refused ephemeral incremental left snapshots %v", s)
 	}
 
@@ -125,10 +102,10 @@ func TestEphemeralTransfer(t *testing.T) {
 		t.Errorf("normal result %+v", r)
 	}
 	h.sameImage(name, want)
-	if s := rbdSnaps(t, h.srcConf, h.pool+"/"+name); !slices.Equal(s, []string{"user-snap", want}) {
+	if s := testenv.Snapshots(t, h.srcConf, h.pool+"/"+name); !slices.Equal(s, []string{"user-snap", want}) {
 		t.Errorf("source snapshots after a normal transfer %v", s)
 	}
-	if s := rbdSnaps(t, h.dstConf, h.pool+"/"+name); !slices.Equal(s, []string{want}) {
+	if s := testenv.Snapshots(t, h.dstConf, h.pool+"/"+name); !slices.Equal(s, []string{want}) {
 		t.Errorf("destination snapshots after a normal transfer %v", s)
 	}
 	if md := metadataOf(t, h.dst, h.pool, name); md[MetaBase] != want {
@@ -181,7 +158,7 @@ func TestEphemeralResume(t *testing.T) {
 	first := done.Load()
 	// Until it completes, the copy keeps its source snapshot (the retry
 	// copies the same data).
-	if s := rbdSnaps(t, h.srcConf, h.pool+"/"+name); !slices.Equal(s, []string{SnapshotPrefix + job.TransferID}) {
+	if s := testenv.Snapshots(t, h.srcConf, h.pool+"/"+name); !slices.Equal(s, []string{SnapshotPrefix + job.TransferID}) {
 		t.Fatalf("source snapshots of the interrupted transfer %v", s)
 	}
 	time.Sleep(1500 * time.Millisecond) // let the destination notice and save

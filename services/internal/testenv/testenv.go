@@ -6,6 +6,7 @@ package testenv
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"io"
 	"os"
 	"os/exec"
@@ -67,4 +68,25 @@ func ExportSHA(t testing.TB, conf, spec string) string {
 		t.Fatalf("rbd export %s: %v: %s", spec, err, stderr.String())
 	}
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+// Snapshots lists an image's snapshot names, oldest first, with `rbd -c
+// conf snap ls`: what an operator, or Cinder's driver, sees.
+func Snapshots(t testing.TB, conf, spec string) []string {
+	t.Helper()
+	out, err := exec.Command("rbd", "-c", conf, "snap", "ls", "--format", "json", spec).Output()
+	if err != nil {
+		t.Fatalf("rbd snap ls %s: %v", spec, err)
+	}
+	var snaps []struct {
+		Name string `json:"name"`
+	}
+	if err := json.Unmarshal(out, &snaps); err != nil {
+		t.Fatalf("rbd snap ls %s: %q: %v", spec, out, err)
+	}
+	names := []string{}
+	for _, s := range snaps {
+		names = append(names, s.Name)
+	}
+	return names
 }
