@@ -154,7 +154,7 @@ func (s *Service) serviceClient(ctx context.Context, region string) (*gopherclou
 	if err != nil {
 		return nil, err
 	}
-	return &gophercloud.ServiceClient{ProviderClient: p, Endpoint: url, ResourceBase: url, Type: "volume", Microversion: "3.67"}, nil
+	return volumeClient(p, url), nil
 }
 
 // BackupRegistration is a request to register a copied backup.

@@ -193,6 +193,11 @@ func (s *Service) endpoint(ctx context.Context, region string) (string, error) {
 	return url[:i+len("/v3")] + "/", nil
 }
 
+// volumeClient is a Cinder v3 client of p at url (a project-less root).
+func volumeClient(p *gophercloud.ProviderClient, url string) *gophercloud.ServiceClient {
+	return &gophercloud.ServiceClient{ProviderClient: p, Endpoint: url, ResourceBase: url, Type: "volume", Microversion: "3.67"}
+}
+
 // client is a Cinder client for region acting with token.
 func (s *Service) client(ctx context.Context, region, token string) (*gophercloud.ServiceClient, error) {
 	url, err := s.endpoint(ctx, region)
@@ -201,7 +206,7 @@ func (s *Service) client(ctx context.Context, region, token string) (*gopherclou
 	}
 	p := &gophercloud.ProviderClient{}
 	p.SetToken(token)
-	return &gophercloud.ServiceClient{ProviderClient: p, Endpoint: url, ResourceBase: url, Type: "volume", Microversion: "3.67"}, nil
+	return volumeClient(p, url), nil
 }
 
 // ResolveVolume finds the caller's volume in region, with the caller's
@@ -481,7 +486,7 @@ func (s *Service) asOwner(ctx context.Context, region, project string, fn func(c
 	if err != nil {
 		return err
 	}
-	sc := &gophercloud.ServiceClient{ProviderClient: op, Endpoint: url, ResourceBase: url, Type: "volume", Microversion: "3.67"}
+	sc := volumeClient(op, url)
 	return fn(ctx, sc)
 }
 
