@@ -93,6 +93,7 @@ ceph_user = ferry
 ceph_keyring = $STACK_DIR/$r/ceph.client.ferry.keyring
 pools = volumes$([[ ${FERRY_STACK_CINDER:-1} == 0 ]] || echo ", $CINDER_BACKUP_POOL")
 heartbeat_interval = 3
+state_key_file = $F_PKI/state-$r.key
 
 [tls]
 ca_file = $F_PKI/ca.crt
@@ -109,6 +110,9 @@ ferry_pki() {
         "$F_BIN/ferry-manage" pki init --dir "$F_PKI" >"$F_LOG_DIR/pki.log" 2>&1 || die "pki init failed"
     fi
     for r in "${REGIONS[@]}"; do
+        # One state key per region, shared by the region's agents.
+        [[ -f $F_PKI/state-$r.key ]] || "$F_BIN/ferry-manage" pki state-key --out "$F_PKI/state-$r.key" \
+            >>"$F_LOG_DIR/pki.log" 2>&1 || die "pki state-key $r failed"
         [[ -f $F_PKI/agent-$r.crt ]] && continue
         "$F_BIN/ferry-manage" pki issue "agent-$r" --dir "$F_PKI" --ca-dir "$F_PKI" --dns localhost --ip 127.0.0.1 \
             >>"$F_LOG_DIR/pki.log" 2>&1 || die "pki issue agent-$r failed"

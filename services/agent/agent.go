@@ -35,6 +35,7 @@ type Agent struct {
 	Source *transfer.Source
 	ln     net.Listener
 	host   string
+	sealer *transfer.Sealer
 }
 
 // New connects to the region's cluster, checks the pool allow-list and the
@@ -62,7 +63,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Agent, err
 		return fail(fmt.Errorf("[agent] data_listen: %w", err))
 	}
 	endpoint, serverName := advertised(a.DataAdvertise, ag.ln.Addr().String(), ag.host)
-	ag.Dest = transfer.NewDest(ag.connector(), ag.server, a.Pools, endpoint, serverName, ag.log)
+	ag.Dest = transfer.NewDest(transfer.DestConfig{Connect: ag.connector(), Server: ag.server, Pools: a.Pools,
+		Endpoint: endpoint, ServerName: serverName, Sealer: ag.sealer, Log: ag.log})
 	ag.log.Info("data port", "listen", ag.ln.Addr().String(), "advertise", endpoint)
 	return ag, nil
 }
@@ -78,9 +80,17 @@ func newSource(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Agen
 	if err != nil {
 		return nil, fmt.Errorf("[agent] compression: %w", err)
 	}
+	key, err := pki.LoadStateKey(a.StateKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("[agent] state_key_file: %w (ferry-manage pki state-key makes one; every agent of the region needs the same file)", err)
+	}
+	sealer, err := transfer.NewSealer(key)
+	if err != nil {
+		return nil, fmt.Errorf("[agent] state_key_file: %w", err)
+	}
 	// One connection to the region's cluster, shared by every transfer
 	// and closed after IdleConnection without one.
-	ag := &Agent{cfg: cfg, log: log, conns: rbd.NewPool(IdleConnection), host: cfg.Hostname()}
+	ag := &Agent{cfg: cfg, log: log, conns: rbd.NewPool(IdleConnection), host: cfg.Hostname(), sealer: sealer}
 	cluster, release, err := ag.connector()(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("[agent] ceph_conf %s: %w", a.CephConf, err)
@@ -99,6 +109,7 @@ func newSource(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Agen
 		ChunkSize:      uint64(a.ChunkSize),
 		Compression:    comp,
 		BandwidthLimit: int64(a.BandwidthLimit),
+		Sealer:         sealer,
 		ClientTLS: func(name string) (*tls.Config, error) {
 			return stream.ClientTLSConfig(t.CAFile, t.CertFile, t.KeyFile, name)
 		},

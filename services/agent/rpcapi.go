@@ -22,12 +22,6 @@ type PrepareReply struct {
 	Host   string `json:"host"`
 }
 
-// AbortRequest is transfer.abort's body.
-type AbortRequest struct {
-	TransferID string `json:"transfer_id"`
-	Reason     string `json:"reason"`
-}
-
 // RemoteDest is a destination region's agents as a transfer.Preparer:
 // prepare goes to the region's shared queue (any agent), finish and abort
 // to the agent that prepared.
@@ -61,12 +55,11 @@ func (r *RemoteDest) Finish(ctx context.Context, req transfer.FinishRequest) (tr
 }
 
 // Abort implements transfer.Preparer.
-func (r *RemoteDest) Abort(ctx context.Context, transferID, reason string) error {
+func (r *RemoteDest) Abort(ctx context.Context, req transfer.AbortRequest) error {
 	if r.host == "" {
 		return transfer.ErrNoSession
 	}
-	return fromRemote(r.Caller.Call(ctx, rpc.AgentHostTarget(r.Region, r.host), MethodTransferAbort,
-		AbortRequest{TransferID: transferID, Reason: reason}, nil))
+	return fromRemote(r.Caller.Call(ctx, rpc.AgentHostTarget(r.Region, r.host), MethodTransferAbort, req, nil))
 }
 
 // Error codes of the transfer errors that cross the bus.
@@ -81,6 +74,8 @@ var transferCodes = []struct {
 	{"digest_mismatch", transfer.ErrDigestMismatch},
 	{"bad_request", transfer.ErrBadRequest},
 	{"checkpoint", stream.ErrCheckpoint},
+	{"stale_epoch", transfer.ErrStaleEpoch},
+	{"conflict", transfer.ErrConflict},
 }
 
 // toRemote gives a handler's error the code its caller maps back.
@@ -133,10 +128,10 @@ func (a *Agent) destHandlers(mux *rpc.Mux) {
 		return resp, toRemote(err)
 	})
 	mux.Handle(MethodTransferAbort, func(ctx context.Context, env rpc.Envelope) (any, error) {
-		var req AbortRequest
+		var req transfer.AbortRequest
 		if err := env.DecodeBody(&req); err != nil {
 			return nil, err
 		}
-		return struct{}{}, toRemote(a.Dest.Abort(ctx, req.TransferID, req.Reason))
+		return struct{}{}, toRemote(a.Dest.Abort(ctx, req))
 	})
 }

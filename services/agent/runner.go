@@ -115,7 +115,7 @@ func (r *runner) run(ctx context.Context, req rpc.TransferStart) {
 // jobOf is the transfer a transfer.start asks for.
 func jobOf(req rpc.TransferStart) transfer.Job {
 	return transfer.Job{
-		TransferID: req.TransferID, ProjectID: req.ProjectID, Mode: req.Mode,
+		TransferID: req.TransferID, Epoch: req.Epoch, ProjectID: req.ProjectID, Mode: req.Mode,
 		Pool: req.Source.Pool, Image: req.Source.Image, Snapshot: req.Source.Snapshot,
 		DestPool: req.Destination.Pool, DestImage: req.Destination.Image,
 		Ephemeral: req.Ephemeral,

@@ -105,7 +105,53 @@ func pkiCommand(stdout io.Writer) *cobra.Command {
 	issueCmd.Flags().IntVar(&issueOpts.validityDays, "validity-days", 365, "validity in days (never beyond the CA's)")
 	issueCmd.Flags().BoolVar(&issueOpts.force, "force", false, "replace an existing certificate and key of the same name")
 
-	cmd.AddCommand(initCmd, issueCmd)
+	var stateOpts struct {
+		out   string
+		force bool
+	}
+	stateCmd := &cobra.Command{
+		Use:   "state-key",
+		Short: "Create a region's state key (the same file on every agent of the region)",
+		Long: "Write 32 random bytes (hex, mode 0600) to --out: the [agent] state_key_file of every agent\n" +
+			"of one region. It seals what Ferry keeps in RBD image metadata (checkpoints, snapshot\n" +
+			"records, snapshot tags), so that a pool writer cannot forge them. Replacing it makes the\n" +
+			"next transfer of each image a full copy.",
+		Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			if err := pki.WriteStateKey(stateOpts.out, stateOpts.force); err != nil {
+				return forceHint(err)
+			}
+			fmt.Fprintln(stdout, stateOpts.out)
+			return nil
+		},
+	}
+	stateCmd.Flags().StringVar(&stateOpts.out, "out", defaultPKIDir+"/"+pki.StateKeyFile, "file to write")
+	stateCmd.Flags().BoolVar(&stateOpts.force, "force", false, "replace an existing key")
+
+	var signOpts struct {
+		dir   string
+		force bool
+	}
+	signCmd := &cobra.Command{
+		Use:   "signing-key",
+		Short: "Create the key pair ferry-api signs agent-bound commands with",
+		Long: "Write an Ed25519 key pair as signing.key (0600: ferry-api's [api] command_signing_key_file,\n" +
+			"nowhere else) and signing.pub (every agent's [agent] command_verify_key_file) in --dir.",
+		Args: cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			keyPath, pubPath, err := pki.WriteSigningKey(signOpts.dir, signOpts.force)
+			if err != nil {
+				return forceHint(err)
+			}
+			fmt.Fprintln(stdout, keyPath)
+			fmt.Fprintln(stdout, pubPath)
+			return nil
+		},
+	}
+	signCmd.Flags().StringVar(&signOpts.dir, "dir", defaultPKIDir, "directory for signing.key and signing.pub")
+	signCmd.Flags().BoolVar(&signOpts.force, "force", false, "replace an existing key pair")
+
+	cmd.AddCommand(initCmd, issueCmd, stateCmd, signCmd)
 	return cmd
 }
 

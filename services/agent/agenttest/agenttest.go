@@ -89,6 +89,12 @@ func New(t testing.TB) *Harness {
 	if _, _, err := pki.InitCA(h.Dir, pki.CAOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// One state key per region.
+	for _, r := range []string{"src", "dst"} {
+		if err := pki.WriteStateKey(filepath.Join(h.Dir, r+"-state.key"), false); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, n := range []string{"src", "dst-a", "dst-b"} {
 		if _, _, err := pki.Issue(h.Dir, h.Dir, n, pki.IssueOptions{DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}); err != nil {
 			t.Fatal(err)
@@ -115,6 +121,7 @@ pools = %s
 streams = %d
 chunk_size = %s
 heartbeat_interval = 1
+state_key_file = %s
 %s
 
 [tls]
@@ -123,7 +130,7 @@ cert_file = %s
 key_file = %s
 `, testenv.Get(h.t, "TRANSPORT_URL"), name, filepath.Join(h.Dir, name+".log"), region,
 		testenv.Get(h.t, "CEPH_"+clusterKey+"_CONF"), testenv.Get(h.t, "CEPH_USER"), testenv.Get(h.t, "CEPH_"+clusterKey+"_KEYRING"),
-		h.Pool, h.Streams, h.ChunkSize, strings.Join(extra, "\n"),
+		h.Pool, h.Streams, h.ChunkSize, filepath.Join(h.Dir, strings.SplitN(name, "-", 2)[0]+"-state.key"), strings.Join(extra, "\n"),
 		filepath.Join(h.Dir, "ca.crt"), filepath.Join(h.Dir, name+".crt"), filepath.Join(h.Dir, name+".key"))
 	path := filepath.Join(h.Dir, name+".conf")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
@@ -271,13 +278,16 @@ func (h *Harness) KillWhenHalfway(cmd *exec.Cmd, name string, size int64) int64 
 		if err == nil {
 			md, _ := img.Metadata()
 			img.Close()
+			// Sealed: {"v": <checkpoint>, "mac": …}; the test only reads it.
 			var cp struct {
-				BytesDone int64 `json:"bytes_done"`
+				V struct {
+					BytesDone int64 `json:"bytes_done"`
+				} `json:"v"`
 			}
-			if json.Unmarshal([]byte(md["ferry.checkpoint"]), &cp) == nil && cp.BytesDone >= size/3 {
+			if json.Unmarshal([]byte(md["ferry.checkpoint"]), &cp) == nil && cp.V.BytesDone >= size/3 {
 				syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-				h.t.Logf("killed pid %d at checkpoint %d MiB of %d", cmd.Process.Pid, cp.BytesDone>>20, size>>20)
-				return cp.BytesDone
+				h.t.Logf("killed pid %d at checkpoint %d MiB of %d", cmd.Process.Pid, cp.V.BytesDone>>20, size>>20)
+				return cp.V.BytesDone
 			}
 		}
 		time.Sleep(50 * time.Millisecond)

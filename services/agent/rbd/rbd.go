@@ -454,3 +454,9 @@ func (i *Image) ReleaseLock() error {
 func (i *Image) RollbackToSnapshot(name string) error {
 	return translate(i.img.GetSnapshot(name).Rollback(), "rolling "+i.String()+" back to "+name)
 }
+
+// EnableFeatures turns features on for the image (e.g. exclusive-lock on an
+// image created without it); features already on are no error.
+func (i *Image) EnableFeatures(features uint64) error {
+	return translate(i.img.UpdateFeatures(features, true), fmt.Sprintf("enabling features %#x of %s", features, i))
+}

@@ -2,12 +2,12 @@ package transfer
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/ferry-project/ferry/services/agent/rbd"
 	"github.com/ferry-project/ferry/services/agent/stream"
@@ -17,53 +17,101 @@ import (
 // source; others (journaling, data pools) are this cluster's business.
 const featuresKept = 1<<0 | 1<<2 | 1<<3 | 1<<4 | 1<<5 // layering, exclusive-lock, object-map, fast-diff, deep-flatten
 
+// featureExclusiveLock is the fence: Ferry turns it on for every image it
+// writes, whatever the source's features.
 const featureExclusiveLock = 1 << 2
 
+// DestConfig configures the destination side of one agent.
+type DestConfig struct {
+	Connect Connector
+	Server  *stream.Server
+	// Pools is the allow-list.
+	Pools []string
+	// Endpoint is where sources reach the data port; ServerName the name
+	// its certificate carries.
+	Endpoint, ServerName string
+	// Sealer seals the state kept in image metadata (the region's state
+	// key). Required.
+	Sealer *Sealer
+	Log    *slog.Logger
+	// FinishWait bounds how long a committed session keeps its image open
+	// and locked waiting for the finish (default stream.DefaultTicketTTL).
+	FinishWait time.Duration
+}
+
 // Dest is the destination side of transfers on one agent.
+//
+// A prepare reads the image under the fence (the RBD exclusive lock, taken
+// before anything is read), decides with planPrepare (pure: every check and
+// refusal) and only then writes: the writing state first, so that an
+// interrupted prepare never leaves a resumable look, then the head's
+// starting point (rollback to the base unless proven equal, zeros for a
+// full copy), then the session. Finish records the verified digest before
+// taking the snapshot, so an interrupted finish completes later instead of
+// starting over. Prepares and finishes of one transfer, and prepares of one
+// image, run one at a time.
 type Dest struct {
-	connect    Connector
-	server     *stream.Server
-	pools      []string
-	endpoint   string
-	serverName string
-	log        *slog.Logger
+	cfg  DestConfig
+	log  *slog.Logger
+	keys keyedMutex
 
 	mu   sync.Mutex
 	jobs map[string]*destJob
 }
 
 type destJob struct {
-	img      *rbd.Image
-	unref    func() // releases the cluster connection
-	locked   bool
-	session  *stream.Session
-	snapshot string
-	name     string
-	// ephemeral: finish without a snapshot or base (PrepareRequest).
-	ephemeral bool
+	id      string
+	epoch   int64
+	name    string // pool/image
+	img     *rbd.Image
+	imageID string
+	unref   func() // releases the cluster connection
+	locked  bool
+	session *stream.Session
+	w       writingState
+	// finished is closed once the job's finish ran (or the job closed).
+	finished chan struct{}
+	release  sync.Once
 }
 
-// NewDest serves transfers into the allowed pools of the cluster connect
-// reaches, through server, whose data port sources reach at endpoint
-// (certificate name serverName).
-func NewDest(connect Connector, server *stream.Server, pools []string, endpoint, serverName string, log *slog.Logger) *Dest {
-	return &Dest{connect: connect, server: server, pools: pools, endpoint: endpoint, serverName: serverName,
-		log: log, jobs: map[string]*destJob{}}
+// NewDest serves transfers into the allowed pools of the cluster
+// cfg.Connect reaches, through cfg.Server.
+func NewDest(cfg DestConfig) *Dest {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.FinishWait <= 0 {
+		cfg.FinishWait = stream.DefaultTicketTTL
+	}
+	return &Dest{cfg: cfg, log: cfg.Log, jobs: map[string]*destJob{}}
 }
 
-// Prepare opens or creates the destination image, fences it, decides the
-// base and opens a stream session for the transfer.
+// Prepare opens or creates the destination image, fences it, decides what
+// to do (planPrepare) and, for a copy or a resume, opens a stream session.
+// A transfer the destination already holds answers Done and changes
+// nothing.
 func (d *Dest) Prepare(ctx context.Context, req PrepareRequest) (PrepareResponse, error) {
 	if err := req.Validate(); err != nil {
 		return PrepareResponse{}, err
 	}
-	if err := allowed(d.pools, req.Pool); err != nil {
+	if err := allowed(d.cfg.Pools, req.Pool); err != nil {
 		return PrepareResponse{}, err
 	}
-	log := d.log.With("transfer_id", req.TransferID, "image", req.Pool+"/"+req.Image)
-	d.closeJob(req.TransferID, errors.New("superseded by a new prepare"))
+	if d.cfg.Sealer == nil {
+		return PrepareResponse{}, errors.New("destination has no state key")
+	}
+	name := req.Pool + "/" + req.Image
+	unlock := d.keys.lock("transfer:"+req.TransferID, "image:"+name)
+	defer unlock()
+	log := d.log.With("transfer_id", req.TransferID, "image", name, "epoch", req.Epoch)
+	if old := d.job(req.TransferID); old != nil {
+		if req.Epoch < old.epoch {
+			return PrepareResponse{}, fmt.Errorf("%w: prepare of epoch %d, a session of epoch %d is open", ErrStaleEpoch, req.Epoch, old.epoch)
+		}
+		d.closeJob(old, errors.New("superseded by a new prepare"))
+	}
 
-	cluster, unref, err := d.connect(ctx)
+	cluster, unref, err := d.cfg.Connect(ctx)
 	if err != nil {
 		return PrepareResponse{}, err
 	}
@@ -72,7 +120,7 @@ func (d *Dest) Prepare(ctx context.Context, req PrepareRequest) (PrepareResponse
 		unref()
 		return PrepareResponse{}, err
 	}
-	job := &destJob{img: img, unref: unref, snapshot: req.Snapshot, name: req.Pool + "/" + req.Image, ephemeral: req.Ephemeral}
+	job := &destJob{id: req.TransferID, epoch: req.Epoch, name: name, img: img, unref: unref, finished: make(chan struct{})}
 	fail := func(err error) (PrepareResponse, error) {
 		d.release(job)
 		return PrepareResponse{}, err
@@ -81,58 +129,54 @@ func (d *Dest) Prepare(ctx context.Context, req PrepareRequest) (PrepareResponse
 	if err != nil {
 		return fail(err)
 	}
-	// Fencing: one writer at a time. Another agent holding the lock makes
-	// this prepare fail instead of writing alongside it.
-	if info.Features&featureExclusiveLock != 0 {
-		if err := img.LockExclusive(); err != nil {
-			return fail(fmt.Errorf("fencing %s: %w", job.name, err))
-		}
-		job.locked = true
+	job.imageID = info.ID
+	if err := d.fence(job, info); err != nil {
+		return fail(err)
 	}
-	md, err := img.Metadata()
+	view, err := d.view(img, job.imageID, info, created, &req)
 	if err != nil {
 		return fail(err)
 	}
-	snaps, err := snapshotNames(img)
+	plan, err := planPrepare(&req, view)
 	if err != nil {
+		log.Warn("prepare refused, destination untouched", "error", err)
 		return fail(err)
 	}
-
-	base, resumed := "", false
-	if w, ok := decodeWriting(md[MetaWriting]); ok && w.TransferID == req.TransferID && w.Snapshot == req.Snapshot {
-		// The same transfer again: same base, so chunks number the same.
-		base, resumed = w.Base, true
-	} else {
-		if req.Mode != ModeFull && !req.Ephemeral {
-			base = chooseBase(req.Candidates, snaps)
-		}
-		if base == "" && req.Mode == ModeIncremental {
-			return fail(fmt.Errorf("%w: the destination has none of the source's snapshots %v", ErrNoBase, req.Candidates))
-		}
-		if err := d.cleanHead(img, created, base, info.Size, md); err != nil {
+	log = log.With("plan", plan.Kind.String(), "base", plan.Base)
+	resp := PrepareResponse{Endpoint: d.cfg.Endpoint, ServerName: d.cfg.ServerName, Base: plan.Base, Created: created, Ephemeral: req.Ephemeral}
+	switch plan.Kind {
+	case planDone:
+		d.release(job)
+		log.Info("prepared: already complete", "digest", plan.Digest)
+		resp.Done, resp.Digest, resp.Base = true, plan.Digest, ""
+		return resp, nil
+	case planSeal:
+		job.w = *view.Writing
+		if _, err := d.seal(job); err != nil {
 			return fail(err)
 		}
-		if err := img.RemoveMetadata(MetaCheckpoint); err != nil {
+		d.release(job)
+		log.Info("prepared: an interrupted finish completed", "digest", plan.Digest)
+		resp.Done, resp.Digest, resp.Base = true, plan.Digest, ""
+		return resp, nil
+	case planResume:
+		job.w = *view.Writing
+		job.w.Epoch = req.Epoch
+		if err := d.putWriting(job); err != nil {
+			return fail(err)
+		}
+	case planCopy:
+		job.w = writingState{TransferID: req.TransferID, Epoch: req.Epoch, Base: plan.Base, BaseID: plan.BaseID,
+			Snapshot: req.Snapshot, SourceSnapID: req.SourceSnapID, Size: req.Size, Ephemeral: req.Ephemeral}
+		if err := d.startCopy(ctx, job, plan, req.Size); err != nil {
 			return fail(err)
 		}
 	}
-	if slices.Contains(snaps, req.Snapshot) && !resumed {
-		return fail(fmt.Errorf("%w: destination already has snapshot %q", stream.ErrCheckpoint, req.Snapshot))
-	}
-	if info.Size != req.Size {
-		if err := img.Resize(req.Size); err != nil {
-			return fail(err)
-		}
-	}
-	ws, _ := json.Marshal(writingState{TransferID: req.TransferID, Base: base, Snapshot: req.Snapshot, Size: req.Size})
-	if err := img.SetMetadata(MetaWriting, string(ws)); err != nil {
-		return fail(err)
-	}
-	pr, err := d.server.PrepareSession(ctx, stream.PrepareRequest{
+	pr, err := d.cfg.Server.PrepareSession(ctx, stream.PrepareRequest{
 		TransferID:  req.TransferID,
-		ImageName:   job.name,
+		ImageName:   name,
 		Image:       &destImage{img: img, size: req.Size},
-		Checkpoints: metaCheckpoints{img: img},
+		Checkpoints: d.checkpoints(job),
 		ChunkSize:   req.ChunkSize,
 	})
 	if err != nil {
@@ -142,16 +186,15 @@ func (d *Dest) Prepare(ctx context.Context, req PrepareRequest) (PrepareResponse
 	d.mu.Lock()
 	d.jobs[req.TransferID] = job
 	d.mu.Unlock()
-	log.Info("prepared", "base", base, "created", created, "resumed", pr.Resumed, "watermark", pr.Checkpoint.Watermark, "ephemeral", req.Ephemeral)
-	return PrepareResponse{
-		Endpoint: d.endpoint, ServerName: d.serverName, Ticket: pr.Ticket, ChunkSize: pr.ChunkSize,
-		Checkpoint: pr.Checkpoint, Resumed: pr.Resumed, Base: base, Created: created, Ephemeral: req.Ephemeral,
-	}, nil
+	go d.watch(job)
+	log.Info("prepared", "created", created, "resumed", pr.Resumed, "watermark", pr.Checkpoint.Watermark, "ephemeral", req.Ephemeral, "why", plan.Why)
+	resp.Ticket, resp.ChunkSize, resp.Checkpoint, resp.Resumed = pr.Ticket, pr.ChunkSize, pr.Checkpoint, pr.Resumed
+	return resp, nil
 }
 
 // openOrCreate opens the destination image for writing, creating it (with
-// Ferry's ownership metadata) when missing. An existing image must carry
-// Ferry's ownership for this same source.
+// Ferry's ownership metadata and the exclusive-lock feature) when missing.
+// An existing image must carry Ferry's ownership for this same source.
 func (d *Dest) openOrCreate(ctx context.Context, cluster *rbd.Cluster, req PrepareRequest) (*rbd.Image, bool, error) {
 	img, err := cluster.OpenImage(ctx, req.Pool, req.Image, "", false)
 	if err == nil {
@@ -172,7 +215,7 @@ func (d *Dest) openOrCreate(ctx context.Context, cluster *rbd.Cluster, req Prepa
 	if req.Mode == ModeIncremental {
 		return nil, false, fmt.Errorf("%w: destination %s/%s does not exist", ErrNoBase, req.Pool, req.Image)
 	}
-	spec := rbd.ImageSpec{Size: req.Size, Order: req.Order, Features: req.Features & featuresKept}
+	spec := rbd.ImageSpec{Size: req.Size, Order: req.Order, Features: req.Features&featuresKept | featureExclusiveLock}
 	if err := cluster.CreateImage(ctx, req.Pool, req.Image, spec); err != nil {
 		return nil, false, err
 	}
@@ -192,130 +235,501 @@ func (d *Dest) openOrCreate(ctx context.Context, cluster *rbd.Cluster, req Prepa
 	return img, true, nil
 }
 
-// cleanHead makes the head a correct starting point: equal to base for an
-// incremental, all zeros for a full copy into an existing image.
-func (d *Dest) cleanHead(img *rbd.Image, created bool, base string, size uint64, md map[string]string) error {
-	switch {
-	case created:
-		return nil
-	case base != "":
-		// Written by another (unfinished) transfer since base: go back.
-		if _, dirty := decodeWriting(md[MetaWriting]); dirty {
-			return img.RollbackToSnapshot(base)
+// fence takes the image's exclusive lock, turning the feature on for an
+// image that lacks it: while held, no other agent writes the image, so a
+// partitioned old writer cannot interleave with this one.
+func (d *Dest) fence(job *destJob, info rbd.Info) error {
+	if info.Features&featureExclusiveLock == 0 {
+		if err := job.img.EnableFeatures(featureExclusiveLock); err != nil {
+			return fmt.Errorf("fencing %s: %w", job.name, err)
 		}
-		return nil
-	default:
+	}
+	if err := job.img.LockExclusive(); err != nil {
+		return fmt.Errorf("fencing %s (another agent writes it?): %w", job.name, err)
+	}
+	job.locked = true
+	return nil
+}
+
+// view reads what planPrepare needs; only sealed state that verifies for
+// this image is kept.
+func (d *Dest) view(img *rbd.Image, imageID string, info rbd.Info, created bool, req *PrepareRequest) (*destView, error) {
+	md, err := img.Metadata()
+	if err != nil {
+		return nil, err
+	}
+	snaps, err := img.Snapshots()
+	if err != nil {
+		return nil, err
+	}
+	v := &destView{Created: created, Size: info.Size, Snaps: snaps, Records: d.records(imageID, md, snaps)}
+	var w writingState
+	if s, ok := md[MetaWriting]; ok {
+		if err := d.cfg.Sealer.Open(kindWriting, imageID, s, &w); err == nil {
+			v.Writing = &w
+		} else {
+			d.log.Warn("writing state ignored", "image", req.Pool+"/"+req.Image, "error", err)
+		}
+	}
+	var c completedRecord
+	if s, ok := md[MetaCompleted]; ok && d.cfg.Sealer.Open(kindCompleted, imageID, s, &c) == nil {
+		v.Completed = &c
+	}
+	if s, ok := md[MetaCheckpoint]; ok && v.Writing != nil {
+		v.Checkpoint = checkpointInvalid
+		if _, err := openCheckpoint(d.cfg.Sealer, imageID, v.Writing, s); err == nil {
+			v.Checkpoint = checkpointValid
+		}
+	}
+	return v, nil
+}
+
+// records are the verified records of the snapshots that still exist with
+// the recorded id.
+func (d *Dest) records(imageID string, md map[string]string, snaps []rbd.Snapshot) map[string]snapRecord {
+	out := map[string]snapRecord{}
+	for _, s := range snaps {
+		text, ok := md[MetaSnapRecordPrefix+s.Name]
+		if !ok {
+			continue
+		}
+		var r snapRecord
+		if d.cfg.Sealer.Open(kindSnapshot, imageID, text, &r) == nil && r.Snapshot == s.Name && r.SnapID == s.ID {
+			out[s.Name] = r
+		}
+	}
+	return out
+}
+
+// startCopy carries out a planCopy: the new run's writing state first (an
+// older run of another transfer can no longer resume onto what follows),
+// then the head's starting point.
+func (d *Dest) startCopy(ctx context.Context, job *destJob, plan destPlan, size uint64) error {
+	if err := job.img.RemoveMetadata(MetaCheckpoint); err != nil {
+		return err
+	}
+	if err := d.putWriting(job); err != nil {
+		return err
+	}
+	if plan.EnsureBase {
+		equal, err := headEquals(ctx, job.img, plan.Base)
+		if err != nil {
+			return err
+		}
+		if !equal {
+			d.log.Info("head differs from the base: rolling back", "transfer_id", job.id, "image", job.name, "base", plan.Base)
+			if err := job.img.RollbackToSnapshot(plan.Base); err != nil {
+				return err
+			}
+		}
+	}
+	if plan.Resize || plan.EnsureBase {
+		cur, err := job.img.Size()
+		if err != nil {
+			return err
+		}
+		if cur != size {
+			if err := job.img.Resize(size); err != nil {
+				return err
+			}
+		}
+	}
+	if plan.ZeroHead {
 		// A full copy sends only allocated extents: old data in the
 		// holes must go.
-		return img.WriteZeroes(0, size)
+		return job.img.WriteZeroes(0, size)
 	}
+	return nil
+}
+
+// headEquals proves the head equal to snapshot base: same size and no
+// extent changed since (a whole-object diff may report more than changed,
+// never less).
+func headEquals(ctx context.Context, img *rbd.Image, base string) (bool, error) {
+	snaps, err := img.Snapshots()
+	if err != nil {
+		return false, err
+	}
+	size, err := img.Size()
+	if err != nil {
+		return false, err
+	}
+	for _, s := range snaps {
+		if s.Name == base && s.Size != size {
+			return false, nil
+		}
+	}
+	changed := false
+	errFound := errors.New("changed")
+	err = img.Diff(ctx, base, true, func(uint64, uint64, bool) error {
+		changed = true
+		return errFound
+	})
+	if err != nil && !errors.Is(err, errFound) {
+		return false, err
+	}
+	return !changed, nil
+}
+
+func (d *Dest) putWriting(job *destJob) error {
+	s, err := d.cfg.Sealer.Seal(kindWriting, job.imageID, job.w)
+	if err != nil {
+		return err
+	}
+	return job.img.SetMetadata(MetaWriting, s)
 }
 
 // Finish seals a transfer whose data the source has sent and the session
-// verified: snapshot, metadata, old snapshots removed, lock released. An
+// verified: the verified digest is recorded, then the snapshot is taken
+// and recorded, older Ferry snapshots go and the lock is released. An
 // ephemeral transfer ends without a snapshot and without base metadata
-// (its image is handed over, never a base): Ferry's snapshots all go,
-// its ownership metadata stays.
+// (its image is handed over, never a base). A finish of a transfer this
+// agent holds no session for answers from the image's records when the
+// transfer is complete there.
 func (d *Dest) Finish(ctx context.Context, req FinishRequest) (FinishResponse, error) {
-	d.mu.Lock()
-	job, ok := d.jobs[req.TransferID]
-	d.mu.Unlock()
-	if !ok {
-		return FinishResponse{}, fmt.Errorf("%w: %s", ErrNoSession, req.TransferID)
+	unlock := d.keys.lock("transfer:" + req.TransferID)
+	defer unlock()
+	job := d.job(req.TransferID)
+	if job == nil {
+		return d.finishedBefore(ctx, req)
+	}
+	if req.Epoch != job.epoch {
+		return FinishResponse{}, fmt.Errorf("%w: finish of epoch %d, the session is of epoch %d", ErrStaleEpoch, req.Epoch, job.epoch)
 	}
 	res, err := job.session.Wait(ctx)
 	if err != nil {
-		d.closeJob(req.TransferID, err)
+		if ctx.Err() == nil {
+			d.closeJob(job, err)
+		}
 		return FinishResponse{}, fmt.Errorf("destination session: %w", err)
 	}
 	if res.Digest != req.Digest {
-		d.closeJob(req.TransferID, ErrDigestMismatch)
+		d.closeJob(job, ErrDigestMismatch)
 		return FinishResponse{}, fmt.Errorf("%w: source %s, destination %s", ErrDigestMismatch, req.Digest, res.Digest)
 	}
-	img := job.img
-	if err := img.Flush(); err != nil {
+	if err := job.img.Flush(); err != nil {
 		return FinishResponse{}, err
 	}
-	snapshot, drop := job.snapshot, []string{MetaWriting, MetaCheckpoint}
-	if job.ephemeral {
-		// A base left by an earlier transfer into this image goes too.
-		snapshot, drop = "", append(drop, MetaBase)
+	job.w.Verified = res.Digest
+	if err := d.putWriting(job); err != nil {
+		return FinishResponse{}, err
+	}
+	fin, err := d.seal(job)
+	if err != nil {
+		return FinishResponse{}, err
+	}
+	fin.BytesDone = res.BytesDone
+	d.closeJob(job, nil)
+	d.log.Info("finished", "transfer_id", req.TransferID, "image", job.name, "snapshot", fin.Snapshot, "ephemeral", job.w.Ephemeral, "digest", res.Digest)
+	return fin, nil
+}
+
+// seal ends a verified run (job.w.Verified set and recorded): the snapshot
+// and its record, or for an ephemeral transfer the completed record; then
+// the writing state and checkpoint go, and Ferry's older snapshots.
+// Every step can run again after an interruption.
+func (d *Dest) seal(job *destJob) (FinishResponse, error) {
+	w, img := job.w, job.img
+	fin := FinishResponse{Digest: w.Verified}
+	drop := []string{MetaWriting, MetaCheckpoint}
+	if w.Ephemeral {
+		s, err := d.cfg.Sealer.Seal(kindCompleted, job.imageID, completedRecord{TransferID: w.TransferID, SourceSnapID: w.SourceSnapID, Digest: w.Verified})
+		if err != nil {
+			return fin, err
+		}
+		if err := img.SetMetadata(MetaCompleted, s); err != nil {
+			return fin, err
+		}
+		drop = append(drop, MetaBase)
 	} else {
-		if err := img.CreateSnapshot(snapshot); err != nil && !errors.Is(err, rbd.ErrExists) {
-			return FinishResponse{}, err
+		id, err := snapshotID(img, w.Snapshot)
+		if errors.Is(err, rbd.ErrNotFound) {
+			if err := img.CreateSnapshot(w.Snapshot); err != nil && !errors.Is(err, rbd.ErrExists) {
+				return fin, err
+			}
+			id, err = snapshotID(img, w.Snapshot)
 		}
-		if err := img.SetMetadata(MetaBase, snapshot); err != nil {
-			return FinishResponse{}, err
+		if err != nil {
+			return fin, err
 		}
+		s, err := d.cfg.Sealer.Seal(kindSnapshot, job.imageID, snapRecord{Snapshot: w.Snapshot, SnapID: id,
+			TransferID: w.TransferID, SourceSnapID: w.SourceSnapID, Digest: w.Verified})
+		if err != nil {
+			return fin, err
+		}
+		if err := img.SetMetadata(MetaSnapRecordPrefix+w.Snapshot, s); err != nil {
+			return fin, err
+		}
+		if err := img.SetMetadata(MetaBase, w.Snapshot); err != nil {
+			return fin, err
+		}
+		fin.Snapshot = w.Snapshot
 	}
 	for _, k := range drop {
 		if err := img.RemoveMetadata(k); err != nil {
-			return FinishResponse{}, err
+			return fin, err
 		}
 	}
-	removed, err := removeOldSnapshots(img, snapshot)
+	removed, err := d.removeOldSnapshots(job, fin.Snapshot)
 	if err != nil {
 		// The copy is complete; a leftover snapshot is only space.
-		d.log.Warn("removing old snapshots", "transfer_id", req.TransferID, "image", job.name, "error", err)
+		d.log.Warn("removing old snapshots", "transfer_id", job.id, "image", job.name, "error", err)
 	}
-	d.mu.Lock()
-	delete(d.jobs, req.TransferID)
-	d.mu.Unlock()
-	d.release(job)
-	d.log.Info("finished", "transfer_id", req.TransferID, "image", job.name, "snapshot", snapshot, "ephemeral", job.ephemeral, "digest", res.Digest)
-	return FinishResponse{Digest: res.Digest, BytesDone: res.BytesDone, Snapshot: snapshot, Removed: removed}, nil
+	fin.Removed = removed
+	return fin, nil
+}
+
+func snapshotID(img *rbd.Image, name string) (uint64, error) {
+	snaps, err := img.Snapshots()
+	if err != nil {
+		return 0, err
+	}
+	for _, s := range snaps {
+		if s.Name == name {
+			return s.ID, nil
+		}
+	}
+	return 0, fmt.Errorf("snapshot %s@%s: %w", img, name, rbd.ErrNotFound)
+}
+
+// removeOldSnapshots removes the snapshots Ferry recorded other than keep
+// (all of them when keep is empty), with their records. A snapshot without
+// a verified record (not Ferry's, or recreated under Ferry's name) stays.
+func (d *Dest) removeOldSnapshots(job *destJob, keep string) ([]string, error) {
+	md, err := job.img.Metadata()
+	if err != nil {
+		return nil, err
+	}
+	snaps, err := job.img.Snapshots()
+	if err != nil {
+		return nil, err
+	}
+	recs := d.records(job.imageID, md, snaps)
+	var removed []string
+	var errs []error
+	for _, s := range snaps {
+		if _, ours := recs[s.Name]; !ours || s.Name == keep {
+			continue
+		}
+		if err := job.img.RemoveSnapshot(s.Name); err != nil && !errors.Is(err, rbd.ErrNotFound) {
+			errs = append(errs, err)
+			continue
+		}
+		removed = append(removed, s.Name)
+	}
+	// Records of snapshots that are gone (removed above or by others).
+	present := map[string]bool{}
+	for _, s := range snaps {
+		present[s.Name] = !contains(removed, s.Name)
+	}
+	for k := range md {
+		name, ok := strings.CutPrefix(k, MetaSnapRecordPrefix)
+		if ok && !present[name] {
+			if err := job.img.RemoveMetadata(k); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return removed, errors.Join(errs...)
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// finishedBefore answers a finish that finds no session: the transfer's
+// copy is complete in the image (a repeated finish), or there is none.
+func (d *Dest) finishedBefore(ctx context.Context, req FinishRequest) (FinishResponse, error) {
+	noSession := fmt.Errorf("%w: %s", ErrNoSession, req.TransferID)
+	if req.Pool == "" || req.Image == "" || allowed(d.cfg.Pools, req.Pool) != nil {
+		return FinishResponse{}, noSession
+	}
+	cluster, unref, err := d.cfg.Connect(ctx)
+	if err != nil {
+		return FinishResponse{}, err
+	}
+	defer unref()
+	img, err := cluster.OpenImage(ctx, req.Pool, req.Image, "", true)
+	if err != nil {
+		return FinishResponse{}, noSession
+	}
+	defer img.Close()
+	info, err := img.Info()
+	if err != nil {
+		return FinishResponse{}, err
+	}
+	md, err := img.Metadata()
+	if err != nil {
+		return FinishResponse{}, err
+	}
+	snaps, err := img.Snapshots()
+	if err != nil {
+		return FinishResponse{}, err
+	}
+	for _, r := range d.records(info.ID, md, snaps) {
+		if r.TransferID == req.TransferID && r.Digest == req.Digest {
+			return FinishResponse{Digest: r.Digest, Snapshot: r.Snapshot}, nil
+		}
+	}
+	var c completedRecord
+	if s, ok := md[MetaCompleted]; ok && d.cfg.Sealer.Open(kindCompleted, info.ID, s, &c) == nil &&
+		c.TransferID == req.TransferID && c.Digest == req.Digest {
+		return FinishResponse{Digest: c.Digest}, nil
+	}
+	return FinishResponse{}, noSession
 }
 
 // Abort ends a transfer's session on this agent; the image keeps its
-// checkpoint for a later retry.
-func (d *Dest) Abort(_ context.Context, transferID, reason string) error {
-	if !d.closeJob(transferID, errors.New(reason)) {
-		return fmt.Errorf("%w: %s", ErrNoSession, transferID)
+// checkpoint for a later retry. Only the session's epoch may abort it.
+func (d *Dest) Abort(_ context.Context, req AbortRequest) error {
+	unlock := d.keys.lock("transfer:" + req.TransferID)
+	defer unlock()
+	job := d.job(req.TransferID)
+	if job == nil {
+		return fmt.Errorf("%w: %s", ErrNoSession, req.TransferID)
 	}
+	if req.Epoch != job.epoch {
+		return fmt.Errorf("%w: abort of epoch %d, the session is of epoch %d", ErrStaleEpoch, req.Epoch, job.epoch)
+	}
+	d.closeJob(job, errors.New(req.Reason))
 	return nil
 }
 
 // Close aborts every open session.
 func (d *Dest) Close() {
 	d.mu.Lock()
-	ids := make([]string, 0, len(d.jobs))
-	for id := range d.jobs {
-		ids = append(ids, id)
+	jobs := make([]*destJob, 0, len(d.jobs))
+	for _, j := range d.jobs {
+		jobs = append(jobs, j)
 	}
 	d.mu.Unlock()
-	for _, id := range ids {
-		d.closeJob(id, errors.New("agent stopping"))
+	for _, j := range jobs {
+		d.closeJob(j, errors.New("agent stopping"))
 	}
 }
 
-func (d *Dest) closeJob(transferID string, reason error) bool {
+// Sessions is the number of open destination jobs.
+func (d *Dest) Sessions() int {
 	d.mu.Lock()
-	job, ok := d.jobs[transferID]
-	delete(d.jobs, transferID)
-	d.mu.Unlock()
-	if !ok {
-		return false
+	defer d.mu.Unlock()
+	return len(d.jobs)
+}
+
+func (d *Dest) job(transferID string) *destJob {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.jobs[transferID]
+}
+
+// watch releases a job whose session ended without a commit (expired,
+// failed, aborted), or that was committed but never finished within
+// FinishWait: its image, lock and cluster connection are not held forever.
+func (d *Dest) watch(job *destJob) {
+	<-job.session.Done()
+	if _, err := job.session.Wait(context.Background()); err == nil {
+		t := time.NewTimer(d.cfg.FinishWait)
+		defer t.Stop()
+		select {
+		case <-job.finished:
+			return
+		case <-t.C:
+		}
 	}
+	unlock := d.keys.lock("transfer:" + job.id)
+	defer unlock()
+	if d.job(job.id) == job {
+		d.log.Info("releasing the session's image", "transfer_id", job.id, "image", job.name)
+		d.closeJob(job, errors.New("session ended"))
+	}
+}
+
+// closeJob ends job's session (if still open) and releases it; the caller
+// holds the transfer's key.
+func (d *Dest) closeJob(job *destJob, reason error) {
+	d.mu.Lock()
+	if d.jobs[job.id] == job {
+		delete(d.jobs, job.id)
+	}
+	d.mu.Unlock()
 	if job.session != nil {
-		job.session.Abort(reason)
+		if reason != nil {
+			job.session.Abort(reason)
+		}
 		<-job.session.Done()
 	}
 	d.release(job)
-	return true
 }
 
 func (d *Dest) release(job *destJob) {
-	if job.locked {
-		if err := job.img.ReleaseLock(); err != nil {
-			d.log.Warn("releasing lock", "image", job.name, "error", err)
+	job.release.Do(func() {
+		if job.finished != nil {
+			close(job.finished)
 		}
-		job.locked = false
-	}
-	if err := job.img.Close(); err != nil {
-		d.log.Warn("closing image", "image", job.name, "error", err)
-	}
-	job.unref()
+		if job.locked {
+			if err := job.img.ReleaseLock(); err != nil {
+				d.log.Warn("releasing lock", "image", job.name, "error", err)
+			}
+		}
+		if err := job.img.Close(); err != nil {
+			d.log.Warn("closing image", "image", job.name, "error", err)
+		}
+		job.unref()
+	})
 }
 
 // Endpoint is where sources reach this destination's data port.
-func (d *Dest) Endpoint() string { return d.endpoint }
+func (d *Dest) Endpoint() string { return d.cfg.Endpoint }
+
+// keyedMutex serialises work per key (a transfer, an image).
+type keyedMutex struct {
+	mu    sync.Mutex
+	locks map[string]*keyLock
+}
+
+type keyLock struct {
+	mu   sync.Mutex
+	refs int
+}
+
+// lock takes the keys in the order given (callers always name a transfer
+// before an image) and returns the function that releases them all.
+func (k *keyedMutex) lock(keys ...string) func() {
+	held := make([]*keyLock, 0, len(keys))
+	for _, key := range keys {
+		k.mu.Lock()
+		if k.locks == nil {
+			k.locks = map[string]*keyLock{}
+		}
+		l := k.locks[key]
+		if l == nil {
+			l = &keyLock{}
+			k.locks[key] = l
+		}
+		l.refs++
+		k.mu.Unlock()
+		l.mu.Lock()
+		held = append(held, l)
+	}
+	return func() {
+		for i := len(held) - 1; i >= 0; i-- {
+			l := held[i]
+			l.mu.Unlock()
+			k.mu.Lock()
+			l.refs--
+			if l.refs == 0 {
+				for key, v := range k.locks {
+					if v == l {
+						delete(k.locks, key)
+						break
+					}
+				}
+			}
+			k.mu.Unlock()
+		}
+	}
+}

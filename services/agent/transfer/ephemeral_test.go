@@ -13,7 +13,7 @@ import (
 
 func validPrepare() PrepareRequest {
 	return PrepareRequest{TransferID: "t1", Mode: ModeFull, Pool: "volumes", Image: "i", SourceFSID: "fsid",
-		SourceImageID: "id", SourceName: "volumes/i", Size: 4096, Order: 22, Snapshot: "ferry-t1", ChunkSize: 1 << 20}
+		SourceImageID: "id", SourceName: "volumes/i", Size: 4096, Order: 22, Snapshot: "ferry-t1", SourceSnapID: 4, ChunkSize: 1 << 20}
 }
 
 func TestPrepareRequestEphemeral(t *testing.T) {
@@ -67,7 +67,7 @@ func (f failPreparer) Finish(context.Context, FinishRequest) (FinishResponse, er
 	return FinishResponse{}, errors.New("no")
 }
 
-func (f failPreparer) Abort(context.Context, string, string) error {
+func (f failPreparer) Abort(context.Context, AbortRequest) error {
 	f.t.Error("abort called")
 	return nil
 }

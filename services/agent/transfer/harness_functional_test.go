@@ -34,6 +34,29 @@ type harness struct {
 	source     *Source
 	clientTLS  func(string) (*tls.Config, error)
 	serverAddr string
+	// Each region's state key.
+	srcSealer, dstSealer *Sealer
+}
+
+func testSealer(t *testing.T) *Sealer {
+	t.Helper()
+	key := make([]byte, StateKeySize)
+	rand.Read(key)
+	s, err := NewSealer(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// snapRef is the source snapshot name of image with its id.
+func snapRef(t *testing.T, img *rbd.Image, name string) SnapRef {
+	t.Helper()
+	id, err := snapshotID(img, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return SnapRef{Name: name, ID: id}
 }
 
 func newHarness(t *testing.T, opts Options) *harness {
@@ -71,7 +94,9 @@ func newHarness(t *testing.T, opts Options) *harness {
 	go server.Serve(ctx, ln)
 	t.Cleanup(func() { server.Close(context.Background()) })
 	h.serverAddr = ln.Addr().String()
-	h.dest = NewDest(Fixed(h.dst), server, []string{h.pool}, h.serverAddr, "agent-two", log)
+	h.dstSealer, h.srcSealer = testSealer(t), testSealer(t)
+	h.dest = NewDest(DestConfig{Connect: Fixed(h.dst), Server: server, Pools: []string{h.pool},
+		Endpoint: h.serverAddr, ServerName: "agent-two", Sealer: h.dstSealer, Log: log})
 	t.Cleanup(h.dest.Close)
 	h.clientTLS = func(name string) (*tls.Config, error) {
 		return stream.ClientTLSConfig(ca, filepath.Join(dir, "agent-one.crt"), filepath.Join(dir, "agent-one.key"), name)
@@ -83,6 +108,7 @@ func newHarness(t *testing.T, opts Options) *harness {
 		opts.ChunkSize = 1 << 20
 	}
 	opts.ClientTLS = h.clientTLS
+	opts.Sealer = h.srcSealer
 	h.source = NewSource(Fixed(h.src), []string{h.pool}, opts, log)
 	return h
 }
@@ -155,9 +181,13 @@ func snapshotsOf(t *testing.T, c *rbd.Cluster, pool, name string) []string {
 		t.Fatal(err)
 	}
 	defer img.Close()
-	names, err := snapshotNames(img)
+	snaps, err := img.Snapshots()
 	if err != nil {
 		t.Fatal(err)
+	}
+	names := make([]string, 0, len(snaps))
+	for _, s := range snaps {
+		names = append(names, s.Name)
 	}
 	return names
 }

@@ -40,7 +40,7 @@ func TestHostileChunksNeverReachTheImage(t *testing.T) {
 			TransferID: id, Mode: mode, Pool: h.pool, Image: image,
 			SourceFSID: h.src.FSID(), SourceImageID: info.ID, SourceName: h.pool + "/" + name,
 			Size: info.Size, Order: info.Order, Features: info.Features,
-			Snapshot: "ferry-" + id, Candidates: []string{r.Snapshot}, ChunkSize: 1 << 20,
+			Snapshot: "ferry-" + id, SourceSnapID: 1 << 40, Bases: []SnapRef{snapRef(t, img, r.Snapshot)}, ChunkSize: 1 << 20,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -109,7 +109,7 @@ func TestHostileChunksNeverReachTheImage(t *testing.T) {
 				t.Errorf("answer %T %+v, want an error", f, f)
 			}
 			// The session ended in error: finishing it fails.
-			if _, err := h.dest.Finish(ctx, FinishRequest{TransferID: id, Digest: "sha256:00"}); err == nil {
+			if _, err := h.dest.Finish(ctx, FinishRequest{TransferID: id, Pool: h.pool, Image: name, Digest: "sha256:00"}); err == nil {
 				t.Error("a session that received a hostile chunk finished")
 			}
 		})
@@ -129,8 +129,8 @@ func TestHostileChunksNeverReachTheImage(t *testing.T) {
 		if _, ok := f.(*stream.ErrorFrame); !ok {
 			t.Errorf("answer %T, want an error", f)
 		}
-		h.dest.Abort(ctx, "hw2-"+name, "test over")
-		h.dest.Abort(ctx, id, "test over")
+		h.dest.Abort(ctx, AbortRequest{TransferID: "hw2-" + name, Reason: "test over"})
+		h.dest.Abort(ctx, AbortRequest{TransferID: id, Reason: "test over"})
 	})
 	// Refused without a client certificate from the deployment's CA.
 	t.Run("no client certificate", func(t *testing.T) {
@@ -168,21 +168,21 @@ func TestOneWriterAtATime(t *testing.T) {
 	req := func(id string) PrepareRequest {
 		return PrepareRequest{TransferID: id, Mode: ModeFull, Pool: h.pool, Image: name,
 			SourceFSID: h.src.FSID(), SourceImageID: info.ID, SourceName: h.pool + "/" + name,
-			Size: info.Size, Order: info.Order, Features: info.Features, Snapshot: "ferry-" + id, ChunkSize: 1 << 20}
+			Size: info.Size, Order: info.Order, Features: info.Features, Snapshot: "ferry-" + id, SourceSnapID: 1 << 40, ChunkSize: 1 << 20}
 	}
 	if _, err := h.dest.Prepare(ctx, req("f1-"+name)); err != nil {
 		t.Fatal(err)
 	}
 	// A second destination agent of the region, with its own connection.
-	other := NewDest(Fixed(connect(t, "REGIONTWO")), nil, []string{h.pool}, "x:1", "x", h.dest.log)
+	other := NewDest(DestConfig{Connect: Fixed(connect(t, "REGIONTWO")), Pools: []string{h.pool}, Endpoint: "x:1", ServerName: "x", Sealer: h.dstSealer, Log: h.dest.log})
 	if _, err := other.Prepare(ctx, req("f2-"+name)); err == nil || !strings.Contains(err.Error(), "fencing") {
 		t.Fatalf("second writer: %v, want a fencing error", err)
 	}
-	if err := h.dest.Abort(ctx, "f1-"+name, "test"); err != nil {
+	if err := h.dest.Abort(ctx, AbortRequest{TransferID: "f1-" + name, Reason: "test"}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := h.dest.Prepare(ctx, req("f3-"+name)); err != nil {
 		t.Fatalf("after the first writer ended: %v", err)
 	}
-	h.dest.Abort(ctx, "f3-"+name, "test")
+	h.dest.Abort(ctx, AbortRequest{TransferID: "f3-" + name, Reason: "test"})
 }

@@ -2,7 +2,7 @@ package transfer
 
 import (
 	"context"
-	"errors"
+	"fmt"
 
 	"github.com/ferry-project/ferry/services/agent/rbd"
 	"github.com/ferry-project/ferry/services/agent/stream"
@@ -29,8 +29,32 @@ func (d *destImage) Flush() error                             { return d.img.Flu
 func (d *destImage) Size() uint64                             { return d.size }
 
 // metaCheckpoints keeps the checkpoint in the destination image's metadata,
-// so that any agent of the region can resume.
-type metaCheckpoints struct{ img *rbd.Image }
+// so that any agent of the region can resume. It is sealed and bound to
+// its run (transfer, source snapshot id, base): one that does not verify
+// is no checkpoint (the prepare starts that run over instead).
+type metaCheckpoints struct {
+	img     *rbd.Image
+	sealer  *Sealer
+	imageID string
+	run     writingState
+}
+
+func (d *Dest) checkpoints(job *destJob) metaCheckpoints {
+	return metaCheckpoints{img: job.img, sealer: d.cfg.Sealer, imageID: job.imageID, run: job.w}
+}
+
+// checkpointKind binds a checkpoint to its run.
+func checkpointKind(w *writingState) string {
+	return fmt.Sprintf("%s:%s:%d:%s:%d", kindCheckpoint, w.TransferID, w.SourceSnapID, w.Base, w.BaseID)
+}
+
+func openCheckpoint(s *Sealer, imageID string, w *writingState, text string) (stream.Checkpoint, error) {
+	var cp stream.Checkpoint
+	if err := s.Open(checkpointKind(w), imageID, text, &cp); err != nil {
+		return stream.Checkpoint{}, err
+	}
+	return cp, nil
+}
 
 func (m metaCheckpoints) LoadCheckpoint(context.Context) (stream.Checkpoint, bool, error) {
 	md, err := m.img.Metadata()
@@ -41,9 +65,9 @@ func (m metaCheckpoints) LoadCheckpoint(context.Context) (stream.Checkpoint, boo
 	if !ok {
 		return stream.Checkpoint{}, false, nil
 	}
-	cp, err := stream.DecodeCheckpoint(s)
+	cp, err := openCheckpoint(m.sealer, m.imageID, &m.run, s)
 	if err != nil {
-		// A damaged checkpoint means starting over, not failing forever.
+		// Not this run's: starting over, never stitching.
 		return stream.Checkpoint{}, false, nil //nolint:nilerr
 	}
 	return cp, true, nil
@@ -53,45 +77,9 @@ func (m metaCheckpoints) SaveCheckpoint(ctx context.Context, cp stream.Checkpoin
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	s, err := cp.Encode()
+	s, err := m.sealer.Seal(checkpointKind(&m.run), m.imageID, cp)
 	if err != nil {
 		return err
 	}
 	return m.img.SetMetadata(MetaCheckpoint, s)
-}
-
-// snapshotNames lists an image's snapshots, oldest first.
-func snapshotNames(img *rbd.Image) ([]string, error) {
-	snaps, err := img.Snapshots()
-	if err != nil {
-		return nil, err
-	}
-	names := make([]string, 0, len(snaps))
-	for _, s := range snaps {
-		names = append(names, s.Name)
-	}
-	return names, nil
-}
-
-// removeOldSnapshots removes Ferry's snapshots other than keep (all of
-// them when keep is empty); they are no longer needed as a base.
-// Snapshots Ferry did not name are left alone.
-func removeOldSnapshots(img *rbd.Image, keep string) ([]string, error) {
-	names, err := snapshotNames(img)
-	if err != nil {
-		return nil, err
-	}
-	var removed []string
-	var errs []error
-	for _, n := range names {
-		if n == keep || len(n) <= len(SnapshotPrefix) || n[:len(SnapshotPrefix)] != SnapshotPrefix {
-			continue
-		}
-		if err := img.RemoveSnapshot(n); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		removed = append(removed, n)
-	}
-	return removed, errors.Join(errs...)
 }

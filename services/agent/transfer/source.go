@@ -19,6 +19,8 @@ import (
 // Job is one transfer as the source agent runs it.
 type Job struct {
 	TransferID string
+	// Epoch is the dispatch epoch the destination fences on.
+	Epoch      int64
 	ProjectID  string
 	Mode       string // auto (default), full, incremental
 	Pool       string
@@ -47,6 +49,9 @@ type Options struct {
 	Progress  func(stream.Progress)
 	// Retry of dropped streams; zero values take the stream defaults.
 	Retry stream.RetryPolicy
+	// Sealer tags the source snapshots Ferry takes (the region's state
+	// key): only tagged snapshots are ever removed. Required.
+	Sealer *Sealer
 }
 
 // Result of a completed transfer.
@@ -130,6 +135,9 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 		phases[name] = now.Sub(mark).Seconds()
 		mark = now
 	}
+	if s.opts.Sealer == nil {
+		return Result{}, errors.New("source has no state key")
+	}
 	snap, err := s.ensureSnapshot(ctx, cluster, job)
 	if err != nil {
 		return Result{}, err
@@ -148,15 +156,23 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 	if err != nil {
 		return Result{}, err
 	}
-	// Candidates for a base: Ferry's snapshots older than this one,
-	// newest first.
-	var candidates []string
+	// Bases: Ferry's snapshots older than this one (or, for a Cinder
+	// backup, the chain's older backups), newest first, with their ids.
+	var bases []SnapRef
+	var snapID uint64
 	for i := len(all) - 1; i >= 0; i-- {
 		n := all[i].Name
-		if n != snap && (strings.HasPrefix(n, SnapshotPrefix) ||
-			strings.HasPrefix(snap, CinderBackupSnapshotPrefix) && strings.HasPrefix(n, CinderBackupSnapshotPrefix)) {
-			candidates = append(candidates, n)
+		if n == snap {
+			snapID = all[i].ID
+			continue
 		}
+		if strings.HasPrefix(n, SnapshotPrefix) ||
+			strings.HasPrefix(snap, CinderBackupSnapshotPrefix) && strings.HasPrefix(n, CinderBackupSnapshotPrefix) {
+			bases = append(bases, SnapRef{Name: n, ID: all[i].ID})
+		}
+	}
+	if snapID == 0 {
+		return Result{}, fmt.Errorf("source snapshot %s/%s@%s: %w", job.Pool, job.Image, snap, rbd.ErrNotFound)
 	}
 	chunk := s.opts.ChunkSize
 	if chunk == 0 {
@@ -164,11 +180,11 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 	}
 	phase("snapshot")
 	prep, err := dest.Prepare(ctx, PrepareRequest{
-		TransferID: job.TransferID, ProjectID: job.ProjectID, Mode: job.Mode,
+		TransferID: job.TransferID, Epoch: job.Epoch, ProjectID: job.ProjectID, Mode: job.Mode,
 		Pool: job.DestPool, Image: job.DestImage,
 		SourceFSID: cluster.FSID(), SourceImageID: info.ID, SourceName: job.Pool + "/" + job.Image,
 		Size: info.Size, Order: info.Order, Features: info.Features,
-		Snapshot: snap, Candidates: candidates, ChunkSize: chunk, Ephemeral: job.Ephemeral,
+		Snapshot: snap, SourceSnapID: snapID, Bases: bases, ChunkSize: chunk, Ephemeral: job.Ephemeral,
 	})
 	if err != nil {
 		return Result{}, fmt.Errorf("prepare at the destination: %w", err)
@@ -176,11 +192,20 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 	if job.Ephemeral && !prep.Ephemeral {
 		// An older destination agent: it would keep its snapshot and base.
 		err := fmt.Errorf("%w: the destination agent does not support ephemeral transfers (upgrade it)", ErrBadRequest)
-		s.abort(dest, job.TransferID, err)
+		s.abort(dest, job, err)
 		return Result{}, err
 	}
-	if prep.Base != "" && !slices.Contains(candidates, prep.Base) {
-		return Result{}, fmt.Errorf("destination chose base %q, which the source does not have", prep.Base)
+	if prep.Done {
+		// The destination already holds this copy (a repeated transfer):
+		// nothing to send, nothing changed there.
+		log.Info("already complete at the destination", "digest", prep.Digest, "snapshot", snap)
+		res := Result{Digest: prep.Digest, Snapshot: snap, SourceSnapshot: snap, BytesTotal: info.Size, Ephemeral: job.Ephemeral, Phases: phases}
+		return s.afterVerified(ctx, cluster, job, res, "", closeImg, log), nil
+	}
+	if prep.Base != "" && !slices.ContainsFunc(bases, func(b SnapRef) bool { return b.Name == prep.Base }) {
+		err := fmt.Errorf("destination chose base %q, which the source does not have", prep.Base)
+		s.abort(dest, job, err)
+		return Result{}, err
 	}
 	mode := ModeFull
 	if prep.Base != "" {
@@ -191,12 +216,12 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 	phase("prepare")
 	extents, err := s.extents(ctx, img, prep.Base)
 	if err != nil {
-		s.abort(dest, job.TransferID, err)
+		s.abort(dest, job, err)
 		return Result{}, err
 	}
 	tlsCfg, err := s.opts.ClientTLS(prep.ServerName)
 	if err != nil {
-		s.abort(dest, job.TransferID, err)
+		s.abort(dest, job, err)
 		return Result{}, err
 	}
 	var resume *stream.Checkpoint
@@ -214,13 +239,17 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 		Progress: s.opts.Progress, Logger: log,
 	})
 	if err != nil {
-		s.abort(dest, job.TransferID, err)
+		s.abort(dest, job, err)
 		return Result{}, fmt.Errorf("sending: %w", err)
 	}
 	phase("send")
-	fin, err := dest.Finish(ctx, FinishRequest{TransferID: job.TransferID, Digest: sres.Digest})
+	fin, err := dest.Finish(ctx, FinishRequest{TransferID: job.TransferID, Epoch: job.Epoch,
+		Pool: job.DestPool, Image: job.DestImage, Digest: sres.Digest})
 	if err != nil {
 		return Result{}, fmt.Errorf("finishing at the destination: %w", err)
+	}
+	if fin.Digest != "" && fin.Digest != sres.Digest {
+		return Result{}, fmt.Errorf("%w: sent %s, destination finished %s", ErrDigestMismatch, sres.Digest, fin.Digest)
 	}
 	res := Result{
 		Digest: sres.Digest, Mode: mode, Base: prep.Base, Snapshot: snap, SourceSnapshot: snap, BytesTotal: info.Size,
@@ -229,33 +258,39 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 	}
 	phase("finish")
 	res.Phases = phases
+	log.Info("completed", "digest", sres.Digest, "bytes_sent", sres.BytesSent, "duration", sres.Duration.Round(time.Millisecond), "ephemeral", job.Ephemeral)
+	return s.afterVerified(ctx, cluster, job, res, prep.Base, closeImg, log), nil
+}
+
+// afterVerified removes the source snapshots a verified transfer no longer
+// needs. For an ephemeral copy nothing is a base: the snapshot Ferry took
+// goes, a snapshot the user named stays. Otherwise the new snapshot is the
+// next base for this destination and the base it replaces goes; only that
+// one: other ferry-* snapshots may be the bases (or the running copies) of
+// transfers to other destinations. A failure here leaves only space behind
+// (logged), never a wrong copy.
+func (s *Source) afterVerified(ctx context.Context, cluster *rbd.Cluster, job Job, res Result, base string, closeImg func() error, log *slog.Logger) Result {
 	if job.Ephemeral {
 		res.Snapshot = ""
-		// Nothing is a base: the snapshot Ferry took goes, a snapshot the
-		// user named stays. A failure leaves a ferry-* snapshot behind
-		// (space, and Cinder's trash on delete), not a wrong copy.
 		if job.Snapshot == "" {
 			closeImg() // no handle left on the snapshot being removed
-			if err := s.removeSnapshot(ctx, cluster, job, snap); err != nil {
+			if err := s.removeSnapshot(ctx, cluster, job, res.SourceSnapshot); err != nil {
 				log.Warn("removing the ephemeral transfer's source snapshot", "error", err)
 			} else {
-				res.Removed = []string{snap}
+				res.Removed = []string{res.SourceSnapshot}
 			}
 		}
-		log.Info("completed", "digest", sres.Digest, "bytes_sent", sres.BytesSent, "duration", sres.Duration.Round(time.Millisecond), "ephemeral", true)
-		return res, nil
+		return res
 	}
-	// The new snapshot is the next base for this destination: the base
-	// it replaces goes. Only that one: other ferry-* snapshots may be the
-	// bases (or the running copies) of transfers to other destinations.
-	// A failure here leaves only space behind.
-	if removed, err := s.removeBase(ctx, cluster, job, prep.Base, snap); err != nil {
-		log.Warn("removing old source snapshots", "error", err)
+	if base == "" || base == res.Snapshot {
+		return res
+	}
+	if err := s.removeSnapshot(ctx, cluster, job, base); err != nil {
+		log.Warn("removing the old source base", "base", base, "error", err)
 	} else {
-		res.Removed = removed
+		res.Removed = []string{base}
 	}
-	log.Info("completed", "digest", sres.Digest, "bytes_sent", sres.BytesSent, "duration", sres.Duration.Round(time.Millisecond))
-	return res, nil
+	return res
 }
 
 // ensureSnapshot returns the snapshot to copy, taking ferry-<id> if needed.
@@ -302,10 +337,65 @@ func (s *Source) ensureSnapshot(ctx context.Context, cluster *rbd.Cluster, job J
 		return "", fmt.Errorf("source image: %w", err)
 	}
 	defer img.Close()
-	if err := img.CreateSnapshot(snap); err != nil && !errors.Is(err, rbd.ErrExists) {
+	if err := img.CreateSnapshot(snap); err != nil {
+		if errors.Is(err, rbd.ErrExists) {
+			// A repeated start: the snapshot of the first (tagged then,
+			// or not Ferry's and never removed).
+			return snap, nil
+		}
+		return "", err
+	}
+	if err := s.tag(img, job, snap); err != nil {
 		return "", err
 	}
 	return snap, nil
+}
+
+// tag records in the source image's metadata that Ferry took snapshot name
+// (by id): only tagged snapshots are ever removed by Ferry.
+func (s *Source) tag(img *rbd.Image, job Job, name string) error {
+	info, err := img.Info()
+	if err != nil {
+		return err
+	}
+	id, err := snapshotID(img, name)
+	if err != nil {
+		return err
+	}
+	v, err := s.opts.Sealer.Seal(kindSourceSnap, info.ID, sourceSnapTag{Snapshot: name, SnapID: id, TransferID: job.TransferID})
+	if err != nil {
+		return err
+	}
+	return img.SetMetadata(MetaSourceSnapPrefix+name, v)
+}
+
+// tagged reports whether Ferry took the source snapshot name (its tag
+// verifies and names the snapshot's id).
+func (s *Source) tagged(img *rbd.Image, name string) (bool, error) {
+	info, err := img.Info()
+	if err != nil {
+		return false, err
+	}
+	md, err := img.Metadata()
+	if err != nil {
+		return false, err
+	}
+	text, ok := md[MetaSourceSnapPrefix+name]
+	if !ok {
+		return false, nil
+	}
+	id, err := snapshotID(img, name)
+	if errors.Is(err, rbd.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	var t sourceSnapTag
+	if s.opts.Sealer.Open(kindSourceSnap, info.ID, text, &t) != nil {
+		return false, nil
+	}
+	return t.Snapshot == name && t.SnapID == id, nil
 }
 
 // extents lists what to send: the diff from base, or every allocated
@@ -336,34 +426,36 @@ func (s *Source) extents(ctx context.Context, img *rbd.Image, base string) ([]st
 	return out, nil
 }
 
-func (s *Source) removeBase(ctx context.Context, cluster *rbd.Cluster, job Job, base, keep string) ([]string, error) {
-	if base == "" || base == keep || !strings.HasPrefix(base, SnapshotPrefix) {
-		return nil, nil
-	}
-	if err := s.removeSnapshot(ctx, cluster, job, base); err != nil {
-		return nil, err
-	}
-	return []string{base}, nil
-}
-
-// removeSnapshot removes one of the source image's snapshots; one already
-// gone is no error.
+// removeSnapshot removes a source snapshot Ferry took (tagged), with its
+// tag; one already gone is no error, one Ferry did not take stays
+// (ErrNotOwned).
 func (s *Source) removeSnapshot(ctx context.Context, cluster *rbd.Cluster, job Job, name string) error {
 	img, err := cluster.OpenImage(ctx, job.Pool, job.Image, "", false)
 	if err != nil {
 		return err
 	}
 	defer img.Close()
+	ours, err := s.tagged(img, name)
+	if err != nil {
+		return err
+	}
+	if !ours {
+		if _, err := snapshotID(img, name); errors.Is(err, rbd.ErrNotFound) {
+			return img.RemoveMetadata(MetaSourceSnapPrefix + name)
+		}
+		return fmt.Errorf("%w: snapshot %s/%s@%s has no Ferry tag: left in place", ErrNotOwned, job.Pool, job.Image, name)
+	}
 	if err := img.RemoveSnapshot(name); err != nil && !errors.Is(err, rbd.ErrNotFound) {
 		return err
 	}
-	return nil
+	return img.RemoveMetadata(MetaSourceSnapPrefix + name)
 }
 
-func (s *Source) abort(dest Preparer, transferID string, cause error) {
+func (s *Source) abort(dest Preparer, job Job, cause error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := dest.Abort(ctx, transferID, cause.Error()); err != nil && !errors.Is(err, ErrNoSession) {
-		s.log.Warn("aborting at the destination", "transfer_id", transferID, "error", err)
+	err := dest.Abort(ctx, AbortRequest{TransferID: job.TransferID, Epoch: job.Epoch, Reason: cause.Error()})
+	if err != nil && !errors.Is(err, ErrNoSession) {
+		s.log.Warn("aborting at the destination", "transfer_id", job.TransferID, "error", err)
 	}
 }

@@ -14,7 +14,6 @@ package transfer
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -61,11 +60,30 @@ var (
 	ErrNoSession      = errors.New("no open session for this transfer on this agent")
 	ErrDigestMismatch = errors.New("transfer digests differ between source and destination")
 	ErrBadRequest     = errors.New("bad transfer request")
+	// ErrStaleEpoch: a message of an older dispatch of the transfer than
+	// the one the destination serves (re-dispatched since).
+	ErrStaleEpoch = errors.New("stale epoch")
+	// ErrConflict: the destination holds something the transfer must not
+	// touch (a snapshot of that name from another source snapshot, or one
+	// Ferry did not take). Nothing was changed.
+	ErrConflict = errors.New("destination conflict")
 )
+
+// SnapRef names a source snapshot with its id: ids are never reused within
+// an image, so a snapshot deleted and taken again under the same name is
+// another snapshot.
+type SnapRef struct {
+	Name string `json:"name"`
+	ID   uint64 `json:"id"`
+}
 
 // PrepareRequest is what the source tells the destination before sending.
 type PrepareRequest struct {
 	TransferID string `json:"transfer_id"`
+	// Epoch is the transfer's dispatch epoch: a prepare older than the
+	// one the destination has seen is refused, and finish and abort must
+	// carry the epoch of the prepare they follow.
+	Epoch     int64  `json:"epoch"`
 	ProjectID  string `json:"project_id,omitempty"`
 	Mode       string `json:"mode"`
 	// Pool and Image name the destination image.
@@ -80,12 +98,16 @@ type PrepareRequest struct {
 	Size     uint64 `json:"size"`
 	Order    uint64 `json:"order"`
 	Features uint64 `json:"features"`
-	// Snapshot is the name the destination ends with.
-	Snapshot string `json:"snapshot"`
-	// Candidates are the source's older snapshots, newest first: the
-	// destination picks the newest it also has as the incremental base.
-	Candidates []string `json:"candidates,omitempty"`
-	ChunkSize  uint64   `json:"chunk_size"`
+	// Snapshot is the name the destination ends with; SourceSnapID the
+	// id of the source snapshot copied (what "already complete" and a
+	// resume are matched on, never the name alone).
+	Snapshot     string `json:"snapshot"`
+	SourceSnapID uint64 `json:"source_snap_id"`
+	// Bases are the source's older snapshots, newest first: the
+	// destination picks the newest whose verified record says it holds
+	// that very source snapshot as the incremental base.
+	Bases     []SnapRef `json:"bases,omitempty"`
+	ChunkSize uint64    `json:"chunk_size"`
 	// Ephemeral: the copy is handed over (to Cinder) once finished: the
 	// destination ends without a snapshot and without base metadata, and
 	// removes Ferry's older snapshots. Never incremental. Agents that
@@ -106,6 +128,10 @@ func (r *PrepareRequest) Validate() error {
 		return bad("snapshot name %q", r.Snapshot)
 	case r.SourceFSID == "" || r.SourceImageID == "":
 		return bad("source identity missing")
+	case r.SourceSnapID == 0:
+		return bad("source snapshot id missing (a source agent older than this destination?)")
+	case r.Epoch < 0:
+		return bad("epoch %d", r.Epoch)
 	case r.Ephemeral && r.Mode == ModeIncremental:
 		return bad("an ephemeral transfer is a full copy, not incremental")
 	case r.Order < 12 || r.Order > 26:
@@ -142,11 +168,21 @@ type PrepareResponse struct {
 	// without a snapshot. False from an agent that predates ephemeral
 	// transfers, which the source then refuses to send to.
 	Ephemeral bool `json:"ephemeral,omitempty"`
+	// Done: the destination already holds this transfer's copy (a
+	// redelivered or repeated transfer): nothing is to be sent, nothing
+	// was changed; Digest is the recorded transfer digest.
+	Done   bool   `json:"done,omitempty"`
+	Digest string `json:"digest,omitempty"`
 }
 
-// FinishRequest asks the destination to seal a sent transfer.
+// FinishRequest asks the destination to seal a sent transfer. Pool and
+// Image let an agent that holds no session answer a repeated finish from
+// the image's records.
 type FinishRequest struct {
 	TransferID string `json:"transfer_id"`
+	Epoch      int64  `json:"epoch"`
+	Pool       string `json:"pool,omitempty"`
+	Image      string `json:"image,omitempty"`
 	Digest     string `json:"digest"`
 }
 
@@ -173,34 +209,15 @@ func Fixed(c *rbd.Cluster) Connector {
 type Preparer interface {
 	Prepare(ctx context.Context, req PrepareRequest) (PrepareResponse, error)
 	Finish(ctx context.Context, req FinishRequest) (FinishResponse, error)
-	Abort(ctx context.Context, transferID, reason string) error
+	Abort(ctx context.Context, req AbortRequest) error
 }
 
-// writingState marks a destination head that a transfer is writing: a
-// resume must use the same base, another transfer must roll back first.
-type writingState struct {
+// AbortRequest ends a transfer's session at the destination (the
+// checkpoint stays for a resume); Epoch must be the session's.
+type AbortRequest struct {
 	TransferID string `json:"transfer_id"`
-	Base       string `json:"base,omitempty"`
-	Snapshot   string `json:"snapshot"`
-	Size       uint64 `json:"size"`
-}
-
-func decodeWriting(s string) (writingState, bool) {
-	var w writingState
-	if s == "" || json.Unmarshal([]byte(s), &w) != nil || w.TransferID == "" {
-		return writingState{}, false
-	}
-	return w, true
-}
-
-// chooseBase picks the newest candidate the destination also has.
-func chooseBase(candidates, destSnaps []string) string {
-	for _, c := range candidates {
-		if slices.Contains(destSnaps, c) {
-			return c
-		}
-	}
-	return ""
+	Epoch      int64  `json:"epoch"`
+	Reason     string `json:"reason"`
 }
 
 func allowed(pools []string, pool string) error {

@@ -106,13 +106,14 @@ type Agent struct {
 	CephUser          string   `opt:"ceph_user" default:"ferry" help:"Ceph client name without the client. prefix."`
 	CephKeyring       string   `opt:"ceph_keyring" default:"" help:"Keyring of ceph_user; empty means the keyring named in ceph_conf."`
 	Pools             []string `opt:"pools" default:"volumes" help:"Comma-separated allow-list of pools this agent may read from and write to."`
-	Streams           int      `opt:"streams" default:"4" min:"1" max:"64" help:"Parallel TLS streams per transfer."`
+	Streams           int      `opt:"streams" default:"4" min:"1" max:"32" help:"Parallel TLS streams per transfer (the data stream's maximum is 32)."`
 	ChunkSize         Size     `opt:"chunk_size" default:"4M" min:"65536" max:"67108864" help:"Size of a data chunk on the wire (about the RBD object size). Accepts K, M, G suffixes."`
 	BandwidthLimit    Size     `opt:"bandwidth_limit" default:"0" min:"0" help:"Bytes per second a transfer may send (token bucket); 0 means no limit. Accepts K, M, G suffixes."`
 	Compression       string   `opt:"compression" default:"none" choices:"none,zstd" help:"Compression of data chunks on the wire."`
 	MaxTransfers      int      `opt:"max_transfers" default:"2" min:"1" max:"256" help:"Transfers this agent runs at once; the rest stay queued."`
 	HeartbeatInterval int      `opt:"heartbeat_interval" default:"10" min:"1" max:"3600" help:"Seconds between heartbeats to ferry-api."`
 	ReportInterval    int      `opt:"report_interval" default:"2" min:"1" max:"60" help:"Seconds between progress reports of a running transfer."`
+	StateKeyFile      string   `opt:"state_key_file" default:"/etc/ferry/pki/state.key" help:"The region's state key (ferry-manage pki state-key): the same file on every agent of the region. It seals what Ferry keeps in image metadata (checkpoints, snapshot records, tags), so that a pool writer cannot forge a resume point or make Ferry remove a snapshot it did not take."`
 }
 
 // TLS is the [tls] section: the deployment CA and this node's certificate.
@@ -313,6 +314,9 @@ func (c *Config) ForAgent() error {
 		if r.v == "" {
 			return &Error{Section: "tls", Option: r.opt, Reason: "required by ferry-agent (data streams use mutual TLS)"}
 		}
+	}
+	if a.StateKeyFile == "" {
+		return &Error{Section: "agent", Option: "state_key_file", Reason: "required by ferry-agent (it seals the state kept in image metadata)"}
 	}
 	return nil
 }

@@ -1,0 +1,190 @@
+//go:build functional
+
+package transfer
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ferry-project/ferry/services/agent/stream"
+	"github.com/ferry-project/ferry/services/internal/testenv"
+)
+
+// The sequence that once zeroed a replica: a transfer, the same transfer
+// again (a redelivered transfer.start), then a new incremental. The repeat
+// is answered from the destination's record and changes nothing; the
+// incremental starts from a head equal to its base; every image and
+// snapshot equals its source.
+func TestRepeatedTransferThenIncremental(t *testing.T) {
+	h := newHarness(t, Options{})
+	ctx := ctxT(t)
+	name := uniq("xfer-repeat")
+	img := h.newImage(name, 24<<20)
+	writeRandom(t, img, 0, 6<<20)
+	writeRandom(t, img, 17<<20, 1<<20)
+	job := Job{TransferID: "t1-" + name, Epoch: 1, Pool: h.pool, Image: name}
+
+	r1, err := h.source.Run(ctx, job, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.sameImage(name, r1.Snapshot)
+	head := testenv.ExportSHA(t, h.dstConf, h.pool+"/"+name)
+	if src := testenv.ExportSHA(t, h.srcConf, h.pool+"/"+name+"@"+r1.Snapshot); head != src {
+		t.Fatalf("run 1: destination head %s, source snapshot %s", head, src)
+	}
+
+	// Run 2: the same transfer again, as a redelivered start would run it
+	// (another epoch too).
+	job.Epoch = 2
+	r2, err := h.source.Run(ctx, job, h.dest)
+	if err != nil {
+		t.Fatalf("run 2 (repeat): %v", err)
+	}
+	if r2.Digest != r1.Digest || r2.Stream.BytesSent != 0 {
+		t.Errorf("run 2: digest %s (run 1 %s), sent %d bytes; want the recorded digest and nothing sent", r2.Digest, r1.Digest, r2.Stream.BytesSent)
+	}
+	if after := testenv.ExportSHA(t, h.dstConf, h.pool+"/"+name); after != head {
+		t.Fatalf("run 2 changed the destination head: %s, was %s", after, head)
+	}
+	h.sameImage(name, r1.Snapshot)
+
+	// Run 3: a new incremental.
+	writeRandom(t, img, 3<<20, 256<<10)
+	writeRandom(t, img, 20<<20, 64<<10)
+	r3, err := h.source.Run(ctx, Job{TransferID: "t3-" + name, Epoch: 1, Pool: h.pool, Image: name, Mode: ModeIncremental}, h.dest)
+	if err != nil {
+		t.Fatalf("run 3: %v", err)
+	}
+	if r3.Base != r1.Snapshot {
+		t.Errorf("run 3 base %q, want %s", r3.Base, r1.Snapshot)
+	}
+	h.sameImage(name, r3.Snapshot)
+	if a, b := testenv.ExportSHA(t, h.dstConf, h.pool+"/"+name), testenv.ExportSHA(t, h.srcConf, h.pool+"/"+name+"@"+r3.Snapshot); a != b {
+		t.Fatalf("run 3: destination head %s, source snapshot %s", a, b)
+	}
+}
+
+// A head changed behind Ferry's back since the base (or by an unfinished
+// transfer) is rolled back before an incremental is applied: never a diff
+// onto an unknown head.
+func TestIncrementalOntoAChangedHead(t *testing.T) {
+	h := newHarness(t, Options{})
+	ctx := ctxT(t)
+	name := uniq("xfer-dirty")
+	img := h.newImage(name, 16<<20)
+	writeRandom(t, img, 0, 4<<20)
+	r1, err := h.source.Run(ctx, Job{TransferID: "d1-" + name, Pool: h.pool, Image: name}, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Someone writes the destination head.
+	dimg, err := h.dst.OpenImage(ctx, h.pool, name, "", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRandom(t, dimg, 8<<20, 1<<20)
+	dimg.Close()
+
+	writeRandom(t, img, 12<<20, 4096)
+	r2, err := h.source.Run(ctx, Job{TransferID: "d2-" + name, Pool: h.pool, Image: name, Mode: ModeIncremental}, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r2.Base != r1.Snapshot {
+		t.Errorf("base %q, want %s", r2.Base, r1.Snapshot)
+	}
+	h.sameImage(name, r2.Snapshot)
+}
+
+// A source snapshot deleted and taken again under the same name (other
+// data) is refused by a destination that holds the first one: nothing is
+// changed there.
+func TestRecreatedSnapshotRefused(t *testing.T) {
+	h := newHarness(t, Options{})
+	ctx := ctxT(t)
+	name := uniq("xfer-recreate")
+	img := h.newImage(name, 8<<20)
+	writeRandom(t, img, 0, 1<<20)
+	if err := img.CreateSnapshot("nightly"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.source.Run(ctx, Job{TransferID: "n1-" + name, Pool: h.pool, Image: name, Snapshot: "nightly"}, h.dest); err != nil {
+		t.Fatal(err)
+	}
+	before := testenv.ExportSHA(t, h.dstConf, h.pool+"/"+name+"@nightly")
+	headBefore := testenv.ExportSHA(t, h.dstConf, h.pool+"/"+name)
+	if err := img.RemoveSnapshot("nightly"); err != nil {
+		t.Fatal(err)
+	}
+	writeRandom(t, img, 0, 1<<20)
+	if err := img.CreateSnapshot("nightly"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := h.source.Run(ctx, Job{TransferID: "n2-" + name, Pool: h.pool, Image: name, Snapshot: "nightly"}, h.dest)
+	if !errors.Is(err, ErrConflict) {
+		t.Fatalf("recreated snapshot: %v, want ErrConflict", err)
+	}
+	if a, b := testenv.ExportSHA(t, h.dstConf, h.pool+"/"+name+"@nightly"), testenv.ExportSHA(t, h.dstConf, h.pool+"/"+name); a != before || b != headBefore {
+		t.Error("the refused transfer changed the destination")
+	}
+	// The user's snapshot is not Ferry's: never removed at the source.
+	if !slices.Contains(snapshotsOf(t, h.src, h.pool, name), "nightly") {
+		t.Error("the user's snapshot was removed")
+	}
+}
+
+// A checkpoint edited in the image's metadata (a pool writer) does not
+// verify: the run starts over from the beginning instead of resuming at
+// the forged watermark, and the copy is still identical.
+func TestForgedCheckpointRestarts(t *testing.T) {
+	var cancelAt atomic.Pointer[context.CancelFunc]
+	const size = 64 << 20
+	h := newHarness(t, Options{
+		BandwidthLimit: 32 << 20,
+		Progress: func(p stream.Progress) {
+			if c := cancelAt.Load(); c != nil && p.BytesDone >= size/2 {
+				(*c)()
+			}
+		},
+	})
+	name := uniq("xfer-forge")
+	img := h.newImage(name, size)
+	writeRandom(t, img, 0, size)
+	ctx1, cancel1 := context.WithCancel(ctxT(t))
+	cancelAt.Store(&cancel1)
+	job := Job{TransferID: "f-" + name, Pool: h.pool, Image: name}
+	if _, err := h.source.Run(ctx1, job, h.dest); err == nil {
+		t.Fatal("the interrupted run succeeded")
+	}
+	cancelAt.Store(nil)
+	time.Sleep(1500 * time.Millisecond) // the destination saves its checkpoint
+	dimg, err := h.dst.OpenImage(context.Background(), h.pool, name, "", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	md, err := dimg.Metadata()
+	if err != nil || md[MetaCheckpoint] == "" {
+		t.Fatalf("no checkpoint after the interruption: %v", err)
+	}
+	// A forged checkpoint: everything written, as far as it claims.
+	forged := stream.Checkpoint{TransferID: job.TransferID, ChunkSize: 1 << 20, Watermark: size >> 20, BytesDone: size}
+	s, _ := forged.Encode()
+	if err := dimg.SetMetadata(MetaCheckpoint, s); err != nil {
+		t.Fatal(err)
+	}
+	dimg.Close()
+
+	r, err := h.source.Run(ctxT(t), job, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Resumed || r.Stream.BytesSent < size {
+		t.Errorf("a forged checkpoint was used: resumed %v, sent %d of %d", r.Resumed, r.Stream.BytesSent, size)
+	}
+	h.sameImage(name, r.Snapshot)
+}
