@@ -20,11 +20,11 @@ import (
 type Job struct {
 	TransferID string
 	// Epoch is the dispatch epoch the destination fences on.
-	Epoch      int64
-	ProjectID  string
-	Mode       string // auto (default), full, incremental
-	Pool       string
-	Image      string
+	Epoch     int64
+	ProjectID string
+	Mode      string // auto (default), full, incremental
+	Pool      string
+	Image     string
 	// Snapshot names an existing source snapshot to copy; empty: Ferry
 	// takes ferry-<transfer id>.
 	Snapshot  string

@@ -84,8 +84,8 @@ type PrepareRequest struct {
 	// one the destination has seen is refused, and finish and abort must
 	// carry the epoch of the prepare they follow.
 	Epoch     int64  `json:"epoch"`
-	ProjectID  string `json:"project_id,omitempty"`
-	Mode       string `json:"mode"`
+	ProjectID string `json:"project_id,omitempty"`
+	Mode      string `json:"mode"`
 	// Pool and Image name the destination image.
 	Pool  string `json:"pool"`
 	Image string `json:"image"`
