@@ -33,10 +33,12 @@ import (
 //
 //	1.0  the first contract
 //	1.1  TransferStart.ephemeral
+//	1.2  Envelope.signature (signed agent commands), epochs and grants in
+//	     the agent-to-agent calls, TransferCancel.epoch
 const (
 	VersionMajor = 1
-	VersionMinor = 1
-	Version      = "1.1"
+	VersionMinor = 2
+	Version      = "1.2"
 )
 
 var (
@@ -56,6 +58,9 @@ type Envelope struct {
 	RequestID string          `json:"request_id"`
 	Body      json.RawMessage `json:"body,omitempty"`
 	Error     *RemoteError    `json:"error,omitempty"`
+	// Signature is ferry-api's, on the commands it sends to agents (see
+	// Signer); it covers Body's exact bytes.
+	Signature *Signature `json:"signature,omitempty"`
 }
 
 // NewEnvelope builds the envelope of a request: the current version, the
@@ -68,6 +73,10 @@ func NewEnvelope(ctx context.Context, method string, body any) (Envelope, error)
 	env := Envelope{Version: Version, Method: method, RequestID: RequestIDFrom(ctx)}
 	if env.RequestID == "" {
 		env.RequestID = NewRequestID()
+	}
+	if s, ok := body.(Signed); ok {
+		env.Body, env.Signature = s.Body, s.Signature
+		return env, nil
 	}
 	raw, err := encodeBody(body)
 	if err != nil {

@@ -13,6 +13,7 @@ const (
 	CodeInvalid            = "invalid"
 	CodeUnknownMethod      = "unknown_method"
 	CodeUnsupportedVersion = "unsupported_version"
+	CodeForbidden          = "forbidden"
 	CodeInternal           = "internal"
 )
 
@@ -24,7 +25,53 @@ var (
 	ErrConflict      = errors.New("conflict")
 	ErrInvalid       = errors.New("invalid")
 	ErrUnknownMethod = errors.New("unknown method")
+	// ErrForbidden: a command that is not signed by ferry-api, whose
+	// signature does not verify or has expired, or that does not match
+	// the grant it claims (see Verifier). Never retried.
+	ErrForbidden = errors.New("forbidden")
 )
+
+// The errors of a transfer that cross the bus between agents (the transfer
+// package uses these very values), each with its code below.
+var (
+	ErrNotOwned       = errors.New("destination image exists and was not created by Ferry for this source")
+	ErrPoolNotAllowed = errors.New("pool is not in this agent's allow-list")
+	ErrNoBase         = errors.New("no common base snapshot for an incremental transfer")
+	ErrNoSession      = errors.New("no open session for this transfer on this agent")
+	ErrDigestMismatch = errors.New("transfer digests differ between source and destination")
+	ErrBadRequest     = errors.New("bad transfer request")
+	// ErrStaleEpoch: a message of an older dispatch of the transfer than
+	// the one the receiver serves (re-dispatched since).
+	ErrStaleEpoch = errors.New("stale epoch")
+	// ErrDestConflict: the destination holds something the transfer must
+	// not touch (a snapshot of that name from another source snapshot, or
+	// one Ferry did not take). Nothing was changed.
+	ErrDestConflict = errors.New("destination conflict")
+)
+
+// codes is the bus's one registry of error codes: the code a reply carries
+// for each sentinel, most specific first (ToRemoteError takes the first
+// match), and the sentinel errors.Is finds in a RemoteError of that code.
+var codes = []struct {
+	code string
+	err  error
+}{
+	{"not_owned", ErrNotOwned},
+	{"pool_not_allowed", ErrPoolNotAllowed},
+	{"no_base", ErrNoBase},
+	{"no_session", ErrNoSession},
+	{"digest_mismatch", ErrDigestMismatch},
+	{"bad_request", ErrBadRequest},
+	{"stale_epoch", ErrStaleEpoch},
+	{"destination_conflict", ErrDestConflict},
+	{CodeForbidden, ErrForbidden},
+	{CodeNotFound, ErrNotFound},
+	{CodeConflict, ErrConflict},
+	{CodeInvalid, ErrInvalid},
+	{CodeInvalid, ErrMalformed},
+	{CodeUnknownMethod, ErrUnknownMethod},
+	{CodeUnsupportedVersion, ErrMajorVersion},
+}
 
 // Transport errors, distinct from any RemoteError.
 var (
@@ -70,26 +117,18 @@ func (e *RemoteError) Is(target error) bool {
 }
 
 func sentinel(code string) error {
-	switch code {
-	case CodeNotFound:
-		return ErrNotFound
-	case CodeConflict:
-		return ErrConflict
-	case CodeInvalid:
-		return ErrInvalid
-	case CodeUnknownMethod:
-		return ErrUnknownMethod
-	case CodeUnsupportedVersion:
-		return ErrMajorVersion
+	for _, c := range codes {
+		if c.code == code {
+			return c.err
+		}
 	}
 	return nil
 }
 
 // ToRemoteError turns a handler's error into what the reply carries: a
 // RemoteError found in its chain as is, else the code of the first sentinel
-// it wraps (ErrNotFound, ErrConflict, ErrInvalid, ErrUnknownMethod,
-// ErrMajorVersion, ErrMalformed as invalid), else internal. The message is
-// err.Error().
+// of the registry it wraps (ErrMalformed as invalid), else internal. The
+// message is err.Error().
 func ToRemoteError(err error) *RemoteError {
 	if err == nil {
 		return nil
@@ -100,17 +139,11 @@ func ToRemoteError(err error) *RemoteError {
 		return &c
 	}
 	code := CodeInternal
-	switch {
-	case errors.Is(err, ErrNotFound):
-		code = CodeNotFound
-	case errors.Is(err, ErrConflict):
-		code = CodeConflict
-	case errors.Is(err, ErrInvalid), errors.Is(err, ErrMalformed):
-		code = CodeInvalid
-	case errors.Is(err, ErrUnknownMethod):
-		code = CodeUnknownMethod
-	case errors.Is(err, ErrMajorVersion):
-		code = CodeUnsupportedVersion
+	for _, c := range codes {
+		if errors.Is(err, c.err) {
+			code = c.code
+			break
+		}
 	}
 	return &RemoteError{Code: code, Message: err.Error()}
 }

@@ -47,9 +47,12 @@ func (t TransferStart) Validate() error {
 	return nil
 }
 
-// TransferCancel is transfer.cancel's body.
+// TransferCancel is transfer.cancel's body. Epoch is the transfer's: an
+// agent cancels only the run of that epoch (since 1.2; 0 from an older
+// API cancels whatever runs).
 type TransferCancel struct {
 	TransferID string `json:"transfer_id"`
+	Epoch      int64  `json:"epoch,omitempty"`
 }
 
 // Status events an agent reports about a transfer.

@@ -74,6 +74,7 @@ bind_port = $F_API_PORT
 policy_file = $F_DIR/policy.yaml
 # A development stack notices a dead agent quickly.
 agent_down_time = 15
+command_signing_key_file = $F_PKI/signing.key
 $(ferry_cinder_conf)
 EOF
     for r in "${REGIONS[@]}"; do
@@ -94,6 +95,7 @@ ceph_keyring = $STACK_DIR/$r/ceph.client.ferry.keyring
 pools = volumes$([[ ${FERRY_STACK_CINDER:-1} == 0 ]] || echo ", $CINDER_BACKUP_POOL")
 heartbeat_interval = 3
 state_key_file = $F_PKI/state-$r.key
+command_verify_key_file = $F_PKI/signing.pub
 
 [tls]
 ca_file = $F_PKI/ca.crt
@@ -109,6 +111,9 @@ ferry_pki() {
     if [[ ! -f $F_PKI/ca.crt ]]; then
         "$F_BIN/ferry-manage" pki init --dir "$F_PKI" >"$F_LOG_DIR/pki.log" 2>&1 || die "pki init failed"
     fi
+    # ferry-api signs every command to the agents; they hold the public half.
+    [[ -f $F_PKI/signing.key ]] || "$F_BIN/ferry-manage" pki signing-key --dir "$F_PKI" \
+        >>"$F_LOG_DIR/pki.log" 2>&1 || die "pki signing-key failed"
     for r in "${REGIONS[@]}"; do
         # One state key per region, shared by the region's agents.
         [[ -f $F_PKI/state-$r.key ]] || "$F_BIN/ferry-manage" pki state-key --out "$F_PKI/state-$r.key" \
@@ -122,8 +127,15 @@ ferry_pki() {
 # ferry_spawn NAME PIDFILE LOG ARGS...: start a daemon in its own session, record its pid.
 ferry_spawn() {
     local name=$1 pidfile=$2 logf=$3; shift 3
-    # 9>&-: the daemon must not inherit (and hold) the stack lock.
-    setsid "$@" >>"$logf" 2>&1 </dev/null 9>&- &
+    # The daemon inherits no descriptor but its output: not the stack lock
+    # (fd 9), nor a lock held by whoever runs stack.sh (flock(1) around it).
+    (
+        for fd in /proc/self/fd/*; do
+            fd=${fd##*/}
+            [[ $fd -gt 2 ]] && eval "exec $fd>&-" 2>/dev/null
+        done
+        exec setsid "$@" >>"$logf" 2>&1 </dev/null
+    ) &
     echo $! >"$pidfile"
     log "ferry: started $name (pid $!)"
 }

@@ -36,6 +36,9 @@ type Agent struct {
 	ln     net.Listener
 	host   string
 	sealer *transfer.Sealer
+	// verifier checks that commands come from ferry-api.
+	verifier *rpc.Verifier
+	metrics  *metrics
 }
 
 // New connects to the region's cluster, checks the pool allow-list and the
@@ -88,9 +91,14 @@ func newSource(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Agen
 	if err != nil {
 		return nil, fmt.Errorf("[agent] state_key_file: %w", err)
 	}
+	pub, err := pki.LoadVerifyKey(a.CommandVerifyKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("[agent] command_verify_key_file: %w (signing.pub of ferry-manage pki signing-key)", err)
+	}
 	// One connection to the region's cluster, shared by every transfer
 	// and closed after IdleConnection without one.
-	ag := &Agent{cfg: cfg, log: log, conns: rbd.NewPool(IdleConnection), host: cfg.Hostname(), sealer: sealer}
+	ag := &Agent{cfg: cfg, log: log, conns: rbd.NewPool(IdleConnection), host: cfg.Hostname(), sealer: sealer,
+		verifier: rpc.NewVerifier(pub), metrics: newMetrics()}
 	cluster, release, err := ag.connector()(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("[agent] ceph_conf %s: %w", a.CephConf, err)
@@ -141,27 +149,37 @@ func (a *Agent) Serve(ctx context.Context, bus Bus) error {
 	defer r.stopAll()
 	var shared, own rpc.Mux
 	a.destHandlers(&shared)
-	shared.Handle(rpc.MethodTransferStart, func(ctx context.Context, env rpc.Envelope) (any, error) {
+	// Commands from ferry-api are signed: anything else is refused and
+	// dead-lettered.
+	shared.Handle(rpc.MethodTransferStart, rpc.RequireSigned(a.verifier, func(ctx context.Context, env rpc.Envelope) (any, error) {
 		var req rpc.TransferStart
 		if err := env.DecodeBody(&req); err != nil {
 			return nil, err
 		}
-		return nil, r.start(ctx, req)
-	})
+		if req.Source.Region != a.cfg.Agent.Region {
+			err := fmt.Errorf("%w: a start of region %s reached region %s", rpc.ErrForbidden, req.Source.Region, a.cfg.Agent.Region)
+			a.refusedCommand(env, err)
+			return nil, err
+		}
+		return nil, r.start(ctx, req, rpc.GrantOf(env))
+	}, a.refusedCommand))
 	// The agent's own queue answers the methods that must reach the agent
 	// holding a transfer or a session.
 	a.destHandlers(&own)
-	own.Handle(rpc.MethodTransferCancel, func(_ context.Context, env rpc.Envelope) (any, error) {
+	own.Handle(rpc.MethodTransferCancel, rpc.RequireSigned(a.verifier, func(_ context.Context, env rpc.Envelope) (any, error) {
 		var req rpc.TransferCancel
 		if err := env.DecodeBody(&req); err != nil {
 			return nil, err
 		}
-		r.cancel(req.TransferID)
+		r.cancel(req.TransferID, req.Epoch)
 		return struct{}{}, nil
-	})
+	}, a.refusedCommand))
 	region := a.cfg.Agent.Region
-	errc := make(chan error, 4)
+	errc := make(chan error, 5)
 	go func() { errc <- a.server.Serve(ctx, a.ln) }()
+	if addr := a.cfg.Agent.MetricsListen; addr != "" {
+		go func() { errc <- a.serveMetrics(ctx, addr) }()
+	}
 	go func() {
 		t := string(rpc.AgentTarget(region))
 		errc <- bus.Consume(ctx, t, []string{t}, shared.Serve)

@@ -16,11 +16,13 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/ferry-project/ferry/rpc"
 	"github.com/ferry-project/ferry/rpc/amqp"
 	"github.com/ferry-project/ferry/services/agent/transfer"
 	"github.com/ferry-project/ferry/services/internal/config"
 	"github.com/ferry-project/ferry/services/internal/daemon"
 	"github.com/ferry-project/ferry/services/internal/logging"
+	"github.com/ferry-project/ferry/services/internal/pki"
 	"github.com/ferry-project/ferry/services/internal/profiling"
 )
 
@@ -70,6 +72,8 @@ func transferMain(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&job.DestImage, "dest-image", "", "destination image (default: the source image name)")
 	fs.BoolVar(&job.Ephemeral, "ephemeral", false, "the copy is handed over (as to Cinder): a full copy that leaves no Ferry snapshot on either side and no base metadata")
 	destRegion := fs.String("dest-region", "", "destination region (required)")
+	signingKey := fs.String("signing-key", "", "ferry-api's command signing key (ferry-manage pki signing-key): destination agents accept only requests granted by it")
+	epoch := fs.Int64("epoch", 1, "the transfer's epoch (a repeat of an interrupted transfer may use a higher one)")
 	timeout := fs.Duration("timeout", 0, "give up after this long (0: never)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: ferry-agent transfer --pool P --image I --dest-region R [options]\n\n"+
@@ -117,6 +121,13 @@ func transferMain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "ferry-agent transfer: %v\n", err)
 		return 1
 	}
+	job.Epoch = *epoch
+	if *signingKey != "" {
+		if job.Grant, err = harnessGrant(*signingKey, cfg.Agent.Region, *destRegion, job); err != nil {
+			fmt.Fprintf(stderr, "ferry-agent transfer: --signing-key: %v\n", err)
+			return 1
+		}
+	}
 	out, err := runHarness(ctx, cfg, log, job, *destRegion)
 	stopProfile()
 	if err != nil {
@@ -129,6 +140,23 @@ func transferMain(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// harnessGrant signs the transfer.start ferry-api would send for job: the
+// grant destination agents check every request against.
+func harnessGrant(keyFile, region, destRegion string, job transfer.Job) (*rpc.Grant, error) {
+	key, err := pki.LoadSigningKey(keyFile)
+	if err != nil {
+		return nil, err
+	}
+	start := rpc.TransferStart{TransferID: job.TransferID, Epoch: job.Epoch, ProjectID: job.ProjectID, Mode: job.Mode,
+		Source:      rpc.Location{Region: region, Pool: job.Pool, Image: job.Image, Snapshot: job.Snapshot},
+		Destination: rpc.Location{Region: destRegion, Pool: job.DestPool, Image: job.DestImage}, Ephemeral: job.Ephemeral}
+	s, err := rpc.NewSigner(key, 24*time.Hour).Sign(rpc.MethodTransferStart, start)
+	if err != nil {
+		return nil, err
+	}
+	return &rpc.Grant{Method: rpc.MethodTransferStart, Body: s.Body, Signature: s.Signature}, nil
 }
 
 func runHarness(ctx context.Context, cfg *config.Config, log *slog.Logger, job transfer.Job, destRegion string) (HarnessResult, error) {

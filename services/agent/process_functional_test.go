@@ -50,7 +50,7 @@ func TestKillSourceResumes(t *testing.T) {
 	const size = 128 << 20
 	h.Image(name, size, true)
 	id := "ks-" + name
-	cmd := exec.Command(h.Bin, "transfer", "--config-file", src, "--dest-region", h.DstRegion, "--pool", h.Pool, "--image", name, "--transfer-id", id)
+	cmd := exec.Command(h.Bin, "transfer", "--config-file", src, "--dest-region", h.DstRegion, "--pool", h.Pool, "--image", name, "--transfer-id", id, "--signing-key", h.SigningKey)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -59,7 +59,7 @@ func TestKillSourceResumes(t *testing.T) {
 	cmd.Wait()
 
 	src = h.Config("src", h.SrcRegion, "REGIONONE") // full speed now
-	res, err := h.Transfer(src, "--pool", h.Pool, "--image", name, "--transfer-id", id)
+	res, err := h.Transfer(src, "--pool", h.Pool, "--image", name, "--transfer-id", id, "--signing-key", h.SigningKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +87,7 @@ func TestKillDestinationResumes(t *testing.T) {
 	const size = 128 << 20
 	h.Image(name, size, true)
 	id := "kd-" + name
-	cmd := exec.Command(h.Bin, "transfer", "--config-file", src, "--dest-region", h.DstRegion, "--pool", h.Pool, "--image", name, "--transfer-id", id)
+	cmd := exec.Command(h.Bin, "transfer", "--config-file", src, "--dest-region", h.DstRegion, "--pool", h.Pool, "--image", name, "--transfer-id", id, "--signing-key", h.SigningKey)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -104,7 +104,7 @@ func TestKillDestinationResumes(t *testing.T) {
 	}
 	h.StartDest("dst-b")
 	src = h.Config("src", h.SrcRegion, "REGIONONE")
-	res, err := h.Transfer(src, "--pool", h.Pool, "--image", name, "--transfer-id", id)
+	res, err := h.Transfer(src, "--pool", h.Pool, "--image", name, "--transfer-id", id, "--signing-key", h.SigningKey)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 
 	"github.com/ferry-project/ferry/rpc"
-	"github.com/ferry-project/ferry/services/agent/stream"
 	"github.com/ferry-project/ferry/services/agent/transfer"
 )
 
@@ -35,7 +34,7 @@ type RemoteDest struct {
 func (r *RemoteDest) Prepare(ctx context.Context, req transfer.PrepareRequest) (transfer.PrepareResponse, error) {
 	var rep PrepareReply
 	if err := r.Caller.Call(ctx, rpc.AgentTarget(r.Region), rpc.MethodTransferPrepare, req, &rep); err != nil {
-		return transfer.PrepareResponse{}, fromRemote(err)
+		return transfer.PrepareResponse{}, err
 	}
 	if rep.Host == "" {
 		return transfer.PrepareResponse{}, errors.New("transfer.prepare reply names no agent")
@@ -51,7 +50,7 @@ func (r *RemoteDest) Finish(ctx context.Context, req transfer.FinishRequest) (tr
 		return rep, transfer.ErrNoSession
 	}
 	err := r.Caller.Call(ctx, rpc.AgentHostTarget(r.Region, r.host), rpc.MethodTransferFinish, req, &rep)
-	return rep, fromRemote(err)
+	return rep, err
 }
 
 // Abort implements transfer.Preparer.
@@ -59,63 +58,41 @@ func (r *RemoteDest) Abort(ctx context.Context, req transfer.AbortRequest) error
 	if r.host == "" {
 		return transfer.ErrNoSession
 	}
-	return fromRemote(r.Caller.Call(ctx, rpc.AgentHostTarget(r.Region, r.host), MethodTransferAbort, req, nil))
+	return r.Caller.Call(ctx, rpc.AgentHostTarget(r.Region, r.host), MethodTransferAbort, req, nil)
 }
 
-// Error codes of the transfer errors that cross the bus.
-var transferCodes = []struct {
-	code string
-	err  error
-}{
-	{"not_owned", transfer.ErrNotOwned},
-	{"pool_not_allowed", transfer.ErrPoolNotAllowed},
-	{"no_base", transfer.ErrNoBase},
-	{"no_session", transfer.ErrNoSession},
-	{"digest_mismatch", transfer.ErrDigestMismatch},
-	{"bad_request", transfer.ErrBadRequest},
-	{"checkpoint", stream.ErrCheckpoint},
-	{"stale_epoch", transfer.ErrStaleEpoch},
-	{"conflict", transfer.ErrConflict},
-}
-
-// toRemote gives a handler's error the code its caller maps back.
-func toRemote(err error) error {
-	if err == nil {
-		return nil
-	}
-	for _, c := range transferCodes {
-		if errors.Is(err, c.err) {
-			return &rpc.RemoteError{Code: c.code, Message: err.Error()}
-		}
-	}
-	return err
-}
-
-// fromRemote turns a RemoteError with a transfer code back into the
-// sentinel, so that errors.Is works across processes.
-func fromRemote(err error) error {
-	var re *rpc.RemoteError
-	if err == nil || !errors.As(err, &re) {
-		return err
-	}
-	for _, c := range transferCodes {
-		if re.Code == c.code {
-			return fmt.Errorf("%w (%s)", c.err, re.Message)
-		}
-	}
-	return err
-}
-
-// destHandlers are the destination side's methods.
+// destHandlers are the destination side's methods. Each request must
+// carry ferry-api's signed transfer.start (its grant) and match it: the
+// transfer and epoch, this region as the destination, the pool and image,
+// the project, the source and the kind of copy. A request that does not is
+// refused (logged, counted, answered with rpc.ErrForbidden).
 func (a *Agent) destHandlers(mux *rpc.Mux) {
 	mux.Handle(rpc.MethodTransferPrepare, func(ctx context.Context, env rpc.Envelope) (any, error) {
 		var req transfer.PrepareRequest
 		if err := env.DecodeBody(&req); err != nil {
 			return nil, err
 		}
+		if err := a.checkGrant(env, req.Grant, req.TransferID, req.Epoch, func(st *rpc.TransferStart) error {
+			pool, image := destinationOf(st)
+			switch {
+			case pool != req.Pool || image != req.Image:
+				return fmt.Errorf("destination %s/%s, granted %s/%s", req.Pool, req.Image, pool, image)
+			case st.ProjectID != req.ProjectID:
+				return fmt.Errorf("project %q, granted %q", req.ProjectID, st.ProjectID)
+			case st.Source.Pool+"/"+st.Source.Image != req.SourceName:
+				return fmt.Errorf("source %s, granted %s/%s", req.SourceName, st.Source.Pool, st.Source.Image)
+			case st.Ephemeral != req.Ephemeral:
+				return fmt.Errorf("ephemeral %v, granted %v", req.Ephemeral, st.Ephemeral)
+			case st.Mode != "" && st.Mode != transfer.ModeAuto && st.Mode != req.Mode:
+				return fmt.Errorf("mode %s, granted %s", req.Mode, st.Mode)
+			}
+			return nil
+		}); err != nil {
+			return nil, err
+		}
 		resp, err := a.Dest.Prepare(ctx, req)
 		if err != nil {
-			return nil, toRemote(err)
+			return nil, err
 		}
 		return PrepareReply{PrepareResponse: resp, Region: a.cfg.Agent.Region, Host: a.host}, nil
 	})
@@ -124,14 +101,62 @@ func (a *Agent) destHandlers(mux *rpc.Mux) {
 		if err := env.DecodeBody(&req); err != nil {
 			return nil, err
 		}
-		resp, err := a.Dest.Finish(ctx, req)
-		return resp, toRemote(err)
+		if err := a.checkGrant(env, req.Grant, req.TransferID, req.Epoch, func(st *rpc.TransferStart) error {
+			if pool, image := destinationOf(st); req.Pool != pool || req.Image != image {
+				return fmt.Errorf("destination %s/%s, granted %s/%s", req.Pool, req.Image, pool, image)
+			}
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+		return a.Dest.Finish(ctx, req)
 	})
 	mux.Handle(MethodTransferAbort, func(ctx context.Context, env rpc.Envelope) (any, error) {
 		var req transfer.AbortRequest
 		if err := env.DecodeBody(&req); err != nil {
 			return nil, err
 		}
-		return struct{}{}, toRemote(a.Dest.Abort(ctx, req))
+		if err := a.checkGrant(env, req.Grant, req.TransferID, req.Epoch, nil); err != nil {
+			return nil, err
+		}
+		return struct{}{}, a.Dest.Abort(ctx, req)
 	})
+}
+
+// destinationOf is the pool and image a start copies into (the source's
+// names when the destination leaves them out).
+func destinationOf(st *rpc.TransferStart) (pool, image string) {
+	pool, image = st.Destination.Pool, st.Destination.Image
+	if pool == "" {
+		pool = st.Source.Pool
+	}
+	if image == "" {
+		image = st.Source.Image
+	}
+	return pool, image
+}
+
+// checkGrant verifies g (ferry-api's signed transfer.start) and that it
+// grants this region the transfer and epoch of the request, and whatever
+// match checks.
+func (a *Agent) checkGrant(env rpc.Envelope, g *rpc.Grant, transferID string, epoch int64, match func(*rpc.TransferStart) error) error {
+	var st rpc.TransferStart
+	err := a.verifier.VerifyGrant(g, rpc.MethodTransferStart, &st)
+	if err == nil {
+		switch {
+		case st.TransferID != transferID || st.Epoch != epoch:
+			err = fmt.Errorf("transfer %s epoch %d, granted %s epoch %d", transferID, epoch, st.TransferID, st.Epoch)
+		case st.Destination.Region != a.cfg.Agent.Region:
+			err = fmt.Errorf("granted to region %s, this is %s", st.Destination.Region, a.cfg.Agent.Region)
+		case match != nil:
+			err = match(&st)
+		}
+		if err != nil {
+			err = fmt.Errorf("%w: %s does not match its grant: %w", rpc.ErrForbidden, env.Method, err)
+		}
+	}
+	if err != nil {
+		a.refusedCommand(env, err)
+	}
+	return err
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -16,14 +17,14 @@ import (
 // events to ferry.status.
 type runner struct {
 	// runJob runs one accepted transfer (run; tests put a fake here).
-	runJob func(ctx context.Context, req rpc.TransferStart)
+	runJob func(ctx context.Context, req rpc.TransferStart, grant *rpc.Grant)
 	a      *Agent
 	caster rpc.Caster
 	caller rpc.Caller
 	slots  chan struct{}
 
 	mu      sync.Mutex
-	running map[string]context.CancelFunc
+	running map[string]*runEntry
 	// cancelled are the transfers a transfer.cancel stopped (as opposed
 	// to the agent shutting down, which must not report them cancelled:
 	// they are handed to another agent and resume).
@@ -33,9 +34,15 @@ type runner struct {
 
 func newRunner(a *Agent, caster rpc.Caster, caller rpc.Caller) *runner {
 	r := &runner{a: a, caster: caster, caller: caller,
-		slots: make(chan struct{}, a.cfg.Agent.MaxTransfers), running: map[string]context.CancelFunc{}, cancelled: map[string]bool{}}
+		slots: make(chan struct{}, a.cfg.Agent.MaxTransfers), running: map[string]*runEntry{}, cancelled: map[string]bool{}}
 	r.runJob = r.run
 	return r
+}
+
+// runEntry is one running transfer: the epoch it runs and how to stop it.
+type runEntry struct {
+	epoch  int64
+	cancel context.CancelFunc
 }
 
 // errBusy asks the transport to requeue a start: every slot is taken.
@@ -45,16 +52,23 @@ var errBusy = errors.New("agent busy: max_transfers running")
 // (the message goes back to the queue for another agent, or later). It
 // returns at once: the transfer runs in its own goroutine, so the delivery
 // is acknowledged long before RabbitMQ's consumer_timeout.
-func (r *runner) start(ctx context.Context, req rpc.TransferStart) error {
+func (r *runner) start(ctx context.Context, req rpc.TransferStart, grant *rpc.Grant) error {
 	if err := req.Validate(); err != nil {
 		return err
 	}
 	r.mu.Lock()
-	_, dup := r.running[req.TransferID]
+	cur, dup := r.running[req.TransferID]
 	r.mu.Unlock()
 	if dup {
-		// A redelivery of a transfer this agent already runs.
-		return nil
+		if req.Epoch <= cur.epoch {
+			// A redelivery (or an older start) of a run going on.
+			return nil
+		}
+		// Re-dispatched to this very agent while an older epoch still
+		// runs (its reports are refused now): stop that run, without a
+		// report, and take the start again once it has stopped.
+		cur.cancel()
+		return rpc.Temporary(fmt.Errorf("transfer %s: epoch %d supersedes the running epoch %d", req.TransferID, req.Epoch, cur.epoch))
 	}
 	select {
 	case r.slots <- struct{}{}:
@@ -62,8 +76,9 @@ func (r *runner) start(ctx context.Context, req rpc.TransferStart) error {
 		return rpc.Temporary(errBusy)
 	}
 	jctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	entry := &runEntry{epoch: req.Epoch, cancel: cancel}
 	r.mu.Lock()
-	r.running[req.TransferID] = cancel
+	r.running[req.TransferID] = entry
 	r.mu.Unlock()
 	r.report(ctx, rpc.StatusEvent{TransferID: req.TransferID, Event: rpc.EventAccepted, Epoch: req.Epoch})
 	r.wg.Add(1)
@@ -72,23 +87,27 @@ func (r *runner) start(ctx context.Context, req rpc.TransferStart) error {
 		defer func() { <-r.slots }()
 		defer func() {
 			r.mu.Lock()
-			delete(r.running, req.TransferID)
+			if r.running[req.TransferID] == entry {
+				delete(r.running, req.TransferID)
+			}
 			r.mu.Unlock()
 			cancel()
 		}()
-		r.runJob(jctx, req)
+		r.runJob(jctx, req, grant)
 	}()
 	return nil
 }
 
-func (r *runner) run(ctx context.Context, req rpc.TransferStart) {
+func (r *runner) run(ctx context.Context, req rpc.TransferStart, grant *rpc.Grant) {
 	log := r.a.log.With("transfer_id", req.TransferID, "request_id", rpc.RequestIDFrom(ctx))
 	dest := &RemoteDest{Caller: r.caller, Region: req.Destination.Region}
 	src := r.a.Source.WithProgress(func(p stream.Progress) {
 		r.report(ctx, rpc.StatusEvent{TransferID: req.TransferID, Event: rpc.EventProgress, Epoch: req.Epoch,
 			BytesDone: p.BytesDone, BytesTotal: p.BytesTotal, Rate: uint64(p.BytesPerSecond)})
 	})
-	res, err := src.Run(ctx, jobOf(req), dest)
+	job := jobOf(req)
+	job.Grant = grant
+	res, err := src.Run(ctx, job, dest)
 	// A report must go out even when the job's context was cancelled.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
@@ -137,16 +156,18 @@ func completed(req rpc.TransferStart, res transfer.Result) rpc.StatusEvent {
 	return ev
 }
 
-// cancel stops a running transfer; false when this agent does not run it.
-func (r *runner) cancel(transferID string) bool {
+// cancel stops a running transfer of epoch (0: any); false when this agent
+// does not run it, or runs another epoch of it.
+func (r *runner) cancel(transferID string, epoch int64) bool {
 	r.mu.Lock()
-	c, ok := r.running[transferID]
+	e, ok := r.running[transferID]
+	ok = ok && (epoch == 0 || e.epoch == epoch)
 	if ok {
 		r.cancelled[transferID] = true
 	}
 	r.mu.Unlock()
 	if ok {
-		c()
+		e.cancel()
 	}
 	return ok
 }
@@ -165,8 +186,8 @@ func (r *runner) report(ctx context.Context, ev rpc.StatusEvent) {
 // cancelled).
 func (r *runner) stopAll() {
 	r.mu.Lock()
-	for _, c := range r.running {
-		c()
+	for _, e := range r.running {
+		e.cancel()
 	}
 	r.mu.Unlock()
 	r.wg.Wait()

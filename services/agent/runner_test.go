@@ -45,7 +45,7 @@ func TestRunnerSlots(t *testing.T) {
 	release := make(chan struct{})
 	var mu sync.Mutex
 	runs := map[string]int{}
-	r.runJob = func(ctx context.Context, req rpc.TransferStart) {
+	r.runJob = func(ctx context.Context, req rpc.TransferStart, _ *rpc.Grant) {
 		mu.Lock()
 		runs[req.TransferID]++
 		mu.Unlock()
@@ -57,29 +57,29 @@ func TestRunnerSlots(t *testing.T) {
 	ctx := context.Background()
 	t0 := time.Now()
 	for _, id := range []string{"a", "b"} {
-		if err := r.start(ctx, start(id)); err != nil {
+		if err := r.start(ctx, start(id), nil); err != nil {
 			t.Fatalf("start %s: %v", id, err)
 		}
 	}
 	if time.Since(t0) > time.Second {
 		t.Error("start waited for the transfer")
 	}
-	err := r.start(ctx, start("c"))
+	err := r.start(ctx, start("c"), nil)
 	if !rpc.IsTemporary(err) || !errors.Is(err, errBusy) {
 		t.Errorf("third start: %v, want a temporary busy error", err)
 	}
-	if err := r.start(ctx, start("a")); err != nil {
+	if err := r.start(ctx, start("a"), nil); err != nil {
 		t.Errorf("redelivered start: %v", err)
 	}
-	if err := r.start(ctx, rpc.TransferStart{TransferID: "x"}); !errors.Is(err, rpc.ErrInvalid) {
+	if err := r.start(ctx, rpc.TransferStart{TransferID: "x"}, nil); !errors.Is(err, rpc.ErrInvalid) {
 		t.Errorf("invalid start: %v", err)
 	}
-	if !r.cancel("a") || r.cancel("zzz") {
+	if !r.cancel("a", 0) || r.cancel("zzz", 0) {
 		t.Error("cancel of a running / an unknown transfer")
 	}
 	// a's slot frees: c now fits.
 	deadline := time.Now().Add(5 * time.Second)
-	for r.start(ctx, start("c")) != nil {
+	for r.start(ctx, start("c"), nil) != nil {
 		if time.Now().After(deadline) {
 			t.Fatal("the cancelled transfer's slot never freed")
 		}
@@ -105,5 +105,61 @@ func TestRunnerSlots(t *testing.T) {
 	}
 	if accepted != 3 {
 		t.Errorf("%d accepted reports, want 3", accepted)
+	}
+}
+
+// Epochs: a start of a newer epoch for a transfer this agent still runs
+// (re-dispatched to the same agent) stops the old run and comes back later
+// (temporary) to run anew; a cancel of another epoch leaves a run alone.
+func TestRunnerEpochs(t *testing.T) {
+	cfg := config.Defaults()
+	cfg.Agent.MaxTransfers = 2
+	cfg.Agent.Region = "RegionOne"
+	r := newRunner(&Agent{cfg: cfg, log: slog.New(slog.DiscardHandler), host: "h"}, &recordingCaster{}, nil)
+	var mu sync.Mutex
+	ran := map[int64]bool{}
+	stopped := map[int64]bool{}
+	r.runJob = func(ctx context.Context, req rpc.TransferStart, _ *rpc.Grant) {
+		mu.Lock()
+		ran[req.Epoch] = true
+		mu.Unlock()
+		<-ctx.Done()
+		mu.Lock()
+		stopped[req.Epoch] = true
+		mu.Unlock()
+	}
+	ctx := context.Background()
+	s1 := start("a")
+	if err := r.start(ctx, s1, nil); err != nil {
+		t.Fatal(err)
+	}
+	if r.cancel("a", 7) {
+		t.Error("a cancel of another epoch stopped the run")
+	}
+	s2 := s1
+	s2.Epoch = 2
+	err := r.start(ctx, s2, nil)
+	if !rpc.IsTemporary(err) {
+		t.Fatalf("newer epoch while the old runs: %v, want temporary", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for r.start(ctx, s2, nil) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the newer epoch never started")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// An older start (a late redelivery) is ignored.
+	if err := r.start(ctx, s1, nil); err != nil {
+		t.Errorf("older start: %v", err)
+	}
+	if !r.cancel("a", 2) {
+		t.Error("cancel of the running epoch refused")
+	}
+	r.wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if !ran[1] || !stopped[1] || !ran[2] || !stopped[2] {
+		t.Errorf("ran %v stopped %v", ran, stopped)
 	}
 }

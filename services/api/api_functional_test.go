@@ -4,6 +4,8 @@ package api
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"fmt"
 	"io"
 	"log/slog"
@@ -74,7 +76,13 @@ func TestWiredAPI(t *testing.T) {
 	statusQueue := fmt.Sprintf("ferry.test.status.%d", stamp)
 	starts := make(chan rpc.TransferStart, 4)
 	cctx, ccancel := context.WithCancel(ctx)
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	verifier := rpc.NewVerifier(pub)
 	go bus.Consume(cctx, queue, []string{string(rpc.AgentTarget("RegionOne"))}, func(_ context.Context, env rpc.Envelope) (any, error) {
+		// Every start reaches the agents signed by ferry-api's key.
+		if err := verifier.VerifyEnvelope(env); err != nil {
+			t.Errorf("start not signed: %v", err)
+		}
 		var st rpc.TransferStart
 		if err := env.DecodeBody(&st); err == nil {
 			starts <- st
@@ -97,7 +105,8 @@ func TestWiredAPI(t *testing.T) {
 	s := &Server{cfg: cfg, log: slog.New(slog.DiscardHandler), db: store}
 	sctx, scancel := context.WithCancel(ctx)
 	defer scancel()
-	s.Start(sctx, Wiring{Validator: validator, Policy: auth.DefaultPolicy(), Bus: bus, StatusQueue: statusQueue})
+	s.Start(sctx, Wiring{Validator: validator, Policy: auth.DefaultPolicy(), Bus: bus, StatusQueue: statusQueue,
+		Signer: rpc.NewSigner(priv, time.Hour)})
 	ts := httptest.NewServer(s.Router())
 	defer ts.Close()
 

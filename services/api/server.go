@@ -17,12 +17,14 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/ferry-project/ferry/db"
+	"github.com/ferry-project/ferry/rpc"
 	"github.com/ferry-project/ferry/rpc/amqp"
 	"github.com/ferry-project/ferry/services/api/cinder"
 	"github.com/ferry-project/ferry/services/api/dashboard"
 	"github.com/ferry-project/ferry/services/internal/config"
 	"github.com/ferry-project/ferry/services/internal/daemon"
 	"github.com/ferry-project/ferry/services/internal/keystone"
+	"github.com/ferry-project/ferry/services/internal/pki"
 )
 
 // Microversions served by /v1 (OpenStack-API-Version: volume-ferry 1.x).
@@ -51,6 +53,10 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return fmt.Errorf("database: %w (run ferry-manage db sync)", err)
 	}
 	s := &Server{cfg: cfg, log: log, db: store}
+	signKey, err := pki.LoadSigningKey(cfg.API.CommandSigningKeyFile)
+	if err != nil {
+		return fmt.Errorf("[api] command_signing_key_file: %w (ferry-manage pki signing-key makes one)", err)
+	}
 	pol, err := policyFrom(cfg)
 	if err != nil {
 		return err
@@ -66,7 +72,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return fmt.Errorf("[DEFAULT] transport_url: %w", err)
 	}
 	defer bus.Close(context.WithoutCancel(ctx))
-	wiring := Wiring{Validator: validator, Policy: pol, Bus: bus}
+	wiring := Wiring{Validator: validator, Policy: pol, Bus: bus,
+		Signer: rpc.NewSigner(signKey, time.Duration(cfg.API.CommandTTL)*time.Second)}
 	if len(cfg.Cinder.VolumePools) > 0 {
 		cs, err := cinder.New(cfg.KeystoneAuthtoken, cfg.Cinder, log)
 		if err != nil {

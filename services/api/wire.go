@@ -28,6 +28,9 @@ type Wiring struct {
 		rpc.Caster
 		Consume(ctx context.Context, queue string, bindings []string, h rpc.Handler) error
 	}
+	// Signer signs the commands sent to agents (transfer.start,
+	// transfer.cancel); every cast to an agent goes through it.
+	Signer *rpc.Signer
 	// StatusQueue is the queue of agent reports, bound to ferry.status;
 	// empty means ferry.status (tests name one of their own).
 	StatusQueue string
@@ -43,8 +46,10 @@ type Wiring struct {
 // consumer; they stop with ctx.
 func (s *Server) Start(ctx context.Context, w Wiring) {
 	cfg, log := s.cfg, s.log
+	// The one place where agent commands are signed.
+	signed := rpc.SigningCaster{Caster: w.Bus, Signer: w.Signer}
 	pub := &dispatch.Publisher{
-		DB: s.db, Caster: w.Bus, Owner: dispatch.DefaultOwner(),
+		DB: s.db, Caster: signed, Owner: dispatch.DefaultOwner(),
 		Interval: time.Duration(cfg.API.OutboxPollInterval) * time.Second, Log: log,
 		Retention: time.Duration(cfg.API.OutboxRetention) * time.Hour,
 	}
@@ -78,7 +83,7 @@ func (s *Server) Start(ctx context.Context, w Wiring) {
 		if q == "" {
 			q = string(rpc.StatusTarget)
 		}
-		h := dispatch.StatusHandler(s.db, log, dispatch.WithCanceller(w.Bus), dispatch.WithFinalizer(fin.Kick))
+		h := dispatch.StatusHandler(s.db, log, dispatch.WithCanceller(signed), dispatch.WithFinalizer(fin.Kick))
 		if err := w.Bus.Consume(ctx, q, []string{string(rpc.StatusTarget)}, h); err != nil && ctx.Err() == nil {
 			log.Error("status consumer stopped", "error", err)
 		}
@@ -101,7 +106,7 @@ func (s *Server) Start(ctx context.Context, w Wiring) {
 				return nil, nil
 			}
 			return dispatch.NewOutboxMessage(rpc.RequestIDFrom(ctx), rpc.AgentHostTarget(t.SourceRegion, *t.Agent),
-				rpc.MethodTransferCancel, rpc.TransferCancel{TransferID: t.ID})
+				rpc.MethodTransferCancel, rpc.TransferCancel{TransferID: t.ID, Epoch: t.Epoch})
 		},
 		Kick: pub.Kick,
 	}

@@ -46,6 +46,8 @@ type Harness struct {
 	// several chunks).
 	Streams   int
 	ChunkSize string
+	// SigningKey is the test's ferry-api signing key (harness grants).
+	SigningKey string
 }
 
 var buildOnce struct {
@@ -89,6 +91,12 @@ func New(t testing.TB) *Harness {
 	if _, _, err := pki.InitCA(h.Dir, pki.CAOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// ferry-api's signing key: the agents verify with its public half,
+	// the harness signs its grants with it (as ferry-api would).
+	if _, _, err := pki.WriteSigningKey(h.Dir, false); err != nil {
+		t.Fatal(err)
+	}
+	h.SigningKey = filepath.Join(h.Dir, pki.SigningKeyFile)
 	// One state key per region.
 	for _, r := range []string{"src", "dst"} {
 		if err := pki.WriteStateKey(filepath.Join(h.Dir, r+"-state.key"), false); err != nil {
@@ -122,6 +130,7 @@ streams = %d
 chunk_size = %s
 heartbeat_interval = 1
 state_key_file = %s
+command_verify_key_file = %s
 %s
 
 [tls]
@@ -130,7 +139,7 @@ cert_file = %s
 key_file = %s
 `, testenv.Get(h.t, "TRANSPORT_URL"), name, filepath.Join(h.Dir, name+".log"), region,
 		testenv.Get(h.t, "CEPH_"+clusterKey+"_CONF"), testenv.Get(h.t, "CEPH_USER"), testenv.Get(h.t, "CEPH_"+clusterKey+"_KEYRING"),
-		h.Pool, h.Streams, h.ChunkSize, filepath.Join(h.Dir, strings.SplitN(name, "-", 2)[0]+"-state.key"), strings.Join(extra, "\n"),
+		h.Pool, h.Streams, h.ChunkSize, filepath.Join(h.Dir, strings.SplitN(name, "-", 2)[0]+"-state.key"), filepath.Join(h.Dir, pki.SigningPubKeyFile), strings.Join(extra, "\n"),
 		filepath.Join(h.Dir, "ca.crt"), filepath.Join(h.Dir, name+".crt"), filepath.Join(h.Dir, name+".key"))
 	path := filepath.Join(h.Dir, name+".conf")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
@@ -141,9 +150,9 @@ key_file = %s
 
 // startDest starts a destination agent daemon and waits until its queues
 // exist.
-func (h *Harness) StartDest(name string) *exec.Cmd {
+func (h *Harness) StartDest(name string, extra ...string) *exec.Cmd {
 	h.t.Helper()
-	conf := h.Config(name, h.DstRegion, "REGIONTWO")
+	conf := h.Config(name, h.DstRegion, "REGIONTWO", extra...)
 	cmd := exec.Command(h.Bin, "--config-file", conf)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	var stderr bytes.Buffer
@@ -197,7 +206,8 @@ func (h *Harness) waitQueue(queue string, logs func() string) {
 // transfer runs `ferry-agent transfer` (the source) to completion.
 func (h *Harness) Transfer(conf string, args ...string) (agent.HarnessResult, error) {
 	h.t.Helper()
-	cmd := exec.Command(h.Bin, append([]string{"transfer", "--config-file", conf, "--dest-region", h.DstRegion, "--timeout", "3m"}, args...)...)
+	cmd := exec.Command(h.Bin, append([]string{"transfer", "--config-file", conf, "--dest-region", h.DstRegion, "--timeout", "3m",
+		"--signing-key", h.SigningKey}, args...)...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

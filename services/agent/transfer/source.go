@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ferry-project/ferry/rpc"
 	"github.com/ferry-project/ferry/services/agent/rbd"
 	"github.com/ferry-project/ferry/services/agent/stream"
 )
@@ -20,7 +21,11 @@ import (
 type Job struct {
 	TransferID string
 	// Epoch is the dispatch epoch the destination fences on.
-	Epoch     int64
+	Epoch int64
+	// Grant is ferry-api's signed transfer.start, forwarded with every
+	// request to the destination (nil in-process, and in the harness
+	// without a signing key).
+	Grant     *rpc.Grant
 	ProjectID string
 	Mode      string // auto (default), full, incremental
 	Pool      string
@@ -184,7 +189,7 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 		Pool: job.DestPool, Image: job.DestImage,
 		SourceFSID: cluster.FSID(), SourceImageID: info.ID, SourceName: job.Pool + "/" + job.Image,
 		Size: info.Size, Order: info.Order, Features: info.Features,
-		Snapshot: snap, SourceSnapID: snapID, Bases: bases, ChunkSize: chunk, Ephemeral: job.Ephemeral,
+		Snapshot: snap, SourceSnapID: snapID, Bases: bases, ChunkSize: chunk, Ephemeral: job.Ephemeral, Grant: job.Grant,
 	})
 	if err != nil {
 		return Result{}, fmt.Errorf("prepare at the destination: %w", err)
@@ -244,7 +249,7 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 	}
 	phase("send")
 	fin, err := dest.Finish(ctx, FinishRequest{TransferID: job.TransferID, Epoch: job.Epoch,
-		Pool: job.DestPool, Image: job.DestImage, Digest: sres.Digest})
+		Pool: job.DestPool, Image: job.DestImage, Digest: sres.Digest, Grant: job.Grant})
 	if err != nil {
 		return Result{}, fmt.Errorf("finishing at the destination: %w", err)
 	}
@@ -454,7 +459,7 @@ func (s *Source) removeSnapshot(ctx context.Context, cluster *rbd.Cluster, job J
 func (s *Source) abort(dest Preparer, job Job, cause error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	err := dest.Abort(ctx, AbortRequest{TransferID: job.TransferID, Epoch: job.Epoch, Reason: cause.Error()})
+	err := dest.Abort(ctx, AbortRequest{TransferID: job.TransferID, Epoch: job.Epoch, Reason: cause.Error(), Grant: job.Grant})
 	if err != nil && !errors.Is(err, ErrNoSession) {
 		s.log.Warn("aborting at the destination", "transfer_id", job.TransferID, "error", err)
 	}

@@ -14,11 +14,11 @@ package transfer
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
 
+	"github.com/ferry-project/ferry/rpc"
 	"github.com/ferry-project/ferry/services/agent/rbd"
 	"github.com/ferry-project/ferry/services/agent/stream"
 )
@@ -52,21 +52,22 @@ const (
 	ModeIncremental = "incremental"
 )
 
-// Errors a caller maps to API answers.
+// Errors of a transfer. They are the bus's own (rpc's registry of error
+// codes), so that errors.Is works on an answer from another agent.
 var (
-	ErrNotOwned       = errors.New("destination image exists and was not created by Ferry for this source")
-	ErrPoolNotAllowed = errors.New("pool is not in this agent's allow-list")
-	ErrNoBase         = errors.New("no common base snapshot for an incremental transfer")
-	ErrNoSession      = errors.New("no open session for this transfer on this agent")
-	ErrDigestMismatch = errors.New("transfer digests differ between source and destination")
-	ErrBadRequest     = errors.New("bad transfer request")
+	ErrNotOwned       = rpc.ErrNotOwned
+	ErrPoolNotAllowed = rpc.ErrPoolNotAllowed
+	ErrNoBase         = rpc.ErrNoBase
+	ErrNoSession      = rpc.ErrNoSession
+	ErrDigestMismatch = rpc.ErrDigestMismatch
+	ErrBadRequest     = rpc.ErrBadRequest
 	// ErrStaleEpoch: a message of an older dispatch of the transfer than
 	// the one the destination serves (re-dispatched since).
-	ErrStaleEpoch = errors.New("stale epoch")
+	ErrStaleEpoch = rpc.ErrStaleEpoch
 	// ErrConflict: the destination holds something the transfer must not
 	// touch (a snapshot of that name from another source snapshot, or one
 	// Ferry did not take). Nothing was changed.
-	ErrConflict = errors.New("destination conflict")
+	ErrConflict = rpc.ErrDestConflict
 )
 
 // SnapRef names a source snapshot with its id: ids are never reused within
@@ -108,6 +109,10 @@ type PrepareRequest struct {
 	// that very source snapshot as the incremental base.
 	Bases     []SnapRef `json:"bases,omitempty"`
 	ChunkSize uint64    `json:"chunk_size"`
+	// Grant is ferry-api's signed transfer.start this prepare serves: a
+	// destination agent reached over the bus checks the request against
+	// it (the in-process Dest does not need one).
+	Grant *rpc.Grant `json:"grant,omitempty"`
 	// Ephemeral: the copy is handed over (to Cinder) once finished: the
 	// destination ends without a snapshot and without base metadata, and
 	// removes Ferry's older snapshots. Never incremental. Agents that
@@ -179,11 +184,12 @@ type PrepareResponse struct {
 // Image let an agent that holds no session answer a repeated finish from
 // the image's records.
 type FinishRequest struct {
-	TransferID string `json:"transfer_id"`
-	Epoch      int64  `json:"epoch"`
-	Pool       string `json:"pool,omitempty"`
-	Image      string `json:"image,omitempty"`
-	Digest     string `json:"digest"`
+	TransferID string     `json:"transfer_id"`
+	Epoch      int64      `json:"epoch"`
+	Pool       string     `json:"pool,omitempty"`
+	Image      string     `json:"image,omitempty"`
+	Digest     string     `json:"digest"`
+	Grant      *rpc.Grant `json:"grant,omitempty"`
 }
 
 // FinishResponse is the destination's account of a sealed transfer.
@@ -215,9 +221,10 @@ type Preparer interface {
 // AbortRequest ends a transfer's session at the destination (the
 // checkpoint stays for a resume); Epoch must be the session's.
 type AbortRequest struct {
-	TransferID string `json:"transfer_id"`
-	Epoch      int64  `json:"epoch"`
-	Reason     string `json:"reason"`
+	TransferID string     `json:"transfer_id"`
+	Epoch      int64      `json:"epoch"`
+	Reason     string     `json:"reason"`
+	Grant      *rpc.Grant `json:"grant,omitempty"`
 }
 
 func allowed(pools []string, pool string) error {

@@ -164,7 +164,7 @@ func (h *statusHandler) apply(ctx context.Context, ev *rpc.StatusEvent, reqID st
 	if h.caster != nil && ev.Host != "" && (ev.Event == rpc.EventAccepted || ev.Event == rpc.EventProgress) &&
 		(t.Status == db.StatusCancelled || t.Status == db.StatusCancelling) {
 		target := rpc.AgentHostTarget(ev.Region, ev.Host)
-		if err := h.caster.Cast(ctx, target, rpc.MethodTransferCancel, rpc.TransferCancel{TransferID: t.ID}); err != nil {
+		if err := h.caster.Cast(ctx, target, rpc.MethodTransferCancel, rpc.TransferCancel{TransferID: t.ID, Epoch: t.Epoch}); err != nil {
 			log.Warn("cancel of a transfer an agent runs after its cancellation not sent", "agent", ev.Host, "error", err)
 		} else {
 			log.Info("agent runs a cancelled transfer: cancel sent", "agent", ev.Host)

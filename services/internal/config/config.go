@@ -95,25 +95,30 @@ type API struct {
 	OutboxPollInterval int    `opt:"outbox_poll_interval" default:"1" min:"1" max:"3600" help:"Seconds between scans of the outbox for messages not yet published."`
 	OutboxRetention    int    `opt:"outbox_retention" default:"24" min:"0" max:"87600" help:"Hours a published outbox message is kept before it is deleted; 0 keeps them forever."`
 	PublicEndpoint     string `opt:"public_endpoint" default:"" help:"Public URL of this API, used in links; defaults to the URL of the request."`
+	// Signed commands (rpc.Signer).
+	CommandSigningKeyFile string `opt:"command_signing_key_file" default:"/etc/ferry/pki/signing.key" help:"Ed25519 private key (ferry-manage pki signing-key) that signs every command ferry-api sends to agents; agents verify with its public key. Keep it on the ferry-api hosts only."`
+	CommandTTL            int    `opt:"command_ttl" default:"3600" min:"60" max:"604800" help:"Seconds a signed command stays valid: an agent refuses a transfer.start or transfer.cancel older than this (a queued transfer whose start expired is published again with a new signature)."`
 }
 
 // Agent is the [agent] section of ferry-agent.
 type Agent struct {
-	Region            string   `opt:"region" default:"" help:"Region this agent serves (required for ferry-agent); it consumes the queue agent.<region>."`
-	DataListen        string   `opt:"data_listen" default:"0.0.0.0:9791" help:"host:port of the TLS data port that receives streams from source agents."`
-	DataAdvertise     string   `opt:"data_advertise" default:"" help:"host:port that source agents use to reach data_listen; its host must be a name in this agent's certificate. Defaults to data_listen."`
-	CephConf          string   `opt:"ceph_conf" default:"/etc/ceph/ceph.conf" help:"Path of this region's Ceph configuration file."`
-	CephUser          string   `opt:"ceph_user" default:"ferry" help:"Ceph client name without the client. prefix."`
-	CephKeyring       string   `opt:"ceph_keyring" default:"" help:"Keyring of ceph_user; empty means the keyring named in ceph_conf."`
-	Pools             []string `opt:"pools" default:"volumes" help:"Comma-separated allow-list of pools this agent may read from and write to."`
-	Streams           int      `opt:"streams" default:"4" min:"1" max:"32" help:"Parallel TLS streams per transfer (the data stream's maximum is 32)."`
-	ChunkSize         Size     `opt:"chunk_size" default:"4M" min:"65536" max:"67108864" help:"Size of a data chunk on the wire (about the RBD object size). Accepts K, M, G suffixes."`
-	BandwidthLimit    Size     `opt:"bandwidth_limit" default:"0" min:"0" help:"Bytes per second a transfer may send (token bucket); 0 means no limit. Accepts K, M, G suffixes."`
-	Compression       string   `opt:"compression" default:"none" choices:"none,zstd" help:"Compression of data chunks on the wire."`
-	MaxTransfers      int      `opt:"max_transfers" default:"2" min:"1" max:"256" help:"Transfers this agent runs at once; the rest stay queued."`
-	HeartbeatInterval int      `opt:"heartbeat_interval" default:"10" min:"1" max:"3600" help:"Seconds between heartbeats to ferry-api."`
-	ReportInterval    int      `opt:"report_interval" default:"2" min:"1" max:"60" help:"Seconds between progress reports of a running transfer."`
-	StateKeyFile      string   `opt:"state_key_file" default:"/etc/ferry/pki/state.key" help:"The region's state key (ferry-manage pki state-key): the same file on every agent of the region. It seals what Ferry keeps in image metadata (checkpoints, snapshot records, tags), so that a pool writer cannot forge a resume point or make Ferry remove a snapshot it did not take."`
+	Region               string   `opt:"region" default:"" help:"Region this agent serves (required for ferry-agent); it consumes the queue agent.<region>."`
+	DataListen           string   `opt:"data_listen" default:"0.0.0.0:9791" help:"host:port of the TLS data port that receives streams from source agents."`
+	DataAdvertise        string   `opt:"data_advertise" default:"" help:"host:port that source agents use to reach data_listen; its host must be a name in this agent's certificate. Defaults to data_listen."`
+	CephConf             string   `opt:"ceph_conf" default:"/etc/ceph/ceph.conf" help:"Path of this region's Ceph configuration file."`
+	CephUser             string   `opt:"ceph_user" default:"ferry" help:"Ceph client name without the client. prefix."`
+	CephKeyring          string   `opt:"ceph_keyring" default:"" help:"Keyring of ceph_user; empty means the keyring named in ceph_conf."`
+	Pools                []string `opt:"pools" default:"volumes" help:"Comma-separated allow-list of pools this agent may read from and write to."`
+	Streams              int      `opt:"streams" default:"4" min:"1" max:"32" help:"Parallel TLS streams per transfer (the data stream's maximum is 32)."`
+	ChunkSize            Size     `opt:"chunk_size" default:"4M" min:"65536" max:"67108864" help:"Size of a data chunk on the wire (about the RBD object size). Accepts K, M, G suffixes."`
+	BandwidthLimit       Size     `opt:"bandwidth_limit" default:"0" min:"0" help:"Bytes per second a transfer may send (token bucket); 0 means no limit. Accepts K, M, G suffixes."`
+	Compression          string   `opt:"compression" default:"none" choices:"none,zstd" help:"Compression of data chunks on the wire."`
+	MaxTransfers         int      `opt:"max_transfers" default:"2" min:"1" max:"256" help:"Transfers this agent runs at once; the rest stay queued."`
+	HeartbeatInterval    int      `opt:"heartbeat_interval" default:"10" min:"1" max:"3600" help:"Seconds between heartbeats to ferry-api."`
+	ReportInterval       int      `opt:"report_interval" default:"2" min:"1" max:"60" help:"Seconds between progress reports of a running transfer."`
+	MetricsListen        string   `opt:"metrics_listen" default:"" help:"host:port to serve Prometheus metrics on (/metrics); empty serves none."`
+	CommandVerifyKeyFile string   `opt:"command_verify_key_file" default:"/etc/ferry/pki/signing.pub" help:"ferry-api's Ed25519 public key (signing.pub of ferry-manage pki signing-key): commands not signed with its private key are refused and dead-lettered."`
+	StateKeyFile         string   `opt:"state_key_file" default:"/etc/ferry/pki/state.key" help:"The region's state key (ferry-manage pki state-key): the same file on every agent of the region. It seals what Ferry keeps in image metadata (checkpoints, snapshot records, tags), so that a pool writer cannot forge a resume point or make Ferry remove a snapshot it did not take."`
 }
 
 // TLS is the [tls] section: the deployment CA and this node's certificate.
@@ -317,6 +322,9 @@ func (c *Config) ForAgent() error {
 	}
 	if a.StateKeyFile == "" {
 		return &Error{Section: "agent", Option: "state_key_file", Reason: "required by ferry-agent (it seals the state kept in image metadata)"}
+	}
+	if a.CommandVerifyKeyFile == "" {
+		return &Error{Section: "agent", Option: "command_verify_key_file", Reason: "required by ferry-agent (it accepts only commands signed by ferry-api)"}
 	}
 	return nil
 }
