@@ -113,6 +113,23 @@ func WithRequestID(ctx context.Context, id string) context.Context {
 	return context.WithValue(ctx, requestIDKey{}, id)
 }
 
+type senderKey struct{}
+
+// WithSender returns ctx carrying the broker user that published the
+// message being handled: RabbitMQ checks a message's user_id against the
+// user of the connection that published it, so the sender cannot be
+// forged by another broker user.
+func WithSender(ctx context.Context, user string) context.Context {
+	return context.WithValue(ctx, senderKey{}, user)
+}
+
+// SenderFrom is the broker user of the message being handled ("" when the
+// message carried none).
+func SenderFrom(ctx context.Context) string {
+	u, _ := ctx.Value(senderKey{}).(string)
+	return u
+}
+
 // RequestIDFrom returns the request id carried by ctx, or "".
 func RequestIDFrom(ctx context.Context) string {
 	id, _ := ctx.Value(requestIDKey{}).(string)

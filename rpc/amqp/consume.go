@@ -37,6 +37,7 @@ func (t *Transport) Consume(ctx context.Context, queue string, bindings []string
 		handler:      handler,
 		log:          t.log.With("queue", queue),
 		publish:      t.publish,
+		user:         t.user,
 		dlx:          t.opts.Exchange + ".dlx",
 		requeueDelay: t.opts.RequeueDelay,
 	}
@@ -148,6 +149,7 @@ type consumer struct {
 	handler      rpc.Handler
 	log          *slog.Logger
 	publish      publishFunc
+	user         string // the broker user, stamped on replies
 	dlx          string
 	requeueDelay time.Duration
 }
@@ -183,7 +185,7 @@ func (c *consumer) handle(ctx context.Context, d amqp.Delivery) {
 	}
 
 	start := time.Now()
-	reply, herr := c.call(rpc.WithRequestID(ctx, env.RequestID), env)
+	reply, herr := c.call(rpc.WithSender(rpc.WithRequestID(ctx, env.RequestID), d.UserId), env)
 	switch {
 	case herr == nil:
 		if isCall {
@@ -253,6 +255,7 @@ func (c *consumer) reply(ctx context.Context, d amqp.Delivery, req rpc.Envelope,
 		MessageId:     newID(),
 		Timestamp:     time.Now(),
 		Type:          renv.Method,
+		UserId:        c.user,
 		Body:          data,
 	})
 }

@@ -197,6 +197,7 @@ func (t *Transport) Cast(ctx context.Context, target rpc.Target, method string, 
 		Timestamp:    time.Now(),
 		Type:         method,
 		AppId:        t.opts.Name,
+		UserId:       t.user,
 		Body:         data,
 	}
 	if err := t.publish(ctx, t.opts.Exchange, string(target), true, msg); err != nil {
@@ -247,6 +248,7 @@ func (t *Transport) Call(ctx context.Context, target rpc.Target, method string, 
 		Timestamp:     time.Now(),
 		Type:          method,
 		AppId:         t.opts.Name,
+		UserId:        t.user,
 		Headers:       amqp.Table{headerDeadline: deadline.UnixMilli()},
 		Body:          data,
 	}

@@ -28,6 +28,10 @@ type Transport struct {
 	opts       Options
 	log        *slog.Logger
 	replyQueue string
+	// user is the broker user of the transport URL: every message is
+	// stamped with it (user_id, which the broker verifies), so that a
+	// receiver knows who sent it (rpc.SenderFrom).
+	user string
 
 	pub *session // publishing and the replies of calls
 	sub *session // consumers
@@ -66,6 +70,9 @@ func New(ctx context.Context, transportURL string, opts Options) (*Transport, er
 		closingCh:  make(chan struct{}),
 		calls:      map[string]chan []byte{},
 		publishing: make(chan struct{}, maxPublishing),
+	}
+	if u, err := amqp.ParseURI(uris[0]); err == nil {
+		t.user = u.Username
 	}
 	t.replyQueue = fmt.Sprintf("%s.reply.%s.%s", opts.Exchange, opts.Name, newID()[:12])
 	t.life, t.stopLife = context.WithCancel(context.Background())

@@ -83,7 +83,8 @@ func (s *Server) Start(ctx context.Context, w Wiring) {
 		if q == "" {
 			q = string(rpc.StatusTarget)
 		}
-		h := dispatch.StatusHandler(s.db, log, dispatch.WithCanceller(signed), dispatch.WithFinalizer(fin.Kick))
+		h := dispatch.StatusHandler(s.db, log, dispatch.WithCanceller(signed), dispatch.WithFinalizer(fin.Kick),
+			dispatch.WithAgentUsers(cfg.API.AgentUsers))
 		if err := w.Bus.Consume(ctx, q, []string{string(rpc.StatusTarget)}, h); err != nil && ctx.Err() == nil {
 			log.Error("status consumer stopped", "error", err)
 		}

@@ -70,6 +70,50 @@ type statusHandler struct {
 	log      *slog.Logger
 	caster   rpc.Caster
 	finalize func()
+	// users are the broker users of each region's agents ([api]
+	// agent_users): a report or heartbeat about a region must come from
+	// its user. A region absent from it is not checked.
+	users map[string]string
+}
+
+// WithAgentUsers makes the handler accept a region's reports and
+// heartbeats only from the broker user of its agents (rpc.SenderFrom: the
+// broker verifies a message's user_id).
+func WithAgentUsers(users map[string]string) StatusOption {
+	return func(h *statusHandler) { h.users = users }
+}
+
+// errForged: a report that does not come from whom it must (dropped, never
+// applied, never retried).
+var errForged = errors.New("status report refused")
+
+// fromRegion checks that a message about region came from the broker user
+// of its agents.
+func (h *statusHandler) fromRegion(ctx context.Context, region string) error {
+	want, ok := h.users[region]
+	if !ok {
+		return nil
+	}
+	if got := rpc.SenderFrom(ctx); got != want {
+		return fmt.Errorf("%w: a report about region %s sent by broker user %q, its agents are %q", errForged, region, got, want)
+	}
+	return nil
+}
+
+// authorize checks that ev comes from the agent and region t is assigned
+// to: its source region (and broker user), and once an agent has taken it,
+// that very agent.
+func (h *statusHandler) authorize(ctx context.Context, ev *rpc.StatusEvent, t *db.Transfer) error {
+	if ev.Region != t.SourceRegion {
+		return fmt.Errorf("%w: from region %q, the transfer's source region is %s", errForged, ev.Region, t.SourceRegion)
+	}
+	if err := h.fromRegion(ctx, ev.Region); err != nil {
+		return err
+	}
+	if t.Agent != nil && *t.Agent != ev.Host {
+		return fmt.Errorf("%w: from agent %q, the transfer is held by %s", errForged, ev.Host, *t.Agent)
+	}
+	return nil
 }
 
 // StatusOption configures StatusHandler.
@@ -93,6 +137,10 @@ func (h *statusHandler) heartbeat(ctx context.Context, env rpc.Envelope) (any, e
 	var hb rpc.Heartbeat
 	if err := env.DecodeBody(&hb); err != nil {
 		return nil, err
+	}
+	if err := h.fromRegion(ctx, hb.Region); err != nil {
+		h.log.Warn("heartbeat dropped", "host", hb.Host, "region", hb.Region, "error", err)
+		return nil, nil
 	}
 	binary := hb.Binary
 	if binary == "" {
@@ -134,6 +182,9 @@ func (h *statusHandler) status(ctx context.Context, env rpc.Envelope) (any, erro
 	case errors.Is(err, db.ErrStaleEpoch):
 		log.Info("stale status report dropped", "reason", err)
 		return nil, nil
+	case errors.Is(err, errForged):
+		log.Warn("status report refused: not from the transfer's agent", "reason", err)
+		return nil, nil
 	case errors.Is(err, db.ErrNotFound):
 		log.Warn("status report for an unknown transfer dropped")
 		return nil, nil
@@ -160,6 +211,9 @@ func (h *statusHandler) apply(ctx context.Context, ev *rpc.StatusEvent, reqID st
 	}
 	if t.Epoch != ev.Epoch {
 		return fmt.Errorf("%w: report for epoch %d, transfer is at epoch %d", db.ErrStaleEpoch, ev.Epoch, t.Epoch)
+	}
+	if err := h.authorize(ctx, ev, t); err != nil {
+		return err
 	}
 	if h.caster != nil && ev.Host != "" && (ev.Event == rpc.EventAccepted || ev.Event == rpc.EventProgress) &&
 		(t.Status == db.StatusCancelled || t.Status == db.StatusCancelling) {

@@ -11,7 +11,13 @@ import (
 
 func send(t *testing.T, h rpc.Handler, method string, body any) error {
 	t.Helper()
-	ctx := rpc.WithRequestID(testCtx(t), "req-agent")
+	return sendAs(t, h, "", method, body)
+}
+
+// sendAs handles a message published by broker user user.
+func sendAs(t *testing.T, h rpc.Handler, user, method string, body any) error {
+	t.Helper()
+	ctx := rpc.WithSender(rpc.WithRequestID(testCtx(t), "req-agent"), user)
 	env, err := rpc.NewEnvelope(ctx, method, body)
 	if err != nil {
 		t.Fatal(err)
@@ -177,7 +183,7 @@ func TestStatusStaleEpoch(t *testing.T) {
 		t.Fatalf("events %v, want %v", ev, before)
 	}
 	// The new epoch's reports apply.
-	report(t, h, rpc.StatusEvent{TransferID: id, Event: rpc.EventAccepted, Epoch: 2, Host: "agent-b"})
+	report(t, h, rpc.StatusEvent{TransferID: id, Event: rpc.EventAccepted, Epoch: 2, Region: "RegionOne", Host: "agent-b"})
 	if got := get(t, d, id); got.Status != db.StatusAccepted || *got.Agent != "agent-b" {
 		t.Fatalf("%+v", got)
 	}
@@ -335,5 +341,51 @@ func TestStatusCompletedVolumeGoesToFinalizing(t *testing.T) {
 	}
 	if m, err := NewStartMessage(plain); err != nil || strings.Contains(m.Payload, "ephemeral") {
 		t.Errorf("start of an image transfer: %v %s", err, m.Payload)
+	}
+}
+
+// Reports are applied only from the agent and region the transfer is
+// assigned to, and (with [api] agent_users) from that region's broker
+// user; anything else is dropped and changes nothing.
+func TestStatusReportsOnlyFromTheTransfersAgent(t *testing.T) {
+	d, _ := newDB(t)
+	h := StatusHandler(d, quietLog(), WithAgentUsers(map[string]string{"RegionOne": "agents-r1", "RegionTwo": "agents-r2"}))
+	id := createTransfer(t, d, 1).ID
+	as := func(user string, ev rpc.StatusEvent) {
+		t.Helper()
+		ev.TransferID, ev.Epoch, ev.Time = id, 1, time.Now().UTC()
+		if err := sendAs(t, h, user, rpc.MethodAgentStatus, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Not from RegionOne's broker user, or about another region: nothing.
+	as("agents-r2", rpc.StatusEvent{Event: rpc.EventAccepted, Region: "RegionOne", Host: "agent-a"})
+	as("agents-r2", rpc.StatusEvent{Event: rpc.EventAccepted, Region: "RegionTwo", Host: "agent-z"})
+	as("", rpc.StatusEvent{Event: rpc.EventAccepted, Region: "RegionOne", Host: "agent-a"})
+	if got := get(t, d, id); got.Status != db.StatusQueued || got.Agent != nil {
+		t.Fatalf("forged accepted applied: %+v", got)
+	}
+	as("agents-r1", rpc.StatusEvent{Event: rpc.EventAccepted, Region: "RegionOne", Host: "agent-a"})
+	// Another agent of the region forges a completion.
+	as("agents-r1", rpc.StatusEvent{Event: rpc.EventCompleted, Region: "RegionOne", Host: "agent-b", Digest: "blake3-sha256:00", BytesDone: 1})
+	if got := get(t, d, id); got.Status != db.StatusAccepted || got.Digest != "" {
+		t.Fatalf("a completion from another agent applied: %+v", got)
+	}
+	as("agents-r1", rpc.StatusEvent{Event: rpc.EventCompleted, Region: "RegionOne", Host: "agent-a", Digest: "blake3-sha256:11", BytesDone: 1})
+	if got := get(t, d, id); got.Status != db.StatusCompleted || got.Digest != "blake3-sha256:11" {
+		t.Fatalf("the agent's completion: %+v", got)
+	}
+	// Heartbeats too: a region's record only from its agents' user.
+	if err := sendAs(t, h, "agents-r2", rpc.MethodAgentHeartbeat, rpc.Heartbeat{Binary: "ferry-agent", Host: "fake", Region: "RegionOne", Time: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	svcs, err := d.ListServices(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range svcs {
+		if s.Host == "fake" {
+			t.Errorf("a heartbeat from another region's user recorded: %+v", s)
+		}
 	}
 }

@@ -84,17 +84,18 @@ type KeystoneAuthtoken struct {
 
 // API is the [api] section of ferry-api.
 type API struct {
-	BindHost           string `opt:"bind_host" default:"0.0.0.0" help:"Address ferry-api listens on."`
-	BindPort           int    `opt:"bind_port" default:"9790" min:"1" max:"65535" help:"Port ferry-api listens on."`
-	PolicyFile         string `opt:"policy_file" default:"/etc/ferry/policy.yaml" help:"oslo.policy-style YAML file overriding the default rules; a missing file means the defaults."`
-	MaxRequestBodySize Size   `opt:"max_request_body_size" default:"112K" min:"1024" help:"Largest request body accepted (larger ones get 413)."`
-	AgentDownTime      int    `opt:"agent_down_time" default:"60" min:"5" max:"86400" help:"Seconds without a heartbeat after which an agent is considered down and its transfers re-dispatched."`
-	Dashboard          bool   `opt:"dashboard" default:"true" help:"Serve the web dashboard under /dashboard."`
-	DefaultPageSize    int    `opt:"default_page_size" default:"100" min:"1" max:"1000" help:"Items returned by a list request without limit."`
-	MaxPageSize        int    `opt:"max_page_size" default:"1000" min:"1" max:"100000" help:"Largest limit a list request may ask for."`
-	OutboxPollInterval int    `opt:"outbox_poll_interval" default:"1" min:"1" max:"3600" help:"Seconds between scans of the outbox for messages not yet published."`
-	OutboxRetention    int    `opt:"outbox_retention" default:"24" min:"0" max:"87600" help:"Hours a published outbox message is kept before it is deleted; 0 keeps them forever."`
-	PublicEndpoint     string `opt:"public_endpoint" default:"" help:"Public URL of this API, used in links; defaults to the URL of the request."`
+	BindHost           string            `opt:"bind_host" default:"0.0.0.0" help:"Address ferry-api listens on."`
+	BindPort           int               `opt:"bind_port" default:"9790" min:"1" max:"65535" help:"Port ferry-api listens on."`
+	PolicyFile         string            `opt:"policy_file" default:"/etc/ferry/policy.yaml" help:"oslo.policy-style YAML file overriding the default rules; a missing file means the defaults."`
+	MaxRequestBodySize Size              `opt:"max_request_body_size" default:"112K" min:"1024" help:"Largest request body accepted (larger ones get 413)."`
+	AgentDownTime      int               `opt:"agent_down_time" default:"60" min:"5" max:"86400" help:"Seconds without a heartbeat after which an agent is considered down and its transfers re-dispatched."`
+	Dashboard          bool              `opt:"dashboard" default:"true" help:"Serve the web dashboard under /dashboard."`
+	DefaultPageSize    int               `opt:"default_page_size" default:"100" min:"1" max:"1000" help:"Items returned by a list request without limit."`
+	MaxPageSize        int               `opt:"max_page_size" default:"1000" min:"1" max:"100000" help:"Largest limit a list request may ask for."`
+	OutboxPollInterval int               `opt:"outbox_poll_interval" default:"1" min:"1" max:"3600" help:"Seconds between scans of the outbox for messages not yet published."`
+	OutboxRetention    int               `opt:"outbox_retention" default:"24" min:"0" max:"87600" help:"Hours a published outbox message is kept before it is deleted; 0 keeps them forever."`
+	PublicEndpoint     string            `opt:"public_endpoint" default:"" help:"Public URL of this API, used in links; defaults to the URL of the request."`
+	AgentUsers         map[string]string `opt:"agent_users" default:"" help:"Broker user of each region's agents, as region:user,region:user: a status report or heartbeat about a region is accepted only from its agents' user (RabbitMQ verifies each message's user_id). A region not listed is not checked."`
 	// Signed commands (rpc.Signer).
 	CommandSigningKeyFile string `opt:"command_signing_key_file" default:"/etc/ferry/pki/signing.key" help:"Ed25519 private key (ferry-manage pki signing-key) that signs every command ferry-api sends to agents; agents verify with its public key. Keep it on the ferry-api hosts only."`
 	CommandTTL            int    `opt:"command_ttl" default:"3600" min:"60" max:"604800" help:"Seconds a signed command stays valid: an agent refuses a transfer.start or transfer.cancel older than this (a queued transfer whose start expired is published again with a new signature)."`
