@@ -12,6 +12,50 @@ F_API_PIDFILE=$STACK_PID_DIR/ferry-api.pid
 F_API_PORT=9790
 F_REPO=$(cd "$DEVSTACK_DIR/.." && pwd)
 
+# The broker: a vhost of Ferry's own; ferry-api's user owns the topology, each region's agents
+# have a user that may declare only their region's queues and publish only on Ferry's exchange
+# (topic permissions: status reports and calls to other regions' agents, which accept nothing
+# but ferry-api's signed grants). guest may do anything there (tests play the outsider with it).
+F_VHOST=ferry_stack
+F_API_BROKER_USER=ferry-api
+ferry_agent_broker_user() { echo "ferry-agent-$1"; }
+# ferry_broker_password USER: a random password kept in the stack directory.
+ferry_broker_password() {
+    local f=$F_DIR/broker-$1.passwd
+    [[ -s $f ]] || (umask 077 && head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$f")
+    cat "$f"
+}
+ferry_transport_url() { echo "rabbit://$1:$(ferry_broker_password "$1")@$RABBIT_HOST:$RABBIT_PORT/$F_VHOST"; }
+
+ferry_broker() {
+    local r u marker=$F_DIR/broker.done
+    step "ferry/broker" "$F_LOG_DIR/broker.log"
+    # rabbitmqctl takes about a second a call: provision once per stack directory.
+    [[ -f $marker ]] && { log "ferry: broker users already provisioned"; return 0; }
+    local L=$F_LOG_DIR/broker.log
+    run "$L" timeout 60 rabbitmqctl -q add_vhost "$F_VHOST" || true
+    run "$L" timeout 60 rabbitmqctl -q set_permissions -p "$F_VHOST" guest '.*' '.*' '.*'
+    u=$F_API_BROKER_USER
+    run "$L" timeout 60 rabbitmqctl -q add_user "$u" "$(ferry_broker_password "$u")" ||
+        run "$L" timeout 60 rabbitmqctl -q change_password "$u" "$(ferry_broker_password "$u")"
+    run "$L" timeout 60 rabbitmqctl -q set_permissions -p "$F_VHOST" "$u" '.*' '.*' '.*'
+    for r in "${REGIONS[@]}"; do
+        u=$(ferry_agent_broker_user "$r")
+        run "$L" timeout 60 rabbitmqctl -q add_user "$u" "$(ferry_broker_password "$u")" ||
+            run "$L" timeout 60 rabbitmqctl -q change_password "$u" "$(ferry_broker_password "$u")"
+        # configure: its region's queues and its reply queues; write: Ferry's exchanges (publish,
+        # dead letters), the default exchange (replies), its queues (bind); read: the exchange
+        # (bind) and its queues (consume).
+        run "$L" timeout 60 rabbitmqctl -q set_permissions -p "$F_VHOST" "$u" \
+            "^(agent\.$r(\..+)?|ferry\.reply\..+)\$" \
+            "^(ferry|ferry\.dlx|amq\.default|agent\.$r(\..+)?|ferry\.reply\..+)\$" \
+            "^(ferry|agent\.$r(\..+)?|ferry\.reply\..+)\$"
+        run "$L" timeout 60 rabbitmqctl -q set_topic_permissions -p "$F_VHOST" "$u" ferry \
+            '^(ferry\.status|agent\..+)$' '^agent\..+$'
+    done
+    touch "$marker"
+}
+
 ferry_agent_port() { [[ $1 == RegionOne ]] && echo 9791 || echo 9792; }
 ferry_agent_conf() { echo "$F_DIR/ferry-agent-$1.conf"; }
 ferry_agent_pidfile() { echo "$STACK_PID_DIR/ferry-agent-$1.pid"; }
@@ -53,7 +97,7 @@ ferry_write_configs() {
     local r R port
     write_file_atomic "$F_API_CONF" 0600 <<EOF
 [DEFAULT]
-transport_url = $TRANSPORT_URL
+transport_url = $(ferry_transport_url "$F_API_BROKER_USER")
 log_file = $F_LOG_DIR/ferry-api.log
 host = ferry-api
 
@@ -75,13 +119,14 @@ policy_file = $F_DIR/policy.yaml
 # A development stack notices a dead agent quickly.
 agent_down_time = 15
 command_signing_key_file = $F_PKI/signing.key
+agent_users = $(for r in "${REGIONS[@]}"; do printf '%s%s:%s' "${sep:-}" "$r" "$(ferry_agent_broker_user "$r")"; sep=,; done)
 $(ferry_cinder_conf)
 EOF
     for r in "${REGIONS[@]}"; do
         port=$(ferry_agent_port "$r")
         write_file_atomic "$(ferry_agent_conf "$r")" 0600 <<EOF
 [DEFAULT]
-transport_url = $TRANSPORT_URL
+transport_url = $(ferry_transport_url "$(ferry_agent_broker_user "$r")")
 log_file = $F_LOG_DIR/ferry-agent-$r.log
 host = agent-$r
 
@@ -118,8 +163,11 @@ ferry_pki() {
         # One state key per region, shared by the region's agents.
         [[ -f $F_PKI/state-$r.key ]] || "$F_BIN/ferry-manage" pki state-key --out "$F_PKI/state-$r.key" \
             >>"$F_LOG_DIR/pki.log" 2>&1 || die "pki state-key $r failed"
-        [[ -f $F_PKI/agent-$r.crt ]] && continue
+        # The certificate names the agent's region (checked by the other end of each stream).
+        [[ -f $F_PKI/agent-$r.crt ]] && openssl x509 -in "$F_PKI/agent-$r.crt" -noout -text 2>/dev/null |
+            grep -q "urn:ferry:region:$r" && continue
         "$F_BIN/ferry-manage" pki issue "agent-$r" --dir "$F_PKI" --ca-dir "$F_PKI" --dns localhost --ip 127.0.0.1 \
+            --region "$r" --force \
             >>"$F_LOG_DIR/pki.log" 2>&1 || die "pki issue agent-$r failed"
     done
 }
@@ -145,6 +193,7 @@ ferry_api_ok() { curl -fsS -m 2 "http://127.0.0.1:$F_API_PORT/healthcheck" >/dev
 ferry_start() {
     local r
     mkdir -p "$F_DIR" "$F_LOG_DIR"
+    ferry_broker
     ferry_write_configs
     ferry_pki
     step "ferry/db" "$F_LOG_DIR/db.log"
@@ -209,6 +258,7 @@ ferry_status() {
 ferry_env() {
     cat <<EOF
 FERRY_BIN_DIR=$F_BIN
+FERRY_TRANSPORT_URL=rabbit://guest:guest@$RABBIT_HOST:$RABBIT_PORT/$F_VHOST
 FERRY_API_CONF=$F_API_CONF
 FERRY_AGENT_REGIONONE_CONF=$(ferry_agent_conf RegionOne)
 FERRY_AGENT_REGIONTWO_CONF=$(ferry_agent_conf RegionTwo)

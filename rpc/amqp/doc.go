@@ -17,6 +17,15 @@
 //     Transport for the replies of its calls; the same name is declared again
 //     after a reconnection so that late replies still arrive.
 //
+// A Passive transport (Options.Passive: the agents') declares only its own
+// queues and its reply queue: it checks that E and E.dlx exist and waits,
+// reconnecting, until ferry-api has declared them. With per-region broker
+// users that may configure nothing else, that is what lets it connect.
+//
+// Every message carries the transport's broker user as user_id, which
+// RabbitMQ checks against the publishing connection's user; a handler
+// reads it with rpc.SenderFrom.
+//
 // # Delivery guarantees
 //
 // Every publish (casts, calls, replies, dead letters) waits for its publisher

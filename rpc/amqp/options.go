@@ -36,6 +36,12 @@ type Options struct {
 	// RequeueDelay is how long a delivery whose handler returned a temporary
 	// error is held before it is requeued (no hot loop). 0 means 1 s.
 	RequeueDelay time.Duration
+	// Passive: the topology (the exchanges, the dead-letter queue) is
+	// another process's (ferry-api's): it is checked, never declared, so
+	// that a broker user without configure rights on it (an agent's) can
+	// connect. The transport waits, reconnecting, until it exists. The
+	// queues given to Consume are declared either way.
+	Passive bool
 }
 
 // DefaultOptions returns quorum queues, prefetch 10 and the default logger.

@@ -103,17 +103,25 @@ func (t *Transport) setupPublish(conn *amqp.Connection) error {
 		return err
 	}
 	defer ch.Close()
-	if err := ch.ExchangeDeclare(ex, amqp.ExchangeTopic, true, false, false, false, nil); err != nil {
-		return fmt.Errorf("declare exchange %s: %w", ex, err)
-	}
-	if err := ch.ExchangeDeclare(ex+".dlx", amqp.ExchangeTopic, true, false, false, false, nil); err != nil {
-		return fmt.Errorf("declare exchange %s.dlx: %w", ex, err)
-	}
-	if err := t.declareQueue(conn, ex+".dead", t.opts.deadQueueArgs()); err != nil {
-		return err
-	}
-	if err := ch.QueueBind(ex+".dead", "#", ex+".dlx", false, nil); err != nil {
-		return fmt.Errorf("bind %s.dead: %w", ex, err)
+	if t.opts.Passive {
+		for _, name := range []string{ex, ex + ".dlx"} {
+			if err := ch.ExchangeDeclarePassive(name, amqp.ExchangeTopic, true, false, false, false, nil); err != nil {
+				return fmt.Errorf("exchange %s (declared by ferry-api): %w", name, err)
+			}
+		}
+	} else {
+		if err := ch.ExchangeDeclare(ex, amqp.ExchangeTopic, true, false, false, false, nil); err != nil {
+			return fmt.Errorf("declare exchange %s: %w", ex, err)
+		}
+		if err := ch.ExchangeDeclare(ex+".dlx", amqp.ExchangeTopic, true, false, false, false, nil); err != nil {
+			return fmt.Errorf("declare exchange %s.dlx: %w", ex, err)
+		}
+		if err := t.declareQueue(conn, ex+".dead", t.opts.deadQueueArgs()); err != nil {
+			return err
+		}
+		if err := ch.QueueBind(ex+".dead", "#", ex+".dlx", false, nil); err != nil {
+			return fmt.Errorf("bind %s.dead: %w", ex, err)
+		}
 	}
 
 	rch, err := conn.Channel()
@@ -175,8 +183,10 @@ func (t *Transport) declareBound(conn *amqp.Connection, queue string, bindings [
 	}
 	defer ch.Close()
 	// Again, in case it was deleted since the connection was set up.
-	if err := ch.ExchangeDeclare(t.opts.Exchange, amqp.ExchangeTopic, true, false, false, false, nil); err != nil {
-		return fmt.Errorf("declare exchange %s: %w", t.opts.Exchange, err)
+	if !t.opts.Passive {
+		if err := ch.ExchangeDeclare(t.opts.Exchange, amqp.ExchangeTopic, true, false, false, false, nil); err != nil {
+			return fmt.Errorf("declare exchange %s: %w", t.opts.Exchange, err)
+		}
 	}
 	for _, key := range bindings {
 		if err := ch.QueueBind(queue, key, t.opts.Exchange, false, nil); err != nil {

@@ -76,8 +76,14 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Agent, err
 func newSource(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Agent, error) {
 	a, t := cfg.Agent, cfg.TLS
 	log = log.With("region", a.Region, "host", cfg.Hostname())
-	if _, err := pki.LoadTLS(t.CAFile, t.CertFile, t.KeyFile); err != nil {
+	bundle, err := pki.LoadTLS(t.CAFile, t.CertFile, t.KeyFile)
+	if err != nil {
 		return nil, fmt.Errorf("[tls]: %w", err)
+	}
+	// The certificate names this agent's region and role: other agents
+	// check it against the transfers they serve.
+	if err := pki.CheckIdentity(bundle.Leaf, a.Region, pki.RoleAgent); err != nil {
+		return nil, fmt.Errorf("[tls] cert_file %s: %w (issue it with ferry-manage pki issue --region %s)", t.CertFile, err, a.Region)
 	}
 	comp, err := stream.ParseCompression(a.Compression)
 	if err != nil {
@@ -269,6 +275,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	defer a.Close(context.WithoutCancel(ctx))
 	opts := amqp.DefaultOptions()
 	opts.Name, opts.Logger = "ferry-agent "+a.host, log
+	opts.Passive = true // ferry-api owns the topology
 	bus, err := amqp.New(ctx, cfg.Default.TransportURL, opts)
 	if err != nil {
 		return fmt.Errorf("[DEFAULT] transport_url: %w", err)

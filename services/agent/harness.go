@@ -122,6 +122,7 @@ func transferMain(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	job.Epoch = *epoch
+	job.SourceRegion, job.DestRegion = cfg.Agent.Region, *destRegion
 	if *signingKey != "" {
 		if job.Grant, err = harnessGrant(*signingKey, cfg.Agent.Region, *destRegion, job); err != nil {
 			fmt.Fprintf(stderr, "ferry-agent transfer: --signing-key: %v\n", err)
@@ -167,6 +168,7 @@ func runHarness(ctx context.Context, cfg *config.Config, log *slog.Logger, job t
 	defer a.Close(context.WithoutCancel(ctx))
 	opts := amqp.DefaultOptions()
 	opts.Name, opts.Logger = "ferry-agent transfer "+a.host, log
+	opts.Passive = true // ferry-api owns the topology
 	bus, err := amqp.New(ctx, cfg.Default.TransportURL, opts)
 	if err != nil {
 		return HarnessResult{}, fmt.Errorf("[DEFAULT] transport_url: %w", err)

@@ -79,6 +79,8 @@ func (a *Agent) destHandlers(mux *rpc.Mux) {
 				return fmt.Errorf("destination %s/%s, granted %s/%s", req.Pool, req.Image, pool, image)
 			case st.ProjectID != req.ProjectID:
 				return fmt.Errorf("project %q, granted %q", req.ProjectID, st.ProjectID)
+			case st.Source.Region != req.SourceRegion:
+				return fmt.Errorf("source region %q, granted %q", req.SourceRegion, st.Source.Region)
 			case st.Source.Pool+"/"+st.Source.Image != req.SourceName:
 				return fmt.Errorf("source %s, granted %s/%s", req.SourceName, st.Source.Pool, st.Source.Image)
 			case st.Ephemeral != req.Ephemeral:

@@ -137,6 +137,7 @@ func jobOf(req rpc.TransferStart) transfer.Job {
 		TransferID: req.TransferID, Epoch: req.Epoch, ProjectID: req.ProjectID, Mode: req.Mode,
 		Pool: req.Source.Pool, Image: req.Source.Image, Snapshot: req.Source.Snapshot,
 		DestPool: req.Destination.Pool, DestImage: req.Destination.Image,
+		SourceRegion: req.Source.Region, DestRegion: req.Destination.Region,
 		Ephemeral: req.Ephemeral,
 	}
 }

@@ -64,6 +64,7 @@ func pkiCommand(stdout io.Writer) *cobra.Command {
 		ips          []string
 		validityDays int
 		force        bool
+		region, role string
 	}
 	issueCmd := &cobra.Command{
 		Use:   "issue NAME",
@@ -71,7 +72,8 @@ func pkiCommand(stdout io.Writer) *cobra.Command {
 		Long: "Write NAME.crt and NAME.key into --dir, signed by the CA in --ca-dir; they are the\n" +
 			"agent's [tls] cert_file and key_file. The subject alternative names are the --dns and\n" +
 			"--ip values, or NAME itself when none is given; they must include the host part of the\n" +
-			"agent's data_advertise address.",
+			"agent's data_advertise address. --region and --role become URI names\n" +
+			"(urn:ferry:region:R, urn:ferry:role:agent) that the other end of each data stream checks.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
 			if issueOpts.validityDays <= 0 {
@@ -81,6 +83,8 @@ func pkiCommand(stdout io.Writer) *cobra.Command {
 				DNSNames: issueOpts.dns,
 				Validity: days(issueOpts.validityDays),
 				Force:    issueOpts.force,
+				Region:   issueOpts.region,
+				Role:     issueOpts.role,
 			}
 			for _, s := range issueOpts.ips {
 				ip := net.ParseIP(s)
@@ -104,6 +108,8 @@ func pkiCommand(stdout io.Writer) *cobra.Command {
 	issueCmd.Flags().StringSliceVar(&issueOpts.ips, "ip", nil, "IP address subject alternative name (repeatable, or comma-separated)")
 	issueCmd.Flags().IntVar(&issueOpts.validityDays, "validity-days", 365, "validity in days (never beyond the CA's)")
 	issueCmd.Flags().BoolVar(&issueOpts.force, "force", false, "replace an existing certificate and key of the same name")
+	issueCmd.Flags().StringVar(&issueOpts.region, "region", "", "the agent's region, named in the certificate (required by ferry-agent: its [agent] region)")
+	issueCmd.Flags().StringVar(&issueOpts.role, "role", pki.RoleAgent, "the role named in the certificate")
 
 	var stateOpts struct {
 		out   string

@@ -88,6 +88,15 @@ func New(t testing.TB) *Harness {
 	// The regions are the test's own: their queues go with it (cleanups
 	// run last-in first-out, so after the agents are stopped).
 	t.Cleanup(h.deleteQueues)
+	// ferry-api owns the topology (agents only check it): declare it as
+	// ferry-api would.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tr, err := ferryamqp.New(ctx, testenv.Get(t, "TRANSPORT_URL"), ferryamqp.DefaultOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.Close(ctx)
 	if _, _, err := pki.InitCA(h.Dir, pki.CAOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +113,12 @@ func New(t testing.TB) *Harness {
 		}
 	}
 	for _, n := range []string{"src", "dst-a", "dst-b"} {
-		if _, _, err := pki.Issue(h.Dir, h.Dir, n, pki.IssueOptions{DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}); err != nil {
+		region := h.DstRegion
+		if n == "src" {
+			region = h.SrcRegion
+		}
+		if _, _, err := pki.Issue(h.Dir, h.Dir, n, pki.IssueOptions{DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+			Region: region, Role: pki.RoleAgent}); err != nil {
 			t.Fatal(err)
 		}
 	}

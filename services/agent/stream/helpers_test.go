@@ -16,6 +16,7 @@ import (
 	"math/big"
 	mrand "math/rand/v2"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -71,7 +72,7 @@ func newTestCA(t testing.TB, name string) *testCA {
 	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
 }
 
-func (ca *testCA) issue(t testing.TB, cn string, serial int64, server bool) (certPEM, keyPEM []byte) {
+func (ca *testCA) issue(t testing.TB, cn string, serial int64, server bool, uris ...string) (certPEM, keyPEM []byte) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -84,6 +85,13 @@ func (ca *testCA) issue(t testing.TB, cn string, serial int64, server bool) (cer
 		NotAfter:     time.Now().Add(24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	for _, u := range uris {
+		pu, err := url.Parse(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl.URIs = append(tmpl.URIs, pu)
 	}
 	if server {
 		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
@@ -117,9 +125,9 @@ func newTestPKI(t testing.TB) *testPKI {
 	p := &testPKI{dir: dir}
 	p.caFile = write("ca.pem", ca.pem)
 	p.otherCAFile = write("other-ca.pem", other.pem)
-	sc, sk := ca.issue(t, testServerName, 2, true)
+	sc, sk := ca.issue(t, testServerName, 2, true, "urn:ferry:region:RegionTwo", "urn:ferry:role:agent")
 	p.srvCert, p.srvKey = write("server.pem", sc), write("server-key.pem", sk)
-	cc, ck := ca.issue(t, "ferry-agent RegionOne", 3, false)
+	cc, ck := ca.issue(t, "ferry-agent RegionOne", 3, false, "urn:ferry:region:RegionOne", "urn:ferry:role:agent")
 	p.cliCert, p.cliKey = write("client.pem", cc), write("client-key.pem", ck)
 	oc, ok := other.issue(t, "intruder", 4, false)
 	p.otherCert, p.otherKey = write("other.pem", oc), write("other-key.pem", ok)

@@ -517,3 +517,42 @@ func TestStaleResumePointRefused(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// Identities: the destination serves a session only to an agent
+// certificate of the transfer's source region; the source talks only to an
+// agent certificate of the destination region. Nothing is written
+// otherwise.
+func TestPeerIdentities(t *testing.T) {
+	pki := newTestPKI(t) // client: RegionOne agent, server: RegionTwo agent
+	ts := startServer(t, pki, nil)
+	src, _ := denseImage(7, 128<<10)
+	prepare := func(id, peer string) (PrepareResponse, *memImage) {
+		t.Helper()
+		dst := newMemImage(len(src))
+		prep, err := ts.srv.PrepareSession(context.Background(), PrepareRequest{TransferID: id, PeerRegion: peer,
+			ImageName: "volumes/" + id, Image: dst, Checkpoints: &MemCheckpointStore{}, ChunkSize: 64 << 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return prep, dst
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	prep, dst := prepare("id-wrong-source", "RegionThree")
+	if _, err := sendTo(ctx, t, ts, pki.client, "id-wrong-source", prep.Ticket, src); err == nil {
+		t.Error("a RegionOne agent was served a session of RegionThree's")
+	}
+	assertNoWrites(t, dst)
+
+	prep, dst = prepare("id-wrong-dest", "RegionOne")
+	if _, err := sendTo(ctx, t, ts, RequirePeer(pki.client, "RegionThree", "agent"), "id-wrong-dest", prep.Ticket, src); err == nil {
+		t.Error("the source sent to an agent of another region than the destination's")
+	}
+	assertNoWrites(t, dst)
+
+	prep, _ = prepare("id-right", "RegionOne")
+	if _, err := sendTo(ctx, t, ts, RequirePeer(pki.client, "RegionTwo", "agent"), "id-right", prep.Ticket, src); err != nil {
+		t.Errorf("matching identities: %v", err)
+	}
+}

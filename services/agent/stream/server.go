@@ -10,6 +10,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/ferry-project/ferry/services/internal/pki"
 )
 
 // Server defaults.
@@ -123,6 +125,10 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 // PrepareRequest opens a session for one transfer on the destination.
 type PrepareRequest struct {
 	TransferID string
+	// PeerRegion, when set, is the region whose agent certificate (pki
+	// identity: that region, role agent) every connection of the session
+	// must present: the transfer's source region.
+	PeerRegion string
 	// ImageName ("pool/image") is bound into the ticket and logged.
 	ImageName   string
 	Image       DestImage
@@ -376,7 +382,7 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 		return
 	}
 	log = log.With("transfer_id", hello.TransferID, "stream", hello.Stream, "peer", peerName(tc))
-	sess, err := s.authorize(hello)
+	sess, err := s.authorize(hello, tc)
 	if err != nil {
 		s.refuse(log, bw, err)
 		return
@@ -402,7 +408,7 @@ func sendError(bw *bufio.Writer, err error) {
 
 // authorize checks the Hello's ticket and attaches the connection to its
 // session.
-func (s *Server) authorize(h *Hello) (*Session, error) {
+func (s *Server) authorize(h *Hello, tc *tls.Conn) (*Session, error) {
 	image, err := s.tickets.Validate(h.Ticket, h.TransferID)
 	if errors.Is(err, ErrNoSession) {
 		if why, ok := s.endedReason(h.TransferID); ok {
@@ -418,6 +424,15 @@ func (s *Server) authorize(h *Hello) (*Session, error) {
 	}
 	if image != sess.imageName {
 		return nil, ErrTicketInvalid
+	}
+	if sess.peerRegion != "" {
+		peers := tc.ConnectionState().PeerCertificates
+		if len(peers) == 0 {
+			return nil, fmt.Errorf("%w: no client certificate", pki.ErrIdentity)
+		}
+		if err := pki.CheckIdentity(peers[0], sess.peerRegion, pki.RoleAgent); err != nil {
+			return nil, err
+		}
 	}
 	if err := sess.attach(); err != nil {
 		return nil, err

@@ -30,13 +30,15 @@ type Session struct {
 	srv       *Server
 	id        string
 	imageName string
-	image     DestImage
-	imageSize uint64
-	store     CheckpointStore
-	chunkSize uint64
-	ticket    string
-	folder    *digestFolder
-	log       *slog.Logger
+	// peerRegion: the region every connection's certificate must name.
+	peerRegion string
+	image      DestImage
+	imageSize  uint64
+	store      CheckpointStore
+	chunkSize  uint64
+	ticket     string
+	folder     *digestFolder
+	log        *slog.Logger
 
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -62,21 +64,22 @@ type Session struct {
 func newSession(srv *Server, req PrepareRequest, ticket string, folder *digestFolder, resume Checkpoint, log *slog.Logger) *Session {
 	ctx, cancel := context.WithCancel(context.Background())
 	sess := &Session{
-		srv:       srv,
-		id:        req.TransferID,
-		imageName: req.ImageName,
-		image:     req.Image,
-		imageSize: req.Image.Size(),
-		store:     req.Checkpoints,
-		chunkSize: req.ChunkSize,
-		ticket:    ticket,
-		folder:    folder,
-		log:       log,
-		ctx:       ctx,
-		cancel:    cancel,
-		done:      make(chan struct{}),
-		ckptKick:  make(chan struct{}, 1),
-		savedW:    resume.Watermark,
+		srv:        srv,
+		id:         req.TransferID,
+		imageName:  req.ImageName,
+		peerRegion: req.PeerRegion,
+		image:      req.Image,
+		imageSize:  req.Image.Size(),
+		store:      req.Checkpoints,
+		chunkSize:  req.ChunkSize,
+		ticket:     ticket,
+		folder:     folder,
+		log:        log,
+		ctx:        ctx,
+		cancel:     cancel,
+		done:       make(chan struct{}),
+		ckptKick:   make(chan struct{}, 1),
+		savedW:     resume.Watermark,
 	}
 	sess.savedBytes.Store(resume.BytesDone)
 	return sess

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+
+	"github.com/ferry-project/ferry/services/internal/pki"
 )
 
 // ALPN is the application protocol both sides negotiate, so a data port is
@@ -64,6 +66,20 @@ func ClientTLSConfigPEM(caPEM, certPEM, keyPEM []byte, serverName string) (*tls.
 		ServerName:   serverName,
 		NextProtos:   []string{ALPN},
 	}, nil
+}
+
+// RequirePeer returns a copy of cfg whose handshake also requires the peer's
+// certificate to name region (when not empty) and role (pki identity URIs):
+// a source checks that it reaches an agent of the destination region.
+func RequirePeer(cfg *tls.Config, region, role string) *tls.Config {
+	c := cfg.Clone()
+	c.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return fmt.Errorf("%w: no peer certificate", pki.ErrIdentity)
+		}
+		return pki.CheckIdentity(cs.PeerCertificates[0], region, role)
+	}
+	return c
 }
 
 func readPEMFiles(caFile, certFile, keyFile string) (ca, cert, key []byte, err error) {

@@ -174,6 +174,7 @@ func (d *Dest) Prepare(ctx context.Context, req PrepareRequest) (PrepareResponse
 	}
 	pr, err := d.cfg.Server.PrepareSession(ctx, stream.PrepareRequest{
 		TransferID:  req.TransferID,
+		PeerRegion:  req.SourceRegion,
 		ImageName:   name,
 		Image:       &destImage{img: img, size: req.Size},
 		Checkpoints: d.checkpoints(job),

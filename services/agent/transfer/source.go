@@ -15,6 +15,7 @@ import (
 	"github.com/ferry-project/ferry/rpc"
 	"github.com/ferry-project/ferry/services/agent/rbd"
 	"github.com/ferry-project/ferry/services/agent/stream"
+	"github.com/ferry-project/ferry/services/internal/pki"
 )
 
 // Job is one transfer as the source agent runs it.
@@ -35,6 +36,10 @@ type Job struct {
 	Snapshot  string
 	DestPool  string // default Pool
 	DestImage string // default Image
+	// SourceRegion and DestRegion, when set, are checked in the data
+	// connection's certificates (pki identity): the destination's must
+	// name DestRegion, ours SourceRegion.
+	SourceRegion, DestRegion string
 	// Ephemeral: the copy is handed over (to Cinder) once finished, so it
 	// is never the base of another transfer: a full copy (auto means
 	// full, incremental is refused) after which no Ferry snapshot stays
@@ -187,7 +192,7 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 	prep, err := dest.Prepare(ctx, PrepareRequest{
 		TransferID: job.TransferID, Epoch: job.Epoch, ProjectID: job.ProjectID, Mode: job.Mode,
 		Pool: job.DestPool, Image: job.DestImage,
-		SourceFSID: cluster.FSID(), SourceImageID: info.ID, SourceName: job.Pool + "/" + job.Image,
+		SourceFSID: cluster.FSID(), SourceImageID: info.ID, SourceName: job.Pool + "/" + job.Image, SourceRegion: job.SourceRegion,
 		Size: info.Size, Order: info.Order, Features: info.Features,
 		Snapshot: snap, SourceSnapID: snapID, Bases: bases, ChunkSize: chunk, Ephemeral: job.Ephemeral, Grant: job.Grant,
 	})
@@ -228,6 +233,9 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 	if err != nil {
 		s.abort(dest, job, err)
 		return Result{}, err
+	}
+	if job.DestRegion != "" {
+		tlsCfg = stream.RequirePeer(tlsCfg, job.DestRegion, pki.RoleAgent)
 	}
 	var resume *stream.Checkpoint
 	if prep.Checkpoint.Watermark > 0 {

@@ -95,6 +95,9 @@ type PrepareRequest struct {
 	SourceFSID    string `json:"source_fsid"`
 	SourceImageID string `json:"source_image_id"`
 	SourceName    string `json:"source_name"`
+	// SourceRegion, when set, is the region whose agent certificate the
+	// data connections must present (the grant's source region).
+	SourceRegion string `json:"source_region,omitempty"`
 	// Geometry of the source snapshot.
 	Size     uint64 `json:"size"`
 	Order    uint64 `json:"order"`

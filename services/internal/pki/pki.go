@@ -87,6 +87,11 @@ type IssueOptions struct {
 	Validity time.Duration
 	// Force replaces an existing certificate and key of the same name.
 	Force bool
+	// Region and Role name the agent's identity (URI SANs
+	// urn:ferry:region:<region> and urn:ferry:role:<role>): the other end
+	// of a data stream checks them against the transfer it serves.
+	Region string
+	Role   string
 }
 
 // InitCA creates a CA in dir (created with mode 0700 if missing) and returns
@@ -242,6 +247,10 @@ func issue(caDir, outDir, name string, opts IssueOptions, now time.Time) (string
 		}
 	}
 
+	uris, err := identityURIs(opts.Region, opts.Role)
+	if err != nil {
+		return "", "", err
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return "", "", fmt.Errorf("pki: generate key: %w", err)
@@ -271,6 +280,7 @@ func issue(caDir, outDir, name string, opts IssueOptions, now time.Time) (string
 		IsCA:                  false,
 		DNSNames:              dnsNames,
 		IPAddresses:           ips,
+		URIs:                  uris,
 		SubjectKeyId:          skid,
 		AuthorityKeyId:        akid,
 	}
