@@ -57,7 +57,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Agent, err
 	if err != nil {
 		return fail(fmt.Errorf("[tls]: %w", err))
 	}
-	ag.server, err = stream.NewServer(stream.ServerConfig{TLSConfig: serverTLS, Logger: ag.log})
+	ag.server, err = stream.NewServer(stream.ServerConfig{TLSConfig: serverTLS, Logger: ag.log,
+		MaxSessions: a.MaxSessions, MaxConnections: a.MaxDataConnections})
 	if err != nil {
 		return fail(err)
 	}

@@ -47,6 +47,9 @@ var (
 	ErrCheckpoint = errors.New("stream: unusable checkpoint")
 	// ErrTooManyStreams refuses a connection beyond the session's limit.
 	ErrTooManyStreams = errors.New("stream: too many streams")
+	// ErrTooManySessions refuses a prepare beyond the server's
+	// MaxSessions (the transfer is tried again later).
+	ErrTooManySessions = errors.New("stream: too many sessions")
 )
 
 // RemoteError is a refusal or failure reported by the peer in an Error frame.

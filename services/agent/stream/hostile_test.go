@@ -556,3 +556,46 @@ func TestPeerIdentities(t *testing.T) {
 		t.Errorf("matching identities: %v", err)
 	}
 }
+
+// Caps: a prepare beyond MaxSessions is refused (the prepare of an open
+// session's transfer still replaces it); a connection beyond
+// MaxConnections is closed before its handshake, and the ones within are
+// served.
+func TestServerCaps(t *testing.T) {
+	pki := newTestPKI(t)
+	ts := startServer(t, pki, func(c *ServerConfig) { c.MaxSessions = 2; c.MaxConnections = 2 })
+	for _, id := range []string{"cap-a", "cap-b"} {
+		hostileSetup(t, ts, id, 64<<10)
+	}
+	_, err := ts.srv.PrepareSession(context.Background(), PrepareRequest{
+		TransferID: "cap-c", ImageName: "volumes/cap-c", Image: newMemImage(64 << 10), Checkpoints: &MemCheckpointStore{}, ChunkSize: 64 << 10,
+	})
+	if !errors.Is(err, ErrTooManySessions) {
+		t.Fatalf("third session: %v, want ErrTooManySessions", err)
+	}
+	hostileSetup(t, ts, "cap-a", 64<<10) // a new prepare of an open one
+
+	// Two idle TLS connections hold both slots; a third is closed.
+	var held []*tls.Conn
+	for range 2 {
+		c, err := tls.Dial("tcp", ts.addr, pki.client)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	time.Sleep(100 * time.Millisecond)
+	c, err := tls.Dial("tcp", ts.addr, pki.client)
+	if err == nil {
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		_, err = c.Read(make([]byte, 1))
+		c.Close()
+	}
+	if err == nil {
+		t.Error("a connection beyond MaxConnections was served")
+	}
+	ts.log.waitFor(t, "connections already served", 2*time.Second)
+	for _, c := range held {
+		c.Close()
+	}
+}

@@ -23,6 +23,8 @@ const (
 	DefaultCheckpointBytes    = 256 << 20
 	DefaultMaxStreams         = MaxStreams + 8 // the sender's maximum, its control connection and stragglers
 	DefaultMaxPending         = 4096
+	DefaultMaxSessions        = 32
+	DefaultMaxConnections     = 128
 )
 
 // ServerConfig configures the destination side. Zero values take defaults.
@@ -49,6 +51,13 @@ type ServerConfig struct {
 	// MaxPending bounds the written-but-not-contiguous chunks a session
 	// holds digests for; a chunk further ahead is refused.
 	MaxPending int
+	// MaxSessions bounds the sessions open at once (a prepare beyond is
+	// ErrTooManySessions); MaxConnections the connections being served
+	// (one beyond is closed at once, before its handshake). A
+	// connection's memory is bounded by itself: control frames only until
+	// its Hello is authorized, then chunks of the session's size.
+	MaxSessions    int
+	MaxConnections int
 }
 
 func (c *ServerConfig) applyDefaults() {
@@ -78,6 +87,12 @@ func (c *ServerConfig) applyDefaults() {
 	}
 	if c.MaxPending <= 0 {
 		c.MaxPending = DefaultMaxPending
+	}
+	if c.MaxSessions <= 0 {
+		c.MaxSessions = DefaultMaxSessions
+	}
+	if c.MaxConnections <= 0 {
+		c.MaxConnections = DefaultMaxConnections
 	}
 }
 
@@ -172,10 +187,13 @@ func (s *Server) PrepareSession(ctx context.Context, req PrepareRequest) (Prepar
 	s.prepareMu.Lock()
 	defer s.prepareMu.Unlock()
 	s.mu.Lock()
-	closed, old := s.closed, s.sessions[req.TransferID]
+	closed, old, open := s.closed, s.sessions[req.TransferID], len(s.sessions)
 	s.mu.Unlock()
 	if closed {
 		return PrepareResponse{}, ErrServerClosed
+	}
+	if old == nil && open >= s.cfg.MaxSessions {
+		return PrepareResponse{}, fmt.Errorf("%w: %d open", ErrTooManySessions, open)
 	}
 	if old != nil {
 		old.end(ErrSuperseded, true)
@@ -318,6 +336,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	slots := make(chan struct{}, s.cfg.MaxConnections)
 	for {
 		c, err := tln.Accept()
 		if err != nil {
@@ -333,9 +352,17 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			}
 			continue
 		}
+		select {
+		case slots <- struct{}{}:
+		default:
+			s.log.Warn("connection refused", "remote", c.RemoteAddr().String(), "reason", fmt.Sprintf("%d connections already served", s.cfg.MaxConnections))
+			c.Close()
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer func() { <-slots }()
 			s.handleConn(ctx, c)
 		}()
 	}

@@ -117,6 +117,8 @@ type Agent struct {
 	MaxTransfers         int      `opt:"max_transfers" default:"2" min:"1" max:"256" help:"Transfers this agent runs at once; the rest stay queued."`
 	HeartbeatInterval    int      `opt:"heartbeat_interval" default:"10" min:"1" max:"3600" help:"Seconds between heartbeats to ferry-api."`
 	ReportInterval       int      `opt:"report_interval" default:"2" min:"1" max:"60" help:"Seconds between progress reports of a running transfer."`
+	MaxSessions          int      `opt:"max_sessions" default:"32" min:"1" max:"4096" help:"Destination sessions (transfers being received) this agent holds at once; a prepare beyond is refused."`
+	MaxDataConnections   int      `opt:"max_data_connections" default:"128" min:"1" max:"65536" help:"Data port connections served at once; one beyond is closed before its TLS handshake."`
 	MetricsListen        string   `opt:"metrics_listen" default:"" help:"host:port to serve Prometheus metrics on (/metrics); empty serves none."`
 	CommandVerifyKeyFile string   `opt:"command_verify_key_file" default:"/etc/ferry/pki/signing.pub" help:"ferry-api's Ed25519 public key (signing.pub of ferry-manage pki signing-key): commands not signed with its private key are refused and dead-lettered."`
 	StateKeyFile         string   `opt:"state_key_file" default:"/etc/ferry/pki/state.key" help:"The region's state key (ferry-manage pki state-key): the same file on every agent of the region. It seals what Ferry keeps in image metadata (checkpoints, snapshot records, tags), so that a pool writer cannot forge a resume point or make Ferry remove a snapshot it did not take."`
