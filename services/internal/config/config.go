@@ -113,6 +113,8 @@ type Agent struct {
 	MaxTransfers      int      `opt:"max_transfers" default:"2" min:"1" max:"256" help:"Transfers this agent runs at once; the rest stay queued."`
 	HeartbeatInterval int      `opt:"heartbeat_interval" default:"10" min:"1" max:"3600" help:"Seconds between heartbeats to ferry-api."`
 	ReportInterval    int      `opt:"report_interval" default:"2" min:"1" max:"60" help:"Seconds between progress reports of a running transfer."`
+	CephOpTimeout     int      `opt:"ceph_op_timeout" default:"60" min:"5" max:"3600" help:"Seconds a Ceph operation (monitor command, OSD read or write, connecting) may take before it fails with a timeout (librados rados_mon_op_timeout, rados_osd_op_timeout, client_mount_timeout): a stalled cluster becomes an error instead of a hang."`
+	HealthInterval    int      `opt:"health_interval" default:"30" min:"5" max:"3600" help:"Seconds between probes of the cluster's health (ceph health), reported with the heartbeats; a probe never delays a heartbeat."`
 }
 
 // TLS is the [tls] section: the deployment CA and this node's certificate.
