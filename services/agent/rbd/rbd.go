@@ -56,9 +56,9 @@ func translate(err error, what string) error {
 
 // Options say how to reach one cluster as one user.
 type Options struct {
-	ConfFile string        // ceph.conf of the cluster
-	User     string        // client name without "client."
-	Keyring  string        // keyring path; empty: the one in ConfFile
+	ConfFile string // ceph.conf of the cluster
+	User     string // client name without "client."
+	Keyring  string // keyring path; empty: the one in ConfFile
 	// Timeout bounds every monitor and OSD operation and the connection
 	// itself (rados_mon_op_timeout, rados_osd_op_timeout,
 	// client_mount_timeout): a stalled cluster fails with ErrTimeout
