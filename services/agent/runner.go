@@ -3,6 +3,8 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -23,7 +25,7 @@ type runner struct {
 	slots  chan struct{}
 
 	mu      sync.Mutex
-	running map[string]context.CancelFunc
+	running map[string]*job
 	// cancelled are the transfers a transfer.cancel stopped (as opposed
 	// to the agent shutting down, which must not report them cancelled:
 	// they are handed to another agent and resume).
@@ -33,13 +35,23 @@ type runner struct {
 
 func newRunner(a *Agent, caster rpc.Caster, caller rpc.Caller) *runner {
 	r := &runner{a: a, caster: caster, caller: caller,
-		slots: make(chan struct{}, a.cfg.Agent.MaxTransfers), running: map[string]context.CancelFunc{}, cancelled: map[string]bool{}}
+		slots: make(chan struct{}, a.cfg.Agent.MaxTransfers), running: map[string]*job{}, cancelled: map[string]bool{}}
 	r.runJob = r.run
 	return r
 }
 
+// job is one running transfer.
+type job struct {
+	epoch  int64
+	cancel context.CancelFunc
+}
+
 // errBusy asks the transport to requeue a start: every slot is taken.
 var errBusy = errors.New("agent busy: max_transfers running")
+
+// errSuperseded asks the transport to requeue a start of a newer epoch of
+// a transfer this agent still runs: the older run is being stopped.
+var errSuperseded = errors.New("a newer epoch of a running transfer: stopping the older run first")
 
 // start accepts a transfer, or refuses it for now when every slot is taken
 // (the message goes back to the queue for another agent, or later). It
@@ -50,11 +62,22 @@ func (r *runner) start(ctx context.Context, req rpc.TransferStart) error {
 		return err
 	}
 	r.mu.Lock()
-	_, dup := r.running[req.TransferID]
+	old, dup := r.running[req.TransferID]
 	r.mu.Unlock()
 	if dup {
-		// A redelivery of a transfer this agent already runs.
-		return nil
+		if req.Epoch <= old.epoch {
+			// A redelivery (or an older start) of a transfer this
+			// agent already runs.
+			return nil
+		}
+		// ferry-api re-dispatched the transfer while this agent still
+		// ran it (it thought the agent lost): every report of the old
+		// run is stale now, so acking this start would leave the
+		// transfer queued for good. Stop the old run (no report: the
+		// new one resumes from the checkpoint) and take the start again
+		// once it stopped, here or on another agent.
+		old.cancel()
+		return rpc.Temporary(fmt.Errorf("transfer %s epoch %d (running epoch %d): %w", req.TransferID, req.Epoch, old.epoch, errSuperseded))
 	}
 	select {
 	case r.slots <- struct{}{}:
@@ -62,8 +85,9 @@ func (r *runner) start(ctx context.Context, req rpc.TransferStart) error {
 		return rpc.Temporary(errBusy)
 	}
 	jctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	j := &job{epoch: req.Epoch, cancel: cancel}
 	r.mu.Lock()
-	r.running[req.TransferID] = cancel
+	r.running[req.TransferID] = j
 	r.mu.Unlock()
 	r.report(ctx, rpc.StatusEvent{TransferID: req.TransferID, Event: rpc.EventAccepted, Epoch: req.Epoch})
 	r.wg.Add(1)
@@ -72,7 +96,9 @@ func (r *runner) start(ctx context.Context, req rpc.TransferStart) error {
 		defer func() { <-r.slots }()
 		defer func() {
 			r.mu.Lock()
-			delete(r.running, req.TransferID)
+			if r.running[req.TransferID] == j {
+				delete(r.running, req.TransferID)
+			}
 			r.mu.Unlock()
 			cancel()
 		}()
@@ -140,13 +166,13 @@ func completed(req rpc.TransferStart, res transfer.Result) rpc.StatusEvent {
 // cancel stops a running transfer; false when this agent does not run it.
 func (r *runner) cancel(transferID string) bool {
 	r.mu.Lock()
-	c, ok := r.running[transferID]
+	j, ok := r.running[transferID]
 	if ok {
 		r.cancelled[transferID] = true
 	}
 	r.mu.Unlock()
 	if ok {
-		c()
+		j.cancel()
 	}
 	return ok
 }
@@ -165,9 +191,22 @@ func (r *runner) report(ctx context.Context, ev rpc.StatusEvent) {
 // cancelled).
 func (r *runner) stopAll() {
 	r.mu.Lock()
-	for _, c := range r.running {
-		c()
+	for _, j := range r.running {
+		j.cancel()
 	}
 	r.mu.Unlock()
 	r.wg.Wait()
+}
+
+// runningIDs lists the transfers running now, sorted. It holds the mutex
+// only to copy (never across a Ceph or broker call): the heartbeat calls it.
+func (r *runner) runningIDs() []string {
+	r.mu.Lock()
+	ids := make([]string, 0, len(r.running))
+	for id := range r.running {
+		ids = append(ids, id)
+	}
+	r.mu.Unlock()
+	slices.Sort(ids)
+	return ids
 }
