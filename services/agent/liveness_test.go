@@ -204,7 +204,9 @@ func TestRunnerNewerEpochSupersedes(t *testing.T) {
 	if !rpc.IsTemporary(err) || !errors.Is(err, errSuperseded) {
 		t.Fatalf("start of epoch 3: %v, want a temporary superseded error", err)
 	}
-	waitFor(t, "epoch 3 to be taken", func() bool { return r.start(ctx, at(3)) == nil && slices.Equal(r.runningIDs(), []string{"t"}) && func() bool { mu.Lock(); defer mu.Unlock(); return len(epochs) == 2 }() })
+	waitFor(t, "epoch 3 to be taken", func() bool {
+		return r.start(ctx, at(3)) == nil && slices.Equal(r.runningIDs(), []string{"t"}) && func() bool { mu.Lock(); defer mu.Unlock(); return len(epochs) == 2 }()
+	})
 	r.stopAll()
 	mu.Lock()
 	defer mu.Unlock()
