@@ -90,7 +90,9 @@ func WithFinalizer(kick func()) StatusOption { return func(h *statusHandler) { h
 // WithHeartbeatKick calls kick after each heartbeat of an agent that
 // reports its running set (since 1.2) was recorded: the Redispatcher's
 // Kick, so that a restarted agent's transfers are re-dispatched at once.
-func WithHeartbeatKick(kick func()) StatusOption { return func(h *statusHandler) { h.onHeartbeat = kick } }
+func WithHeartbeatKick(kick func()) StatusOption {
+	return func(h *statusHandler) { h.onHeartbeat = kick }
+}
 
 // NeedsFinalizing reports whether a transfer's copy must be registered with
 // Cinder before it is complete.
