@@ -558,3 +558,35 @@ func TestHeartbeatHandlerRecordsAndKicks(t *testing.T) {
 		t.Errorf("service %+v health %+v", s, hl)
 	}
 }
+
+// Run sweeps at once, then when kicked (not only every Interval), and
+// stops with its context.
+func TestRunSweepsWhenKicked(t *testing.T) {
+	e := newLiveEnv(t)
+	e.r.Interval = time.Hour
+	ctx, cancel := context.WithCancel(e.ctx)
+	done := make(chan error, 1)
+	go func() { done <- e.r.Run(ctx) }()
+	first := e.hold(1, "", db.StatusCancelling)
+	e.r.Kick() // the first sweep may have run before the transfer existed
+	deadline := time.Now().Add(10 * time.Second)
+	for get(t, e.d, first.ID).Status != db.StatusCancelled {
+		if time.Now().After(deadline) {
+			t.Fatal("a kick did not sweep")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	second := e.hold(2, "", db.StatusCancelling)
+	e.r.Kick()
+	e.r.Kick() // coalesced, never blocks
+	for get(t, e.d, second.ID).Status != db.StatusCancelled {
+		if time.Now().After(deadline) {
+			t.Fatal("a second kick did not sweep")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+}

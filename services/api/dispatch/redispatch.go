@@ -87,6 +87,8 @@ const (
 	DefaultRepublishPerSweep = 10
 	// probeTimeout bounds one DestinationProber.Probe.
 	probeTimeout = 10 * time.Second
+	// kickGap is the shortest time between two kicked sweeps.
+	kickGap = 500 * time.Millisecond
 )
 
 // Kick asks for a sweep now (e.g. after a heartbeat); it never blocks.
@@ -112,6 +114,7 @@ func (r *Redispatcher) Run(ctx context.Context) error {
 	t := time.NewTicker(iv)
 	defer t.Stop()
 	for {
+		swept := time.Now()
 		if _, err := r.Sweep(ctx); err != nil && ctx.Err() == nil {
 			r.log().Warn("re-dispatch sweep failed", "error", err)
 		}
@@ -120,6 +123,15 @@ func (r *Redispatcher) Run(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		case <-kicks:
+			// Heartbeats kick often (every agent, every interval): one
+			// sweep per kickGap at most.
+			if wait := kickGap - time.Since(swept); wait > 0 {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(wait):
+				}
+			}
 		}
 	}
 }
