@@ -7,10 +7,10 @@ import (
 	"gorm.io/gorm"
 )
 
-// m0004Service is the frozen shape of the columns 0004_service_liveness
+// m0005Service is the frozen shape of the columns 0005_service_liveness
 // adds to services: what an agent's last two heartbeats said (its boot,
 // the transfers it ran, its capacity) and its cluster's health.
-type m0004Service struct {
+type m0005Service struct {
 	BootID       string `gorm:"column:boot_id;type:varchar(64);not null;default:''"`
 	HeartbeatSeq int64  `gorm:"column:heartbeat_seq;not null;default:0"`
 	// Running is a JSON array of transfer ids.
@@ -26,21 +26,21 @@ type m0004Service struct {
 	CephHealthAt     *time.Time `gorm:"column:ceph_health_at;precision:6"`
 }
 
-func (m0004Service) TableName() string { return "services" }
+func (m0005Service) TableName() string { return "services" }
 
-var m0004Columns = []string{
+var m0005Columns = []string{
 	"BootID", "HeartbeatSeq", "Running", "Capacity", "PrevBootID", "PrevRunning", "PrevHeartbeatAt",
 	"CephHealth", "CephHealthDetail", "CephHealthAt",
 }
 
-func migration0004ServiceLiveness() *gormigrate.Migration {
+func migration0005ServiceLiveness() *gormigrate.Migration {
 	return &gormigrate.Migration{
-		ID: "0004_service_liveness",
+		ID: "0005_service_liveness",
 		Migrate: func(tx *gorm.DB) error {
 			m := tx.Migrator()
-			for _, col := range m0004Columns {
-				if !m.HasColumn(&m0004Service{}, col) {
-					if err := m.AddColumn(&m0004Service{}, col); err != nil {
+			for _, col := range m0005Columns {
+				if !m.HasColumn(&m0005Service{}, col) {
+					if err := m.AddColumn(&m0005Service{}, col); err != nil {
 						return err
 					}
 				}
@@ -49,9 +49,9 @@ func migration0004ServiceLiveness() *gormigrate.Migration {
 		},
 		Rollback: func(tx *gorm.DB) error {
 			m := tx.Migrator()
-			for i := len(m0004Columns) - 1; i >= 0; i-- {
-				if m.HasColumn(&m0004Service{}, m0004Columns[i]) {
-					if err := m.DropColumn(&m0004Service{}, m0004Columns[i]); err != nil {
+			for i := len(m0005Columns) - 1; i >= 0; i-- {
+				if m.HasColumn(&m0005Service{}, m0005Columns[i]) {
+					if err := m.DropColumn(&m0005Service{}, m0005Columns[i]); err != nil {
 						return err
 					}
 				}
