@@ -22,7 +22,7 @@ var (
 	ErrExists     = errors.New("already exists")
 	ErrPermission = errors.New("permission denied")
 	ErrBusy       = errors.New("busy")
-	ErrTimeout    = errors.New("timed out")
+	ErrTimeout    = errors.New("ceph did not answer within [agent] ceph_op_timeout (stalled or full cluster? see ferry service list)")
 	ErrClosed     = errors.New("cluster connection closed")
 )
 
