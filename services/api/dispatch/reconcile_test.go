@@ -590,3 +590,24 @@ func TestRunSweepsWhenKicked(t *testing.T) {
 		t.Errorf("Run: %v", err)
 	}
 }
+
+// A sweep sees every held transfer, however many pages they fill.
+func TestSweepPagesThroughHeldTransfers(t *testing.T) {
+	e := newLiveEnv(t)
+	e.r.pageSize = 2
+	e.beat("agent-a", "RegionOne", "b1", 1)
+	var ids []string
+	for i := range 5 {
+		ids = append(ids, e.hold(i, "agent-a", db.StatusAccepted).ID)
+	}
+	e.hold(9, "", db.StatusCancelling)
+	e.clk.Add(time.Minute) // agent-a down
+	if n := e.sweep(); n != 6 {
+		t.Errorf("sweep moved %d, want 6", n)
+	}
+	for _, id := range ids {
+		if got := get(t, e.d, id); got.Status != db.StatusQueued {
+			t.Errorf("%s: %s", id, got.Status)
+		}
+	}
+}

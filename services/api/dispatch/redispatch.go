@@ -79,6 +79,8 @@ type Redispatcher struct {
 
 	once sync.Once
 	kick chan struct{}
+	// pageSize of heldTransfers (0: db.MaxListLimit; tests make it small).
+	pageSize int
 }
 
 // Defaults of Redispatcher.
@@ -159,25 +161,66 @@ func (r *Redispatcher) Sweep(ctx context.Context) (int, error) {
 			errs = append(errs, err)
 		}
 	}
+	// Every transfer an agent may hold, in one query (paged), by agent.
+	held, err := r.heldTransfers(ctx)
+	if err != nil {
+		return 0, err
+	}
+	byAgent := map[[2]string][]db.Transfer{}
+	var agentless []db.Transfer
+	for _, t := range held {
+		if t.Agent == nil || *t.Agent == "" {
+			if t.Status == db.StatusCancelling {
+				agentless = append(agentless, t)
+			}
+			continue
+		}
+		k := [2]string{t.SourceRegion, *t.Agent}
+		byAgent[k] = append(byAgent[k], t)
+	}
 	for i := range svcs {
 		s := &svcs[i]
-		if s.Binary != db.AgentBinary {
+		list := byAgent[[2]string{s.Region, s.Host}]
+		if s.Binary != db.AgentBinary || len(list) == 0 {
 			continue
 		}
 		if !db.ServiceIsUp(s, now, r.DownAfter) {
-			add(r.sweepAgent(ctx, s, nil))
+			add(r.sweepAgent(ctx, s, nil, list))
 			continue
 		}
 		if reconcilable(s) {
-			add(r.sweepAgent(ctx, s, s))
+			add(r.sweepAgent(ctx, s, s, list))
 		}
 	}
-	add(r.sweepAgentless(ctx))
+	add(r.sweepAgentless(ctx, agentless))
 	add(r.sweepQueued(ctx, svcs, now))
 	if moved > 0 && r.Publish != nil {
 		r.Publish()
 	}
 	return moved, errors.Join(errs...)
+}
+
+// heldTransfers are the transfers in the statuses an agent holds them in
+// (accepted … verifying, and cancelling), every page.
+func (r *Redispatcher) heldTransfers(ctx context.Context) ([]db.Transfer, error) {
+	var out []db.Transfer
+	size := r.pageSize
+	if size <= 0 {
+		size = db.MaxListLimit
+	}
+	opts := db.ListOpts{Scope: db.AllProjectsScope(), Limit: size, SortKey: "id", SortDir: "asc",
+		Statuses: []db.Status{db.StatusAccepted, db.StatusPreparing, db.StatusTransferring, db.StatusVerifying, db.StatusCancelling}}
+	for {
+		page, more, err := r.DB.ListTransfers(ctx, opts)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, page...)
+		if !more || len(page) == 0 {
+			return out, nil
+		}
+		opts.Marker = page[len(page)-1].ID
+	}
 }
 
 // runningNow are the transfers agent s may run: those its last two
@@ -199,18 +242,18 @@ func reconcilable(s *db.Service) bool {
 
 // sweepAgent handles the transfers of agent s: all of them when it is
 // down (live nil), those its heartbeats no longer list when it is up.
-func (r *Redispatcher) sweepAgent(ctx context.Context, s *db.Service, live *db.Service) (int, error) {
+func (r *Redispatcher) sweepAgent(ctx context.Context, s *db.Service, live *db.Service, held []db.Transfer) (int, error) {
 	statuses := []db.Status{db.StatusAccepted, db.StatusPreparing, db.StatusTransferring, db.StatusCancelling}
 	if live == nil {
 		// Not finalizing: the agents are done then; the API registers the
 		// copy with Cinder, whatever became of the agent.
 		statuses = append(statuses, db.StatusVerifying)
 	}
-	list, _, err := r.DB.ListTransfers(ctx, db.ListOpts{
-		Scope: db.AllProjectsScope(), Agent: s.Host, SourceRegion: s.Region, Limit: db.MaxListLimit, Statuses: statuses,
-	})
-	if err != nil {
-		return 0, err
+	var list []db.Transfer
+	for _, t := range held {
+		if slices.Contains(statuses, t.Status) {
+			list = append(list, t)
+		}
 	}
 	var running []string
 	if live != nil {
@@ -291,11 +334,7 @@ func (r *Redispatcher) orphaned(ctx context.Context, t *db.Transfer, why string)
 }
 
 // sweepAgentless ends the cancels of transfers no agent holds.
-func (r *Redispatcher) sweepAgentless(ctx context.Context) (int, error) {
-	list, _, err := r.DB.ListTransfers(ctx, db.ListOpts{Scope: db.AllProjectsScope(), Status: db.StatusCancelling, Limit: db.MaxListLimit})
-	if err != nil {
-		return 0, err
-	}
+func (r *Redispatcher) sweepAgentless(ctx context.Context, list []db.Transfer) (int, error) {
 	moved := 0
 	for i := range list {
 		if t := &list[i]; t.Agent == nil || *t.Agent == "" {
