@@ -611,3 +611,45 @@ func TestSweepPagesThroughHeldTransfers(t *testing.T) {
 		}
 	}
 }
+
+type fakeCaller struct {
+	target rpc.Target
+	method string
+	body   any
+	reply  rpc.TransferQueryReply
+	err    error
+}
+
+func (f *fakeCaller) Call(_ context.Context, target rpc.Target, method string, body, reply any) error {
+	f.target, f.method, f.body = target, method, body
+	if f.err != nil {
+		return f.err
+	}
+	*reply.(*rpc.TransferQueryReply) = f.reply
+	return nil
+}
+
+// RPCProber asks the destination region's agents with transfer.query and
+// maps the reply; a transfer without a destination image is not asked.
+func TestRPCProber(t *testing.T) {
+	tr := &db.Transfer{ID: "t1", Epoch: 3, DestRegion: "RegionTwo", DestPool: "volumes", DestImage: "img"}
+	c := &fakeCaller{reply: rpc.TransferQueryReply{Complete: true, Exists: true, Snapshot: "ferry-t1", Digest: "d", Mode: "full", BytesDone: 9}}
+	st, err := RPCProber{Caller: c}.Probe(testCtx(t), tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := DestinationState{Complete: true, Snapshot: "ferry-t1", Digest: "d", Mode: "full", BytesDone: 9}
+	if st != want || c.target != rpc.AgentTarget("RegionTwo") || c.method != rpc.MethodTransferQuery {
+		t.Errorf("state %+v to %s %s", st, c.target, c.method)
+	}
+	if q := c.body.(rpc.TransferQuery); q != (rpc.TransferQuery{TransferID: "t1", Epoch: 3, Pool: "volumes", Image: "img"}) {
+		t.Errorf("query %+v", q)
+	}
+	c.err = errors.New("unknown method")
+	if _, err := (RPCProber{Caller: c}).Probe(testCtx(t), tr); err == nil {
+		t.Error("a failed call is no answer")
+	}
+	if _, err := (RPCProber{Caller: c}).Probe(testCtx(t), &db.Transfer{ID: "t2", DestRegion: "RegionTwo"}); err == nil {
+		t.Error("probed a transfer without a destination image")
+	}
+}
