@@ -152,6 +152,8 @@ func runStoreContract(t *testing.T, newURL func(t *testing.T) string) {
 		{"EventsAndNotes", contractEvents},
 		{"Delete", contractDelete},
 		{"Services", contractServices},
+		{"ServiceHeartbeats", contractServiceHeartbeats},
+		{"RepublishStart", contractRepublishStart},
 		{"Outbox", contractOutbox},
 		{"OutboxConcurrentClaimers", contractOutboxConcurrentClaimers},
 		{"Leases", contractLeases},
@@ -230,6 +232,18 @@ func contractMigrations(t *testing.T, url string) {
 
 	// Roll everything back, then forward again.
 	id, err := d.RollbackLast(ctx)
+	if err != nil || id != "0005_service_liveness" {
+		t.Fatalf("RollbackLast = %q, %v", id, err)
+	}
+	for _, col := range []string{"boot_id", "running", "prev_heartbeat_at", "ceph_health"} {
+		if d.gorm.Migrator().HasColumn("services", col) {
+			t.Errorf("column services.%s survived the rollback of 0005_service_liveness", col)
+		}
+	}
+	if !d.gorm.Migrator().HasColumn("services", "last_heartbeat_at") {
+		t.Error("the rollback of 0005_service_liveness dropped an older column")
+	}
+	id, err = d.RollbackLast(ctx)
 	if err != nil || id != "0003_leases" {
 		t.Fatalf("RollbackLast = %q, %v", id, err)
 	}

@@ -150,6 +150,24 @@ type Service struct {
 	CreatedAt       time.Time `gorm:"column:created_at"`
 	UpdatedAt       time.Time `gorm:"column:updated_at"`
 	LastHeartbeatAt time.Time `gorm:"column:last_heartbeat_at"`
+
+	// What the last heartbeat said (agents since 1.2; see
+	// RecordHeartbeat): the process's boot id and the heartbeat's number
+	// within it, the transfers it ran (JSON array) and how many it may.
+	BootID       string  `gorm:"column:boot_id"`
+	HeartbeatSeq int64   `gorm:"column:heartbeat_seq"`
+	Running      *string `gorm:"column:running"`
+	Capacity     int     `gorm:"column:capacity"`
+	// The heartbeat before it, and when it was received.
+	PrevBootID      string     `gorm:"column:prev_boot_id"`
+	PrevRunning     *string    `gorm:"column:prev_running"`
+	PrevHeartbeatAt *time.Time `gorm:"column:prev_heartbeat_at"`
+	// CephHealth is HEALTH_OK, HEALTH_WARN or HEALTH_ERR from the agent's
+	// last probe ("" when it failed or never ran); CephHealthDetail is
+	// its JSON (ServiceHealth); CephHealthAt when the probe ran.
+	CephHealth       string     `gorm:"column:ceph_health"`
+	CephHealthDetail *string    `gorm:"column:ceph_health_detail"`
+	CephHealthAt     *time.Time `gorm:"column:ceph_health_at"`
 }
 
 // TableName implements gorm's tabler.
@@ -160,6 +178,8 @@ func (s *Service) AfterFind(*gorm.DB) error {
 	s.CreatedAt = s.CreatedAt.UTC()
 	s.UpdatedAt = s.UpdatedAt.UTC()
 	s.LastHeartbeatAt = s.LastHeartbeatAt.UTC()
+	s.PrevHeartbeatAt = utcPtr(s.PrevHeartbeatAt)
+	s.CephHealthAt = utcPtr(s.CephHealthAt)
 	return nil
 }
 

@@ -91,4 +91,74 @@ type Heartbeat struct {
 	// DataEndpoint is where sources reach this agent's data port.
 	DataEndpoint string   `json:"data_endpoint,omitempty"`
 	Running      []string `json:"running,omitempty"`
+	// BootID is random per agent process start: a new one means that
+	// everything the previous process ran is gone. Since 1.2; with it,
+	// Running is complete (the API reconciles the transfers it assigned
+	// to this agent against it).
+	BootID string `json:"boot_id,omitempty"`
+	// Seq counts the heartbeats of one boot (1, 2, …): the API ignores
+	// one older than the last it recorded (redelivered or overtaken).
+	Seq uint64 `json:"seq,omitempty"`
+	// MaxTransfers is the agent's max_transfers (0: unknown): with
+	// Running it says whether the agent has a free slot.
+	MaxTransfers int `json:"max_transfers,omitempty"`
+	// CephHealth is the last result of the agent's cluster health probe
+	// (nil before the first one). The probe runs on its own; the
+	// heartbeat never waits for Ceph.
+	CephHealth *CephHealth `json:"ceph_health,omitempty"`
+}
+
+// CephHealth is a region's cluster health as an agent last saw it.
+type CephHealth struct {
+	// Status is HEALTH_OK, HEALTH_WARN or HEALTH_ERR; empty when the
+	// probe failed (Error says why: a stalled cluster times out).
+	Status string `json:"status,omitempty"`
+	// Checks are the health checks that matter to transfers (full and
+	// nearfull OSDs and pools, slow ops, down OSDs, inactive PGs, pause
+	// flags), most severe first.
+	Checks []HealthCheck `json:"checks,omitempty"`
+	// Others counts the checks left out of Checks.
+	Others int    `json:"others,omitempty"`
+	Error  string `json:"error,omitempty"`
+	// AgeSeconds is how long before the heartbeat the probe ended (the
+	// receiver dates it with its own clock).
+	AgeSeconds float64 `json:"age_seconds"`
+}
+
+// HealthCheck is one Ceph health check.
+type HealthCheck struct {
+	Code     string `json:"code"`
+	Severity string `json:"severity"`
+	Message  string `json:"message,omitempty"`
+}
+
+// MethodTransferQuery: API → a destination region's agents (call to
+// agent.<region>): does the destination image hold the snapshot a
+// transfer ends with, with the digest it was verified with? The API asks
+// when a transfer's terminal report may have been lost. Since 1.2.
+const MethodTransferQuery = "transfer.query"
+
+// TransferQuery is transfer.query's body.
+type TransferQuery struct {
+	TransferID string `json:"transfer_id"`
+	Epoch      int64  `json:"epoch"`
+	Pool       string `json:"pool"`
+	Image      string `json:"image"`
+	// Snapshot is the snapshot the transfer ends with; empty for an
+	// ephemeral copy (then the image's completion marker is asked for).
+	Snapshot string `json:"snapshot,omitempty"`
+}
+
+// TransferQueryReply is transfer.query's reply.
+type TransferQueryReply struct {
+	// Complete: the image holds Snapshot (or, when ephemeral, the copy
+	// was verified) for this transfer.
+	Complete bool `json:"complete"`
+	// Exists: the image exists (a copy was at least prepared).
+	Exists   bool   `json:"exists"`
+	Snapshot string `json:"snapshot,omitempty"`
+	Digest   string `json:"digest,omitempty"`
+	Mode     string `json:"mode,omitempty"`
+	// BytesDone is the copied size (the transfer's bytes_total).
+	BytesDone uint64 `json:"bytes_done,omitempty"`
 }

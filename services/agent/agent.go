@@ -22,7 +22,6 @@ import (
 	"github.com/ferry-project/ferry/services/internal/config"
 	"github.com/ferry-project/ferry/services/internal/daemon"
 	"github.com/ferry-project/ferry/services/internal/pki"
-	"github.com/ferry-project/ferry/services/internal/version"
 )
 
 // Agent is one running ferry-agent.
@@ -39,6 +38,10 @@ type Agent struct {
 	// verifier checks that commands come from ferry-api.
 	verifier *rpc.Verifier
 	metrics  *metrics
+	// boot is random per process: ferry-api learns from a new one that
+	// the transfers the previous process ran are gone.
+	boot   string
+	health *healthProber
 }
 
 // New connects to the region's cluster, checks the pool allow-list and the
@@ -105,7 +108,8 @@ func newSource(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Agen
 	// One connection to the region's cluster, shared by every transfer
 	// and closed after IdleConnection without one.
 	ag := &Agent{cfg: cfg, log: log, conns: rbd.NewPool(IdleConnection), host: cfg.Hostname(), sealer: sealer,
-		verifier: rpc.NewVerifier(pub), metrics: newMetrics()}
+		verifier: rpc.NewVerifier(pub), metrics: newMetrics(), boot: newBootID()}
+	ag.health = ag.healthProber()
 	cluster, release, err := ag.connector()(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("[agent] ceph_conf %s: %w", a.CephConf, err)
@@ -195,7 +199,8 @@ func (a *Agent) Serve(ctx context.Context, bus Bus) error {
 		t := string(rpc.AgentHostTarget(region, a.host))
 		errc <- bus.Consume(ctx, t, []string{t}, own.Serve)
 	}()
-	go func() { errc <- a.heartbeat(ctx, bus, r) }()
+	go func() { errc <- a.heartbeater(bus, r).Run(ctx) }()
+	go func() { errc <- a.health.Run(ctx) }()
 	select {
 	case err := <-errc:
 		if err != nil && !errors.Is(err, net.ErrClosed) && ctx.Err() == nil {
@@ -213,32 +218,34 @@ type Bus interface {
 	Consume(ctx context.Context, queue string, bindings []string, h rpc.Handler) error
 }
 
-// heartbeat casts agent.heartbeat every heartbeat_interval.
-func (a *Agent) heartbeat(ctx context.Context, bus rpc.Caster, r *runner) error {
-	tick := time.NewTicker(time.Duration(a.cfg.Agent.HeartbeatInterval) * time.Second)
-	defer tick.Stop()
-	for {
-		r.mu.Lock()
-		running := make([]string, 0, len(r.running))
-		for id := range r.running {
-			running = append(running, id)
-		}
-		r.mu.Unlock()
-		hb := rpc.Heartbeat{Binary: "ferry-agent", Host: a.host, Region: a.cfg.Agent.Region, Version: version.Release,
-			Time: time.Now().UTC(), DataEndpoint: a.Dest.Endpoint(), Running: running}
-		if err := bus.Cast(ctx, rpc.StatusTarget, rpc.MethodAgentHeartbeat, hb); err != nil && ctx.Err() == nil {
-			// Unroutable until ferry-api has declared its queue.
-			level := slog.LevelWarn
-			if errors.Is(err, rpc.ErrUnroutable) {
-				level = slog.LevelDebug
+// heartbeater is the agent's heartbeat loop (see liveness.go).
+func (a *Agent) heartbeater(bus rpc.Caster, r *runner) *heartbeater {
+	return &heartbeater{caster: bus, interval: time.Duration(a.cfg.Agent.HeartbeatInterval) * time.Second,
+		host: a.host, region: a.cfg.Agent.Region, endpoint: a.Dest.Endpoint(), boot: a.boot,
+		capacity: a.cfg.Agent.MaxTransfers, running: r.runningIDs, health: a.health, log: a.log}
+}
+
+// healthProber probes the region's cluster every health_interval, each
+// probe bounded by ceph_op_timeout (and at most 20 s).
+func (a *Agent) healthProber() *healthProber {
+	timeout, interval := 20*time.Second, 30*time.Second
+	if s := a.cfg.Agent.CephOpTimeout; s > 0 {
+		timeout = min(time.Duration(s)*time.Second, timeout)
+	}
+	if s := a.cfg.Agent.HealthInterval; s > 0 {
+		interval = time.Duration(s) * time.Second
+	}
+	connect := a.connector()
+	return &healthProber{
+		interval: interval, timeout: timeout, now: time.Now, log: a.log,
+		probe: func(ctx context.Context) (rbd.Health, error) {
+			c, release, err := connect(ctx)
+			if err != nil {
+				return rbd.Health{}, err
 			}
-			a.log.Log(ctx, level, "heartbeat not sent", "error", err)
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-tick.C:
-		}
+			defer release()
+			return c.Health(ctx)
+		},
 	}
 }
 
@@ -263,7 +270,8 @@ const IdleConnection = 5 * time.Minute
 
 // connector acquires the region's cluster connection from the pool.
 func (a *Agent) connector() transfer.Connector {
-	o := rbd.Options{ConfFile: a.cfg.Agent.CephConf, User: a.cfg.Agent.CephUser, Keyring: a.cfg.Agent.CephKeyring}
+	o := rbd.Options{ConfFile: a.cfg.Agent.CephConf, User: a.cfg.Agent.CephUser, Keyring: a.cfg.Agent.CephKeyring,
+		Timeout: time.Duration(a.cfg.Agent.CephOpTimeout) * time.Second}
 	return func(ctx context.Context) (*rbd.Cluster, func(), error) { return a.conns.Acquire(ctx, o) }
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -48,6 +49,10 @@ type runEntry struct {
 // errBusy asks the transport to requeue a start: every slot is taken.
 var errBusy = errors.New("agent busy: max_transfers running")
 
+// errSuperseded asks the transport to requeue a start of a newer epoch of
+// a transfer this agent still runs: the older run is being stopped.
+var errSuperseded = errors.New("a newer epoch of a running transfer: stopping the older run first")
+
 // start accepts a transfer, or refuses it for now when every slot is taken
 // (the message goes back to the queue for another agent, or later). It
 // returns at once: the transfer runs in its own goroutine, so the delivery
@@ -68,7 +73,7 @@ func (r *runner) start(ctx context.Context, req rpc.TransferStart, grant *rpc.Gr
 		// runs (its reports are refused now): stop that run, without a
 		// report, and take the start again once it has stopped.
 		cur.cancel()
-		return rpc.Temporary(fmt.Errorf("transfer %s: epoch %d supersedes the running epoch %d", req.TransferID, req.Epoch, cur.epoch))
+		return rpc.Temporary(fmt.Errorf("transfer %s epoch %d (running epoch %d): %w", req.TransferID, req.Epoch, cur.epoch, errSuperseded))
 	}
 	select {
 	case r.slots <- struct{}{}:
@@ -183,6 +188,7 @@ func (r *runner) report(ctx context.Context, ev rpc.StatusEvent) {
 	}
 }
 
+
 // wait waits for the running transfers to stop (after their contexts were
 // cancelled).
 func (r *runner) stopAll() {
@@ -192,4 +198,17 @@ func (r *runner) stopAll() {
 	}
 	r.mu.Unlock()
 	r.wg.Wait()
+}
+
+// runningIDs lists the transfers running now, sorted. It holds the mutex
+// only to copy (never across a Ceph or broker call): the heartbeat calls it.
+func (r *runner) runningIDs() []string {
+	r.mu.Lock()
+	ids := make([]string, 0, len(r.running))
+	for id := range r.running {
+		ids = append(ids, id)
+	}
+	r.mu.Unlock()
+	slices.Sort(ids)
+	return ids
 }

@@ -415,10 +415,35 @@ func (s *Server) listServices(c *gin.Context) {
 		if sv.Disabled {
 			status = "disabled"
 		}
-		out = append(out, gin.H{"binary": sv.Binary, "host": sv.Host, "region": sv.Region, "state": state, "status": status,
-			"version": sv.Version, "updated_at": isoTime(sv.LastHeartbeatAt)})
+		svc := gin.H{"binary": sv.Binary, "host": sv.Host, "region": sv.Region, "state": state, "status": status,
+			"version": sv.Version, "updated_at": isoTime(sv.LastHeartbeatAt), "ceph_health": cephHealthView(sv.Health())}
+		if sv.BootID != "" {
+			svc["running_transfers"] = len(sv.RunningIDs())
+			svc["max_transfers"] = sv.Capacity
+		}
+		out = append(out, svc)
 	}
 	c.JSON(http.StatusOK, gin.H{"services": out})
+}
+
+// cephHealthView is an agent's last cluster health probe in the service
+// list: null when it reported none (an agent before 1.2, or no probe yet).
+func cephHealthView(h *db.ServiceHealth) gin.H {
+	if h == nil {
+		return nil
+	}
+	checks := make([]gin.H, 0, len(h.Checks))
+	for _, c := range h.Checks {
+		checks = append(checks, gin.H{"code": c.Code, "severity": c.Severity, "message": c.Message})
+	}
+	v := gin.H{"status": nil, "checks": checks, "others": h.Others, "error": nil, "checked_at": isoTime(h.CheckedAt)}
+	if h.Status != "" {
+		v["status"] = h.Status
+	}
+	if h.Error != "" {
+		v["error"] = h.Error
+	}
+	return v
 }
 
 // strictJSON decodes a small JSON body into v; bad JSON is written as 400.

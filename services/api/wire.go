@@ -63,7 +63,7 @@ func (s *Server) Start(ctx context.Context, w Wiring) {
 			log.Error("outbox publisher stopped", "error", err)
 		}
 	}()
-	redis := &dispatch.Redispatcher{DB: s.db, DownAfter: time.Duration(cfg.API.AgentDownTime) * time.Second, Kick: pub.Kick, Log: log}
+	redis := &dispatch.Redispatcher{DB: s.db, DownAfter: time.Duration(cfg.API.AgentDownTime) * time.Second, Publish: pub.Kick, Log: log}
 	go func() {
 		if err := redis.Run(ctx); err != nil && ctx.Err() == nil {
 			log.Error("re-dispatcher stopped", "error", err)
@@ -84,7 +84,7 @@ func (s *Server) Start(ctx context.Context, w Wiring) {
 			q = string(rpc.StatusTarget)
 		}
 		h := dispatch.StatusHandler(s.db, log, dispatch.WithCanceller(signed), dispatch.WithFinalizer(fin.Kick),
-			dispatch.WithAgentUsers(cfg.API.AgentUsers))
+			dispatch.WithAgentUsers(cfg.API.AgentUsers), dispatch.WithHeartbeatKick(redis.Kick))
 		if err := w.Bus.Consume(ctx, q, []string{string(rpc.StatusTarget)}, h); err != nil && ctx.Err() == nil {
 			log.Error("status consumer stopped", "error", err)
 		}

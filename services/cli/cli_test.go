@@ -32,6 +32,8 @@ type fakeCloud struct {
 	creates  []map[string]any
 	requests []string
 	queries  []string
+	// services is GET /v1/services' answer; nil: 403.
+	services []map[string]any
 }
 
 func newFakeCloud(t *testing.T) *fakeCloud {
@@ -109,6 +111,8 @@ func (fc *fakeCloud) serveAPI(w http.ResponseWriter, r *http.Request) {
 	path := strings.TrimPrefix(r.URL.Path, "/v1/")
 	parts := strings.Split(path, "/")
 	switch {
+	case path == "services" && r.Method == http.MethodGet && fc.services != nil:
+		reply(200, map[string]any{"services": fc.services})
 	case path == "services" && r.Method == http.MethodGet:
 		fault(w, 403, "forbidden", `Policy doesn't allow service:get_all to be performed.`)
 	case path == "transfers" && r.Method == http.MethodPost:

@@ -19,7 +19,10 @@ type Pool struct {
 	closed bool
 }
 
-type poolKey struct{ conf, user, keyring string }
+type poolKey struct {
+	conf, user, keyring string
+	timeout             time.Duration
+}
 
 type pooled struct {
 	c     *Cluster
@@ -37,7 +40,7 @@ func NewPool(idle time.Duration) *Pool {
 // Acquire returns the shared connection for o, connecting when there is
 // none, and a release function to call exactly once when done.
 func (p *Pool) Acquire(ctx context.Context, o Options) (*Cluster, func(), error) {
-	k := poolKey{o.ConfFile, o.User, o.Keyring}
+	k := poolKey{o.ConfFile, o.User, o.Keyring, o.Timeout}
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -50,7 +53,9 @@ func (p *Pool) Acquire(ctx context.Context, o Options) (*Cluster, func(), error)
 		go func() {
 			// Connect with a context of its own: a caller that gives up
 			// must not fail the others waiting for the same connection.
-			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 60*time.Second)
+			// librados gives up after the mount timeout; a little more
+			// here, in case it does not.
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.connectTimeout())
 			defer cancel()
 			c, err := Connect(cctx, o)
 			p.mu.Lock()
@@ -131,4 +136,14 @@ func (p *Pool) Close() {
 			e.c.Close()
 		}
 	}
+}
+
+// connectTimeout bounds Connect from the outside: the mount timeout and a
+// margin.
+func (o Options) connectTimeout() time.Duration {
+	t := o.Timeout
+	if t <= 0 {
+		t = DefaultTimeout
+	}
+	return t + 10*time.Second
 }

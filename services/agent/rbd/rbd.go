@@ -22,7 +22,7 @@ var (
 	ErrExists     = errors.New("already exists")
 	ErrPermission = errors.New("permission denied")
 	ErrBusy       = errors.New("busy")
-	ErrTimeout    = errors.New("timed out")
+	ErrTimeout    = errors.New("ceph did not answer within [agent] ceph_op_timeout (stalled or full cluster? see ferry service list)")
 	ErrClosed     = errors.New("cluster connection closed")
 )
 
@@ -56,15 +56,40 @@ func translate(err error, what string) error {
 
 // Options say how to reach one cluster as one user.
 type Options struct {
-	ConfFile string        // ceph.conf of the cluster
-	User     string        // client name without "client."
-	Keyring  string        // keyring path; empty: the one in ConfFile
-	Timeout  time.Duration // mon and OSD op timeout; 0: 30 s
+	ConfFile string // ceph.conf of the cluster
+	User     string // client name without "client."
+	Keyring  string // keyring path; empty: the one in ConfFile
+	// Timeout bounds every monitor and OSD operation and the connection
+	// itself (rados_mon_op_timeout, rados_osd_op_timeout,
+	// client_mount_timeout): a stalled cluster fails with ErrTimeout
+	// instead of blocking. 0 means DefaultTimeout.
+	Timeout time.Duration
+}
+
+// DefaultTimeout is Options.Timeout's default ([agent] ceph_op_timeout).
+const DefaultTimeout = 60 * time.Second
+
+// settings are the configuration options Connect sets, in order, after
+// reading the configuration file (so they win over it).
+func (o Options) settings() [][2]string {
+	timeout := o.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	secs := strconv.Itoa(max(int(timeout.Seconds()), 1))
+	kv := [][2]string{{"client_mount_timeout", secs}, {"rados_mon_op_timeout", secs}, {"rados_osd_op_timeout", secs}}
+	if o.Keyring != "" {
+		kv = append(kv, [2]string{"keyring", o.Keyring})
+	}
+	return kv
 }
 
 // Cluster is one connection to a Ceph cluster.
 type Cluster struct {
-	mu   sync.Mutex // guards conn against use after Close
+	// mu guards conn against use after Close: operations hold it shared
+	// (a blocked one never blocks another, e.g. the health probe), Close
+	// exclusively.
+	mu   sync.RWMutex
 	conn *rados.Conn
 	fsid string
 }
@@ -72,10 +97,6 @@ type Cluster struct {
 // Connect opens a connection. It honours ctx while the monitors are
 // contacted (librados blocks up to the timeout otherwise).
 func Connect(ctx context.Context, o Options) (*Cluster, error) {
-	timeout := o.Timeout
-	if timeout == 0 {
-		timeout = 30 * time.Second
-	}
 	conn, err := rados.NewConnWithUser(o.User)
 	if err != nil {
 		return nil, translate(err, "ceph connection")
@@ -83,12 +104,7 @@ func Connect(ctx context.Context, o Options) (*Cluster, error) {
 	if err := conn.ReadConfigFile(o.ConfFile); err != nil {
 		return nil, translate(err, "reading "+o.ConfFile)
 	}
-	secs := strconv.Itoa(int(timeout.Seconds()))
-	settings := [][2]string{{"client_mount_timeout", secs}, {"rados_mon_op_timeout", secs}, {"rados_osd_op_timeout", secs}}
-	if o.Keyring != "" {
-		settings = append(settings, [2]string{"keyring", o.Keyring})
-	}
-	for _, kv := range settings {
+	for _, kv := range o.settings() {
 		if err := conn.SetConfigOption(kv[0], kv[1]); err != nil {
 			return nil, translate(err, "ceph option "+kv[0])
 		}
@@ -133,8 +149,8 @@ func (c *Cluster) FSID() string { return c.fsid }
 
 // ioctx opens pool; the caller destroys it.
 func (c *Cluster) ioctx(pool string) (*rados.IOContext, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.mu.RLock()
+	defer c.mu.RUnlock()
 	if c.conn == nil {
 		return nil, ErrClosed
 	}

@@ -175,7 +175,13 @@ func (a *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			fault(w, http.StatusForbidden, "forbidden", "Policy doesn't allow service:get_all to be performed.")
 			return
 		}
-		io.WriteString(w, `{"services": [{"binary": "ferry-agent", "host": "agent-RegionOne", "region": "RegionOne", "state": "up", "status": "enabled", "version": "0.1", "updated_at": "2026-11-25T10:00:00.000000Z"}]}`)
+		io.WriteString(w, `{"services": [{"binary": "ferry-agent", "host": "agent-RegionOne", "region": "RegionOne", "state": "up", "status": "enabled", "version": "0.1", "updated_at": "2026-11-25T10:00:00.000000Z",
+			"running_transfers": 1, "max_transfers": 2,
+			"ceph_health": {"status": "HEALTH_WARN", "checks": [{"code": "OSD_NEARFULL", "severity": "HEALTH_WARN", "message": "1 nearfull osd(s)"}], "others": 2, "error": null, "checked_at": "2026-11-25T09:59:30.000000Z"}},
+			{"binary": "ferry-agent", "host": "agent-RegionTwo", "region": "RegionTwo", "state": "up", "status": "enabled", "version": "0.1", "updated_at": "2026-11-25T10:00:00.000000Z",
+			"running_transfers": 0, "max_transfers": 2,
+			"ceph_health": {"status": null, "checks": [], "others": 0, "error": "the cluster did not answer ceph health within 20s", "checked_at": "2026-11-25T09:59:40.000000Z"}},
+			{"binary": "ferry-agent", "host": "agent-old", "region": "RegionOne", "state": "down", "status": "enabled", "version": "0.0", "updated_at": "2026-11-25T09:00:00.000000Z", "ceph_health": null}]}`)
 	default:
 		fault(w, http.StatusNotFound, "itemNotFound", "The resource could not be found.")
 	}
@@ -504,6 +510,19 @@ func TestAdminSeesServices(t *testing.T) {
 	resp, page := b.do("GET", "/dashboard/admin/services", nil)
 	if resp.StatusCode != 200 || !strings.Contains(page, "agent-RegionOne") || !strings.Contains(page, "badge-ok") {
 		t.Errorf("services page: %d\n%s", resp.StatusCode, page)
+	}
+	// Each agent's cluster health: status badge, the checks that matter,
+	// when it was probed; and its load.
+	for _, want := range []string{
+		`<th>Ceph Health</th><th>Transfers</th>`,
+		`<span class="badge badge-busy">HEALTH_WARN</span> <span class="region" title="HEALTH_WARN: 1 nearfull osd(s)">OSD_NEARFULL</span> <span class="small">+2 more</span>`,
+		`probed 2026-11-25 09:59:30`, `<td>1/2</td>`,
+		`<span class="badge badge-err">unknown</span> <span class="small">the cluster did not answer ceph health within 20s</span>`,
+		`<span class="badge badge-muted">not reported</span></td>`, `<td>-</td>`,
+	} {
+		if !strings.Contains(page, want) {
+			t.Errorf("services page lacks %s\n%s", want, page)
+		}
 	}
 }
 

@@ -9,8 +9,11 @@ import (
 	"html/template"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/ferry-project/ferry/services/client/services"
 )
 
 // pageData is what every page's template gets.
@@ -56,6 +59,34 @@ var funcs = template.FuncMap{
 	"dest":      destText,
 	"shortid":   func(id string) string { return id[:min(8, len(id))] },
 	"transient": func(st string) bool { return !terminal(st) },
+	"health":    healthBadge,
+	"load":      loadText,
+}
+
+// healthBadge is the badge class and text of an agent's cluster health.
+func healthBadge(h *services.CephHealth) struct{ Class, Text string } {
+	switch {
+	case h == nil:
+		return struct{ Class, Text string }{"badge-muted", "not reported"}
+	case h.Status == nil:
+		return struct{ Class, Text string }{"badge-err", "unknown"}
+	case *h.Status == "HEALTH_OK":
+		return struct{ Class, Text string }{"badge-ok", *h.Status}
+	case *h.Status == "HEALTH_WARN":
+		return struct{ Class, Text string }{"badge-busy", *h.Status}
+	}
+	return struct{ Class, Text string }{"badge-err", *h.Status}
+}
+
+// loadText is "running/max" transfers of an agent, "-" when unknown.
+func loadText(running, capacity *int) string {
+	if running == nil {
+		return "-"
+	}
+	if capacity == nil || *capacity == 0 {
+		return strconv.Itoa(*running)
+	}
+	return fmt.Sprintf("%d/%d", *running, *capacity)
 }
 
 func (h *Handler) render(w http.ResponseWriter, r *http.Request, code int, name string, s *session, d pageData) {

@@ -73,7 +73,7 @@ func TestRedispatchOfDownAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	kicked := false
-	r.Kick = func() { kicked = true }
+	r.Publish = func() { kicked = true }
 	if n, err := r.Sweep(ctx); err != nil || n != 3 {
 		t.Fatalf("sweep: %d %v", n, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/ferry-project/ferry/db"
 	"github.com/ferry-project/ferry/rpc"
@@ -70,6 +71,9 @@ type statusHandler struct {
 	log      *slog.Logger
 	caster   rpc.Caster
 	finalize func()
+	// onHeartbeat is called after each recorded heartbeat (a reconcile
+	// kick).
+	onHeartbeat func()
 	// users are the broker users of each region's agents ([api]
 	// agent_users): a report or heartbeat about a region must come from
 	// its user. A region absent from it is not checked.
@@ -129,11 +133,22 @@ func WithCanceller(c rpc.Caster) StatusOption { return func(h *statusHandler) { 
 // calls kick to wake whoever finalizes.
 func WithFinalizer(kick func()) StatusOption { return func(h *statusHandler) { h.finalize = kick } }
 
+// WithHeartbeatKick calls kick after each heartbeat of an agent that
+// reports its running set (since 1.2) was recorded: the Redispatcher's
+// Kick, so that a restarted agent's transfers are re-dispatched at once.
+func WithHeartbeatKick(kick func()) StatusOption {
+	return func(h *statusHandler) { h.onHeartbeat = kick }
+}
+
 // NeedsFinalizing reports whether a transfer's copy must be registered with
 // Cinder before it is complete.
 func NeedsFinalizing(t *db.Transfer) bool { return t.SourceVolumeID != "" || t.SourceBackupID != "" }
 
 func (h *statusHandler) heartbeat(ctx context.Context, env rpc.Envelope) (any, error) {
+	// Received now: taken before anything else, so that the
+	// reconciliation (which compares it with the transfers' updated_at)
+	// never counts a heartbeat as later than it arrived.
+	received := h.db.Now()
 	var hb rpc.Heartbeat
 	if err := env.DecodeBody(&hb); err != nil {
 		return nil, err
@@ -142,11 +157,8 @@ func (h *statusHandler) heartbeat(ctx context.Context, env rpc.Envelope) (any, e
 		h.log.Warn("heartbeat dropped", "host", hb.Host, "region", hb.Region, "error", err)
 		return nil, nil
 	}
-	binary := hb.Binary
-	if binary == "" {
-		binary = db.AgentBinary
-	}
-	_, err := h.db.UpsertServiceHeartbeat(ctx, binary, hb.Host, hb.Region, hb.Version)
+	rec := HeartbeatRecord(&hb, received)
+	_, recorded, err := h.db.RecordHeartbeat(ctx, rec)
 	if errors.Is(err, db.ErrInvalidArgument) {
 		h.log.Warn("heartbeat dropped", "host", hb.Host, "region", hb.Region, "error", err)
 		return nil, nil
@@ -154,7 +166,43 @@ func (h *statusHandler) heartbeat(ctx context.Context, env rpc.Envelope) (any, e
 	if err != nil {
 		return nil, rpc.Temporary(err)
 	}
+	if !recorded {
+		h.log.Debug("stale heartbeat ignored", "host", hb.Host, "boot_id", hb.BootID, "seq", hb.Seq)
+		return nil, nil
+	}
+	if h.onHeartbeat != nil && hb.BootID != "" {
+		h.onHeartbeat()
+	}
 	return nil, nil
+}
+
+// HeartbeatRecord is what the database keeps of a heartbeat received at
+// received (the store's clock): the probe's time is received minus the
+// result's age, so the agent's clock never matters.
+func HeartbeatRecord(hb *rpc.Heartbeat, received time.Time) db.Heartbeat {
+	binary := hb.Binary
+	if binary == "" {
+		binary = db.AgentBinary
+	}
+	rec := db.Heartbeat{Binary: binary, Host: hb.Host, Region: hb.Region, Version: hb.Version,
+		BootID: hb.BootID, Seq: int64(min(hb.Seq, 1<<62)), Running: hb.Running, Capacity: max(hb.MaxTransfers, 0),
+		ReceivedAt: received}
+	if c := hb.CephHealth; c != nil {
+		age := time.Duration(min(max(c.AgeSeconds, 0), 86400*365) * float64(time.Second))
+		h := &db.ServiceHealth{Status: c.Status, Others: c.Others, Error: truncate(c.Error, 1024), CheckedAt: received.Add(-age)}
+		for _, ch := range c.Checks[:min(len(c.Checks), 32)] {
+			h.Checks = append(h.Checks, db.HealthCheck{Code: truncate(ch.Code, 64), Severity: truncate(ch.Severity, 32), Message: truncate(ch.Message, 256)})
+		}
+		rec.Health = h
+	}
+	return rec
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "")
 }
 
 func (h *statusHandler) status(ctx context.Context, env rpc.Envelope) (any, error) {

@@ -122,6 +122,8 @@ type Agent struct {
 	MetricsListen        string   `opt:"metrics_listen" default:"" help:"host:port to serve Prometheus metrics on (/metrics); empty serves none."`
 	CommandVerifyKeyFile string   `opt:"command_verify_key_file" default:"/etc/ferry/pki/signing.pub" help:"ferry-api's Ed25519 public key (signing.pub of ferry-manage pki signing-key): commands not signed with its private key are refused and dead-lettered."`
 	StateKeyFile         string   `opt:"state_key_file" default:"/etc/ferry/pki/state.key" help:"The region's state key (ferry-manage pki state-key): the same file on every agent of the region. It seals what Ferry keeps in image metadata (checkpoints, snapshot records, tags), so that a pool writer cannot forge a resume point or make Ferry remove a snapshot it did not take."`
+	CephOpTimeout        int      `opt:"ceph_op_timeout" default:"60" min:"5" max:"3600" help:"Seconds a Ceph operation (monitor command, OSD read or write, connecting) may take before it fails with a timeout (librados rados_mon_op_timeout, rados_osd_op_timeout, client_mount_timeout): a stalled cluster becomes an error instead of a hang."`
+	HealthInterval       int      `opt:"health_interval" default:"30" min:"5" max:"3600" help:"Seconds between probes of the cluster's health (ceph health), reported with the heartbeats; a probe never delays a heartbeat."`
 }
 
 // TLS is the [tls] section: the deployment CA and this node's certificate.

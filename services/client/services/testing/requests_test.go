@@ -51,3 +51,20 @@ func TestListForbidden(t *testing.T) {
 		t.Errorf("error %v, want a 403", err)
 	}
 }
+
+func TestCephHealthSummary(t *testing.T) {
+	for _, tc := range []struct {
+		h    *services.CephHealth
+		want string
+	}{
+		{nil, ""},
+		{&services.CephHealth{Status: ptr("HEALTH_OK")}, "HEALTH_OK"},
+		{expectedServices[0].CephHealth, "HEALTH_WARN: OSD_NEARFULL (+1 more)"},
+		{&services.CephHealth{Error: ptr("timed out")}, "unknown: timed out"},
+		{&services.CephHealth{}, "unknown: no answer"},
+	} {
+		if got := tc.h.Summary(); got != tc.want {
+			t.Errorf("Summary() = %q, want %q", got, tc.want)
+		}
+	}
+}
