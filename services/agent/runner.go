@@ -188,7 +188,6 @@ func (r *runner) report(ctx context.Context, ev rpc.StatusEvent) {
 	}
 }
 
-
 // wait waits for the running transfers to stop (after their contexts were
 // cancelled).
 func (r *runner) stopAll() {
