@@ -98,7 +98,7 @@ type SigningCaster struct {
 // IsAgentCommand reports whether ferry-api sends method to agents (and so
 // signs it, and agents verify it).
 func IsAgentCommand(method string) bool {
-	return method == MethodTransferStart || method == MethodTransferCancel
+	return method == MethodTransferStart || method == MethodTransferCancel || method == MethodTransferQuery
 }
 
 // Cast implements Caster.
@@ -111,6 +111,25 @@ func (c SigningCaster) Cast(ctx context.Context, target Target, method string, b
 		body = s
 	}
 	return c.Caster.Cast(ctx, target, method, body)
+}
+
+// SigningCaller signs the agent commands that are calls (transfer.query)
+// before the inner Caller sends them.
+type SigningCaller struct {
+	Caller Caller
+	Signer *Signer
+}
+
+// Call implements Caller.
+func (c SigningCaller) Call(ctx context.Context, target Target, method string, body, reply any) error {
+	if IsAgentCommand(method) {
+		s, err := c.Signer.Sign(method, body)
+		if err != nil {
+			return err
+		}
+		body = s
+	}
+	return c.Caller.Call(ctx, target, method, body, reply)
 }
 
 // Verifier checks commands with ferry-api's public key.

@@ -90,16 +90,22 @@ func TestForgedCommandsRefused(t *testing.T) {
 		}
 		return n
 	}
+	// An unsigned query is refused too (answered with forbidden).
+	var rep rpc.TransferQueryReply
+	if err := bus.Call(ctx, rpc.AgentTarget(h.DstRegion), rpc.MethodTransferQuery,
+		rpc.TransferQuery{TransferID: "fg-" + name, Pool: h.Pool, Image: name}, &rep); err == nil || !strings.Contains(err.Error(), "forbidden") {
+		t.Errorf("unsigned query: %v", err)
+	}
 	deadline := time.Now().Add(15 * time.Second)
-	for refused() < 3 && time.Now().Before(deadline) {
+	for refused() < 4 && time.Now().Before(deadline) {
 		time.Sleep(100 * time.Millisecond)
 	}
-	if n := refused(); n != 3 {
-		t.Errorf("refused commands counted: %d, want 3 (two prepares, one start)", n)
+	if n := refused(); n != 4 {
+		t.Errorf("refused commands counted: %d, want 4 (two prepares, one start, one query)", n)
 	}
 	logs, _ := os.ReadFile(filepath.Join(h.Dir, "dst-a.log"))
-	if c := strings.Count(string(logs), "command refused"); c != 3 {
-		t.Errorf("%d refusals logged, want 3", c)
+	if c := strings.Count(string(logs), "command refused"); c != 4 {
+		t.Errorf("%d refusals logged, want 4", c)
 	}
 	if out, err := exec.Command("rbd", "-c", h.SrcConf, "snap", "ls", spec).CombinedOutput(); err != nil || strings.Contains(string(out), "unsigned") {
 		t.Errorf("the unsigned start ran: %s %v", out, err)
@@ -111,4 +117,15 @@ func TestForgedCommandsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.Same(name, res.Snapshot)
+	// ferry-api's signed query finds the completed copy.
+	key2, err := pki.LoadSigningKey(h.SigningKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signed := rpc.SigningCaller{Caller: bus, Signer: rpc.NewSigner(key2, time.Minute)}
+	if err := signed.Call(ctx, rpc.AgentTarget(h.DstRegion), rpc.MethodTransferQuery,
+		rpc.TransferQuery{TransferID: "fg-" + name, Pool: h.Pool, Image: name}, &rep); err != nil ||
+		!rep.Complete || rep.Digest != res.Digest || rep.Snapshot != res.Snapshot {
+		t.Errorf("signed query: %+v %v (transfer %+v)", rep, err, res)
+	}
 }

@@ -113,6 +113,20 @@ func (a *Agent) destHandlers(mux *rpc.Mux) {
 		}
 		return a.Dest.Finish(ctx, req)
 	})
+	// ferry-api asks whether a transfer's copy completed here (its
+	// report may have been lost): signed, read-only.
+	mux.Handle(rpc.MethodTransferQuery, rpc.RequireSigned(a.verifier, func(ctx context.Context, env rpc.Envelope) (any, error) {
+		var q rpc.TransferQuery
+		if err := env.DecodeBody(&q); err != nil {
+			return nil, err
+		}
+		res, err := a.Dest.Query(ctx, q.TransferID, q.Pool, q.Image)
+		if err != nil {
+			return nil, err
+		}
+		return rpc.TransferQueryReply{Exists: res.Exists, Complete: res.Complete, Snapshot: res.Snapshot,
+			Digest: res.Digest, Mode: res.Mode, BytesDone: res.BytesDone}, nil
+	}, a.refusedCommand))
 	mux.Handle(MethodTransferAbort, func(ctx context.Context, env rpc.Envelope) (any, error) {
 		var req transfer.AbortRequest
 		if err := env.DecodeBody(&req); err != nil {

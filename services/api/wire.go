@@ -26,6 +26,7 @@ type Wiring struct {
 	Policy    *auth.Policy
 	Bus       interface {
 		rpc.Caster
+		rpc.Caller
 		Consume(ctx context.Context, queue string, bindings []string, h rpc.Handler) error
 	}
 	// Signer signs the commands sent to agents (transfer.start,
@@ -63,7 +64,10 @@ func (s *Server) Start(ctx context.Context, w Wiring) {
 			log.Error("outbox publisher stopped", "error", err)
 		}
 	}()
-	redis := &dispatch.Redispatcher{DB: s.db, DownAfter: time.Duration(cfg.API.AgentDownTime) * time.Second, Publish: pub.Kick, Log: log}
+	redis := &dispatch.Redispatcher{DB: s.db, DownAfter: time.Duration(cfg.API.AgentDownTime) * time.Second, Publish: pub.Kick, Log: log,
+		// A transfer whose agent is gone may have completed: the
+		// destination's agents are asked (signed) before it is re-run.
+		Prober: dispatch.RPCProber{Caller: rpc.SigningCaller{Caller: w.Bus, Signer: w.Signer}}}
 	go func() {
 		if err := redis.Run(ctx); err != nil && ctx.Err() == nil {
 			log.Error("re-dispatcher stopped", "error", err)

@@ -411,7 +411,7 @@ func (d *Dest) Finish(ctx context.Context, req FinishRequest) (FinishResponse, e
 	if err := job.img.Flush(); err != nil {
 		return FinishResponse{}, err
 	}
-	job.w.Verified = res.Digest
+	job.w.Verified, job.w.BytesDone = res.Digest, res.BytesDone
 	if err := d.putWriting(job); err != nil {
 		return FinishResponse{}, err
 	}
@@ -419,7 +419,6 @@ func (d *Dest) Finish(ctx context.Context, req FinishRequest) (FinishResponse, e
 	if err != nil {
 		return FinishResponse{}, err
 	}
-	fin.BytesDone = res.BytesDone
 	d.closeJob(job, nil)
 	d.log.Info("finished", "transfer_id", req.TransferID, "image", job.name, "snapshot", fin.Snapshot, "ephemeral", job.w.Ephemeral, "digest", res.Digest)
 	return fin, nil
@@ -431,10 +430,10 @@ func (d *Dest) Finish(ctx context.Context, req FinishRequest) (FinishResponse, e
 // Every step can run again after an interruption.
 func (d *Dest) seal(job *destJob) (FinishResponse, error) {
 	w, img := job.w, job.img
-	fin := FinishResponse{Digest: w.Verified}
+	fin := FinishResponse{Digest: w.Verified, BytesDone: w.BytesDone}
 	drop := []string{MetaWriting, MetaCheckpoint}
 	if w.Ephemeral {
-		s, err := d.cfg.Sealer.Seal(kindCompleted, job.imageID, completedRecord{TransferID: w.TransferID, SourceSnapID: w.SourceSnapID, Digest: w.Verified})
+		s, err := d.cfg.Sealer.Seal(kindCompleted, job.imageID, completedRecord{TransferID: w.TransferID, SourceSnapID: w.SourceSnapID, Digest: w.Verified, BytesDone: w.BytesDone})
 		if err != nil {
 			return fin, err
 		}
@@ -454,7 +453,7 @@ func (d *Dest) seal(job *destJob) (FinishResponse, error) {
 			return fin, err
 		}
 		s, err := d.cfg.Sealer.Seal(kindSnapshot, job.imageID, snapRecord{Snapshot: w.Snapshot, SnapID: id,
-			TransferID: w.TransferID, SourceSnapID: w.SourceSnapID, Digest: w.Verified})
+			TransferID: w.TransferID, SourceSnapID: w.SourceSnapID, Digest: w.Verified, Mode: modeOf(w.Base), BytesDone: w.BytesDone})
 		if err != nil {
 			return fin, err
 		}
@@ -543,6 +542,71 @@ func contains(list []string, s string) bool {
 	return false
 }
 
+func modeOf(base string) string {
+	if base == "" {
+		return ModeFull
+	}
+	return ModeIncremental
+}
+
+// QueryResult is what the destination holds of a transfer.
+type QueryResult struct {
+	// Exists: the image exists.
+	Exists bool
+	// Complete: the image holds the transfer's verified end (its recorded
+	// snapshot, or for an ephemeral copy its completed record).
+	Complete  bool
+	Snapshot  string
+	Digest    string
+	Mode      string
+	BytesDone uint64
+}
+
+// Query reports, read-only and without the fence, whether pool/image holds
+// transferID's verified end: what ferry-api asks when a transfer's
+// terminal report may have been lost.
+func (d *Dest) Query(ctx context.Context, transferID, pool, image string) (QueryResult, error) {
+	if err := allowed(d.cfg.Pools, pool); err != nil {
+		return QueryResult{}, err
+	}
+	cluster, unref, err := d.cfg.Connect(ctx)
+	if err != nil {
+		return QueryResult{}, err
+	}
+	defer unref()
+	img, err := cluster.OpenImage(ctx, pool, image, "", true)
+	if errors.Is(err, rbd.ErrNotFound) {
+		return QueryResult{}, nil
+	}
+	if err != nil {
+		return QueryResult{}, err
+	}
+	defer img.Close()
+	info, err := img.Info()
+	if err != nil {
+		return QueryResult{}, err
+	}
+	md, err := img.Metadata()
+	if err != nil {
+		return QueryResult{}, err
+	}
+	snaps, err := img.Snapshots()
+	if err != nil {
+		return QueryResult{}, err
+	}
+	res := QueryResult{Exists: true}
+	for _, r := range d.records(info.ID, md, snaps) {
+		if r.TransferID == transferID {
+			return QueryResult{Exists: true, Complete: true, Snapshot: r.Snapshot, Digest: r.Digest, Mode: r.Mode, BytesDone: r.BytesDone}, nil
+		}
+	}
+	var c completedRecord
+	if s, ok := md[MetaCompleted]; ok && d.cfg.Sealer.Open(kindCompleted, info.ID, s, &c) == nil && c.TransferID == transferID {
+		return QueryResult{Exists: true, Complete: true, Digest: c.Digest, Mode: ModeFull, BytesDone: c.BytesDone}, nil
+	}
+	return res, nil
+}
+
 // finishedBefore answers a finish that finds no session: the transfer's
 // copy is complete in the image (a repeated finish), or there is none.
 func (d *Dest) finishedBefore(ctx context.Context, req FinishRequest) (FinishResponse, error) {
@@ -574,13 +638,13 @@ func (d *Dest) finishedBefore(ctx context.Context, req FinishRequest) (FinishRes
 	}
 	for _, r := range d.records(info.ID, md, snaps) {
 		if r.TransferID == req.TransferID && r.Digest == req.Digest {
-			return FinishResponse{Digest: r.Digest, Snapshot: r.Snapshot}, nil
+			return FinishResponse{Digest: r.Digest, Snapshot: r.Snapshot, BytesDone: r.BytesDone}, nil
 		}
 	}
 	var c completedRecord
 	if s, ok := md[MetaCompleted]; ok && d.cfg.Sealer.Open(kindCompleted, info.ID, s, &c) == nil &&
 		c.TransferID == req.TransferID && c.Digest == req.Digest {
-		return FinishResponse{Digest: c.Digest}, nil
+		return FinishResponse{Digest: c.Digest, BytesDone: c.BytesDone}, nil
 	}
 	return FinishResponse{}, noSession
 }

@@ -53,6 +53,18 @@ func TestRepeatedTransferThenIncremental(t *testing.T) {
 	}
 	h.sameImage(name, r1.Snapshot)
 
+	// What ferry-api learns when it asks (a lost report).
+	q, err := h.dest.Query(ctx, job.TransferID, h.pool, name)
+	if err != nil || !q.Complete || q.Digest != r1.Digest || q.Snapshot != r1.Snapshot || q.Mode != ModeFull || q.BytesDone != r1.BytesDone {
+		t.Errorf("query: %+v %v (run 1 %+v)", q, err, r1)
+	}
+	if q, err := h.dest.Query(ctx, "another", h.pool, name); err != nil || !q.Exists || q.Complete {
+		t.Errorf("query of another transfer: %+v %v", q, err)
+	}
+	if q, err := h.dest.Query(ctx, job.TransferID, h.pool, name+"-none"); err != nil || q.Exists {
+		t.Errorf("query of a missing image: %+v %v", q, err)
+	}
+
 	// Run 3: a new incremental.
 	writeRandom(t, img, 3<<20, 256<<10)
 	writeRandom(t, img, 20<<20, 64<<10)

@@ -113,6 +113,7 @@ type writingState struct {
 	Size         uint64 `json:"size"`
 	Ephemeral    bool   `json:"ephemeral,omitempty"`
 	Verified     string `json:"verified,omitempty"` // the transfer digest
+	BytesDone    uint64 `json:"bytes_done,omitempty"`
 }
 
 // sameRun reports whether w is the state of the transfer req asks for: the
@@ -132,6 +133,10 @@ type snapRecord struct {
 	TransferID   string `json:"transfer_id"`
 	SourceSnapID uint64 `json:"source_snap_id"`
 	Digest       string `json:"digest"`
+	// Mode (full or incremental) and BytesDone (the extents copied)
+	// answer a query about a transfer whose report was lost.
+	Mode      string `json:"mode,omitempty"`
+	BytesDone uint64 `json:"bytes_done,omitempty"`
 }
 
 // completedRecord is what an ephemeral transfer leaves instead of a
@@ -140,6 +145,7 @@ type completedRecord struct {
 	TransferID   string `json:"transfer_id"`
 	SourceSnapID uint64 `json:"source_snap_id"`
 	Digest       string `json:"digest"`
+	BytesDone    uint64 `json:"bytes_done,omitempty"`
 }
 
 // sourceSnapTag marks a source snapshot that Ferry took, by id.

@@ -38,12 +38,21 @@ type RPCProber struct {
 
 // Probe implements DestinationProber.
 func (p RPCProber) Probe(ctx context.Context, t *db.Transfer) (DestinationState, error) {
-	if t.DestRegion == "" || t.DestPool == "" || t.DestImage == "" {
+	// The destination's pool and image default to the source's, as the
+	// agents resolve them.
+	pool, image := t.DestPool, t.DestImage
+	if pool == "" {
+		pool = t.SourcePool
+	}
+	if image == "" {
+		image = t.SourceImage
+	}
+	if t.DestRegion == "" || pool == "" || image == "" {
 		return DestinationState{}, errors.New("dispatch: transfer has no destination image yet")
 	}
 	var rep rpc.TransferQueryReply
 	err := p.Caller.Call(ctx, rpc.AgentTarget(t.DestRegion), rpc.MethodTransferQuery, rpc.TransferQuery{
-		TransferID: t.ID, Epoch: t.Epoch, Pool: t.DestPool, Image: t.DestImage, Snapshot: t.DestSnapshot,
+		TransferID: t.ID, Epoch: t.Epoch, Pool: pool, Image: image, Snapshot: t.DestSnapshot,
 	}, &rep)
 	if err != nil {
 		return DestinationState{}, err
