@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferry-project/ferry/db/state"
 	"github.com/ferry-project/ferry/services/client/services"
 )
 
@@ -318,7 +319,7 @@ func rowOf(t *Transfer) rowData {
 	return rowData{
 		ID: t.ID, Status: t.Status, Badge: badgeClass(t.Status), Progress: t.Progress, ProgressTx: progressText(t), Unsized: unsized(t),
 		Bytes: humanBytes(t.BytesTransferred) + " / " + humanBytes(t.BytesTotal), Rate: humanRate(t), ETA: humanETA(t),
-		Terminal: terminal(t.Status), CanCancel: !terminal(t.Status) && t.Status != "cancelling", CanRetry: t.Status == "error",
+		Terminal: terminal(t.Status), CanCancel: state.CanCancel(state.Status(t.Status)), CanRetry: state.CanRetry(state.Status(t.Status)),
 		CanDelete: terminal(t.Status), Error: t.Error, Updated: when(t.UpdatedAt), Started: whenPtr(t.StartedAt),
 		Finished: whenPtr(t.FinishedAt), Digest: t.Digest,
 	}
@@ -511,7 +512,7 @@ func (h *Handler) servicesPage(w http.ResponseWriter, r *http.Request, s *sessio
 // --- formatting --------------------------------------------------------------
 
 func terminal(status string) bool {
-	return status == "completed" || status == "error" || status == "cancelled"
+	return state.IsTerminal(state.Status(status))
 }
 
 func badgeClass(status string) string {
