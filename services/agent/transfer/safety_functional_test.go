@@ -200,3 +200,37 @@ func TestForgedCheckpointRestarts(t *testing.T) {
 	}
 	h.sameImage(name, r.Snapshot)
 }
+
+// Discard removes the snapshot Ferry took for a failed transfer (tagged),
+// never one of the same name that Ferry did not take.
+func TestDiscardOnlyFerrysSnapshot(t *testing.T) {
+	h := newHarness(t, Options{})
+	ctx := ctxT(t)
+	name := uniq("xfer-discard")
+	img := h.newImage(name, 4<<20)
+	writeRandom(t, img, 0, 1<<20)
+	job := Job{TransferID: "dx-" + name, Pool: h.pool, Image: name, Ephemeral: true}
+	if _, err := h.source.ensureSnapshot(ctx, h.src, job); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := h.source.Discard(ctx, job); err != nil || got != "ferry-"+job.TransferID {
+		t.Fatalf("discard: %q %v", got, err)
+	}
+	if snaps := snapshotsOf(t, h.src, h.pool, name); len(snaps) != 0 {
+		t.Errorf("snapshots left: %v", snaps)
+	}
+	if md := metadataOf(t, h.src, h.pool, name); md[MetaSourceSnapPrefix+"ferry-"+job.TransferID] != "" {
+		t.Error("the tag stayed")
+	}
+	// A snapshot of Ferry's name that Ferry did not take (no tag) stays.
+	other := Job{TransferID: "dy-" + name, Pool: h.pool, Image: name}
+	if err := img.CreateSnapshot("ferry-" + other.TransferID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.source.Discard(ctx, other); !errors.Is(err, ErrNotOwned) {
+		t.Errorf("discard of an untagged snapshot: %v, want ErrNotOwned", err)
+	}
+	if snaps := snapshotsOf(t, h.src, h.pool, name); !slices.Equal(snaps, []string{"ferry-" + other.TransferID}) {
+		t.Errorf("snapshots %v", snaps)
+	}
+}
