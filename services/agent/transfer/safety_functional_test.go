@@ -5,11 +5,13 @@ package transfer
 import (
 	"context"
 	"errors"
+	"os/exec"
 	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/ferry-project/ferry/services/agent/rbd"
 	"github.com/ferry-project/ferry/services/agent/stream"
 	"github.com/ferry-project/ferry/services/internal/testenv"
 )
@@ -232,5 +234,82 @@ func TestDiscardOnlyFerrysSnapshot(t *testing.T) {
 	}
 	if snaps := snapshotsOf(t, h.src, h.pool, name); !slices.Equal(snaps, []string{"ferry-" + other.TransferID}) {
 		t.Errorf("snapshots %v", snaps)
+	}
+}
+
+// Cleanup of a transfer that never completed: its own image goes; in an
+// image holding other transfers' copies only its state goes (and the next
+// incremental is still exact); an image Ferry does not own is refused.
+func TestCleanupOfUnfinishedTransfers(t *testing.T) {
+	var cancelAt atomic.Pointer[context.CancelFunc]
+	const size = 32 << 20
+	h := newHarness(t, Options{
+		BandwidthLimit: 16 << 20,
+		Progress: func(p stream.Progress) {
+			if c := cancelAt.Load(); c != nil && p.BytesDone >= 4<<20 {
+				(*c)()
+			}
+		},
+	})
+	interrupted := func(job Job) {
+		t.Helper()
+		ctx, cancel := context.WithCancel(ctxT(t))
+		cancelAt.Store(&cancel)
+		defer cancelAt.Store(nil)
+		if _, err := h.source.Run(ctx, job, h.dest); err == nil {
+			t.Fatal("the interrupted run succeeded")
+		}
+		// The destination's session ends with the source gone.
+		h.dest.Abort(context.Background(), AbortRequest{TransferID: job.TransferID, Epoch: job.Epoch, Reason: "test"})
+	}
+	ctx := ctxT(t)
+
+	name := uniq("xfer-clean-new")
+	img := h.newImage(name, size)
+	writeRandom(t, img, 0, size)
+	interrupted(Job{TransferID: "c1-" + name, Pool: h.pool, Image: name})
+	res, err := h.dest.Cleanup(ctx, "c1-"+name, h.pool, name)
+	if err != nil || !res.ImageRemoved {
+		t.Fatalf("cleanup of a new image: %+v %v", res, err)
+	}
+	if out, err := exec.Command("rbd", "-c", h.dstConf, "info", h.pool+"/"+name).CombinedOutput(); err == nil {
+		t.Fatalf("the image is still there: %s", out)
+	}
+
+	name2 := uniq("xfer-clean-old")
+	img2 := h.newImage(name2, size)
+	writeRandom(t, img2, 0, 1<<20)
+	r1, err := h.source.Run(ctx, Job{TransferID: "k1-" + name2, Pool: h.pool, Image: name2}, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRandom(t, img2, 0, size)
+	interrupted(Job{TransferID: "k2-" + name2, Pool: h.pool, Image: name2, Mode: ModeIncremental})
+	if res, err := h.dest.Cleanup(ctx, "k1-"+name2, h.pool, name2); err != nil || res.ImageRemoved || res.StateRemoved {
+		t.Errorf("cleanup of a completed transfer removed something: %+v %v", res, err)
+	}
+	res, err = h.dest.Cleanup(ctx, "k2-"+name2, h.pool, name2)
+	if err != nil || !res.StateRemoved || res.ImageRemoved {
+		t.Fatalf("cleanup of the interrupted incremental: %+v %v", res, err)
+	}
+	md := metadataOf(t, h.dst, h.pool, name2)
+	if md[MetaWriting] != "" || md[MetaCheckpoint] != "" {
+		t.Errorf("state left: %v", md)
+	}
+	h.sameImage(name2, r1.Snapshot)
+	r3, err := h.source.Run(ctx, Job{TransferID: "k3-" + name2, Pool: h.pool, Image: name2, Mode: ModeIncremental}, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.sameImage(name2, r3.Snapshot)
+
+	// Not Ferry's image.
+	foreign := uniq("xfer-clean-foreign")
+	if err := h.dst.CreateImage(ctx, h.pool, foreign, rbd.ImageSpec{Size: 1 << 20, Order: 22}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { exec.Command("rbd", "-c", h.dstConf, "rm", h.pool+"/"+foreign).Run() })
+	if _, err := h.dest.Cleanup(ctx, "x", h.pool, foreign); !errors.Is(err, ErrNotOwned) {
+		t.Errorf("cleanup of a foreign image: %v", err)
 	}
 }
