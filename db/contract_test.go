@@ -154,6 +154,7 @@ func runStoreContract(t *testing.T, newURL func(t *testing.T) string) {
 		{"Services", contractServices},
 		{"ServiceHeartbeats", contractServiceHeartbeats},
 		{"RepublishStart", contractRepublishStart},
+		{"Cleanup", contractCleanup},
 		{"Outbox", contractOutbox},
 		{"OutboxConcurrentClaimers", contractOutboxConcurrentClaimers},
 		{"Leases", contractLeases},
@@ -232,6 +233,13 @@ func contractMigrations(t *testing.T, url string) {
 
 	// Roll everything back, then forward again.
 	id, err := d.RollbackLast(ctx)
+	if err != nil || id != "0006_cleanup" {
+		t.Fatalf("RollbackLast = %q, %v", id, err)
+	}
+	if d.gorm.Migrator().HasColumn("transfers", "cleaned_at") {
+		t.Error("column transfers.cleaned_at survived the rollback of 0006_cleanup")
+	}
+	id, err = d.RollbackLast(ctx)
 	if err != nil || id != "0005_service_liveness" {
 		t.Fatalf("RollbackLast = %q, %v", id, err)
 	}

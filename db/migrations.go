@@ -23,6 +23,7 @@ func migrations() []*gormigrate.Migration {
 		migration0002Cinder(),
 		migration0003Leases(),
 		migration0005ServiceLiveness(),
+		migration0006Cleanup(),
 	}
 }
 

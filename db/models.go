@@ -78,6 +78,9 @@ type Transfer struct {
 	UpdatedAt  time.Time  `gorm:"column:updated_at"`
 	StartedAt  *time.Time `gorm:"column:started_at"`  // first entry into accepted
 	FinishedAt *time.Time `gorm:"column:finished_at"` // entry into a terminal status
+	// CleanedAt is when the clean-up of a failed or cancelled transfer's
+	// leftovers was sent to its agents (nil: not yet; a retry clears it).
+	CleanedAt *time.Time `gorm:"column:cleaned_at"`
 }
 
 // TableName implements gorm's tabler.
@@ -89,6 +92,7 @@ func (t *Transfer) AfterFind(*gorm.DB) error {
 	t.UpdatedAt = t.UpdatedAt.UTC()
 	t.StartedAt = utcPtr(t.StartedAt)
 	t.FinishedAt = utcPtr(t.FinishedAt)
+	t.CleanedAt = utcPtr(t.CleanedAt)
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/google/uuid"
@@ -476,6 +477,7 @@ func (d *DB) TransitionTransfer(ctx context.Context, id string, to Status, opts 
 				upd["error"] = nil
 				upd["started_at"] = nil
 				upd["finished_at"] = nil
+				upd["cleaned_at"] = nil
 			}
 		case to == StatusAccepted && cur.StartedAt == nil:
 			upd["started_at"] = now
@@ -709,6 +711,58 @@ func (d *DB) UpdateFields(ctx context.Context, id string, expect Status, f Trans
 	})
 	if err != nil {
 		return fmt.Errorf("db: update %s: %w", id, err)
+	}
+	return nil
+}
+
+// ListCleanable returns up to limit transfers whose leftovers may be
+// cleaned up: failed or cancelled before before, and not cleaned yet (a
+// retry makes a transfer cleanable again when it ends anew). Oldest first.
+func (d *DB) ListCleanable(ctx context.Context, before time.Time, limit int) ([]Transfer, error) {
+	if limit <= 0 || limit > MaxListLimit {
+		limit = MaxListLimit
+	}
+	var out []Transfer
+	err := d.gorm.WithContext(ctx).
+		Where("status IN ? AND finished_at < ? AND cleaned_at IS NULL", []Status{StatusError, StatusCancelled}, before.UTC()).
+		Order("finished_at ASC").Order("id ASC").Limit(limit).Find(&out).Error
+	if err != nil {
+		return nil, fmt.Errorf("db: list cleanable transfers: %w", translate(err))
+	}
+	return out, nil
+}
+
+// MarkCleaned records that transfer id's clean-up is sent, writing msgs
+// (its agents' clean-up commands) to the outbox in the same transaction.
+// The transfer must still be failed or cancelled, uncleaned, and finished
+// at finishedAt (not retried since), else ErrConflict.
+func (d *DB) MarkCleaned(ctx context.Context, id string, finishedAt time.Time, msgs ...*OutboxMessage) error {
+	for _, m := range msgs {
+		if err := checkOutbox(m); err != nil {
+			return fmt.Errorf("db: mark %s cleaned: %w", id, err)
+		}
+	}
+	err := d.inTx(ctx, func(tx *gorm.DB) error {
+		now := d.now()
+		res := tx.Model(&Transfer{}).
+			Where("id = ? AND status IN ? AND finished_at = ? AND cleaned_at IS NULL", id, []Status{StatusError, StatusCancelled}, finishedAt.UTC()).
+			UpdateColumns(map[string]any{"cleaned_at": now})
+		if res.Error != nil {
+			return translate(res.Error)
+		}
+		if res.RowsAffected != 1 {
+			return fmt.Errorf("%w: transfer %s is no longer a failed or cancelled transfer to clean", ErrConflict, id)
+		}
+		for _, m := range msgs {
+			resetOutbox(m, now)
+			if err := tx.Create(m).Error; err != nil {
+				return fmt.Errorf("insert outbox message: %w", translate(err))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("db: mark %s cleaned: %w", id, err)
 	}
 	return nil
 }

@@ -42,7 +42,40 @@ func (a *Agent) handlers(r *runner) (shared, own *rpc.Mux) {
 		r.cancel(req.TransferID, req.Epoch)
 		return struct{}{}, nil
 	}, a.refusedCommand))
+	// ferry-api's garbage collector: a failed or cancelled transfer's
+	// leftovers in this region. What cannot be removed now (an open
+	// session, an image another agent fences) is logged and left.
+	shared.Handle(rpc.MethodTransferCleanup, rpc.RequireSigned(a.verifier, func(ctx context.Context, env rpc.Envelope) (any, error) {
+		var req rpc.TransferCleanup
+		if err := env.DecodeBody(&req); err != nil {
+			return nil, err
+		}
+		a.cleanup(ctx, req)
+		return nil, nil
+	}, a.refusedCommand))
 	return shared, own
+}
+
+// cleanup removes a transfer's leftovers in this agent's region.
+func (a *Agent) cleanup(ctx context.Context, req rpc.TransferCleanup) {
+	region := a.cfg.Agent.Region
+	log := a.log.With("transfer_id", req.TransferID)
+	if req.Source.Region == region {
+		job := transfer.Job{TransferID: req.TransferID, Pool: req.Source.Pool, Image: req.Source.Image, Snapshot: req.Source.Snapshot}
+		if snap, err := a.Source.Discard(ctx, job); err != nil {
+			log.Warn("clean-up: the source snapshot stays", "error", err)
+		} else if snap != "" {
+			log.Info("clean-up: source snapshot removed", "snapshot", snap)
+		}
+	}
+	if req.Destination.Region == region {
+		pool, image := destinationOf(&rpc.TransferStart{Source: req.Source, Destination: req.Destination})
+		if res, err := a.Dest.Cleanup(ctx, req.TransferID, pool, image); err != nil {
+			log.Warn("clean-up: the destination is left as it is", "image", pool+"/"+image, "error", err)
+		} else {
+			log.Info("clean-up: destination", "image", pool+"/"+image, "image_removed", res.ImageRemoved, "state_removed", res.StateRemoved)
+		}
+	}
 }
 
 // destHandlers are the destination side's methods. Each request must

@@ -73,6 +73,12 @@ func (s *Server) Start(ctx context.Context, w Wiring) {
 			log.Error("re-dispatcher stopped", "error", err)
 		}
 	}()
+	jan := &dispatch.Janitor{DB: s.db, Grace: time.Duration(cfg.API.CleanupGrace) * time.Second, Publish: pub.Kick, Log: log}
+	go func() {
+		if err := jan.Run(ctx); err != nil && ctx.Err() == nil {
+			log.Error("garbage collector stopped", "error", err)
+		}
+	}()
 	fin := &Finalizer{DB: s.db, Log: log, Owner: pub.Owner}
 	if w.Cinder != nil {
 		fin.Cinder = w.Cinder
