@@ -95,3 +95,49 @@ func contractCleanup(t *testing.T, url string) {
 		t.Errorf("a retried transfer that failed again is not cleanable: %v", m)
 	}
 }
+
+// A project at its quota of transfers in progress, or of bytes in flight,
+// gets ErrQuotaExceeded and nothing is created; other projects and
+// finished transfers do not count.
+func contractQuota(t *testing.T, url string) {
+	ctx := testCtx(t)
+	d := openSynced(t, url)
+	// Totals unknown until an agent reports them.
+	newTestTransfer := func(project, name string) *Transfer {
+		tr := newTestTransfer(project, name)
+		tr.BytesTotal = 0
+		return tr
+	}
+	q := Quota{Transfers: 2, BytesInFlight: 1000}
+	a := mustCreate(t, d, newTestTransfer("p1", "a"))
+	mustCreate(t, d, newTestTransfer("p2", "other project"))
+	if err := d.CreateTransfer(ctx, newTestTransfer("p1", "b"), nil, WithQuota(q)); err != nil {
+		t.Fatalf("second of two: %v", err)
+	}
+	err := d.CreateTransfer(ctx, newTestTransfer("p1", "c"), nil, WithQuota(q))
+	if !errors.Is(err, ErrQuotaExceeded) {
+		t.Fatalf("third of two: %v, want ErrQuotaExceeded", err)
+	}
+	list, _, err := d.ListTransfers(ctx, ListOpts{Scope: ProjectScope("p1"), Limit: 10})
+	if err != nil || len(list) != 2 {
+		t.Fatalf("after the refusal: %d transfers, %v", len(list), err)
+	}
+	// a is cancelled: one slot free again.
+	mustTransition(t, d, a.ID, StatusCancelled, TransitionOpts{Message: "x"})
+	c := newTestTransfer("p1", "c")
+	if err := d.CreateTransfer(ctx, c, nil, WithQuota(q)); err != nil {
+		t.Fatalf("after a cancel: %v", err)
+	}
+	// Bytes: c reports 900 of 1000 bytes left; a new one of 200 is over.
+	mustTransition(t, d, c.ID, StatusAccepted, TransitionOpts{Message: "x"})
+	if err := d.UpdateProgress(ctx, c.ID, 100, 1000, 1); err != nil {
+		t.Fatal(err)
+	}
+	err = d.CreateTransfer(ctx, newTestTransfer("p1", "d"), nil, WithQuota(Quota{BytesInFlight: 1000, NewBytes: 200}))
+	if !errors.Is(err, ErrQuotaExceeded) {
+		t.Errorf("bytes: %v, want ErrQuotaExceeded", err)
+	}
+	if err := d.CreateTransfer(ctx, newTestTransfer("p1", "e"), nil, WithQuota(Quota{BytesInFlight: 1000, NewBytes: 100})); err != nil {
+		t.Errorf("bytes within the quota: %v", err)
+	}
+}

@@ -155,6 +155,7 @@ func runStoreContract(t *testing.T, newURL func(t *testing.T) string) {
 		{"ServiceHeartbeats", contractServiceHeartbeats},
 		{"RepublishStart", contractRepublishStart},
 		{"Cleanup", contractCleanup},
+		{"Quota", contractQuota},
 		{"Outbox", contractOutbox},
 		{"OutboxConcurrentClaimers", contractOutboxConcurrentClaimers},
 		{"Leases", contractLeases},

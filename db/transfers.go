@@ -53,6 +53,52 @@ type CreateOption func(*createOptions)
 type createOptions struct {
 	requestID string
 	message   string
+	quota     *Quota
+}
+
+// Quota limits a project's transfers in progress (not terminal): their
+// number, and the bytes they still have to copy as their agents report
+// them (bytes_total - bytes_transferred). Zero means no limit.
+type Quota struct {
+	Transfers     int
+	BytesInFlight int64
+	// NewBytes is what the new transfer will copy, when known (0 when
+	// not: its agent reports it).
+	NewBytes int64
+}
+
+// WithQuota checks q in the creating transaction: a project at its quota
+// gets ErrQuotaExceeded and nothing is created. On SQLite the check and the
+// insert are serialised; on MariaDB and PostgreSQL concurrent creations of
+// one project may overshoot by the requests in flight.
+func WithQuota(q Quota) CreateOption {
+	return func(o *createOptions) { o.quota = &q }
+}
+
+// checkQuota counts the project's transfers in progress within tx.
+func checkQuota(tx *gorm.DB, projectID string, q *Quota) error {
+	active := tx.Model(&Transfer{}).Where("project_id = ? AND status NOT IN ?", projectID, []Status{StatusCompleted, StatusError, StatusCancelled})
+	if q.Transfers > 0 {
+		var n int64
+		if err := active.Session(&gorm.Session{}).Count(&n).Error; err != nil {
+			return translate(err)
+		}
+		if n >= int64(q.Transfers) {
+			return fmt.Errorf("%w: project %s has %d transfers in progress, its quota is %d", ErrQuotaExceeded, projectID, n, q.Transfers)
+		}
+	}
+	if q.BytesInFlight > 0 {
+		var left struct{ Sum int64 }
+		if err := active.Session(&gorm.Session{}).
+			Select("COALESCE(SUM(CASE WHEN bytes_total > bytes_transferred THEN bytes_total - bytes_transferred ELSE 0 END), 0) AS sum").
+			Scan(&left).Error; err != nil {
+			return translate(err)
+		}
+		if left.Sum+q.NewBytes > q.BytesInFlight {
+			return fmt.Errorf("%w: project %s has %d bytes in flight (and this transfer %d), its quota is %d", ErrQuotaExceeded, projectID, left.Sum, q.NewBytes, q.BytesInFlight)
+		}
+	}
+	return nil
 }
 
 // WithRequestID records the API request id on the creation event.
@@ -94,6 +140,11 @@ func (d *DB) CreateTransfer(ctx context.Context, t *Transfer, outbox *OutboxMess
 	now := d.now()
 	t.CreatedAt, t.UpdatedAt = now, now
 	err := d.inTx(ctx, func(tx *gorm.DB) error {
+		if co.quota != nil {
+			if err := checkQuota(tx, t.ProjectID, co.quota); err != nil {
+				return err
+			}
+		}
 		if err := tx.Create(t).Error; err != nil {
 			return fmt.Errorf("insert transfer: %w", translate(err))
 		}

@@ -95,6 +95,12 @@ func (s *Server) dbError(c *gin.Context, err error, what string) {
 		writeError(c, http.StatusBadRequest, err.Error())
 	case errors.Is(err, db.ErrInvalidTransition), errors.Is(err, db.ErrConflict):
 		writeError(c, http.StatusConflict, err.Error())
+	case errors.Is(err, db.ErrQuotaExceeded):
+		msg := err.Error()
+		if _, why, ok := strings.Cut(msg, db.ErrQuotaExceeded.Error()+": "); ok {
+			msg = why
+		}
+		writeError(c, http.StatusRequestEntityTooLarge, "Quota exceeded: "+msg+".")
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		writeError(c, http.StatusServiceUnavailable, "The request timed out.")
 	default:
@@ -150,12 +156,28 @@ func (s *Server) createTransfer(c *gin.Context) {
 		s.dbError(c, err, "Transfer")
 		return
 	}
-	if err := s.db.CreateTransfer(c.Request.Context(), t, msg, db.WithRequestID(requestIDOf(c))); err != nil {
+	quota := db.Quota{Transfers: s.cfg.API.QuotaTransfers, BytesInFlight: int64(s.cfg.API.QuotaBytesInFlight), NewBytes: knownSize(t)}
+	if err := s.db.CreateTransfer(c.Request.Context(), t, msg, db.WithRequestID(requestIDOf(c)), db.WithQuota(quota)); err != nil {
 		s.dbError(c, err, "Transfer")
 		return
 	}
 	s.hooks.Kick()
 	c.JSON(http.StatusAccepted, gin.H{"transfer": ViewOf(t)})
+}
+
+// knownSize is what a new transfer will copy at most, when the API knows
+// it: a Cinder volume's size (a raw image's is reported by its agent).
+func knownSize(t *db.Transfer) int64 {
+	if t.CinderSpec == nil || t.SourceVolumeID == "" {
+		return 0
+	}
+	var spec struct {
+		SizeGiB int64 `json:"size_gib"`
+	}
+	if json.Unmarshal([]byte(*t.CinderSpec), &spec) != nil || spec.SizeGiB <= 0 {
+		return 0
+	}
+	return spec.SizeGiB << 30
 }
 
 func firstNonEmpty(a, b string) string {

@@ -370,3 +370,34 @@ func TestRetryWritesStart(t *testing.T) {
 		t.Errorf("publisher kicked %d times", a.kicks.Load())
 	}
 }
+
+// [api] quota_transfers: a project at its quota gets 413 with an
+// OpenStack overLimit body; another project is not affected; a finished
+// transfer frees its slot.
+func TestCreateQuota(t *testing.T) {
+	d := testDB(t)
+	at := &apiTest{t: t, db: d}
+	cfg := config.Defaults()
+	cfg.API.QuotaTransfers = 2
+	s := &Server{cfg: cfg, log: slog.New(slog.DiscardHandler), db: d, hooks: fakeHooks(&at.kicks)}
+	ts := httptest.NewServer(s.Router())
+	t.Cleanup(ts.Close)
+	at.url = ts.URL
+	first := at.create(admin)
+	at.create(admin)
+	code, m := at.do(admin, "POST", "/v1/transfers", imageBody)
+	if code != http.StatusRequestEntityTooLarge {
+		t.Fatalf("third transfer: %d %v, want 413", code, m)
+	}
+	ol, _ := m["overLimit"].(map[string]any)
+	if ol == nil || ol["code"] != float64(413) || !strings.Contains(ol["message"].(string), "quota is 2") {
+		t.Errorf("body %v, want an overLimit fault naming the quota", m)
+	}
+	if n, _, err := d.ListTransfers(context.Background(), db.ListOpts{Scope: db.ProjectScope(admin[1]), Limit: 10}); err != nil || len(n) != 2 {
+		t.Errorf("%d transfers after the refusal, %v", len(n), err)
+	}
+	if code, _ := at.do(admin, "POST", "/v1/transfers/"+first+"/action", `{"cancel": null}`); code != http.StatusAccepted {
+		t.Fatalf("cancel: %d", code)
+	}
+	at.create(admin) // the cancelled one's slot
+}
