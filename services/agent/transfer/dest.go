@@ -704,42 +704,20 @@ func (d *Dest) Cleanup(ctx context.Context, transferID, pool, image string) (Cle
 // copy is complete in the image (a repeated finish), or there is none.
 func (d *Dest) finishedBefore(ctx context.Context, req FinishRequest) (FinishResponse, error) {
 	noSession := fmt.Errorf("%w: %s", ErrNoSession, req.TransferID)
-	if req.Pool == "" || req.Image == "" || allowed(d.cfg.Pools, req.Pool) != nil {
+	if req.Pool == "" || req.Image == "" {
 		return FinishResponse{}, noSession
 	}
-	cluster, unref, err := d.cfg.Connect(ctx)
-	if err != nil {
-		return FinishResponse{}, err
-	}
-	defer unref()
-	img, err := cluster.OpenImage(ctx, req.Pool, req.Image, "", true)
-	if err != nil {
+	q, err := d.Query(ctx, req.TransferID, req.Pool, req.Image)
+	if errors.Is(err, ErrPoolNotAllowed) {
 		return FinishResponse{}, noSession
 	}
-	defer img.Close()
-	info, err := img.Info()
 	if err != nil {
 		return FinishResponse{}, err
 	}
-	md, err := img.Metadata()
-	if err != nil {
-		return FinishResponse{}, err
+	if !q.Complete || q.Digest != req.Digest {
+		return FinishResponse{}, noSession
 	}
-	snaps, err := img.Snapshots()
-	if err != nil {
-		return FinishResponse{}, err
-	}
-	for _, r := range d.records(info.ID, md, snaps) {
-		if r.TransferID == req.TransferID && r.Digest == req.Digest {
-			return FinishResponse{Digest: r.Digest, Snapshot: r.Snapshot, BytesDone: r.BytesDone}, nil
-		}
-	}
-	var c completedRecord
-	if s, ok := md[MetaCompleted]; ok && d.cfg.Sealer.Open(kindCompleted, info.ID, s, &c) == nil &&
-		c.TransferID == req.TransferID && c.Digest == req.Digest {
-		return FinishResponse{Digest: c.Digest, BytesDone: c.BytesDone}, nil
-	}
-	return FinishResponse{}, noSession
+	return FinishResponse{Digest: q.Digest, Snapshot: q.Snapshot, BytesDone: q.BytesDone}, nil
 }
 
 // Abort ends a transfer's session on this agent; the image keeps its

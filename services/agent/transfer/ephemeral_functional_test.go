@@ -8,11 +8,9 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/ferry-project/ferry/services/agent/stream"
 	"github.com/ferry-project/ferry/services/internal/testenv"
 )
 
@@ -156,30 +154,13 @@ func TestEphemeralTransfer(t *testing.T) {
 // An interrupted ephemeral transfer resumes from the destination's
 // checkpoint and still ends without snapshots.
 func TestEphemeralResume(t *testing.T) {
-	var cancelAt atomic.Pointer[context.CancelFunc]
-	var done atomic.Uint64
 	const size = 64 << 20
-	h := newHarness(t, Options{
-		BandwidthLimit: 24 << 20,
-		Progress: func(p stream.Progress) {
-			done.Store(p.BytesDone)
-			if c := cancelAt.Load(); c != nil && p.BytesDone >= size/2 {
-				(*c)()
-			}
-		},
-	})
+	h, c := newCutHarness(t, 24<<20)
 	name := uniq("xfer-eph-resume")
 	img := h.newImage(name, size)
 	writeRandom(t, img, 0, size)
 	job := Job{TransferID: "er-" + name, Pool: h.pool, Image: name, Ephemeral: true}
-
-	ctx1, cancel1 := context.WithCancel(ctxT(t))
-	cancelAt.Store(&cancel1)
-	if _, err := h.source.Run(ctx1, job, h.dest); err == nil {
-		t.Fatal("the interrupted run succeeded")
-	}
-	cancelAt.Store(nil)
-	first := done.Load()
+	first := h.cut(c, job, size/2)
 	// Until it completes, the copy keeps its source snapshot (the retry
 	// copies the same data).
 	if s := testenv.Snapshots(t, h.srcConf, h.pool+"/"+name); !slices.Equal(s, []string{SnapshotPrefix + job.TransferID}) {

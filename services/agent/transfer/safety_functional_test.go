@@ -7,7 +7,6 @@ import (
 	"errors"
 	"os/exec"
 	"slices"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -156,26 +155,13 @@ func TestRecreatedSnapshotRefused(t *testing.T) {
 // verify: the run starts over from the beginning instead of resuming at
 // the forged watermark, and the copy is still identical.
 func TestForgedCheckpointRestarts(t *testing.T) {
-	var cancelAt atomic.Pointer[context.CancelFunc]
 	const size = 64 << 20
-	h := newHarness(t, Options{
-		BandwidthLimit: 32 << 20,
-		Progress: func(p stream.Progress) {
-			if c := cancelAt.Load(); c != nil && p.BytesDone >= size/2 {
-				(*c)()
-			}
-		},
-	})
+	h, c := newCutHarness(t, 32<<20)
 	name := uniq("xfer-forge")
 	img := h.newImage(name, size)
 	writeRandom(t, img, 0, size)
-	ctx1, cancel1 := context.WithCancel(ctxT(t))
-	cancelAt.Store(&cancel1)
 	job := Job{TransferID: "f-" + name, Pool: h.pool, Image: name}
-	if _, err := h.source.Run(ctx1, job, h.dest); err == nil {
-		t.Fatal("the interrupted run succeeded")
-	}
-	cancelAt.Store(nil)
+	h.cut(c, job, size/2)
 	time.Sleep(1500 * time.Millisecond) // the destination saves its checkpoint
 	dimg, err := h.dst.OpenImage(context.Background(), h.pool, name, "", false)
 	if err != nil {
@@ -241,24 +227,11 @@ func TestDiscardOnlyFerrysSnapshot(t *testing.T) {
 // image holding other transfers' copies only its state goes (and the next
 // incremental is still exact); an image Ferry does not own is refused.
 func TestCleanupOfUnfinishedTransfers(t *testing.T) {
-	var cancelAt atomic.Pointer[context.CancelFunc]
 	const size = 32 << 20
-	h := newHarness(t, Options{
-		BandwidthLimit: 16 << 20,
-		Progress: func(p stream.Progress) {
-			if c := cancelAt.Load(); c != nil && p.BytesDone >= 4<<20 {
-				(*c)()
-			}
-		},
-	})
+	h, c := newCutHarness(t, 16<<20)
 	interrupted := func(job Job) {
 		t.Helper()
-		ctx, cancel := context.WithCancel(ctxT(t))
-		cancelAt.Store(&cancel)
-		defer cancelAt.Store(nil)
-		if _, err := h.source.Run(ctx, job, h.dest); err == nil {
-			t.Fatal("the interrupted run succeeded")
-		}
+		h.cut(c, job, 4<<20)
 		// The destination's session ends with the source gone.
 		h.dest.Abort(context.Background(), AbortRequest{TransferID: job.TransferID, Epoch: job.Epoch, Reason: "test"})
 	}
