@@ -3,7 +3,6 @@ package dispatch
 import (
 	"encoding/json"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -11,24 +10,12 @@ import (
 	"github.com/ferry-project/ferry/rpc"
 )
 
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 // The janitor sends each failed or cancelled transfer's clean-up once its
 // grace is over, to the agents of both its regions, once; never a running
 // or completed transfer's.
 func TestJanitor(t *testing.T) {
-	clock := &fakeClock{now: time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC)}
-	d, err := db.Open(testCtx(t), "sqlite:///"+filepath.Join(t.TempDir(), "j.sqlite"), db.WithNowFunc(clock.Now))
+	clk := &clock{t: time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC)}
+	d, err := db.Open(testCtx(t), "sqlite:///"+filepath.Join(t.TempDir(), "j.sqlite"), db.WithNowFunc(clk.Now))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,14 +46,14 @@ func TestJanitor(t *testing.T) {
 	if n, err := j.Sweep(ctx); err != nil || n != 0 {
 		t.Fatalf("within the grace: %d %v", n, err)
 	}
-	clock.Advance(61 * time.Minute)
+	clk.Add(61 * time.Minute)
 	if n, err := j.Sweep(ctx); err != nil || n != 2 || kicked != 1 {
 		t.Fatalf("after the grace: %d %v (kicked %d)", n, err, kicked)
 	}
 	if n, err := j.Sweep(ctx); err != nil || n != 0 {
 		t.Fatalf("a second sweep: %d %v", n, err)
 	}
-	clock.Advance(2 * time.Hour) // the claims of the drain expire
+	clk.Add(2 * time.Hour) // the claims of the drain expire
 	msgs, err := d.ClaimOutbox(ctx, "test", time.Minute, 100)
 	if err != nil {
 		t.Fatal(err)
