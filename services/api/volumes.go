@@ -17,6 +17,7 @@ import (
 type CinderSources interface {
 	VolumePool(region string) string
 	ResolveVolume(ctx context.Context, token, callerProject, region, id string) (*cinder.SourceVolume, error)
+	CheckVolumeQuota(ctx context.Context, token, region, project string, sizeGiB int) error
 	BackupPool(region string) string
 	ResolveBackup(ctx context.Context, token, callerProject, region, dstRegion, id string) (*cinder.SourceBackup, error)
 }
@@ -48,6 +49,16 @@ func (s *Server) volumeSource(c *gin.Context, caller *Caller, req *CreateTransfe
 	}
 	sv, err := s.hooks.Cinder.ResolveVolume(c.Request.Context(), c.GetHeader("X-Auth-Token"), caller.ProjectID, src.Region, src.VolumeID)
 	if !s.cinderError(c, err, "Volume", src.VolumeID, src.Region) {
+		return false
+	}
+	// The copy becomes a volume of the owner's project there: a full
+	// Cinder quota refuses it now, before the copy fills the pool.
+	err = s.hooks.Cinder.CheckVolumeQuota(c.Request.Context(), c.GetHeader("X-Auth-Token"), dst.Region, sv.Spec.ProjectID, sv.Spec.SizeGiB)
+	if errors.Is(err, cinder.ErrQuota) {
+		writeError(c, http.StatusRequestEntityTooLarge, err.Error()+".")
+		return false
+	}
+	if !s.cinderError(c, err, "Volume", src.VolumeID, dst.Region) {
 		return false
 	}
 	spec := sv.Spec.Marshal()

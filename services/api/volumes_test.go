@@ -26,6 +26,17 @@ type fakeCinder struct {
 	regErr  error
 
 	backupRegs []cinder.BackupRegistration
+	// quotaFull: the owner's Cinder quota in the destination has no room.
+	quotaFull bool
+}
+
+func (f *fakeCinder) CheckVolumeQuota(_ context.Context, _, region, project string, sizeGiB int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.quotaFull {
+		return fmt.Errorf("%w: project %s in %s is full", cinder.ErrQuota, project, region)
+	}
+	return nil
 }
 
 func (f *fakeCinder) VolumePool(region string) string {
@@ -229,6 +240,23 @@ func TestVolumeSourceCreate(t *testing.T) {
 			t.Errorf("%s: %d %q, want %d %q", tc.body, code, msg, tc.code, tc.message)
 		}
 	}
+	// The owner's Cinder quota in the destination is full: 413, nothing
+	// created.
+	before, _, _ := a.db.ListTransfers(context.Background(), db.ListOpts{Scope: db.AllProjectsScope(), Limit: 100})
+	fc.mu.Lock()
+	fc.quotaFull = true
+	fc.mu.Unlock()
+	code, m = a.do(demo, "POST", "/v1/transfers", volumeBody("v1", ""))
+	if ol, _ := m["overLimit"].(map[string]any); code != 413 || ol == nil || !strings.Contains(ol["message"].(string), "Cinder quota exceeded") {
+		t.Errorf("full quota: %d %v", code, m)
+	}
+	after, _, _ := a.db.ListTransfers(context.Background(), db.ListOpts{Scope: db.AllProjectsScope(), Limit: 100})
+	if len(after) != len(before) {
+		t.Errorf("a transfer was created over the Cinder quota")
+	}
+	fc.mu.Lock()
+	fc.quotaFull = false
+	fc.mu.Unlock()
 	// A reader may not create at all (before Cinder is asked).
 	n := len(fc.tokens)
 	if code, _ := a.do(reader, "POST", "/v1/transfers", volumeBody("v1", "")); code != 403 {

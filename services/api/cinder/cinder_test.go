@@ -32,6 +32,8 @@ type fakeCloud struct {
 	backups  map[string]map[string]any // "<one|two>/<id>" → backup (with "owner", "record")
 	imported []map[string]any          // decoded records imported
 	importTo string                    // status an imported backup reaches
+
+	quota string // os-quota-sets answer (JSON); "" is a 403
 }
 
 func newFakeCloud(t *testing.T) *fakeCloud {
@@ -80,6 +82,13 @@ func (f *fakeCloud) serve(w http.ResponseWriter, r *http.Request) {
 			  {"interface": "public", "region_id": "RegionOne", "region": "RegionOne", "url": "%s/one/v3/%s"},
 			  {"interface": "public", "region_id": "RegionTwo", "region": "RegionTwo", "url": "%s/two/v3/%s"}]}]}}`,
 			time.Now().Add(time.Hour).UTC().Format(time.RFC3339), project, u, u, project, u, project)
+	case strings.Contains(p, "/v3/os-quota-sets/") && r.Method == http.MethodGet:
+		if f.quota == "" || r.URL.Query().Get("usage") != "true" {
+			w.WriteHeader(403)
+			fmt.Fprint(w, `{"forbidden": {"code": 403, "message": "Policy doesn't allow it."}}`)
+			return
+		}
+		fmt.Fprint(w, f.quota)
 	case p == "/v3/roles" && r.Method == http.MethodGet:
 		fmt.Fprint(w, `{"roles": [{"id": "r-admin", "name": "admin"}], "links": {}}`)
 	case strings.HasPrefix(p, "/v3/projects/") && strings.HasSuffix(p, "/users/ferry-id/roles/r-admin"):
@@ -520,5 +529,41 @@ func TestGrantLedger(t *testing.T) {
 	}
 	if len(led.set) != 0 || strings.Join(led.log, ",") != "record demo,clear demo,record fresh,clear fresh" {
 		t.Errorf("ledger %v, log %v", led.set, led.log)
+	}
+}
+
+// The owner's volumes and gigabytes quotas in the destination, used and
+// reserved counted; a quota that cannot be read is no refusal.
+func TestCheckVolumeQuota(t *testing.T) {
+	f := newFakeCloud(t)
+	s := newService(t, f)
+	ctx := context.Background()
+	usage := func(volUsed, volLimit, gbUsed, gbReserved, gbLimit int) string {
+		return fmt.Sprintf(`{"quota_set": {"id": "demo", "volumes": {"in_use": %d, "limit": %d, "reserved": 0},
+			"gigabytes": {"in_use": %d, "limit": %d, "reserved": %d}}}`, volUsed, volLimit, gbUsed, gbLimit, gbReserved)
+	}
+	for _, tc := range []struct {
+		name  string
+		quota string
+		size  int
+		full  bool
+	}{
+		{"room", usage(3, 10, 10, 0, 1000), 5, false},
+		{"unlimited", usage(3, -1, 10, 0, -1), 500, false},
+		{"no volume left", usage(10, 10, 10, 0, 1000), 1, true},
+		{"not enough gigabytes", usage(3, 10, 990, 5, 1000), 6, true},
+		{"exactly enough", usage(3, 10, 990, 5, 1000), 5, false},
+		{"unreadable", "", 5000, false},
+	} {
+		f.mu.Lock()
+		f.quota = tc.quota
+		f.mu.Unlock()
+		err := s.CheckVolumeQuota(ctx, "tok-demo", "RegionTwo", "demo", tc.size)
+		if errors.Is(err, ErrQuota) != tc.full || (err != nil && !tc.full) {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+	}
+	if !containsLine(f.log, "GET /two/v3/os-quota-sets/demo tok-demo") {
+		t.Errorf("the destination's quota was not asked with the caller's token: %v", f.log)
 	}
 }
