@@ -247,7 +247,7 @@ func TestVolumeSourceCreate(t *testing.T) {
 	fc.quotaFull = true
 	fc.mu.Unlock()
 	code, m = a.do(demo, "POST", "/v1/transfers", volumeBody("v1", ""))
-	if ol, _ := m["overLimit"].(map[string]any); code != 413 || ol == nil || !strings.Contains(ol["message"].(string), "Cinder quota exceeded") {
+	if ol, _ := m["overLimit"].(map[string]any); code != 413 || ol == nil || !strings.Contains(ol["message"].(string), "Cinder quota is exceeded") {
 		t.Errorf("full quota: %d %v", code, m)
 	}
 	after, _, _ := a.db.ListTransfers(context.Background(), db.ListOpts{Scope: db.AllProjectsScope(), Limit: 100})

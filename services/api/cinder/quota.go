@@ -11,7 +11,7 @@ import (
 
 // ErrQuota: the owner project's Cinder quota in the destination region has
 // no room for the volume a transfer would register there.
-var ErrQuota = errors.New("Cinder quota exceeded")
+var ErrQuota = errors.New("the Cinder quota is exceeded")
 
 // quotaTimeout bounds the quota read.
 const quotaTimeout = 30 * time.Second
