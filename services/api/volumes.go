@@ -2,10 +2,8 @@ package api
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 
 	"github.com/gin-gonic/gin"
 
@@ -58,25 +56,6 @@ func (s *Server) volumeSource(c *gin.Context, caller *Caller, req *CreateTransfe
 	return true
 }
 
-// cinderError writes the answer to a failed resolution and returns false;
-// true when err is nil.
-func (s *Server) cinderError(c *gin.Context, err error, kind, id, region string) bool {
-	switch {
-	case err == nil:
-		return true
-	case errors.Is(err, cinder.ErrNotFound):
-		writeError(c, http.StatusNotFound, fmt.Sprintf("%s %s could not be found in region %s.", kind, id, region))
-	case errors.Is(err, cinder.ErrConflict):
-		writeError(c, http.StatusConflict, capitalize(errorDetail(err))+".")
-	case errors.Is(err, cinder.ErrInvalid), errors.Is(err, cinder.ErrNotConfigured):
-		writeError(c, http.StatusBadRequest, capitalize(errorDetail(err))+".")
-	default:
-		s.log.Error("resolving a Cinder source", "kind", kind, "id", id, "region", region, "error", err)
-		writeError(c, http.StatusServiceUnavailable, fmt.Sprintf("Cinder in region %s could not be asked about %s %s; try again later.", region, strings.ToLower(kind), id))
-	}
-	return false
-}
-
 // backupSource fills t from the caller's Cinder backup: the base image of
 // its chain in the source region's backup pool, read at the backup's own
 // snapshot, into the same image in the destination's backup pool (an
@@ -111,20 +90,3 @@ func (s *Server) backupSource(c *gin.Context, caller *Caller, req *CreateTransfe
 	return true
 }
 
-// errorDetail drops the sentinel's own text from "invalid: volume x is ...".
-func errorDetail(err error) string {
-	msg := err.Error()
-	for _, sentinel := range []error{cinder.ErrInvalid, cinder.ErrNotConfigured, cinder.ErrNotFound, cinder.ErrConflict} {
-		if p := sentinel.Error() + ": "; len(msg) > len(p) && msg[:len(p)] == p {
-			return msg[len(p):]
-		}
-	}
-	return msg
-}
-
-func capitalize(s string) string {
-	if s == "" || s[0] < 'a' || s[0] > 'z' {
-		return s
-	}
-	return string(s[0]-'a'+'A') + s[1:]
-}

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/ferry-project/ferry/db"
 	"github.com/ferry-project/ferry/services/api/cinder"
 	"github.com/ferry-project/ferry/services/internal/config"
@@ -35,10 +37,32 @@ func (f *fakeCinder) VolumePool(region string) string {
 	return ""
 }
 
+// uid is the UUID the tests send for a fake Cinder resource's name.
+func uid(name string) string { return uuid.NewSHA1(uuid.NameSpaceOID, []byte(name)).String() }
+
+// nameOf is the fake's name of the resource id (a uid), or id itself.
+func (f *fakeCinder) nameOf(id string) string {
+	for k := range f.volumes {
+		if uid(k) == id {
+			return k
+		}
+	}
+	for k := range f.errs {
+		if uid(k) == id {
+			return k
+		}
+	}
+	if id == uid("b1") {
+		return "b1"
+	}
+	return id
+}
+
 func (f *fakeCinder) ResolveVolume(_ context.Context, token, callerProject, region, id string) (*cinder.SourceVolume, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.tokens = append(f.tokens, token)
+	id = f.nameOf(id)
 	if err := f.errs[id]; err != nil {
 		return nil, err
 	}
@@ -82,6 +106,7 @@ func (f *fakeCinder) ResolveBackup(_ context.Context, token, callerProject, regi
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.tokens = append(f.tokens, token)
+	id = f.nameOf(id)
 	if err := f.errs[id]; err != nil {
 		return nil, err
 	}
@@ -116,7 +141,7 @@ func TestBackupSourceCreate(t *testing.T) {
 	}}
 	a := newCinderAPITest(t, fc)
 	body := func(id, extra string) string {
-		return `{"transfer": {"source": {"region": "RegionOne", "backup_id": "` + id + `"` + extra + `}, "destination": {"region": "RegionTwo"}}}`
+		return `{"transfer": {"source": {"region": "RegionOne", "backup_id": "` + uid(id) + `"` + extra + `}, "destination": {"region": "RegionTwo"}}}`
 	}
 	code, m := a.do(demo, "POST", "/v1/transfers", body("b1", ""))
 	if code != 202 {
@@ -132,7 +157,7 @@ func TestBackupSourceCreate(t *testing.T) {
 		body, message string
 		code          int
 	}{
-		{body("nope", ""), "Backup nope could not be found in region RegionOne.", 404},
+		{body("nope", ""), "Backup " + uid("nope") + " could not be found in region RegionOne.", 404},
 		{body("incr", ""), "Backup incr is incremental: move its parent backup b0 to RegionTwo first.", 400},
 		{body("there", ""), "Backup there already exists in region RegionTwo.", 409},
 		{body("swifty", ""), "Backup swifty was made by swift; Ferry moves backups of ceph only.", 400},
@@ -158,12 +183,13 @@ func newCinderAPITest(t *testing.T, fc *fakeCinder) *apiTest {
 	s := &Server{cfg: config.Defaults(), log: slog.New(slog.DiscardHandler), db: d, hooks: hooks}
 	ts := httptest.NewServer(s.Router())
 	t.Cleanup(ts.Close)
+	s.cfg.API.PublicEndpoint = ts.URL
 	at.url = ts.URL
 	return at
 }
 
 func volumeBody(id, extra string) string {
-	return `{"transfer": {"source": {"region": "RegionOne", "volume_id": "` + id + `"}, "destination": {"region": "RegionTwo"` + extra + `}}}`
+	return `{"transfer": {"source": {"region": "RegionOne", "volume_id": "` + uid(id) + `"}, "destination": {"region": "RegionTwo"` + extra + `}}}`
 }
 
 func TestVolumeSourceCreate(t *testing.T) {
@@ -195,7 +221,7 @@ func TestVolumeSourceCreate(t *testing.T) {
 	}
 	// The other project's member: Cinder does not show it (404).
 	if code, m := a.do(alt, "POST", "/v1/transfers", volumeBody("v1", "")); code != 404 ||
-		m["itemNotFound"].(map[string]any)["message"] != "Volume v1 could not be found in region RegionOne." {
+		m["itemNotFound"].(map[string]any)["message"] != "Volume "+uid("v1")+" could not be found in region RegionOne." {
 		t.Errorf("alt: %d %v", code, m)
 	}
 	// An admin moves it; the result still belongs to demo's project.
@@ -212,13 +238,13 @@ func TestVolumeSourceCreate(t *testing.T) {
 		code    int
 		message string
 	}{
-		{volumeBody("missing", ""), 404, "Volume missing could not be found in region RegionOne."},
+		{volumeBody("missing", ""), 404, "Volume " + uid("missing") + " could not be found in region RegionOne."},
 		{volumeBody("broken", ""), 400, "Volume broken is error; only an available or in-use volume can be moved."},
 		{volumeBody("encrypted", ""), 400, "Volume encrypted is encrypted; Ferry cannot move its key yet."},
-		{volumeBody("down", ""), 503, "Cinder in region RegionOne could not be asked about volume down; try again later."},
+		{volumeBody("down", ""), 503, "Cinder in region RegionOne could not be asked about volume " + uid("down") + "; try again later."},
 		{volumeBody("v1", `, "pool": "other"`), 400, "transfer.destination.pool and image cannot be given with a volume source"},
-		{`{"transfer": {"source": {"region": "RegionOne", "volume_id": "v1", "snapshot": "s"}, "destination": {"region": "RegionTwo"}}}`, 400, "transfer.source.snapshot cannot be given"},
-		{`{"transfer": {"source": {"region": "RegionOne", "volume_id": "v1"}, "destination": {"region": "RegionTwo"}, "mode": "incremental"}}`, 400, "transfer.mode incremental is not possible"},
+		{`{"transfer": {"source": {"region": "RegionOne", "volume_id": "` + uid("v1") + `", "snapshot": "s"}, "destination": {"region": "RegionTwo"}}}`, 400, "transfer.source.snapshot cannot be given"},
+		{`{"transfer": {"source": {"region": "RegionOne", "volume_id": "` + uid("v1") + `"}, "destination": {"region": "RegionTwo"}, "mode": "incremental"}}`, 400, "transfer.mode incremental is not possible"},
 	} {
 		code, m := a.do(demo, "POST", "/v1/transfers", tc.body)
 		var msg string
