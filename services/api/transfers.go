@@ -254,4 +254,3 @@ func jsonError(err error) string {
 	// DisallowUnknownFields: `json: unknown field "x"`.
 	return strings.TrimPrefix(err.Error(), "json: ")
 }
-

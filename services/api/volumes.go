@@ -89,4 +89,3 @@ func (s *Server) backupSource(c *gin.Context, caller *Caller, req *CreateTransfe
 	t.OwnerProjectID, t.CinderSpec = sb.Spec.ProjectID, &spec
 	return true
 }
-

@@ -86,7 +86,15 @@ func (f *fakeCinder) RegisterVolume(ctx context.Context, r cinder.Registration) 
 		return "", err
 	}
 	id := r.ExistingVolumeID
+	if id == "" && !r.AttemptedAt.IsZero() {
+		id = "found-" + r.Spec.ID // the volume of the interrupted attempt
+	}
 	if id == "" {
+		if r.Attempting != nil {
+			if err := r.Attempting(ctx, time.Date(2026, 12, 3, 9, 0, 0, 0, time.UTC)); err != nil {
+				return "", err
+			}
+		}
 		id = "new-" + r.Spec.ID
 		if err := r.Created(ctx, id); err != nil {
 			return "", err
@@ -316,17 +324,29 @@ func TestFinalizer(t *testing.T) {
 
 	fresh := finalizing("fresh", "")
 	resumed := finalizing("resumed", "vol-made-before")
+	// The ledger says a manage-existing went out unanswered at 08:00.
+	unanswered := finalizing("unanswered", "")
+	sent := time.Date(2026, 12, 3, 8, 0, 0, 0, time.UTC)
+	if err := d.UpdateFields(ctx, unanswered.ID, db.StatusFinalizing, db.TransferFields{RegisterStartedAt: &sent}); err != nil {
+		t.Fatal(err)
+	}
 	fin.Kick()
+	if tr := wait(unanswered.ID); tr.Status != db.StatusCompleted || tr.DestVolumeID != "found-v1" || tr.RegisterStartedAt != nil {
+		t.Errorf("unanswered: %s, volume %q, ledger %v", tr.Status, tr.DestVolumeID, tr.RegisterStartedAt)
+	}
 	if tr := wait(fresh.ID); tr.Status != db.StatusCompleted || tr.DestVolumeID != "new-v1" || tr.DestImage != "volume-new-v1" {
 		t.Errorf("fresh: %s, volume %q", tr.Status, tr.DestVolumeID)
 	}
 	if tr := wait(resumed.ID); tr.Status != db.StatusCompleted || tr.DestVolumeID != "vol-made-before" {
 		t.Errorf("resumed: %s, volume %q", tr.Status, tr.DestVolumeID)
 	}
-	if len(fc.regs) != 2 {
-		t.Fatalf("%d registrations, want 2", len(fc.regs))
+	if len(fc.regs) != 3 {
+		t.Fatalf("%d registrations, want 3", len(fc.regs))
 	}
 	for _, r := range fc.regs {
+		if wantAt := map[string]time.Time{unanswered.ID: sent}[r.TransferID]; !r.AttemptedAt.Equal(wantAt) {
+			t.Errorf("%s: attempted at %v from the ledger, want %v", r.TransferID, r.AttemptedAt, wantAt)
+		}
 		if r.Region != "RegionTwo" || r.Image != "ferry-x" || r.Spec.Name != "data" || r.Spec.ProjectID != "demo-project" {
 			t.Errorf("registration = %+v", r)
 		}

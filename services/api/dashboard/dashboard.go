@@ -76,9 +76,9 @@ type Handler struct {
 	sessions     *sessionStore
 	userThrottle *throttle
 	addrThrottle *throttle
-	pages    map[string]*template.Template
-	mux      *http.ServeMux
-	now      func() time.Time
+	pages        map[string]*template.Template
+	mux          *http.ServeMux
+	now          func() time.Time
 }
 
 // New builds the dashboard.
