@@ -146,7 +146,7 @@ func (s *Server) httpServer(h http.Handler) *http.Server {
 		ReadTimeout:       secondsDur(a.ReadTimeout),
 		WriteTimeout:      secondsDur(a.WriteTimeout),
 		IdleTimeout:       secondsDur(a.IdleTimeout),
-		MaxHeaderBytes:    64 << 10,
+		MaxHeaderBytes:    256 << 10, // a 64 KiB token still reaches the middleware (401)
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 }
