@@ -73,9 +73,7 @@ func TestFunctionalMiddlewareAndPolicy(t *testing.T) {
 	gin.SetMode(gin.TestMode)
 	r := gin.New()
 	opts := OptionsFrom(ks, "/")
-	opts.Fault = func(c *gin.Context, code int, message string) {
-		c.AbortWithStatusJSON(code, gin.H{"fault": gin.H{"code": code, "message": message}})
-	}
+	opts.Fault = testFault
 	r.Use(Middleware(NewCache(v, CacheOptionsFrom(ks)), opts))
 	r.GET("/", func(c *gin.Context) { c.String(http.StatusOK, "versions") })
 	r.GET("/whoami", func(c *gin.Context) {
