@@ -351,3 +351,74 @@ func TestAPIFuzz(t *testing.T) {
 		t.Errorf("only %d of %d requests in the time bound", sent, n)
 	}
 }
+
+// The review's probes, one by one, against the running API: each answer
+// is the right 4xx with an OpenStack body and a request id.
+func TestAPIHardening(t *testing.T) {
+	base := testenv.Get(t, "FERRY_API_URL")
+	demo, admin := token(t, "demo"), token(t, "admin")
+	hc := &http.Client{Timeout: 30 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	send := func(method, path, body string, hdr ...string) (*http.Response, []byte) {
+		t.Helper()
+		req, err := http.NewRequest(method, base+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i+1 < len(hdr); i += 2 {
+			if hdr[i] == "Host" {
+				req.Host = hdr[i+1]
+			} else {
+				req.Header.Set(hdr[i], hdr[i+1])
+			}
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if !strings.HasPrefix(resp.Header.Get("X-Openstack-Request-Id"), "req-") {
+			t.Errorf("%s %s: %d without a request id", method, path, resp.StatusCode)
+		}
+		return resp, b
+	}
+	check := func(what string, resp *http.Response, b []byte, code int) {
+		t.Helper()
+		if resp.StatusCode != code || code >= 400 && !openStackFault(b, code) {
+			t.Errorf("%s: %d %.300s, want %d with an OpenStack body", what, resp.StatusCode, b, code)
+		}
+	}
+	auth := []string{"X-Auth-Token", demo, "Content-Type", "application/json"}
+	for _, field := range []string{"volume_id", "backup_id"} {
+		for _, id := range []string{"../../v3/volumes/detail", "detail?all_tenants=1", "..", "a\nb", "%zz"} {
+			body, _ := json.Marshal(map[string]any{"transfer": map[string]any{
+				"source": map[string]any{"region": "RegionOne", field: id}, "destination": map[string]any{"region": "RegionTwo"}}})
+			resp, b := send("POST", "/v1/transfers", string(body), auth...)
+			check(fmt.Sprintf("%s %q", field, id), resp, b, http.StatusBadRequest)
+		}
+	}
+	resp, b := send("GET", "/v1/transfers", "", "X-Auth-Token", strings.Repeat("A", 64<<10))
+	check("64 KiB token", resp, b, http.StatusUnauthorized)
+	resp, _ = send("GET", "/v1/transfers/", "", auth...)
+	if resp.StatusCode != http.StatusMovedPermanently {
+		t.Errorf("trailing slash: %d", resp.StatusCode)
+	}
+	resp, b = send("PUT", "/v1/transfers", "{}", auth...)
+	check("PUT /v1/transfers", resp, b, http.StatusMethodNotAllowed)
+	if resp.Header.Get("Allow") == "" {
+		t.Error("405 without Allow")
+	}
+	resp, b = send("POST", "/v1/transfers", `{"transfer": {}}`, "X-Auth-Token", demo, "Content-Type", "text/plain")
+	check("text/plain body", resp, b, http.StatusUnsupportedMediaType)
+	resp, b = send("GET", "/metrics", "")
+	check("anonymous /metrics", resp, b, http.StatusUnauthorized)
+	resp, b = send("GET", "/metrics", "", auth...)
+	check("member /metrics", resp, b, http.StatusForbidden)
+	if resp, b := send("GET", "/metrics", "", "X-Auth-Token", admin); resp.StatusCode != 200 || !strings.Contains(string(b), "ferry_api_requests_total") {
+		t.Errorf("admin /metrics: %d", resp.StatusCode)
+	}
+	resp, b = send("GET", "/", "", "Host", "evil.example", "X-Forwarded-Host", "evil.example", "X-Forwarded-Proto", "https")
+	if resp.StatusCode != http.StatusMultipleChoices || strings.Contains(string(b), "evil") {
+		t.Errorf("versions with a spoofed Host: %d %s", resp.StatusCode, b)
+	}
+}
