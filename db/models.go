@@ -57,6 +57,10 @@ type Transfer struct {
 	OwnerProjectID string `gorm:"column:owner_project_id"`
 	// CinderSpec is JSON describing the Cinder source (see services/api).
 	CinderSpec *string `gorm:"column:cinder_spec"`
+	// RegisterStartedAt is when the finalizer sent the Cinder request that
+	// creates the destination volume (its ledger, before the call); nil
+	// when no such request is outstanding. DestVolumeID records the answer.
+	RegisterStartedAt *time.Time `gorm:"column:register_started_at"`
 
 	BytesTotal         int64  `gorm:"column:bytes_total"`
 	BytesTransferred   int64  `gorm:"column:bytes_transferred"`

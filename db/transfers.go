@@ -397,10 +397,19 @@ type TransferFields struct {
 	BytesTransferred   *int64
 	RateBytesPerSecond *int64
 	Digest             *string
+	// RegisterStartedAt sets register_started_at; a zero time clears it.
+	RegisterStartedAt *time.Time
 }
 
 func (f TransferFields) columns() (map[string]any, error) {
 	cols := map[string]any{}
+	if f.RegisterStartedAt != nil {
+		if f.RegisterStartedAt.IsZero() {
+			cols["register_started_at"] = nil
+		} else {
+			cols["register_started_at"] = f.RegisterStartedAt.UTC()
+		}
+	}
 	str := func(col string, v *string, maxLen int) error {
 		if v == nil {
 			return nil

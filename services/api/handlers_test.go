@@ -94,6 +94,7 @@ func newAPITest(t *testing.T) *apiTest {
 	s := &Server{cfg: config.Defaults(), log: slog.New(slog.DiscardHandler), db: d, hooks: fakeHooks(&at.kicks)}
 	ts := httptest.NewServer(s.Router())
 	t.Cleanup(ts.Close)
+	s.cfg.API.PublicEndpoint = ts.URL
 	at.url = ts.URL
 	return at
 }
@@ -289,9 +290,9 @@ func TestBadRequests(t *testing.T) {
 		{"POST", "/v1/transfers/" + id + "/action", `nonsense`, 400, "badRequest"},
 		{"POST", "/v1/transfers/" + id + "/action", `{"retry": null}`, 409, "conflictingRequest"},
 		{"POST", "/v1/transfers", `{"transfer": {"source": {"region": "RegionThree", "pool": "p", "image": "i"}, "destination": {"region": "RegionTwo"}}}`, 400, "badRequest"},
-		{"POST", "/v1/transfers", `{"transfer": {"source": {"region": "RegionOne", "volume_id": "v"}, "destination": {"region": "RegionTwo"}}}`, 501, "notImplemented"},
+		{"POST", "/v1/transfers", `{"transfer": {"source": {"region": "RegionOne", "volume_id": "8c3c5e1e-6f0e-4f57-9a43-0c1f3e7e9d10"}, "destination": {"region": "RegionTwo"}}}`, 501, "notImplemented"},
 		{"POST", "/v1/transfers", `{"transfer": {"source": {"region": "RegionOne", "pool": "p", "image": "i"}, "destination": {"region": "RegionOne"}}}`, 400, "badRequest"},
-		{"PUT", "/v1/transfers/" + id, `{}`, 404, "itemNotFound"},
+		{"PUT", "/v1/transfers/" + id, `{}`, 405, "badMethod"},
 	}
 	for _, tc := range cases {
 		code, m := a.do(admin, tc.method, tc.path, tc.body)

@@ -126,8 +126,10 @@ func (s *Server) Start(ctx context.Context, w Wiring) {
 	}
 }
 
+// withLogger completes the middleware's options with the logger and the
+// API's error writer.
 func withLogger(o auth.Options, log *slog.Logger) auth.Options {
-	o.Logger = log
+	o.Logger, o.Fault = log, writeError
 	return o
 }
 
