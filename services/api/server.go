@@ -85,8 +85,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		cs.Ledger = grantLedger{db: store}
 		wiring.Cinder = cs
 	}
-	s.Start(ctx, wiring)
-	return s.serve(ctx)
+	// The HTTP server and the background loops: the first to fail stops
+	// the others, and ferry-api exits with its error.
+	return runLoops(ctx, append(s.wire(wiring), loop{"API server", s.serve}))
 }
 
 // serve runs the API's listener (HTTPS with [api] cert_file and key_file)
