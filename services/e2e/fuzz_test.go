@@ -34,13 +34,13 @@ var fuzzIDs = []string{
 // fuzzer sends random and adversarial requests to every route of the real
 // API with real Keystone tokens.
 type fuzzer struct {
-	t       *testing.T
-	rnd     *rand.Rand
-	url     string
-	tokens  []string
-	realID  string
-	hc      *http.Client
-	created []string // ids of transfers a request happened to create
+	t        *testing.T
+	rnd      *rand.Rand
+	url      string
+	tokens   []string
+	realID   string
+	hc       *http.Client
+	created  []string // ids of transfers a request happened to create
 	stats    map[int]int
 	skipped  int
 	failures int // findings so far
