@@ -26,6 +26,11 @@ type runner struct {
 
 	mu      sync.Mutex
 	running map[string]*runEntry
+	// finished remembers the epochs of the runs that ended here lately
+	// (bounded, oldest forgotten first): a start of one of them arriving
+	// again (a redelivery after the run ended) is not run twice.
+	finished      map[string]int64
+	finishedOrder []string
 	// cancelled are the transfers a transfer.cancel stopped (as opposed
 	// to the agent shutting down, which must not report them cancelled:
 	// they are handed to another agent and resume).
@@ -35,7 +40,7 @@ type runner struct {
 
 func newRunner(a *Agent, caster rpc.Caster, caller rpc.Caller) *runner {
 	r := &runner{a: a, caster: caster, caller: caller,
-		slots: make(chan struct{}, a.cfg.Agent.MaxTransfers), running: map[string]*runEntry{}, cancelled: map[string]bool{}}
+		slots: make(chan struct{}, a.cfg.Agent.MaxTransfers), running: map[string]*runEntry{}, cancelled: map[string]bool{}, finished: map[string]int64{}}
 	r.runJob = r.run
 	return r
 }
@@ -63,7 +68,12 @@ func (r *runner) start(ctx context.Context, req rpc.TransferStart, grant *rpc.Gr
 	}
 	r.mu.Lock()
 	cur, dup := r.running[req.TransferID]
+	ended, wasRun := r.finished[req.TransferID]
 	r.mu.Unlock()
+	if !dup && wasRun && req.Epoch <= ended {
+		// This run (or an older one) ended here: a redelivered start.
+		return nil
+	}
 	if dup {
 		if req.Epoch <= cur.epoch {
 			// A redelivery (or an older start) of a run going on.
@@ -95,6 +105,7 @@ func (r *runner) start(ctx context.Context, req rpc.TransferStart, grant *rpc.Gr
 			if r.running[req.TransferID] == entry {
 				delete(r.running, req.TransferID)
 			}
+			r.remember(req.TransferID, req.Epoch)
 			r.mu.Unlock()
 			cancel()
 		}()
@@ -207,6 +218,21 @@ func (r *runner) stopAll() {
 	}
 	r.mu.Unlock()
 	r.wg.Wait()
+}
+
+// maxFinished bounds the runs a runner remembers.
+const maxFinished = 4096
+
+// remember records that transferID's run of epoch ended; r.mu is held.
+func (r *runner) remember(transferID string, epoch int64) {
+	if _, ok := r.finished[transferID]; !ok {
+		r.finishedOrder = append(r.finishedOrder, transferID)
+	}
+	r.finished[transferID] = max(r.finished[transferID], epoch)
+	if len(r.finishedOrder) > maxFinished {
+		delete(r.finished, r.finishedOrder[0])
+		r.finishedOrder = r.finishedOrder[1:]
+	}
 }
 
 // runningIDs lists the transfers running now, sorted. It holds the mutex

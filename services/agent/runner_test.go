@@ -139,3 +139,35 @@ func TestRunnerCancelEpoch(t *testing.T) {
 	}
 	r.wg.Wait()
 }
+
+// A start of a run that ended here (a redelivery after the end) is not run
+// again; a newer epoch (a retry) is.
+func TestRunnerForgetsNoFinishedRun(t *testing.T) {
+	cfg := config.Defaults()
+	cfg.Agent.Region = "RegionOne"
+	r := newRunner(&Agent{cfg: cfg, log: slog.New(slog.DiscardHandler), host: "h"}, &recordingCaster{}, nil)
+	runs := make(chan int64, 4)
+	r.runJob = func(_ context.Context, req rpc.TransferStart, _ *rpc.Grant) { runs <- req.Epoch }
+	s := start("a")
+	if err := r.start(context.Background(), s, nil); err != nil {
+		t.Fatal(err)
+	}
+	<-runs
+	r.wg.Wait()
+	if err := r.start(context.Background(), s, nil); err != nil {
+		t.Fatal(err)
+	}
+	s.Epoch = 2
+	if err := r.start(context.Background(), s, nil); err != nil {
+		t.Fatal(err)
+	}
+	r.wg.Wait()
+	close(runs)
+	var got []int64
+	for e := range runs {
+		got = append(got, e)
+	}
+	if len(got) != 1 || got[0] != 2 {
+		t.Errorf("runs after the first: %v, want only epoch 2", got)
+	}
+}

@@ -160,7 +160,7 @@ func (d *Dest) Prepare(ctx context.Context, req PrepareRequest) (PrepareResponse
 	case planDone:
 		d.release(job)
 		log.Info("prepared: already complete", "digest", plan.Digest)
-		resp.Done, resp.Digest, resp.Base = true, plan.Digest, ""
+		resp.Done, resp.Digest, resp.Mode, resp.Base = true, plan.Digest, plan.Mode, ""
 		return resp, nil
 	case planSeal:
 		job.w = *view.Writing
@@ -169,17 +169,17 @@ func (d *Dest) Prepare(ctx context.Context, req PrepareRequest) (PrepareResponse
 		}
 		d.release(job)
 		log.Info("prepared: an interrupted finish completed", "digest", plan.Digest)
-		resp.Done, resp.Digest, resp.Base = true, plan.Digest, ""
+		resp.Done, resp.Digest, resp.Mode, resp.Base = true, plan.Digest, modeOf(job.w.Base), ""
 		return resp, nil
 	case planResume:
 		job.w = *view.Writing
-		job.w.Epoch = req.Epoch
+		job.w.Epoch, job.w.Granted = req.Epoch, req.granted()
 		if err := d.putWriting(job); err != nil {
 			return fail(err)
 		}
 	case planCopy:
 		job.w = writingState{TransferID: req.TransferID, Epoch: req.Epoch, Base: plan.Base, BaseID: plan.BaseID,
-			Snapshot: req.Snapshot, SourceSnapID: req.SourceSnapID, Size: req.Size, Ephemeral: req.Ephemeral}
+			Snapshot: req.Snapshot, SourceSnapID: req.SourceSnapID, Size: req.Size, Ephemeral: req.Ephemeral, Granted: req.granted()}
 		if err := d.startCopy(ctx, job, plan, req.Size); err != nil {
 			return fail(err)
 		}
@@ -288,6 +288,12 @@ func (d *Dest) view(img *rbd.Image, imageID string, info rbd.Info, created bool,
 	var c completedRecord
 	if s, ok := md[MetaCompleted]; ok && d.cfg.Sealer.Open(kindCompleted, imageID, s, &c) == nil {
 		v.Completed = &c
+		v.Granted, v.GrantedBy = c.Granted, c.TransferID
+	}
+	for _, r := range v.Records {
+		if r.Granted.After(v.Granted) {
+			v.Granted, v.GrantedBy = r.Granted, r.TransferID
+		}
 	}
 	if s, ok := md[MetaCheckpoint]; ok && v.Writing != nil {
 		v.Checkpoint = checkpointInvalid
@@ -446,7 +452,7 @@ func (d *Dest) seal(job *destJob) (FinishResponse, error) {
 	fin := FinishResponse{Digest: w.Verified, BytesDone: w.BytesDone}
 	drop := []string{MetaWriting, MetaCheckpoint}
 	if w.Ephemeral {
-		s, err := d.cfg.Sealer.Seal(kindCompleted, job.imageID, completedRecord{TransferID: w.TransferID, SourceSnapID: w.SourceSnapID, Digest: w.Verified, BytesDone: w.BytesDone})
+		s, err := d.cfg.Sealer.Seal(kindCompleted, job.imageID, completedRecord{TransferID: w.TransferID, SourceSnapID: w.SourceSnapID, Digest: w.Verified, BytesDone: w.BytesDone, Granted: w.Granted})
 		if err != nil {
 			return fin, err
 		}
@@ -466,7 +472,7 @@ func (d *Dest) seal(job *destJob) (FinishResponse, error) {
 			return fin, err
 		}
 		s, err := d.cfg.Sealer.Seal(kindSnapshot, job.imageID, snapRecord{Snapshot: w.Snapshot, SnapID: id,
-			TransferID: w.TransferID, SourceSnapID: w.SourceSnapID, Digest: w.Verified, Mode: modeOf(w.Base), BytesDone: w.BytesDone})
+			TransferID: w.TransferID, SourceSnapID: w.SourceSnapID, Digest: w.Verified, Mode: modeOf(w.Base), BytesDone: w.BytesDone, Granted: w.Granted})
 		if err != nil {
 			return fin, err
 		}

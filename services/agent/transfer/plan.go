@@ -3,6 +3,7 @@ package transfer
 import (
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/ferry-project/ferry/services/agent/rbd"
 )
@@ -24,6 +25,10 @@ type destView struct {
 	Completed *completedRecord
 	// Checkpoint is the state of the checkpoint of Writing's run.
 	Checkpoint checkpointState
+	// Granted is the newest grant time of the copies the image holds
+	// (records of other transfers), zero when unknown.
+	Granted   time.Time
+	GrantedBy string
 }
 
 type checkpointState int
@@ -78,14 +83,20 @@ type destPlan struct {
 	ZeroHead bool
 	// Resize to the source's size.
 	Resize bool
-	// Digest of a planDone or planSeal transfer.
+	// Digest (and Mode, when recorded) of a planDone or planSeal transfer.
 	Digest string
+	Mode   string
 	Why    string
 }
 
 // planPrepare decides what a prepare does with the destination as found.
 // It is pure: every refusal comes from here, before anything is written.
 func planPrepare(req *PrepareRequest, v *destView) (destPlan, error) {
+	// A grant older than a copy of another transfer the destination holds
+	// is a replay of a superseded transfer: nothing to do.
+	if g := req.granted(); !g.IsZero() && g.Before(v.Granted) && v.GrantedBy != req.TransferID {
+		return destPlan{}, fmt.Errorf("%w: transfer %s was granted before transfer %s, whose copy the destination holds", ErrStaleEpoch, req.TransferID, v.GrantedBy)
+	}
 	w := v.Writing
 	if w != nil && w.TransferID == req.TransferID && req.Epoch < w.Epoch {
 		return destPlan{}, fmt.Errorf("%w: prepare of epoch %d, the destination is at epoch %d", ErrStaleEpoch, req.Epoch, w.Epoch)
@@ -105,14 +116,14 @@ func planPrepare(req *PrepareRequest, v *destView) (destPlan, error) {
 				return destPlan{}, fmt.Errorf("%w: transfer %s completed into this image from source snapshot id %d, not %d",
 					ErrConflict, req.TransferID, c.SourceSnapID, req.SourceSnapID)
 			}
-			return destPlan{Kind: planDone, Digest: c.Digest, Why: "already complete"}, nil
+			return destPlan{Kind: planDone, Digest: c.Digest, Mode: ModeFull, Why: "already complete"}, nil
 		}
 	} else if rec, ok := v.Records[req.Snapshot]; ok {
 		if rec.SourceSnapID != req.SourceSnapID {
 			return destPlan{}, fmt.Errorf("%w: destination snapshot %q holds source snapshot id %d, this transfer copies id %d",
 				ErrConflict, req.Snapshot, rec.SourceSnapID, req.SourceSnapID)
 		}
-		return destPlan{Kind: planDone, Digest: rec.Digest, Why: "already complete"}, nil
+		return destPlan{Kind: planDone, Digest: rec.Digest, Mode: rec.Mode, Why: "already complete"}, nil
 	}
 	verified := w.sameRun(req) && w.Verified != "" && !resize
 	if _, exists := v.snapshot(req.Snapshot); exists && !req.Ephemeral {
@@ -185,4 +196,13 @@ func refNames(refs []SnapRef) []string {
 		out = append(out, r.Name)
 	}
 	return slices.Clip(out)
+}
+
+// granted is when ferry-api granted req (its grant's expiry), zero without
+// a grant.
+func (r *PrepareRequest) granted() time.Time {
+	if r.Grant == nil || r.Grant.Signature == nil {
+		return time.Time{}
+	}
+	return r.Grant.Signature.Expires
 }

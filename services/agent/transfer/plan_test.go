@@ -3,6 +3,9 @@ package transfer
 import (
 	"errors"
 	"testing"
+	"time"
+
+	"github.com/ferry-project/ferry/rpc"
 
 	"github.com/ferry-project/ferry/services/agent/rbd"
 )
@@ -83,10 +86,18 @@ func TestPlanPrepare(t *testing.T) {
 			destPlan{Kind: planSeal, Digest: "d2"}, nil},
 		{"ephemeral: completed record answers", req(func(r *PrepareRequest) { r.Ephemeral = true; r.Mode = ModeFull }), holding(func(v *destView) {
 			v.Completed = &completedRecord{TransferID: "t2", SourceSnapID: 20, Digest: "d2"}
-		}), destPlan{Kind: planDone, Digest: "d2"}, nil},
+		}), destPlan{Kind: planDone, Digest: "d2", Mode: ModeFull}, nil},
 		{"an image handed over by another transfer is not written", req(), holding(func(v *destView) {
 			v.Completed = &completedRecord{TransferID: "t0", SourceSnapID: 5, Digest: "d0"}
 		}), destPlan{}, ErrConflict},
+		{"a grant older than another transfer's copy held is a replay", req(func(r *PrepareRequest) { r.Grant = grantAt(5) }),
+			holding(func(v *destView) { v.Granted, v.GrantedBy = time.Unix(9, 0), "t1" }), destPlan{}, ErrStaleEpoch},
+		{"a grant newer than the copy held goes on", req(func(r *PrepareRequest) { r.Grant = grantAt(10) }),
+			holding(func(v *destView) { v.Granted, v.GrantedBy = time.Unix(9, 0), "t1" }),
+			destPlan{Kind: planCopy, Base: "ferry-t1", BaseID: 7, EnsureBase: true}, nil},
+		{"an older grant of the very transfer whose copy is held is answered", req(func(r *PrepareRequest) { r.Grant = grantAt(5) }),
+			holding(t2Recorded(20), func(v *destView) { v.Granted, v.GrantedBy = time.Unix(9, 0), "t2" }),
+			destPlan{Kind: planDone, Digest: "d2"}, nil},
 		{"ephemeral never takes a base", req(func(r *PrepareRequest) { r.Ephemeral = true }), holding(),
 			destPlan{Kind: planCopy, ZeroHead: true}, nil},
 	} {
@@ -101,6 +112,10 @@ func TestPlanPrepare(t *testing.T) {
 			}
 		})
 	}
+}
+
+func grantAt(sec int64) *rpc.Grant {
+	return &rpc.Grant{Method: rpc.MethodTransferStart, Signature: &rpc.Signature{Expires: time.Unix(sec, 0)}}
 }
 
 func TestSealer(t *testing.T) {

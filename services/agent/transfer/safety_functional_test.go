@@ -4,12 +4,15 @@ package transfer
 
 import (
 	"context"
+	"crypto/ed25519"
+	crand "crypto/rand"
 	"errors"
 	"os/exec"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/ferry-project/ferry/rpc"
 	"github.com/ferry-project/ferry/services/agent/rbd"
 	"github.com/ferry-project/ferry/services/agent/stream"
 	"github.com/ferry-project/ferry/services/internal/testenv"
@@ -345,4 +348,93 @@ func (r recordingPreparer) Prepare(ctx context.Context, req PrepareRequest) (Pre
 	resp, err := r.Preparer.Prepare(ctx, req)
 	*r.first = resp
 	return resp, err
+}
+
+// A start of a transfer that completed and whose snapshot a newer
+// transfer replaced (a replay of its signed start) runs nothing: the
+// source refuses to take its snapshot again, and both sides keep the newer
+// transfer's copy.
+func TestLateStartOfACompletedTransfer(t *testing.T) {
+	h := newHarness(t, Options{})
+	ctx := ctxT(t)
+	name := uniq("xfer-late")
+	img := h.newImage(name, 8<<20)
+	writeRandom(t, img, 0, 2<<20)
+	old := Job{TransferID: "l1-" + name, Pool: h.pool, Image: name}
+	if _, err := h.source.Run(ctx, old, h.dest); err != nil {
+		t.Fatal(err)
+	}
+	writeRandom(t, img, 4<<20, 1<<20)
+	r2, err := h.source.Run(ctx, Job{TransferID: "l2-" + name, Pool: h.pool, Image: name}, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRandom(t, img, 6<<20, 1<<20)
+	if _, err := h.source.Run(ctx, old, h.dest); !errors.Is(err, ErrConflict) {
+		t.Fatalf("the late start of a completed transfer: %v, want ErrConflict", err)
+	}
+	for _, c := range []*rbd.Cluster{h.src, h.dst} {
+		if s := snapshotsOf(t, c, h.pool, name); !slices.Equal(s, []string{r2.Snapshot}) {
+			t.Errorf("snapshots %v, want only %s", s, r2.Snapshot)
+		}
+	}
+	h.sameImage(name, r2.Snapshot)
+}
+
+// capturePreparer keeps the last prepare request.
+type capturePreparer struct {
+	Preparer
+	last *PrepareRequest
+}
+
+func (c capturePreparer) Prepare(ctx context.Context, req PrepareRequest) (PrepareResponse, error) {
+	*c.last = req
+	return c.Preparer.Prepare(ctx, req)
+}
+
+// A prepare of a transfer granted before the copy the destination holds
+// (a late replay of its signed prepare) is refused before anything is
+// written: the destination's data and snapshots stay the newer transfer's.
+func TestLatePrepareOfASupersededTransfer(t *testing.T) {
+	h := newHarness(t, Options{})
+	ctx := ctxT(t)
+	_, key, _ := ed25519.GenerateKey(crand.Reader)
+	grant := func(id string, epoch int64) *rpc.Grant {
+		time.Sleep(10 * time.Millisecond) // grants are ordered by their signing time
+		s, err := rpc.NewSigner(key, time.Hour).Sign(rpc.MethodTransferStart, rpc.TransferStart{TransferID: id, Epoch: epoch})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &rpc.Grant{Method: rpc.MethodTransferStart, Body: s.Body, Signature: s.Signature}
+	}
+	name := uniq("xfer-lateprep")
+	img := h.newImage(name, 8<<20)
+	writeRandom(t, img, 0, 2<<20)
+	var first PrepareRequest
+	if _, err := h.source.Run(ctx, Job{TransferID: "p1-" + name, Epoch: 1, Pool: h.pool, Image: name, Grant: grant("p1-"+name, 1)},
+		capturePreparer{Preparer: h.dest, last: &first}); err != nil {
+		t.Fatal(err)
+	}
+	writeRandom(t, img, 4<<20, 1<<20)
+	r2, err := h.source.Run(ctx, Job{TransferID: "p2-" + name, Epoch: 1, Pool: h.pool, Image: name, Grant: grant("p2-"+name, 1)}, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	head := testenv.ExportSHA(t, h.dstConf, h.pool+"/"+name)
+	if _, err := h.dest.Prepare(ctx, first); !errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("a late prepare of the superseded transfer: %v, want ErrStaleEpoch", err)
+	}
+	if testenv.ExportSHA(t, h.dstConf, h.pool+"/"+name) != head {
+		t.Error("the late prepare changed the destination")
+	}
+	if s := snapshotsOf(t, h.dst, h.pool, name); !slices.Equal(s, []string{r2.Snapshot}) {
+		t.Errorf("destination snapshots %v", s)
+	}
+	// The image is not left locked: the next transfer goes through.
+	writeRandom(t, img, 6<<20, 1<<20)
+	r3, err := h.source.Run(ctx, Job{TransferID: "p3-" + name, Epoch: 1, Pool: h.pool, Image: name, Grant: grant("p3-"+name, 1)}, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.sameImage(name, r3.Snapshot)
 }

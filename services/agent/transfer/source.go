@@ -209,7 +209,7 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 		// The destination already holds this copy (a repeated transfer):
 		// nothing to send, nothing changed there.
 		log.Info("already complete at the destination", "digest", prep.Digest, "snapshot", snap)
-		res := Result{Digest: prep.Digest, Snapshot: snap, SourceSnapshot: snap, BytesTotal: info.Size, Ephemeral: job.Ephemeral, Phases: phases}
+		res := Result{Digest: prep.Digest, Mode: prep.Mode, Snapshot: snap, SourceSnapshot: snap, BytesTotal: info.Size, Ephemeral: job.Ephemeral, Phases: phases}
 		return s.afterVerified(ctx, cluster, job, res, "", closeImg, log), nil
 	}
 	if prep.Base != "" && !slices.ContainsFunc(bases, func(b SnapRef) bool { return b.Name == prep.Base }) {
@@ -287,6 +287,7 @@ func (s *Source) afterVerified(ctx context.Context, cluster *rbd.Cluster, job Jo
 		res.Snapshot = ""
 		if job.Snapshot == "" {
 			closeImg() // no handle left on the snapshot being removed
+			s.markDone(ctx, cluster, job, job.TransferID, log)
 			if err := s.removeSnapshot(ctx, cluster, job, res.SourceSnapshot); err != nil {
 				log.Warn("removing the ephemeral transfer's source snapshot", "error", err)
 			} else {
@@ -297,6 +298,9 @@ func (s *Source) afterVerified(ctx context.Context, cluster *rbd.Cluster, job Jo
 	}
 	if base == "" || base == res.Snapshot {
 		return res
+	}
+	if tid, ok := strings.CutPrefix(base, SnapshotPrefix); ok {
+		s.markDone(ctx, cluster, job, tid, log)
 	}
 	if err := s.removeSnapshot(ctx, cluster, job, base); err != nil {
 		log.Warn("removing the old source base", "base", base, "error", err)
@@ -350,6 +354,14 @@ func (s *Source) ensureSnapshot(ctx context.Context, cluster *rbd.Cluster, job J
 		return "", fmt.Errorf("source image: %w", err)
 	}
 	defer img.Close()
+	if done, err := s.done(img, job.TransferID); err != nil {
+		return "", err
+	} else if done {
+		// A replayed start of a transfer that completed (its snapshot
+		// was removed since): taking it again would copy the image as
+		// it is now under the old transfer's name.
+		return "", fmt.Errorf("%w: transfer %s completed here before; its start is not run again", ErrConflict, job.TransferID)
+	}
 	if err := img.CreateSnapshot(snap); err != nil {
 		if errors.Is(err, rbd.ErrExists) {
 			// A repeated start: the snapshot of the first (tagged then,
@@ -380,6 +392,63 @@ func (s *Source) tag(img *rbd.Image, job Job, name string) error {
 		return err
 	}
 	return img.SetMetadata(MetaSourceSnapPrefix+name, v)
+}
+
+// markDone leaves a doneTag for transfer tid on the source image (and
+// prunes tags older than doneTagLife): its snapshot is about to go, and a
+// replayed start of it must not take one again. A failure is logged: the
+// destination's grant order still refuses such a replay's prepare.
+func (s *Source) markDone(ctx context.Context, cluster *rbd.Cluster, job Job, tid string, log *slog.Logger) {
+	err := func() error {
+		img, err := cluster.OpenImage(ctx, job.Pool, job.Image, "", false)
+		if err != nil {
+			return err
+		}
+		defer img.Close()
+		info, err := img.Info()
+		if err != nil {
+			return err
+		}
+		md, err := img.Metadata()
+		if err != nil {
+			return err
+		}
+		now := time.Now().UTC()
+		for k, v := range md {
+			var t doneTag
+			if strings.HasPrefix(k, MetaDonePrefix) && (s.opts.Sealer.Open(kindDone, info.ID, v, &t) != nil || now.Sub(t.At) > doneTagLife) {
+				if err := img.RemoveMetadata(k); err != nil {
+					return err
+				}
+			}
+		}
+		v, err := s.opts.Sealer.Seal(kindDone, info.ID, doneTag{TransferID: tid, At: now})
+		if err != nil {
+			return err
+		}
+		return img.SetMetadata(MetaDonePrefix+tid, v)
+	}()
+	if err != nil {
+		log.Warn("the completed transfer's tag was not left on the source", "completed_transfer", tid, "error", err)
+	}
+}
+
+// done reports whether the source image carries a valid doneTag of tid.
+func (s *Source) done(img *rbd.Image, tid string) (bool, error) {
+	md, err := img.Metadata()
+	if err != nil {
+		return false, err
+	}
+	text, ok := md[MetaDonePrefix+tid]
+	if !ok {
+		return false, nil
+	}
+	info, err := img.Info()
+	if err != nil {
+		return false, err
+	}
+	var t doneTag
+	return s.opts.Sealer.Open(kindDone, info.ID, text, &t) == nil && t.TransferID == tid, nil
 }
 
 // tagged reports whether Ferry took the source snapshot name (its tag

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // The state Ferry keeps in a destination image's metadata (the writing
@@ -87,6 +88,9 @@ const (
 	kindSnapshot   = "snapshot"
 	kindCompleted  = "completed"
 	kindSourceSnap = "source-snapshot"
+	kindDone       = "done"
+	// MetaDonePrefix + transfer id holds a doneTag.
+	MetaDonePrefix = "ferry.done."
 	// MetaSnapRecordPrefix + snapshot name holds the snapRecord of a
 	// destination snapshot Ferry took.
 	MetaSnapRecordPrefix = "ferry.snap."
@@ -114,6 +118,8 @@ type writingState struct {
 	Ephemeral    bool   `json:"ephemeral,omitempty"`
 	Verified     string `json:"verified,omitempty"` // the transfer digest
 	BytesDone    uint64 `json:"bytes_done,omitempty"`
+	// Granted: see snapRecord.
+	Granted time.Time `json:"granted,omitzero"`
 }
 
 // sameRun reports whether w is the state of the transfer req asks for: the
@@ -137,16 +143,34 @@ type snapRecord struct {
 	// answer a query about a transfer whose report was lost.
 	Mode      string `json:"mode,omitempty"`
 	BytesDone uint64 `json:"bytes_done,omitempty"`
+	// Granted is when ferry-api granted the transfer (its signed start's
+	// expiry): a replayed grant older than a copy the destination holds
+	// is refused.
+	Granted time.Time `json:"granted,omitzero"`
 }
 
 // completedRecord is what an ephemeral transfer leaves instead of a
 // snapshot: a redelivered prepare or finish of it answers from here.
 type completedRecord struct {
-	TransferID   string `json:"transfer_id"`
-	SourceSnapID uint64 `json:"source_snap_id"`
-	Digest       string `json:"digest"`
-	BytesDone    uint64 `json:"bytes_done,omitempty"`
+	TransferID   string    `json:"transfer_id"`
+	SourceSnapID uint64    `json:"source_snap_id"`
+	Digest       string    `json:"digest"`
+	BytesDone    uint64    `json:"bytes_done,omitempty"`
+	Granted      time.Time `json:"granted,omitzero"`
 }
+
+// doneTag is left on a source image when Ferry removes the snapshot of a
+// transfer that completed (an ephemeral copy's, or a base a newer transfer
+// replaced): a replayed start of that transfer must not take it again.
+// Tags older than doneTagLife are pruned (no grant lives that long).
+type doneTag struct {
+	TransferID string    `json:"transfer_id"`
+	At         time.Time `json:"at"`
+}
+
+// doneTagLife bounds how long a doneTag is kept: longer than any signed
+// command lives ([api] command_ttl is at most 7 days).
+const doneTagLife = 8 * 24 * time.Hour
 
 // sourceSnapTag marks a source snapshot that Ferry took, by id.
 type sourceSnapTag struct {

@@ -114,7 +114,9 @@ type PrepareRequest struct {
 	ChunkSize uint64    `json:"chunk_size"`
 	// Grant is ferry-api's signed transfer.start this prepare serves: a
 	// destination agent reached over the bus checks the request against
-	// it (the in-process Dest does not need one).
+	// it (the in-process Dest does not need one). Its signature's expiry
+	// orders grants: a destination refuses one older than a copy it holds
+	// of another transfer.
 	Grant *rpc.Grant `json:"grant,omitempty"`
 	// Ephemeral: the copy is handed over (to Cinder) once finished: the
 	// destination ends without a snapshot and without base metadata, and
@@ -191,6 +193,9 @@ type PrepareResponse struct {
 	// was changed; Digest is the recorded transfer digest.
 	Done   bool   `json:"done,omitempty"`
 	Digest string `json:"digest,omitempty"`
+	// Mode is how the copy the destination holds was made (full or
+	// incremental), when Done.
+	Mode string `json:"mode,omitempty"`
 }
 
 // FinishRequest asks the destination to seal a sent transfer. Pool and
