@@ -154,6 +154,8 @@ func runStoreContract(t *testing.T, newURL func(t *testing.T) string) {
 		{"Services", contractServices},
 		{"ServiceHeartbeats", contractServiceHeartbeats},
 		{"RepublishStart", contractRepublishStart},
+		{"Cleanup", contractCleanup},
+		{"Quota", contractQuota},
 		{"Outbox", contractOutbox},
 		{"OutboxConcurrentClaimers", contractOutboxConcurrentClaimers},
 		{"Leases", contractLeases},
@@ -232,6 +234,13 @@ func contractMigrations(t *testing.T, url string) {
 
 	// Roll everything back, then forward again.
 	id, err := d.RollbackLast(ctx)
+	if err != nil || id != "0006_cleanup" {
+		t.Fatalf("RollbackLast = %q, %v", id, err)
+	}
+	if d.gorm.Migrator().HasColumn("transfers", "cleaned_at") {
+		t.Error("column transfers.cleaned_at survived the rollback of 0006_cleanup")
+	}
+	id, err = d.RollbackLast(ctx)
 	if err != nil || id != "0005_service_liveness" {
 		t.Fatalf("RollbackLast = %q, %v", id, err)
 	}
@@ -242,6 +251,13 @@ func contractMigrations(t *testing.T, url string) {
 	}
 	if !d.gorm.Migrator().HasColumn("services", "last_heartbeat_at") {
 		t.Error("the rollback of 0005_service_liveness dropped an older column")
+	}
+	id, err = d.RollbackLast(ctx)
+	if err != nil || id != "0004_register_ledger" {
+		t.Fatalf("RollbackLast = %q, %v", id, err)
+	}
+	if d.gorm.Migrator().HasColumn("transfers", "register_started_at") {
+		t.Error("column transfers.register_started_at survived the rollback of 0004_register_ledger")
 	}
 	id, err = d.RollbackLast(ctx)
 	if err != nil || id != "0003_leases" {
@@ -917,6 +933,21 @@ func contractProgress(t *testing.T, url string) {
 	}
 	if n := countRows(t, d, &TransferEvent{}, "transfer_id = ?", tr.ID); n != 5 {
 		t.Errorf("%d events, want 5 (UpdateFields writes none)", n)
+	}
+	// The finalizer's ledger: set (microseconds kept, UTC), then cleared.
+	at := time.Date(2026, 12, 3, 10, 11, 12, 345678000, time.FixedZone("X", 3600))
+	if err := d.UpdateFields(ctx, tr.ID, StatusCancelling, TransferFields{RegisterStartedAt: &at}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := d.GetTransfer(ctx, tr.ID, ProjectScope("p1")); err != nil || got.RegisterStartedAt == nil || !got.RegisterStartedAt.Equal(at) {
+		t.Errorf("register_started_at: %v, %v, want %v", got.RegisterStartedAt, err, at)
+	}
+	var zero time.Time
+	if err := d.UpdateFields(ctx, tr.ID, StatusCancelling, TransferFields{RegisterStartedAt: &zero}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := d.GetTransfer(ctx, tr.ID, ProjectScope("p1")); err != nil || got.RegisterStartedAt != nil {
+		t.Errorf("register_started_at after clearing: %v, %v", got.RegisterStartedAt, err)
 	}
 }
 

@@ -11,6 +11,9 @@ var (
 	// example deleting a transfer that is still running, a duplicate id, or a
 	// concurrent change that won first).
 	ErrConflict = errors.New("conflict")
+	// ErrQuotaExceeded: creating the transfer would exceed its project's
+	// quota (WithQuota).
+	ErrQuotaExceeded = errors.New("quota exceeded")
 	// ErrInvalidTransition: the state machine does not allow the requested
 	// status change from the transfer's current status.
 	ErrInvalidTransition = errors.New("invalid status transition")

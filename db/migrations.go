@@ -22,7 +22,9 @@ func migrations() []*gormigrate.Migration {
 		migration0001Initial(),
 		migration0002Cinder(),
 		migration0003Leases(),
+		migration0004RegisterLedger(),
 		migration0005ServiceLiveness(),
+		migration0006Cleanup(),
 	}
 }
 

@@ -57,6 +57,10 @@ type Transfer struct {
 	OwnerProjectID string `gorm:"column:owner_project_id"`
 	// CinderSpec is JSON describing the Cinder source (see services/api).
 	CinderSpec *string `gorm:"column:cinder_spec"`
+	// RegisterStartedAt is when the finalizer sent the Cinder request that
+	// creates the destination volume (its ledger, before the call); nil
+	// when no such request is outstanding. DestVolumeID records the answer.
+	RegisterStartedAt *time.Time `gorm:"column:register_started_at"`
 
 	BytesTotal         int64  `gorm:"column:bytes_total"`
 	BytesTransferred   int64  `gorm:"column:bytes_transferred"`
@@ -78,6 +82,9 @@ type Transfer struct {
 	UpdatedAt  time.Time  `gorm:"column:updated_at"`
 	StartedAt  *time.Time `gorm:"column:started_at"`  // first entry into accepted
 	FinishedAt *time.Time `gorm:"column:finished_at"` // entry into a terminal status
+	// CleanedAt is when the clean-up of a failed or cancelled transfer's
+	// leftovers was sent to its agents (nil: not yet; a retry clears it).
+	CleanedAt *time.Time `gorm:"column:cleaned_at"`
 }
 
 // TableName implements gorm's tabler.
@@ -89,6 +96,7 @@ func (t *Transfer) AfterFind(*gorm.DB) error {
 	t.UpdatedAt = t.UpdatedAt.UTC()
 	t.StartedAt = utcPtr(t.StartedAt)
 	t.FinishedAt = utcPtr(t.FinishedAt)
+	t.CleanedAt = utcPtr(t.CleanedAt)
 	return nil
 }
 

@@ -3,111 +3,48 @@ package db
 import (
 	"fmt"
 	"strings"
+
+	"github.com/ferry-project/ferry/db/state"
 )
 
-// Status is a transfer's state.
-type Status string
+// Status is a transfer's state; the state machine is package db/state,
+// re-exported here for the store's callers.
+type Status = state.Status
 
 // The transfer statuses.
 const (
-	StatusQueued       Status = "queued"
-	StatusAccepted     Status = "accepted"
-	StatusPreparing    Status = "preparing"
-	StatusTransferring Status = "transferring"
-	StatusVerifying    Status = "verifying"
-	StatusFinalizing   Status = "finalizing"
-	StatusCompleted    Status = "completed"
-	StatusError        Status = "error"
-	StatusCancelling   Status = "cancelling"
-	StatusCancelled    Status = "cancelled"
+	StatusQueued       = state.Queued
+	StatusAccepted     = state.Accepted
+	StatusPreparing    = state.Preparing
+	StatusTransferring = state.Transferring
+	StatusVerifying    = state.Verifying
+	StatusFinalizing   = state.Finalizing
+	StatusCompleted    = state.Completed
+	StatusError        = state.Error
+	StatusCancelling   = state.Cancelling
+	StatusCancelled    = state.Cancelled
 )
 
-// transitions is the transfer state machine. A transition not listed here is
-// refused with ErrInvalidTransition; a status never moves to itself.
-//
-//	from          allowed to
-//	------------  -----------------------------------------------
-//	queued        accepted, cancelling, cancelled, error
-//	accepted      preparing, cancelling, error, queued (re-dispatch)
-//	preparing     transferring, cancelling, error, queued (re-dispatch)
-//	transferring  verifying, cancelling, error, queued (re-dispatch)
-//	verifying     finalizing, completed, cancelling, error
-//	finalizing    completed, error
-//	cancelling    cancelled, error
-//	error         queued (retry: same id, resumes from the checkpoint)
-//	completed     – (terminal)
-//	cancelled     – (terminal)
-//
-// queued → cancelled is the direct cancel of a transfer no agent holds yet;
-// active transfers go through cancelling so that the agent can stop first.
-// error is terminal too, but a retry may bring it back to queued.
-var transitions = map[Status][]Status{
-	StatusQueued:       {StatusAccepted, StatusCancelling, StatusCancelled, StatusError},
-	StatusAccepted:     {StatusPreparing, StatusCancelling, StatusError, StatusQueued},
-	StatusPreparing:    {StatusTransferring, StatusCancelling, StatusError, StatusQueued},
-	StatusTransferring: {StatusVerifying, StatusCancelling, StatusError, StatusQueued},
-	StatusVerifying:    {StatusFinalizing, StatusCompleted, StatusCancelling, StatusError},
-	StatusFinalizing:   {StatusCompleted, StatusError},
-	StatusCancelling:   {StatusCancelled, StatusError},
-	StatusError:        {StatusQueued},
-	StatusCompleted:    nil,
-	StatusCancelled:    nil,
-}
-
 // AllStatuses lists every status, in the order of a transfer's life.
-func AllStatuses() []Status {
-	return []Status{
-		StatusQueued, StatusAccepted, StatusPreparing, StatusTransferring,
-		StatusVerifying, StatusFinalizing, StatusCompleted, StatusError,
-		StatusCancelling, StatusCancelled,
-	}
-}
+func AllStatuses() []Status { return state.All() }
 
 // CanTransition reports whether the state machine allows from → to.
-func CanTransition(from, to Status) bool {
-	for _, s := range transitions[from] {
-		if s == to {
-			return true
-		}
-	}
-	return false
-}
+func CanTransition(from, to Status) bool { return state.CanTransition(from, to) }
 
 // IsTerminal reports whether s is a final status (completed, error,
 // cancelled). Only transfers in a terminal status may be deleted.
-func IsTerminal(s Status) bool {
-	switch s {
-	case StatusCompleted, StatusError, StatusCancelled:
-		return true
-	}
-	return false
-}
+func IsTerminal(s Status) bool { return state.IsTerminal(s) }
 
 // IsActive reports whether an agent is working on a transfer in status s
 // (accepted through finalizing): progress reports are accepted only then.
-func IsActive(s Status) bool {
-	switch s {
-	case StatusAccepted, StatusPreparing, StatusTransferring, StatusVerifying, StatusFinalizing:
-		return true
-	}
-	return false
-}
-
-// Valid reports whether s is one of the known statuses.
-func (s Status) Valid() bool {
-	_, ok := transitions[s]
-	return ok
-}
-
-// String returns the status value.
-func (s Status) String() string { return string(s) }
+func IsActive(s Status) bool { return state.IsActive(s) }
 
 // ParseStatus returns the status named by s (case-insensitive, surrounding
 // space ignored), or an error wrapping ErrInvalidArgument.
 func ParseStatus(s string) (Status, error) {
-	st := Status(strings.ToLower(strings.TrimSpace(s)))
-	if !st.Valid() {
-		return "", fmt.Errorf("%w: unknown transfer status %q", ErrInvalidArgument, s)
+	st, err := state.Parse(s)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrInvalidArgument, err)
 	}
 	return st, nil
 }

@@ -5,43 +5,6 @@ import (
 	"testing"
 )
 
-// TestCanTransitionMatrix checks every (from, to) pair against the table in
-// the documentation, written out independently of the transitions map.
-func TestCanTransitionMatrix(t *testing.T) {
-	allowed := map[Status][]Status{
-		StatusQueued:       {StatusAccepted, StatusCancelling, StatusCancelled, StatusError},
-		StatusAccepted:     {StatusPreparing, StatusCancelling, StatusError, StatusQueued},
-		StatusPreparing:    {StatusTransferring, StatusCancelling, StatusError, StatusQueued},
-		StatusTransferring: {StatusVerifying, StatusCancelling, StatusError, StatusQueued},
-		StatusVerifying:    {StatusFinalizing, StatusCompleted, StatusCancelling, StatusError},
-		StatusFinalizing:   {StatusCompleted, StatusError},
-		StatusCancelling:   {StatusCancelled, StatusError},
-		StatusError:        {StatusQueued},
-	}
-	all := append(AllStatuses(), "", "bogus")
-	checked := 0
-	for _, from := range all {
-		for _, to := range all {
-			want := false
-			for _, s := range allowed[from] {
-				if s == to {
-					want = true
-				}
-			}
-			if got := CanTransition(from, to); got != want {
-				t.Errorf("CanTransition(%q, %q) = %v, want %v", from, to, got, want)
-			}
-			checked++
-		}
-	}
-	if checked != 144 {
-		t.Fatalf("checked %d pairs, want 144", checked)
-	}
-	if len(AllStatuses()) != 10 {
-		t.Fatalf("AllStatuses has %d entries, want 10", len(AllStatuses()))
-	}
-}
-
 func TestStatusPredicates(t *testing.T) {
 	tests := []struct {
 		s                       Status

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/google/uuid"
@@ -52,6 +53,52 @@ type CreateOption func(*createOptions)
 type createOptions struct {
 	requestID string
 	message   string
+	quota     *Quota
+}
+
+// Quota limits a project's transfers in progress (not terminal): their
+// number, and the bytes they still have to copy as their agents report
+// them (bytes_total - bytes_transferred). Zero means no limit.
+type Quota struct {
+	Transfers     int
+	BytesInFlight int64
+	// NewBytes is what the new transfer will copy, when known (0 when
+	// not: its agent reports it).
+	NewBytes int64
+}
+
+// WithQuota checks q in the creating transaction: a project at its quota
+// gets ErrQuotaExceeded and nothing is created. On SQLite the check and the
+// insert are serialised; on MariaDB and PostgreSQL concurrent creations of
+// one project may overshoot by the requests in flight.
+func WithQuota(q Quota) CreateOption {
+	return func(o *createOptions) { o.quota = &q }
+}
+
+// checkQuota counts the project's transfers in progress within tx.
+func checkQuota(tx *gorm.DB, projectID string, q *Quota) error {
+	active := tx.Model(&Transfer{}).Where("project_id = ? AND status NOT IN ?", projectID, []Status{StatusCompleted, StatusError, StatusCancelled})
+	if q.Transfers > 0 {
+		var n int64
+		if err := active.Session(&gorm.Session{}).Count(&n).Error; err != nil {
+			return translate(err)
+		}
+		if n >= int64(q.Transfers) {
+			return fmt.Errorf("%w: project %s has %d transfers in progress, its quota is %d", ErrQuotaExceeded, projectID, n, q.Transfers)
+		}
+	}
+	if q.BytesInFlight > 0 {
+		var left struct{ Sum int64 }
+		if err := active.Session(&gorm.Session{}).
+			Select("COALESCE(SUM(CASE WHEN bytes_total > bytes_transferred THEN bytes_total - bytes_transferred ELSE 0 END), 0) AS sum").
+			Scan(&left).Error; err != nil {
+			return translate(err)
+		}
+		if left.Sum+q.NewBytes > q.BytesInFlight {
+			return fmt.Errorf("%w: project %s has %d bytes in flight (and this transfer %d), its quota is %d", ErrQuotaExceeded, projectID, left.Sum, q.NewBytes, q.BytesInFlight)
+		}
+	}
+	return nil
 }
 
 // WithRequestID records the API request id on the creation event.
@@ -93,6 +140,11 @@ func (d *DB) CreateTransfer(ctx context.Context, t *Transfer, outbox *OutboxMess
 	now := d.now()
 	t.CreatedAt, t.UpdatedAt = now, now
 	err := d.inTx(ctx, func(tx *gorm.DB) error {
+		if co.quota != nil {
+			if err := checkQuota(tx, t.ProjectID, co.quota); err != nil {
+				return err
+			}
+		}
 		if err := tx.Create(t).Error; err != nil {
 			return fmt.Errorf("insert transfer: %w", translate(err))
 		}
@@ -345,10 +397,19 @@ type TransferFields struct {
 	BytesTransferred   *int64
 	RateBytesPerSecond *int64
 	Digest             *string
+	// RegisterStartedAt sets register_started_at; a zero time clears it.
+	RegisterStartedAt *time.Time
 }
 
 func (f TransferFields) columns() (map[string]any, error) {
 	cols := map[string]any{}
+	if f.RegisterStartedAt != nil {
+		if f.RegisterStartedAt.IsZero() {
+			cols["register_started_at"] = nil
+		} else {
+			cols["register_started_at"] = f.RegisterStartedAt.UTC()
+		}
+	}
 	str := func(col string, v *string, maxLen int) error {
 		if v == nil {
 			return nil
@@ -476,6 +537,7 @@ func (d *DB) TransitionTransfer(ctx context.Context, id string, to Status, opts 
 				upd["error"] = nil
 				upd["started_at"] = nil
 				upd["finished_at"] = nil
+				upd["cleaned_at"] = nil
 			}
 		case to == StatusAccepted && cur.StartedAt == nil:
 			upd["started_at"] = now
@@ -709,6 +771,58 @@ func (d *DB) UpdateFields(ctx context.Context, id string, expect Status, f Trans
 	})
 	if err != nil {
 		return fmt.Errorf("db: update %s: %w", id, err)
+	}
+	return nil
+}
+
+// ListCleanable returns up to limit transfers whose leftovers may be
+// cleaned up: failed or cancelled before before, and not cleaned yet (a
+// retry makes a transfer cleanable again when it ends anew). Oldest first.
+func (d *DB) ListCleanable(ctx context.Context, before time.Time, limit int) ([]Transfer, error) {
+	if limit <= 0 || limit > MaxListLimit {
+		limit = MaxListLimit
+	}
+	var out []Transfer
+	err := d.gorm.WithContext(ctx).
+		Where("status IN ? AND finished_at < ? AND cleaned_at IS NULL", []Status{StatusError, StatusCancelled}, before.UTC()).
+		Order("finished_at ASC").Order("id ASC").Limit(limit).Find(&out).Error
+	if err != nil {
+		return nil, fmt.Errorf("db: list cleanable transfers: %w", translate(err))
+	}
+	return out, nil
+}
+
+// MarkCleaned records that transfer id's clean-up is sent, writing msgs
+// (its agents' clean-up commands) to the outbox in the same transaction.
+// The transfer must still be failed or cancelled, uncleaned, and finished
+// at finishedAt (not retried since), else ErrConflict.
+func (d *DB) MarkCleaned(ctx context.Context, id string, finishedAt time.Time, msgs ...*OutboxMessage) error {
+	for _, m := range msgs {
+		if err := checkOutbox(m); err != nil {
+			return fmt.Errorf("db: mark %s cleaned: %w", id, err)
+		}
+	}
+	err := d.inTx(ctx, func(tx *gorm.DB) error {
+		now := d.now()
+		res := tx.Model(&Transfer{}).
+			Where("id = ? AND status IN ? AND finished_at = ? AND cleaned_at IS NULL", id, []Status{StatusError, StatusCancelled}, finishedAt.UTC()).
+			UpdateColumns(map[string]any{"cleaned_at": now})
+		if res.Error != nil {
+			return translate(res.Error)
+		}
+		if res.RowsAffected != 1 {
+			return fmt.Errorf("%w: transfer %s is no longer a failed or cancelled transfer to clean", ErrConflict, id)
+		}
+		for _, m := range msgs {
+			resetOutbox(m, now)
+			if err := tx.Create(m).Error; err != nil {
+				return fmt.Errorf("insert outbox message: %w", translate(err))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("db: mark %s cleaned: %w", id, err)
 	}
 	return nil
 }

@@ -162,3 +162,19 @@ type TransferQueryReply struct {
 	// BytesDone is the copied size (the transfer's bytes_total).
 	BytesDone uint64 `json:"bytes_done,omitempty"`
 }
+
+// MethodTransferCleanup: API → the agents of a failed or cancelled
+// transfer's source and destination regions (cast to agent.<region>):
+// remove what it left there, and nothing else: the source snapshot Ferry
+// took (tagged), the destination image when the transfer created it and
+// nothing was ever completed into it, else its writing state. Sent by
+// ferry-api's garbage collector after [api] cleanup_grace. Since 1.2.
+const MethodTransferCleanup = "transfer.cleanup"
+
+// TransferCleanup is transfer.cleanup's body.
+type TransferCleanup struct {
+	TransferID  string   `json:"transfer_id"`
+	Epoch       int64    `json:"epoch"`
+	Source      Location `json:"source"`
+	Destination Location `json:"destination"`
+}

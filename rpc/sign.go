@@ -98,7 +98,11 @@ type SigningCaster struct {
 // IsAgentCommand reports whether ferry-api sends method to agents (and so
 // signs it, and agents verify it).
 func IsAgentCommand(method string) bool {
-	return method == MethodTransferStart || method == MethodTransferCancel || method == MethodTransferQuery
+	switch method {
+	case MethodTransferStart, MethodTransferCancel, MethodTransferQuery, MethodTransferCleanup:
+		return true
+	}
+	return false
 }
 
 // Cast implements Caster.

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Two real Ceph (Pacific) micro clusters, one per region: mon + mgr + one OSD each, cephx,
-# msgr v2 only, pool "volumes" for RBD, user client.ferry. Recipe and pitfalls: shared/notes/ceph.md.
+# msgr v2 only, pool "volumes" for RBD, user client.ferry.
 #
 # A memstore OSD keeps nothing when it stops and cannot be restarted: a memstore cluster is
 # single-use, so `up` purges a cluster whose daemons are not all alive and creates a fresh one.

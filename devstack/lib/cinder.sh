@@ -3,8 +3,8 @@
 # (RegionOne 127.0.0.1:8776, RegionTwo 127.0.0.1:8786), cinder-scheduler, cinder-volume (RBD
 # driver on the region's pool `volumes`) and cinder-backup (Ceph driver, pool `backups`), each
 # region with its own MariaDB database (the machine's, root over 127.0.0.1:3306), RabbitMQ vhost,
-# Ceph user client.cinder and files under $STACK_DIR/cinder/<Region>. Recipe, figures and
-# pitfalls: shared/notes/cinder.md. FERRY_STACK_CINDER=0 leaves Cinder out.
+# Ceph user client.cinder and files under $STACK_DIR/cinder/<Region> (figures and pitfalls:
+# devstack/README.md). FERRY_STACK_CINDER=0 leaves Cinder out.
 #
 # Warm `up`: a region is provisioned once per Ceph cluster (its fsid: a memstore cluster made
 # anew means a new Cinder database too, since the volumes it knew are gone); a daemon is

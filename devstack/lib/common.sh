@@ -3,7 +3,7 @@
 # Sourced by stack.sh; expects `set -euo pipefail` from the caller.
 
 # ---------------------------------------------------------------------------
-# Layout and fixed settings (see /work/shared/ARCHITECTURE.md section 3)
+# Layout and fixed settings
 # ---------------------------------------------------------------------------
 STACK_DIR=${FERRY_STACK_DIR:-/tmp/ferry-stack}
 STACK_LOG_DIR=$STACK_DIR/logs

@@ -119,6 +119,10 @@ policy_file = $F_DIR/policy.yaml
 # A development stack notices a dead agent quickly.
 agent_down_time = 15
 command_signing_key_file = $F_PKI/signing.key
+# Failed and cancelled transfers' leftovers go after 20 s (memstore OSDs hold data in RAM).
+cleanup_grace = 20
+# The tests run many transfers of the admin project at once.
+quota_transfers = 100
 agent_users = $(for r in "${REGIONS[@]}"; do printf '%s%s:%s' "${sep:-}" "$r" "$(ferry_agent_broker_user "$r")"; sep=,; done)
 $(ferry_cinder_conf)
 EOF

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # A private Keystone (Debian's Zed packages) under $STACK_DIR/keystone: sqlite + WAL, fernet
-# tokens, dict cache, uwsgi on 127.0.0.1:5000 (1 process, 1 thread). Recipe and pitfalls:
-# shared/notes/keystone.md. Seeded through the REST API with curl, then checked by logging in as
+# tokens, dict cache, uwsgi on 127.0.0.1:5000 (1 process, 1 thread). Seeded through the REST
+# API with curl, then checked by logging in as
 # every user.
 
 KEYSTONE_PACKAGES=(keystone)

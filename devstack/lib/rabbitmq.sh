@@ -2,7 +2,6 @@
 # RabbitMQ: the machine's own broker at 127.0.0.1:5672 (guest/guest). If none answers, start the
 # installed one with `rabbitmq-server -detached` (installing the package first if needed) and
 # remember that the stack started it: `down` stops only a broker the stack started.
-# Notes: shared/notes/rabbitmq.md.
 
 RABBIT_HOST=127.0.0.1
 RABBIT_PORT=5672

@@ -1,6 +1,3 @@
-// Package agent is ferry-agent: it runs next to one region's Ceph cluster,
-// reads and writes RBD images there and streams them to and from the agents
-// of other regions. It never touches the database.
 package agent
 
 import (
@@ -12,6 +9,8 @@ import (
 	"log/slog"
 	"net"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/ferry-project/ferry/rpc"
 	"github.com/ferry-project/ferry/rpc/amqp"
@@ -154,59 +153,28 @@ func advertised(advertise, listening, hostname string) (endpoint, serverName str
 // Serve runs the data port and consumes the region's and this agent's
 // queues on bus until ctx ends.
 func (a *Agent) Serve(ctx context.Context, bus Bus) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	r := newRunner(a, bus, bus)
 	defer r.stopAll()
-	var shared, own rpc.Mux
-	a.destHandlers(&shared)
-	// Commands from ferry-api are signed: anything else is refused and
-	// dead-lettered.
-	shared.Handle(rpc.MethodTransferStart, rpc.RequireSigned(a.verifier, func(ctx context.Context, env rpc.Envelope) (any, error) {
-		var req rpc.TransferStart
-		if err := env.DecodeBody(&req); err != nil {
-			return nil, err
-		}
-		if req.Source.Region != a.cfg.Agent.Region {
-			err := fmt.Errorf("%w: a start of region %s reached region %s", rpc.ErrForbidden, req.Source.Region, a.cfg.Agent.Region)
-			a.refusedCommand(env, err)
-			return nil, err
-		}
-		return nil, r.start(ctx, req, rpc.GrantOf(env))
-	}, a.refusedCommand))
-	// The agent's own queue answers the methods that must reach the agent
-	// holding a transfer or a session.
-	a.destHandlers(&own)
-	own.Handle(rpc.MethodTransferCancel, rpc.RequireSigned(a.verifier, func(_ context.Context, env rpc.Envelope) (any, error) {
-		var req rpc.TransferCancel
-		if err := env.DecodeBody(&req); err != nil {
-			return nil, err
-		}
-		r.cancel(req.TransferID, req.Epoch)
-		return struct{}{}, nil
-	}, a.refusedCommand))
+	shared, own := a.handlers(r)
 	region := a.cfg.Agent.Region
-	errc := make(chan error, 5)
-	go func() { errc <- a.server.Serve(ctx, a.ln) }()
+	// The background loops: one failing stops them all.
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return a.server.Serve(gctx, a.ln) })
 	if addr := a.cfg.Agent.MetricsListen; addr != "" {
-		go func() { errc <- a.serveMetrics(ctx, addr) }()
+		g.Go(func() error { return a.serveMetrics(gctx, addr) })
 	}
-	go func() {
+	g.Go(func() error {
 		t := string(rpc.AgentTarget(region))
-		errc <- bus.Consume(ctx, t, []string{t}, shared.Serve)
-	}()
-	go func() {
+		return bus.Consume(gctx, t, []string{t}, shared.Serve)
+	})
+	g.Go(func() error {
 		t := string(rpc.AgentHostTarget(region, a.host))
-		errc <- bus.Consume(ctx, t, []string{t}, own.Serve)
-	}()
-	go func() { errc <- a.heartbeater(bus, r).Run(ctx) }()
-	go func() { errc <- a.health.Run(ctx) }()
-	select {
-	case err := <-errc:
-		if err != nil && !errors.Is(err, net.ErrClosed) && ctx.Err() == nil {
-			return err
-		}
-	case <-ctx.Done():
+		return bus.Consume(gctx, t, []string{t}, own.Serve)
+	})
+	g.Go(func() error { return a.heartbeater(bus, r).Run(gctx) })
+	g.Go(func() error { return a.health.Run(gctx) })
+	if err := g.Wait(); err != nil && !errors.Is(err, net.ErrClosed) && ctx.Err() == nil {
+		return err
 	}
 	return nil
 }

@@ -130,6 +130,16 @@ func (r *runner) run(ctx context.Context, req rpc.TransferStart, grant *rpc.Gran
 			ev.Event, ev.Error = rpc.EventCancelled, "cancelled"
 		}
 		log.Warn("transfer failed", "error", err)
+		if job.Ephemeral {
+			// A Cinder volume's copy: Ferry's snapshot on the user's
+			// volume would keep Cinder from deleting it. A retry takes a
+			// new one (and starts over).
+			if removed, derr := r.a.Source.Discard(rctx, job); derr != nil {
+				log.Warn("the failed transfer's source snapshot stays", "error", derr)
+			} else if removed != "" {
+				log.Info("source snapshot of the failed transfer removed", "snapshot", removed)
+			}
+		}
 		r.report(rctx, ev)
 		return
 	}

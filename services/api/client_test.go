@@ -64,7 +64,7 @@ func TestClientLibraryAgainstRouter(t *testing.T) {
 	}}
 	var kicks atomic.Int32
 	hooks := fakeHooks(&kicks)
-	hooks.Authenticate = auth.Middleware(v, auth.Options{Logger: slog.New(slog.DiscardHandler)})
+	hooks.Authenticate = auth.Middleware(v, auth.Options{Logger: slog.New(slog.DiscardHandler), Fault: writeError})
 	hooks.CallerOf = callerOf
 	policy := auth.DefaultPolicy()
 	hooks.Allowed = func(rule string, c *Caller, target map[string]string) bool {
@@ -74,6 +74,7 @@ func TestClientLibraryAgainstRouter(t *testing.T) {
 	s := &Server{cfg: config.Defaults(), log: slog.New(slog.DiscardHandler), db: store, hooks: hooks}
 	ts := httptest.NewServer(s.Router())
 	t.Cleanup(ts.Close)
+	s.cfg.API.PublicEndpoint = ts.URL
 	v.catalog = &tokens.ServiceCatalog{Entries: []tokens.CatalogEntry{{Type: ServiceType, Name: "ferry", Endpoints: []tokens.Endpoint{
 		{Region: "RegionOne", RegionID: "RegionOne", Interface: "public", URL: ts.URL},
 		{Region: "RegionTwo", RegionID: "RegionTwo", Interface: "public", URL: ts.URL},
@@ -225,7 +226,7 @@ func TestClientLibraryAgainstRouter(t *testing.T) {
 	}
 	// A member may create from a volume (the default policy's
 	// transfer:create): past the policy, this server has no Cinder (501).
-	volOpts := transfers.CreateOpts{Source: transfers.SourceOpts{Region: "RegionOne", VolumeID: "v1"}, Destination: transfers.DestinationOpts{Region: "RegionTwo"}}
+	volOpts := transfers.CreateOpts{Source: transfers.SourceOpts{Region: "RegionOne", VolumeID: "8c3c5e1e-6f0e-4f57-9a43-0c1f3e7e9d10"}, Destination: transfers.DestinationOpts{Region: "RegionTwo"}}
 	if _, err := transfers.Create(ctx, demo, volOpts).Extract(); !gophercloud.ResponseCodeIs(err, http.StatusNotImplemented) {
 		t.Errorf("member creates from a volume without Cinder: %v, want 501", err)
 	}

@@ -25,7 +25,9 @@ type Registrar interface {
 // (the status consumer's) and every Interval, so a finalization that a
 // stopped API left is resumed by the next: the volume that an interrupted
 // attempt created is in destination.volume_id and is waited for, not
-// managed twice.
+// managed twice; one whose manage-existing went unanswered is in
+// register_started_at, and the volume it made is found by what no user can
+// set (creator and creation time), never by metadata.
 //
 // Of several ferry-api processes only the holder of the database lease
 // "finalizer" finalizes (Owner names this process), so registrations, and
@@ -160,8 +162,8 @@ func (f *Finalizer) finalize(ctx context.Context, t *db.Transfer) {
 	register, onError := f.registerBackup, db.TransferFields{}
 	if t.SourceVolumeID != "" {
 		// The volume record of a failed attempt was deleted.
-		empty := ""
-		register, onError = f.registerVolume, db.TransferFields{DestVolumeID: &empty}
+		empty, never := "", time.Time{}
+		register, onError = f.registerVolume, db.TransferFields{DestVolumeID: &empty, RegisterStartedAt: &never}
 	}
 	msg, fields, err := register(ctx, t, log)
 	if err != nil {
@@ -184,7 +186,13 @@ func (f *Finalizer) registerVolume(ctx context.Context, t *db.Transfer, log *slo
 	}
 	log.Info("registering the copy with Cinder", "region", t.DestRegion, "image", t.DestImage, "project_id", spec.ProjectID)
 	id, err := f.Cinder.RegisterVolume(ctx, cinder.Registration{
-		TransferID: t.ID, Region: t.DestRegion, Image: t.DestImage, Spec: spec, ExistingVolumeID: t.DestVolumeID,
+		TransferID: t.ID, Region: t.DestRegion, Image: t.DestImage, Spec: spec,
+		// Ferry's own ledger, never the volume's (user-settable) metadata:
+		// the id Cinder answered, or when a request went unanswered.
+		ExistingVolumeID: t.DestVolumeID, AttemptedAt: derefTime(t.RegisterStartedAt),
+		Attempting: func(ctx context.Context, at time.Time) error {
+			return f.DB.UpdateFields(ctx, t.ID, db.StatusFinalizing, db.TransferFields{RegisterStartedAt: &at})
+		},
 		Created: func(ctx context.Context, volumeID string) error {
 			return f.DB.UpdateFields(ctx, t.ID, db.StatusFinalizing, db.TransferFields{DestVolumeID: &volumeID})
 		},
@@ -193,9 +201,9 @@ func (f *Finalizer) registerVolume(ctx context.Context, t *db.Transfer, log *slo
 		return "", db.TransferFields{}, err
 	}
 	// Cinder's RBD driver renamed the image volume-<id> when it managed it.
-	image := "volume-" + id
+	image, done := "volume-"+id, time.Time{}
 	return fmt.Sprintf("registered as Cinder volume %s of project %s in %s (image %s)", id, spec.ProjectID, t.DestRegion, image),
-		db.TransferFields{DestVolumeID: &id, DestImage: &image}, nil
+		db.TransferFields{DestVolumeID: &id, DestImage: &image, RegisterStartedAt: &done}, nil
 }
 
 // registerBackup imports the copied backup's record for the owner's
@@ -217,6 +225,13 @@ func (f *Finalizer) registerBackup(ctx context.Context, t *db.Transfer, log *slo
 	}
 	return fmt.Sprintf("registered as Cinder backup %s of project %s in %s", id, spec.ProjectID, t.DestRegion),
 		db.TransferFields{DestBackupID: &id}, nil
+}
+
+func derefTime(t *time.Time) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return *t
 }
 
 func deref(s *string) string {

@@ -3,9 +3,9 @@ package api
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
 	"slices"
 	"strconv"
@@ -56,7 +56,7 @@ func (s *Server) routes(r *gin.Engine) {
 	if s.hooks.Authenticate == nil {
 		return
 	}
-	v1 := r.Group("/v1", microversion(), s.hooks.Authenticate)
+	v1 := r.Group("/v1", microversion(), s.hooks.Authenticate, jsonBody())
 	v1.POST("/transfers", s.createTransfer)
 	v1.GET("/transfers", s.listTransfers)
 	v1.GET("/transfers/:id", s.showTransfer)
@@ -64,6 +64,16 @@ func (s *Server) routes(r *gin.Engine) {
 	v1.POST("/transfers/:id/action", s.transferAction)
 	v1.DELETE("/transfers/:id", s.deleteTransfer)
 	v1.GET("/services", s.listServices)
+	// /metrics is for admins here; [api] metrics_listen serves it on an
+	// address of its own instead (and not here).
+	if s.cfg.API.MetricsListen == "" {
+		r.GET("/metrics", s.hooks.Authenticate, func(c *gin.Context) {
+			if _, ok := s.authorize(c, "metrics:get", s.callerProject(c)); !ok {
+				return
+			}
+			c.Next()
+		}, s.metrics.handler())
+	}
 }
 
 func requestIDOf(c *gin.Context) string { return c.GetString("request_id") }
@@ -83,24 +93,24 @@ func (s *Server) authorize(c *gin.Context, rule, projectID string) (*Caller, boo
 	return caller, true
 }
 
-// dbError maps store errors to answers; anything unexpected is logged and
-// a 500 without details.
-func (s *Server) dbError(c *gin.Context, err error, what string) {
-	switch {
-	case errors.Is(err, db.ErrNotFound):
-		writeError(c, http.StatusNotFound, what+" could not be found.")
-	case errors.Is(err, db.ErrMarkerNotFound):
-		writeError(c, http.StatusBadRequest, "marker not found: "+c.Query("marker"))
-	case errors.Is(err, db.ErrInvalidSort), errors.Is(err, db.ErrInvalidArgument):
-		writeError(c, http.StatusBadRequest, err.Error())
-	case errors.Is(err, db.ErrInvalidTransition), errors.Is(err, db.ErrConflict):
-		writeError(c, http.StatusConflict, err.Error())
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		writeError(c, http.StatusServiceUnavailable, "The request timed out.")
-	default:
-		s.log.Error("database", "request_id", requestIDOf(c), "error", err)
-		writeError(c, http.StatusInternalServerError, "The server has either erred or is incapable of performing the requested operation.")
+// transferFor finds the transfer of the path's id that the caller may see
+// (404 otherwise) and enforces rule with the transfer's own project as the
+// target (403): what a caller may do to a transfer depends on whose it
+// is, not on the project of the caller's token.
+func (s *Server) transferFor(c *gin.Context, rule string) (*Caller, *db.Transfer, bool) {
+	caller := s.hooks.CallerOf(c)
+	if caller == nil {
+		writeError(c, http.StatusUnauthorized, "Authentication required.")
+		return nil, nil, false
 	}
+	t, ok := s.visible(c, caller)
+	if !ok {
+		return nil, nil, false
+	}
+	if _, ok := s.authorize(c, rule, t.ProjectID); !ok {
+		return nil, nil, false
+	}
+	return caller, t, true
 }
 
 func (s *Server) createTransfer(c *gin.Context) {
@@ -150,12 +160,28 @@ func (s *Server) createTransfer(c *gin.Context) {
 		s.dbError(c, err, "Transfer")
 		return
 	}
-	if err := s.db.CreateTransfer(c.Request.Context(), t, msg, db.WithRequestID(requestIDOf(c))); err != nil {
+	quota := db.Quota{Transfers: s.cfg.API.QuotaTransfers, BytesInFlight: int64(s.cfg.API.QuotaBytesInFlight), NewBytes: knownSize(t)}
+	if err := s.db.CreateTransfer(c.Request.Context(), t, msg, db.WithRequestID(requestIDOf(c)), db.WithQuota(quota)); err != nil {
 		s.dbError(c, err, "Transfer")
 		return
 	}
 	s.hooks.Kick()
 	c.JSON(http.StatusAccepted, gin.H{"transfer": ViewOf(t)})
+}
+
+// knownSize is what a new transfer will copy at most, when the API knows
+// it: a Cinder volume's size (a raw image's is reported by its agent).
+func knownSize(t *db.Transfer) int64 {
+	if t.CinderSpec == nil || t.SourceVolumeID == "" {
+		return 0
+	}
+	var spec struct {
+		SizeGiB int64 `json:"size_gib"`
+	}
+	if json.Unmarshal([]byte(*t.CinderSpec), &spec) != nil || spec.SizeGiB <= 0 {
+		return 0
+	}
+	return spec.SizeGiB << 30
 }
 
 func firstNonEmpty(a, b string) string {
@@ -174,7 +200,7 @@ func (s *Server) scopeFor(c *gin.Context, caller *Caller) (db.Scope, bool) {
 	}
 	all, err := strconv.ParseBool(v)
 	if err != nil {
-		writeError(c, http.StatusBadRequest, fmt.Sprintf("all_projects=%q is not a boolean.", v))
+		writeError(c, http.StatusBadRequest, fmt.Sprintf("all_projects=%q is not a boolean.", truncate(v, 64)))
 		return db.Scope{}, false
 	}
 	if !all {
@@ -194,9 +220,11 @@ func (s *Server) visible(c *gin.Context, caller *Caller) (*db.Transfer, bool) {
 	if s.hooks.Allowed("transfer:get_all_projects", caller, map[string]string{"project_id": caller.ProjectID}) {
 		scope = db.AllProjectsScope()
 	}
-	id := c.Param("id")
-	if _, err := uuid.Parse(id); err != nil {
-		writeError(c, http.StatusNotFound, "Transfer "+id+" could not be found.")
+	// Not a UUID: no transfer has that id (404, not 400: the CLI looks a
+	// name up when an id is not found).
+	id, ok := CanonicalUUID(c.Param("id"))
+	if !ok {
+		writeError(c, http.StatusNotFound, fmt.Sprintf("Transfer %q could not be found.", truncate(c.Param("id"), 64)))
 		return nil, false
 	}
 	t, err := s.db.GetTransfer(c.Request.Context(), id, scope)
@@ -220,7 +248,7 @@ func (s *Server) listTransfers(c *gin.Context) {
 	if v := c.Query("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 {
-			writeError(c, http.StatusBadRequest, fmt.Sprintf("limit=%q must be a positive integer.", v))
+			writeError(c, http.StatusBadRequest, fmt.Sprintf("limit=%q must be a positive integer.", truncate(v, 64)))
 			return
 		}
 		limit = min(n, s.cfg.API.MaxPageSize)
@@ -229,7 +257,7 @@ func (s *Server) listTransfers(c *gin.Context) {
 	if v := c.Query("status"); v != "" {
 		st, err := db.ParseStatus(v)
 		if err != nil {
-			writeError(c, http.StatusBadRequest, fmt.Sprintf("status=%q is not a transfer status.", v))
+			writeError(c, http.StatusBadRequest, fmt.Sprintf("status=%q is not a transfer status.", truncate(v, 64)))
 			return
 		}
 		opts.Status = st
@@ -247,10 +275,12 @@ func (s *Server) listTransfers(c *gin.Context) {
 		}
 	}
 	if opts.Marker != "" {
-		if _, err := uuid.Parse(opts.Marker); err != nil {
-			writeError(c, http.StatusBadRequest, "marker not found: "+opts.Marker)
+		id, ok := CanonicalUUID(opts.Marker)
+		if !ok {
+			writeError(c, http.StatusBadRequest, fmt.Sprintf("marker not found: %q", truncate(opts.Marker, 64)))
 			return
 		}
+		opts.Marker = id
 	}
 	items, more, err := s.db.ListTransfers(c.Request.Context(), opts)
 	if err != nil {
@@ -280,11 +310,7 @@ func (s *Server) callerProject(c *gin.Context) string {
 }
 
 func (s *Server) showTransfer(c *gin.Context) {
-	caller, ok := s.authorize(c, "transfer:get", s.callerProject(c))
-	if !ok {
-		return
-	}
-	t, ok := s.visible(c, caller)
+	_, t, ok := s.transferFor(c, "transfer:get")
 	if !ok {
 		return
 	}
@@ -292,11 +318,7 @@ func (s *Server) showTransfer(c *gin.Context) {
 }
 
 func (s *Server) transferEvents(c *gin.Context) {
-	caller, ok := s.authorize(c, "transfer:events", s.callerProject(c))
-	if !ok {
-		return
-	}
-	t, ok := s.visible(c, caller)
+	_, t, ok := s.transferFor(c, "transfer:events")
 	if !ok {
 		return
 	}
@@ -333,16 +355,8 @@ func (s *Server) transferAction(c *gin.Context) {
 		writeError(c, http.StatusBadRequest, fmt.Sprintf("Unknown action %q: use cancel or retry.", action))
 		return
 	}
-	caller, ok := s.authorize(c, "transfer:"+action, s.callerProject(c))
+	caller, t, ok := s.transferFor(c, "transfer:"+action)
 	if !ok {
-		return
-	}
-	t, ok := s.visible(c, caller)
-	if !ok {
-		return
-	}
-	if !s.hooks.Allowed("transfer:"+action, caller, map[string]string{"project_id": t.ProjectID}) {
-		writeError(c, http.StatusForbidden, fmt.Sprintf("Policy doesn't allow transfer:%s to be performed.", action))
 		return
 	}
 	rid := requestIDOf(c)
@@ -367,7 +381,7 @@ func (s *Server) transferAction(c *gin.Context) {
 			Outbox: func(nt *db.Transfer) (*db.OutboxMessage, error) { return s.hooks.CancelMessage(ctx, nt) }})
 	}
 	if err != nil {
-		s.dbError(c, err, "Transfer "+c.Param("id"))
+		s.dbError(c, err, "Transfer "+t.ID)
 		return
 	}
 	s.hooks.Kick()
@@ -375,11 +389,7 @@ func (s *Server) transferAction(c *gin.Context) {
 }
 
 func (s *Server) deleteTransfer(c *gin.Context) {
-	caller, ok := s.authorize(c, "transfer:delete", s.callerProject(c))
-	if !ok {
-		return
-	}
-	t, ok := s.visible(c, caller)
+	_, t, ok := s.transferFor(c, "transfer:delete")
 	if !ok {
 		return
 	}
@@ -444,6 +454,38 @@ func cephHealthView(h *db.ServiceHealth) gin.H {
 		v["error"] = h.Error
 	}
 	return v
+}
+
+// jsonBody refuses a request body that is not JSON (415): a POST, PUT or
+// PATCH with a body must say application/json (or a +json type) or say
+// nothing, as OpenStack services assume JSON then.
+func jsonBody() gin.HandlerFunc {
+	return func(c *gin.Context) {
+		r := c.Request
+		if r.Method != http.MethodPost && r.Method != http.MethodPut && r.Method != http.MethodPatch || r.ContentLength == 0 {
+			c.Next()
+			return
+		}
+		ct := r.Header.Get("Content-Type")
+		if ct == "" {
+			c.Next()
+			return
+		}
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || mt != "application/json" && !(strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json")) {
+			writeError(c, http.StatusUnsupportedMediaType, fmt.Sprintf("Content-Type %q is not supported: the body must be application/json.", truncate(ct, 64)))
+			return
+		}
+		c.Next()
+	}
+}
+
+// truncate shortens s (a client's value quoted in a message) to n bytes.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }
 
 // strictJSON decodes a small JSON body into v; bad JSON is written as 400.

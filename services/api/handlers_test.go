@@ -94,6 +94,7 @@ func newAPITest(t *testing.T) *apiTest {
 	s := &Server{cfg: config.Defaults(), log: slog.New(slog.DiscardHandler), db: d, hooks: fakeHooks(&at.kicks)}
 	ts := httptest.NewServer(s.Router())
 	t.Cleanup(ts.Close)
+	s.cfg.API.PublicEndpoint = ts.URL
 	at.url = ts.URL
 	return at
 }
@@ -289,9 +290,9 @@ func TestBadRequests(t *testing.T) {
 		{"POST", "/v1/transfers/" + id + "/action", `nonsense`, 400, "badRequest"},
 		{"POST", "/v1/transfers/" + id + "/action", `{"retry": null}`, 409, "conflictingRequest"},
 		{"POST", "/v1/transfers", `{"transfer": {"source": {"region": "RegionThree", "pool": "p", "image": "i"}, "destination": {"region": "RegionTwo"}}}`, 400, "badRequest"},
-		{"POST", "/v1/transfers", `{"transfer": {"source": {"region": "RegionOne", "volume_id": "v"}, "destination": {"region": "RegionTwo"}}}`, 501, "notImplemented"},
+		{"POST", "/v1/transfers", `{"transfer": {"source": {"region": "RegionOne", "volume_id": "8c3c5e1e-6f0e-4f57-9a43-0c1f3e7e9d10"}, "destination": {"region": "RegionTwo"}}}`, 501, "notImplemented"},
 		{"POST", "/v1/transfers", `{"transfer": {"source": {"region": "RegionOne", "pool": "p", "image": "i"}, "destination": {"region": "RegionOne"}}}`, 400, "badRequest"},
-		{"PUT", "/v1/transfers/" + id, `{}`, 404, "itemNotFound"},
+		{"PUT", "/v1/transfers/" + id, `{}`, 405, "badMethod"},
 	}
 	for _, tc := range cases {
 		code, m := a.do(admin, tc.method, tc.path, tc.body)
@@ -369,4 +370,35 @@ func TestRetryWritesStart(t *testing.T) {
 	if a.kicks.Load() != 2 {
 		t.Errorf("publisher kicked %d times", a.kicks.Load())
 	}
+}
+
+// [api] quota_transfers: a project at its quota gets 413 with an
+// OpenStack overLimit body; another project is not affected; a finished
+// transfer frees its slot.
+func TestCreateQuota(t *testing.T) {
+	d := testDB(t)
+	at := &apiTest{t: t, db: d}
+	cfg := config.Defaults()
+	cfg.API.QuotaTransfers = 2
+	s := &Server{cfg: cfg, log: slog.New(slog.DiscardHandler), db: d, hooks: fakeHooks(&at.kicks)}
+	ts := httptest.NewServer(s.Router())
+	t.Cleanup(ts.Close)
+	at.url = ts.URL
+	first := at.create(admin)
+	at.create(admin)
+	code, m := at.do(admin, "POST", "/v1/transfers", imageBody)
+	if code != http.StatusRequestEntityTooLarge {
+		t.Fatalf("third transfer: %d %v, want 413", code, m)
+	}
+	ol, _ := m["overLimit"].(map[string]any)
+	if ol == nil || ol["code"] != float64(413) || !strings.Contains(ol["message"].(string), "quota is 2") {
+		t.Errorf("body %v, want an overLimit fault naming the quota", m)
+	}
+	if n, _, err := d.ListTransfers(context.Background(), db.ListOpts{Scope: db.ProjectScope(admin[1]), Limit: 10}); err != nil || len(n) != 2 {
+		t.Errorf("%d transfers after the refusal, %v", len(n), err)
+	}
+	if code, _ := at.do(admin, "POST", "/v1/transfers/"+first+"/action", `{"cancel": null}`); code != http.StatusAccepted {
+		t.Fatalf("cancel: %d", code)
+	}
+	at.create(admin) // the cancelled one's slot
 }

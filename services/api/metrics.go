@@ -1,6 +1,7 @@
 package api
 
 import (
+	"net/http"
 	"strconv"
 	"time"
 
@@ -49,7 +50,12 @@ func (m *metrics) middleware() gin.HandlerFunc {
 	}
 }
 
+// httpHandler serves the metrics in Prometheus' text format.
+func (m *metrics) httpHandler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
 func (m *metrics) handler() gin.HandlerFunc {
-	h := promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+	h := m.httpHandler()
 	return func(c *gin.Context) { h.ServeHTTP(c.Writer, c.Request) }
 }

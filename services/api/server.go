@@ -4,12 +4,14 @@ package api
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -35,10 +37,11 @@ const (
 
 // Server holds ferry-api's dependencies.
 type Server struct {
-	cfg   *config.Config
-	log   *slog.Logger
-	db    *db.DB
-	hooks Hooks
+	cfg     *config.Config
+	log     *slog.Logger
+	db      *db.DB
+	hooks   Hooks
+	metrics *metrics
 }
 
 // Run starts ferry-api and serves until ctx is cancelled. The database schema
@@ -82,53 +85,122 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		cs.Ledger = grantLedger{db: store}
 		wiring.Cinder = cs
 	}
-	s.Start(ctx, wiring)
-	addr := net.JoinHostPort(cfg.API.BindHost, strconv.Itoa(cfg.API.BindPort))
-	srv := &http.Server{Addr: addr, Handler: s.Router(), ReadHeaderTimeout: 10 * time.Second}
+	// The HTTP server and the background loops: the first to fail stops
+	// the others, and ferry-api exits with its error.
+	return runLoops(ctx, append(s.wire(wiring), loop{"API server", s.serve}))
+}
+
+// serve runs the API's listener (HTTPS with [api] cert_file and key_file)
+// and, with [api] metrics_listen, the metrics listener, until ctx ends.
+func (s *Server) serve(ctx context.Context) error {
+	a := s.cfg.API
+	addr := net.JoinHostPort(a.BindHost, strconv.Itoa(a.BindPort))
+	srv := s.httpServer(s.Router())
+	servers := []*http.Server{srv}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("[api] bind: %w", err)
 	}
-	log.Info("listening", "address", ln.Addr().String())
-	errc := make(chan error, 1)
+	if a.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(a.CertFile, a.KeyFile)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("[api] cert_file, key_file: %w", err)
+		}
+		srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+		ln = tls.NewListener(ln, srv.TLSConfig)
+	}
+	s.log.Info("listening", "address", ln.Addr().String(), "tls", a.CertFile != "")
+	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()
+	if a.MetricsListen != "" {
+		mln, err := net.Listen("tcp", a.MetricsListen)
+		if err != nil {
+			_ = srv.Close()
+			return fmt.Errorf("[api] metrics_listen: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", s.metrics.httpHandler())
+		msrv := s.httpServer(mux)
+		servers = append(servers, msrv)
+		s.log.Info("serving metrics", "address", mln.Addr().String())
+		go func() { errc <- msrv.Serve(mln) }()
+	}
 	select {
 	case err := <-errc:
+		for _, sv := range servers {
+			_ = sv.Close()
+		}
 		return err
 	case <-ctx.Done():
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("shutdown: %w", err)
+	for _, sv := range servers {
+		if err := sv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("shutdown: %w", err)
+		}
 	}
 	return nil
 }
 
-// Router builds the HTTP handler.
+// httpServer is an http.Server with [api]'s timeouts: no client holds a
+// connection or a goroutine for longer than they allow.
+func (s *Server) httpServer(h http.Handler) *http.Server {
+	a := s.cfg.API
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: min(10*time.Second, secondsDur(a.ReadTimeout)),
+		ReadTimeout:       secondsDur(a.ReadTimeout),
+		WriteTimeout:      secondsDur(a.WriteTimeout),
+		IdleTimeout:       secondsDur(a.IdleTimeout),
+		MaxHeaderBytes:    256 << 10, // a 64 KiB token still reaches the middleware (401)
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+}
+
+// Router builds the HTTP handler: the request id and the trusted proxies
+// around gin, which answers 404 and 405 (with Allow) in OpenStack's form.
 func (s *Server) Router() http.Handler {
 	gin.SetMode(gin.ReleaseMode)
 	r := gin.New()
-	m := newMetrics()
-	r.Use(requestID(), m.middleware(), gin.Recovery())
+	r.HandleMethodNotAllowed = true
+	// The client's address is RemoteAddr, which trustedProxies rewrote;
+	// gin believes no forwarding header itself.
+	_ = r.SetTrustedProxies(nil)
+	r.ForwardedByClientIP = false
+	if s.metrics == nil {
+		s.metrics = newMetrics()
+	}
+	r.Use(requestID(), s.metrics.middleware(), recovery(s.log))
 	r.GET("/", s.versions)
-	r.GET("/metrics", m.handler())
 	r.GET("/healthcheck", s.healthcheck)
 	s.routes(r)
-	s.mountDashboard(r)
 	r.NoRoute(func(c *gin.Context) {
 		writeError(c, http.StatusNotFound, "The resource could not be found.")
 	})
-	return r
+	r.NoMethod(func(c *gin.Context) {
+		writeError(c, http.StatusMethodNotAllowed, fmt.Sprintf("The method %s is not allowed for this resource (allowed: %s).",
+			c.Request.Method, c.Writer.Header().Get("Allow")))
+	})
+	proxies, err := newTrustedProxies(s.cfg.API.TrustedProxies)
+	if err != nil { // config.validate checked them
+		s.log.Error("[api] trusted_proxies ignored", "error", err)
+	}
+	h := withRequestID(proxies.handler(r))
+	s.mountDashboard(r, h)
+	return h
 }
 
 // mountDashboard serves the web dashboard under /dashboard unless [api]
 // dashboard is false (then /dashboard is a 404 like any unknown path). The
 // dashboard calls this router in-process, with its users' tokens.
-func (s *Server) mountDashboard(r *gin.Engine) {
-	k := s.cfg.KeystoneAuthtoken
-	if err := dashboard.Register(r, s.cfg.API.Dashboard, dashboard.Options{
-		AuthURL: firstNonEmpty(k.WWWAuthenticateURI, k.AuthURL), API: r, Logger: s.log,
+func (s *Server) mountDashboard(r *gin.Engine, api http.Handler) {
+	k, a := s.cfg.KeystoneAuthtoken, s.cfg.API
+	if err := dashboard.Register(r, a.Dashboard, dashboard.Options{
+		AuthURL: firstNonEmpty(k.WWWAuthenticateURI, k.AuthURL), API: api, Logger: s.log,
+		KeystoneTimeout: secondsDur(k.HTTPRequestTimeout),
+		LoginAttempts:   a.LoginAttempts, LoginWindow: secondsDur(a.LoginWindow),
 	}); err != nil {
 		s.log.Error("dashboard disabled", "error", err)
 	}
@@ -155,22 +227,36 @@ func (s *Server) healthcheck(c *gin.Context) {
 	defer cancel()
 	if err := s.db.Ping(ctx); err != nil {
 		s.log.Warn("healthcheck failed", "error", err)
-		c.String(http.StatusServiceUnavailable, "database unreachable")
+		writeError(c, http.StatusServiceUnavailable, "The database is unreachable.")
 		return
 	}
 	c.String(http.StatusOK, "OK")
 }
 
-// baseURL is [api] public_endpoint or, when unset, the request's own root.
+// baseURL is the root of the links the API writes: [api] public_endpoint;
+// else what a trusted proxy says (X-Forwarded-Proto, X-Forwarded-Host:
+// trustedProxies removed them from anyone else's requests); else this
+// server's own address. Never the client's Host header.
 func (s *Server) baseURL(c *gin.Context) string {
-	if p := s.cfg.API.PublicEndpoint; p != "" {
-		return strings.TrimSuffix(p, "/")
+	a := s.cfg.API
+	if a.PublicEndpoint != "" {
+		return strings.TrimSuffix(a.PublicEndpoint, "/")
 	}
 	scheme := "http"
-	if c.Request.TLS != nil {
+	if c.Request.TLS != nil || a.CertFile != "" {
 		scheme = "https"
 	}
-	return scheme + "://" + c.Request.Host
+	if p := forwardedProto(c.Request); p != "" {
+		scheme = p
+	}
+	if h := forwardedHost(c.Request); h != "" {
+		return scheme + "://" + h
+	}
+	host := a.BindHost
+	if ip, err := netip.ParseAddr(host); err == nil && ip.IsUnspecified() || host == "" {
+		host = s.cfg.Hostname()
+	}
+	return scheme + "://" + net.JoinHostPort(host, strconv.Itoa(a.BindPort))
 }
 
 // Main is ferry-api's main: flags, configuration, logging, signals.

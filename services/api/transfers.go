@@ -6,9 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"strings"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/ferry-project/ferry/db"
 )
@@ -117,16 +118,6 @@ type DestSpec struct {
 	Image  string `json:"image,omitempty"`
 }
 
-// badRequest is a 400 whose message names the problem.
-type badRequest struct{ msg string }
-
-func (e *badRequest) Error() string { return e.msg }
-
-func invalid(format string, a ...any) error { return &badRequest{msg: fmt.Sprintf(format, a...)} }
-
-// errBodyTooLarge maps to 413.
-var errBodyTooLarge = errors.New("request body too large")
-
 // ParseCreate decodes and checks a create body: strict JSON (unknown
 // fields and trailing data refused), types, required fields, sizes, one
 // kind of source, and source and destination regions that differ. The
@@ -182,6 +173,20 @@ func ParseCreate(r io.Reader, maxBytes int64) (*CreateTransfer, error) {
 	case (s.Pool == "") != (s.Image == ""):
 		return nil, invalid("transfer.source needs both pool and image")
 	}
+	// Cinder ids go into Cinder's URLs: only a UUID is one.
+	for _, f := range []struct {
+		name string
+		v    *string
+	}{{"transfer.source.volume_id", &s.VolumeID}, {"transfer.source.backup_id", &s.BackupID}} {
+		if *f.v == "" {
+			continue
+		}
+		id, ok := CanonicalUUID(*f.v)
+		if !ok {
+			return nil, invalid("%s %q is not a UUID", f.name, truncate(*f.v, 64))
+		}
+		*f.v = id
+	}
 	if t.Mode == "" {
 		t.Mode = string(db.ModeAuto)
 	}
@@ -218,6 +223,20 @@ func ParseCreate(r io.Reader, maxBytes int64) (*CreateTransfer, error) {
 	return t, nil
 }
 
+// CanonicalUUID returns id in the canonical form
+// (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, lower case); ok is false for
+// anything else, the other spellings uuid.Parse accepts included.
+func CanonicalUUID(id string) (string, bool) {
+	if len(id) != 36 {
+		return "", false
+	}
+	u, err := uuid.Parse(id)
+	if err != nil {
+		return "", false
+	}
+	return u.String(), true
+}
+
 // jsonError says what is wrong with a body without echoing it.
 func jsonError(err error) string {
 	var te *json.UnmarshalTypeError
@@ -234,16 +253,4 @@ func jsonError(err error) string {
 	}
 	// DisallowUnknownFields: `json: unknown field "x"`.
 	return strings.TrimPrefix(err.Error(), "json: ")
-}
-
-// statusOf maps the errors of this file to HTTP codes.
-func statusOf(err error) int {
-	var br *badRequest
-	switch {
-	case errors.As(err, &br):
-		return http.StatusBadRequest
-	case errors.Is(err, errBodyTooLarge):
-		return http.StatusRequestEntityTooLarge
-	}
-	return http.StatusInternalServerError
 }

@@ -21,8 +21,8 @@ func TestParseCreateGood(t *testing.T) {
 	if tr.Mode != "auto" || tr.Source.Pool != "volumes" || tr.Source.Image != "vol-1" || tr.Destination.Region != "RegionTwo" {
 		t.Errorf("parsed %+v %+v %+v", tr, tr.Source, tr.Destination)
 	}
-	tr, err = ParseCreate(strings.NewReader(`{"transfer": {"source": {"region": "A", "volume_id": "v"}, "destination": {"region": "B", "pool": "p", "image": "i"}, "mode": "incremental", "name": "n", "description": "d"}}`), 1<<16)
-	if err != nil || tr.Mode != "incremental" || tr.Destination.Image != "i" {
+	tr, err = ParseCreate(strings.NewReader(`{"transfer": {"source": {"region": "A", "volume_id": "8C3C5E1E-6F0E-4F57-9A43-0C1F3E7E9D10"}, "destination": {"region": "B", "pool": "p", "image": "i"}, "mode": "incremental", "name": "n", "description": "d"}}`), 1<<16)
+	if err != nil || tr.Mode != "incremental" || tr.Destination.Image != "i" || tr.Source.VolumeID != "8c3c5e1e-6f0e-4f57-9a43-0c1f3e7e9d10" {
 		t.Errorf("volume source: %+v %v", tr, err)
 	}
 }
@@ -59,7 +59,18 @@ func TestParseCreateBad(t *testing.T) {
 		{"slash in image", `{"transfer": {"source": {"region": "A", "pool": "p", "image": "a/b"}, "destination": {"region": "B"}}}`, "not a valid RBD name", 400},
 		{"at in dest image", `{"transfer": {"source": {"region": "A", "pool": "p", "image": "i"}, "destination": {"region": "B", "image": "x@s"}}}`, "not a valid RBD name", 400},
 		{"nul in name", `{"transfer": {"source": {"region": "A", "pool": "p", "image": "i"}, "destination": {"region": "B"}, "name": "a\u0000b"}}`, "NUL", 400},
-		{"long volume id", `{"transfer": {"source": {"region": "A", "volume_id": "` + long + `"}, "destination": {"region": "B"}}}`, "volume_id is longer than 64", 400},
+		{"long volume id", `{"transfer": {"source": {"region": "A", "volume_id": "` + long + `"}, "destination": {"region": "B"}}}`, "transfer.source.volume_id \"xxxxxxxx", 400},
+		// Cinder ids go into Cinder's URLs: nothing but a UUID is one.
+		{"volume id a path", `{"transfer": {"source": {"region": "A", "volume_id": "../../v3/volumes/detail"}, "destination": {"region": "B"}}}`, "is not a UUID", 400},
+		{"volume id a query", `{"transfer": {"source": {"region": "A", "volume_id": "detail?all_tenants=1"}, "destination": {"region": "B"}}}`, "is not a UUID", 400},
+		{"volume id dot dot", `{"transfer": {"source": {"region": "A", "volume_id": ".."}, "destination": {"region": "B"}}}`, "is not a UUID", 400},
+		{"volume id newline", `{"transfer": {"source": {"region": "A", "volume_id": "a\nb"}, "destination": {"region": "B"}}}`, "is not a UUID", 400},
+		{"volume id bad escape", `{"transfer": {"source": {"region": "A", "volume_id": "%zz"}, "destination": {"region": "B"}}}`, "is not a UUID", 400},
+		{"volume id in braces", `{"transfer": {"source": {"region": "A", "volume_id": "{8c3c5e1e-6f0e-4f57-9a43-0c1f3e7e9d10}"}, "destination": {"region": "B"}}}`, "is not a UUID", 400},
+		{"volume id urn", `{"transfer": {"source": {"region": "A", "volume_id": "urn:uuid:8c3c5e1e-6f0e-4f57-9a43-0c1f3e7e9d10"}, "destination": {"region": "B"}}}`, "is not a UUID", 400},
+		{"volume id without dashes", `{"transfer": {"source": {"region": "A", "volume_id": "8c3c5e1e6f0e4f579a430c1f3e7e9d10"}, "destination": {"region": "B"}}}`, "is not a UUID", 400},
+		{"backup id a path", `{"transfer": {"source": {"region": "A", "backup_id": "../backups/detail"}, "destination": {"region": "B"}}}`, "transfer.source.backup_id", 400},
+		{"backup id unicode", `{"transfer": {"source": {"region": "A", "backup_id": "ü8c3c5e1e-6f0e-4f57-9a43-0c1f3e7e9d1"}, "destination": {"region": "B"}}}`, "is not a UUID", 400},
 		{"too large", `{"transfer": {"name": "` + strings.Repeat("y", 2000) + `"}}`, "too large", 413},
 	}
 	for _, tc := range cases {

@@ -2,10 +2,8 @@ package api
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 
 	"github.com/gin-gonic/gin"
 
@@ -17,6 +15,7 @@ import (
 type CinderSources interface {
 	VolumePool(region string) string
 	ResolveVolume(ctx context.Context, token, callerProject, region, id string) (*cinder.SourceVolume, error)
+	CheckVolumeQuota(ctx context.Context, token, region, project string, sizeGiB int) error
 	BackupPool(region string) string
 	ResolveBackup(ctx context.Context, token, callerProject, region, dstRegion, id string) (*cinder.SourceBackup, error)
 }
@@ -50,31 +49,18 @@ func (s *Server) volumeSource(c *gin.Context, caller *Caller, req *CreateTransfe
 	if !s.cinderError(c, err, "Volume", src.VolumeID, src.Region) {
 		return false
 	}
+	// The copy becomes a volume of the owner's project there: a full
+	// Cinder quota refuses it now, before the copy fills the pool.
+	err = s.hooks.Cinder.CheckVolumeQuota(c.Request.Context(), c.GetHeader("X-Auth-Token"), dst.Region, sv.Spec.ProjectID, sv.Spec.SizeGiB)
+	if !s.cinderError(c, err, "Volume", src.VolumeID, dst.Region) {
+		return false
+	}
 	spec := sv.Spec.Marshal()
 	t.Mode = db.ModeFull
 	t.SourceVolumeID, t.SourcePool, t.SourceImage = sv.Spec.ID, sv.Pool, sv.Image
 	t.DestPool, t.DestImage = dstPool, "ferry-"+t.ID
 	t.OwnerProjectID, t.CinderSpec = sv.Spec.ProjectID, &spec
 	return true
-}
-
-// cinderError writes the answer to a failed resolution and returns false;
-// true when err is nil.
-func (s *Server) cinderError(c *gin.Context, err error, kind, id, region string) bool {
-	switch {
-	case err == nil:
-		return true
-	case errors.Is(err, cinder.ErrNotFound):
-		writeError(c, http.StatusNotFound, fmt.Sprintf("%s %s could not be found in region %s.", kind, id, region))
-	case errors.Is(err, cinder.ErrConflict):
-		writeError(c, http.StatusConflict, capitalize(errorDetail(err))+".")
-	case errors.Is(err, cinder.ErrInvalid), errors.Is(err, cinder.ErrNotConfigured):
-		writeError(c, http.StatusBadRequest, capitalize(errorDetail(err))+".")
-	default:
-		s.log.Error("resolving a Cinder source", "kind", kind, "id", id, "region", region, "error", err)
-		writeError(c, http.StatusServiceUnavailable, fmt.Sprintf("Cinder in region %s could not be asked about %s %s; try again later.", region, strings.ToLower(kind), id))
-	}
-	return false
 }
 
 // backupSource fills t from the caller's Cinder backup: the base image of
@@ -109,22 +95,4 @@ func (s *Server) backupSource(c *gin.Context, caller *Caller, req *CreateTransfe
 	t.DestPool, t.DestImage = dstPool, sb.Image
 	t.OwnerProjectID, t.CinderSpec = sb.Spec.ProjectID, &spec
 	return true
-}
-
-// errorDetail drops the sentinel's own text from "invalid: volume x is ...".
-func errorDetail(err error) string {
-	msg := err.Error()
-	for _, sentinel := range []error{cinder.ErrInvalid, cinder.ErrNotConfigured, cinder.ErrNotFound, cinder.ErrConflict} {
-		if p := sentinel.Error() + ": "; len(msg) > len(p) && msg[:len(p)] == p {
-			return msg[len(p):]
-		}
-	}
-	return msg
-}
-
-func capitalize(s string) string {
-	if s == "" || s[0] < 'a' || s[0] > 'z' {
-		return s
-	}
-	return string(s[0]-'a'+'A') + s[1:]
 }

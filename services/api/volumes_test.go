@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/ferry-project/ferry/db"
 	"github.com/ferry-project/ferry/services/api/cinder"
 	"github.com/ferry-project/ferry/services/internal/config"
@@ -26,6 +28,17 @@ type fakeCinder struct {
 	regErr  error
 
 	backupRegs []cinder.BackupRegistration
+	// quotaFull: the owner's Cinder quota in the destination has no room.
+	quotaFull bool
+}
+
+func (f *fakeCinder) CheckVolumeQuota(_ context.Context, _, region, project string, sizeGiB int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.quotaFull {
+		return fmt.Errorf("%w: project %s in %s is full", cinder.ErrQuota, project, region)
+	}
+	return nil
 }
 
 func (f *fakeCinder) VolumePool(region string) string {
@@ -35,10 +48,32 @@ func (f *fakeCinder) VolumePool(region string) string {
 	return ""
 }
 
+// uid is the UUID the tests send for a fake Cinder resource's name.
+func uid(name string) string { return uuid.NewSHA1(uuid.NameSpaceOID, []byte(name)).String() }
+
+// nameOf is the fake's name of the resource id (a uid), or id itself.
+func (f *fakeCinder) nameOf(id string) string {
+	for k := range f.volumes {
+		if uid(k) == id {
+			return k
+		}
+	}
+	for k := range f.errs {
+		if uid(k) == id {
+			return k
+		}
+	}
+	if id == uid("b1") {
+		return "b1"
+	}
+	return id
+}
+
 func (f *fakeCinder) ResolveVolume(_ context.Context, token, callerProject, region, id string) (*cinder.SourceVolume, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.tokens = append(f.tokens, token)
+	id = f.nameOf(id)
 	if err := f.errs[id]; err != nil {
 		return nil, err
 	}
@@ -62,7 +97,15 @@ func (f *fakeCinder) RegisterVolume(ctx context.Context, r cinder.Registration) 
 		return "", err
 	}
 	id := r.ExistingVolumeID
+	if id == "" && !r.AttemptedAt.IsZero() {
+		id = "found-" + r.Spec.ID // the volume of the interrupted attempt
+	}
 	if id == "" {
+		if r.Attempting != nil {
+			if err := r.Attempting(ctx, time.Date(2026, 12, 3, 9, 0, 0, 0, time.UTC)); err != nil {
+				return "", err
+			}
+		}
 		id = "new-" + r.Spec.ID
 		if err := r.Created(ctx, id); err != nil {
 			return "", err
@@ -82,6 +125,7 @@ func (f *fakeCinder) ResolveBackup(_ context.Context, token, callerProject, regi
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.tokens = append(f.tokens, token)
+	id = f.nameOf(id)
 	if err := f.errs[id]; err != nil {
 		return nil, err
 	}
@@ -116,7 +160,7 @@ func TestBackupSourceCreate(t *testing.T) {
 	}}
 	a := newCinderAPITest(t, fc)
 	body := func(id, extra string) string {
-		return `{"transfer": {"source": {"region": "RegionOne", "backup_id": "` + id + `"` + extra + `}, "destination": {"region": "RegionTwo"}}}`
+		return `{"transfer": {"source": {"region": "RegionOne", "backup_id": "` + uid(id) + `"` + extra + `}, "destination": {"region": "RegionTwo"}}}`
 	}
 	code, m := a.do(demo, "POST", "/v1/transfers", body("b1", ""))
 	if code != 202 {
@@ -132,7 +176,7 @@ func TestBackupSourceCreate(t *testing.T) {
 		body, message string
 		code          int
 	}{
-		{body("nope", ""), "Backup nope could not be found in region RegionOne.", 404},
+		{body("nope", ""), "Backup " + uid("nope") + " could not be found in region RegionOne.", 404},
 		{body("incr", ""), "Backup incr is incremental: move its parent backup b0 to RegionTwo first.", 400},
 		{body("there", ""), "Backup there already exists in region RegionTwo.", 409},
 		{body("swifty", ""), "Backup swifty was made by swift; Ferry moves backups of ceph only.", 400},
@@ -158,12 +202,13 @@ func newCinderAPITest(t *testing.T, fc *fakeCinder) *apiTest {
 	s := &Server{cfg: config.Defaults(), log: slog.New(slog.DiscardHandler), db: d, hooks: hooks}
 	ts := httptest.NewServer(s.Router())
 	t.Cleanup(ts.Close)
+	s.cfg.API.PublicEndpoint = ts.URL
 	at.url = ts.URL
 	return at
 }
 
 func volumeBody(id, extra string) string {
-	return `{"transfer": {"source": {"region": "RegionOne", "volume_id": "` + id + `"}, "destination": {"region": "RegionTwo"` + extra + `}}}`
+	return `{"transfer": {"source": {"region": "RegionOne", "volume_id": "` + uid(id) + `"}, "destination": {"region": "RegionTwo"` + extra + `}}}`
 }
 
 func TestVolumeSourceCreate(t *testing.T) {
@@ -195,7 +240,7 @@ func TestVolumeSourceCreate(t *testing.T) {
 	}
 	// The other project's member: Cinder does not show it (404).
 	if code, m := a.do(alt, "POST", "/v1/transfers", volumeBody("v1", "")); code != 404 ||
-		m["itemNotFound"].(map[string]any)["message"] != "Volume v1 could not be found in region RegionOne." {
+		m["itemNotFound"].(map[string]any)["message"] != "Volume "+uid("v1")+" could not be found in region RegionOne." {
 		t.Errorf("alt: %d %v", code, m)
 	}
 	// An admin moves it; the result still belongs to demo's project.
@@ -212,13 +257,13 @@ func TestVolumeSourceCreate(t *testing.T) {
 		code    int
 		message string
 	}{
-		{volumeBody("missing", ""), 404, "Volume missing could not be found in region RegionOne."},
+		{volumeBody("missing", ""), 404, "Volume " + uid("missing") + " could not be found in region RegionOne."},
 		{volumeBody("broken", ""), 400, "Volume broken is error; only an available or in-use volume can be moved."},
 		{volumeBody("encrypted", ""), 400, "Volume encrypted is encrypted; Ferry cannot move its key yet."},
-		{volumeBody("down", ""), 503, "Cinder in region RegionOne could not be asked about volume down; try again later."},
+		{volumeBody("down", ""), 503, "Cinder in region RegionOne could not be asked about volume " + uid("down") + "; try again later."},
 		{volumeBody("v1", `, "pool": "other"`), 400, "transfer.destination.pool and image cannot be given with a volume source"},
-		{`{"transfer": {"source": {"region": "RegionOne", "volume_id": "v1", "snapshot": "s"}, "destination": {"region": "RegionTwo"}}}`, 400, "transfer.source.snapshot cannot be given"},
-		{`{"transfer": {"source": {"region": "RegionOne", "volume_id": "v1"}, "destination": {"region": "RegionTwo"}, "mode": "incremental"}}`, 400, "transfer.mode incremental is not possible"},
+		{`{"transfer": {"source": {"region": "RegionOne", "volume_id": "` + uid("v1") + `", "snapshot": "s"}, "destination": {"region": "RegionTwo"}}}`, 400, "transfer.source.snapshot cannot be given"},
+		{`{"transfer": {"source": {"region": "RegionOne", "volume_id": "` + uid("v1") + `"}, "destination": {"region": "RegionTwo"}, "mode": "incremental"}}`, 400, "transfer.mode incremental is not possible"},
 	} {
 		code, m := a.do(demo, "POST", "/v1/transfers", tc.body)
 		var msg string
@@ -229,6 +274,23 @@ func TestVolumeSourceCreate(t *testing.T) {
 			t.Errorf("%s: %d %q, want %d %q", tc.body, code, msg, tc.code, tc.message)
 		}
 	}
+	// The owner's Cinder quota in the destination is full: 413, nothing
+	// created.
+	before, _, _ := a.db.ListTransfers(context.Background(), db.ListOpts{Scope: db.AllProjectsScope(), Limit: 100})
+	fc.mu.Lock()
+	fc.quotaFull = true
+	fc.mu.Unlock()
+	code, m = a.do(demo, "POST", "/v1/transfers", volumeBody("v1", ""))
+	if ol, _ := m["overLimit"].(map[string]any); code != 413 || ol == nil || !strings.HasPrefix(ol["message"].(string), "Cinder quota exceeded: project demo-project in RegionTwo is full") {
+		t.Errorf("full quota: %d %v", code, m)
+	}
+	after, _, _ := a.db.ListTransfers(context.Background(), db.ListOpts{Scope: db.AllProjectsScope(), Limit: 100})
+	if len(after) != len(before) {
+		t.Errorf("a transfer was created over the Cinder quota")
+	}
+	fc.mu.Lock()
+	fc.quotaFull = false
+	fc.mu.Unlock()
 	// A reader may not create at all (before Cinder is asked).
 	n := len(fc.tokens)
 	if code, _ := a.do(reader, "POST", "/v1/transfers", volumeBody("v1", "")); code != 403 {
@@ -290,17 +352,29 @@ func TestFinalizer(t *testing.T) {
 
 	fresh := finalizing("fresh", "")
 	resumed := finalizing("resumed", "vol-made-before")
+	// The ledger says a manage-existing went out unanswered at 08:00.
+	unanswered := finalizing("unanswered", "")
+	sent := time.Date(2026, 12, 3, 8, 0, 0, 0, time.UTC)
+	if err := d.UpdateFields(ctx, unanswered.ID, db.StatusFinalizing, db.TransferFields{RegisterStartedAt: &sent}); err != nil {
+		t.Fatal(err)
+	}
 	fin.Kick()
+	if tr := wait(unanswered.ID); tr.Status != db.StatusCompleted || tr.DestVolumeID != "found-v1" || tr.RegisterStartedAt != nil {
+		t.Errorf("unanswered: %s, volume %q, ledger %v", tr.Status, tr.DestVolumeID, tr.RegisterStartedAt)
+	}
 	if tr := wait(fresh.ID); tr.Status != db.StatusCompleted || tr.DestVolumeID != "new-v1" || tr.DestImage != "volume-new-v1" {
 		t.Errorf("fresh: %s, volume %q", tr.Status, tr.DestVolumeID)
 	}
 	if tr := wait(resumed.ID); tr.Status != db.StatusCompleted || tr.DestVolumeID != "vol-made-before" {
 		t.Errorf("resumed: %s, volume %q", tr.Status, tr.DestVolumeID)
 	}
-	if len(fc.regs) != 2 {
-		t.Fatalf("%d registrations, want 2", len(fc.regs))
+	if len(fc.regs) != 3 {
+		t.Fatalf("%d registrations, want 3", len(fc.regs))
 	}
 	for _, r := range fc.regs {
+		if wantAt := map[string]time.Time{unanswered.ID: sent}[r.TransferID]; !r.AttemptedAt.Equal(wantAt) {
+			t.Errorf("%s: attempted at %v from the ledger, want %v", r.TransferID, r.AttemptedAt, wantAt)
+		}
 		if r.Region != "RegionTwo" || r.Image != "ferry-x" || r.Spec.Name != "data" || r.Spec.ProjectID != "demo-project" {
 			t.Errorf("registration = %+v", r)
 		}

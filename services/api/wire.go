@@ -2,12 +2,14 @@ package api
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/ferry-project/ferry/db"
 	"github.com/ferry-project/ferry/rpc"
@@ -43,9 +45,46 @@ type Wiring struct {
 	}
 }
 
-// Start installs the hooks on s and starts the publisher and the status
-// consumer; they stop with ctx.
+// loop is one of ferry-api's background loops.
+type loop struct {
+	name string
+	run  func(context.Context) error
+}
+
+// Start installs the hooks on s and runs its background loops (outbox
+// publisher, re-dispatcher, garbage collector, finalizer, status consumer)
+// until ctx ends; a loop that fails is logged. Run runs them with the HTTP
+// server under one errgroup instead.
 func (s *Server) Start(ctx context.Context, w Wiring) {
+	loops := s.wire(w)
+	go func() {
+		if err := runLoops(ctx, loops); err != nil && ctx.Err() == nil {
+			s.log.Error("background loop stopped", "error", err)
+		}
+	}()
+}
+
+// runLoops runs loops under one errgroup: the first to fail (or to stop
+// before ctx ends) stops the others, and its error is returned.
+func runLoops(ctx context.Context, loops []loop) error {
+	g, gctx := errgroup.WithContext(ctx)
+	for _, l := range loops {
+		g.Go(func() error {
+			err := l.run(gctx)
+			if err == nil && gctx.Err() == nil {
+				err = errors.New("stopped")
+			}
+			if err != nil && gctx.Err() == nil {
+				return fmt.Errorf("%s: %w", l.name, err)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// wire installs the hooks on s and returns its background loops.
+func (s *Server) wire(w Wiring) []loop {
 	cfg, log := s.cfg, s.log
 	// The one place where agent commands are signed.
 	signed := rpc.SigningCaster{Caster: w.Bus, Signer: w.Signer}
@@ -59,40 +98,30 @@ func (s *Server) Start(ctx context.Context, w Wiring) {
 	if d, ok := w.Bus.(dispatch.QueueDeclarer); ok {
 		pub.Declarer = d
 	}
-	go func() {
-		if err := pub.Run(ctx); err != nil && ctx.Err() == nil {
-			log.Error("outbox publisher stopped", "error", err)
-		}
-	}()
 	redis := &dispatch.Redispatcher{DB: s.db, DownAfter: time.Duration(cfg.API.AgentDownTime) * time.Second, Publish: pub.Kick, Log: log,
 		// A transfer whose agent is gone may have completed: the
 		// destination's agents are asked (signed) before it is re-run.
 		Prober: dispatch.RPCProber{Caller: rpc.SigningCaller{Caller: w.Bus, Signer: w.Signer}}}
-	go func() {
-		if err := redis.Run(ctx); err != nil && ctx.Err() == nil {
-			log.Error("re-dispatcher stopped", "error", err)
-		}
-	}()
+	jan := &dispatch.Janitor{DB: s.db, Grace: time.Duration(cfg.API.CleanupGrace) * time.Second, Publish: pub.Kick, Log: log}
 	fin := &Finalizer{DB: s.db, Log: log, Owner: pub.Owner}
 	if w.Cinder != nil {
 		fin.Cinder = w.Cinder
 	}
-	go func() {
-		if err := fin.Run(ctx); err != nil && ctx.Err() == nil {
-			log.Error("finalizer stopped", "error", err)
-		}
-	}()
-	go func() {
-		q := w.StatusQueue
-		if q == "" {
-			q = string(rpc.StatusTarget)
-		}
-		h := dispatch.StatusHandler(s.db, log, dispatch.WithCanceller(signed), dispatch.WithFinalizer(fin.Kick),
-			dispatch.WithAgentUsers(cfg.API.AgentUsers), dispatch.WithHeartbeatKick(redis.Kick))
-		if err := w.Bus.Consume(ctx, q, []string{string(rpc.StatusTarget)}, h); err != nil && ctx.Err() == nil {
-			log.Error("status consumer stopped", "error", err)
-		}
-	}()
+	statusQueue := w.StatusQueue
+	if statusQueue == "" {
+		statusQueue = string(rpc.StatusTarget)
+	}
+	status := dispatch.StatusHandler(s.db, log, dispatch.WithCanceller(signed), dispatch.WithFinalizer(fin.Kick),
+		dispatch.WithAgentUsers(cfg.API.AgentUsers), dispatch.WithHeartbeatKick(redis.Kick))
+	loops := []loop{
+		{"outbox publisher", pub.Run},
+		{"re-dispatcher", redis.Run},
+		{"garbage collector", jan.Run},
+		{"finalizer", fin.Run},
+		{"status consumer", func(ctx context.Context) error {
+			return w.Bus.Consume(ctx, statusQueue, []string{string(rpc.StatusTarget)}, status)
+		}},
+	}
 	s.hooks = Hooks{
 		Authenticate: auth.Middleware(auth.NewCache(w.Validator, auth.CacheOptionsFrom(cfg.KeystoneAuthtoken)),
 			withLogger(auth.OptionsFrom(cfg.KeystoneAuthtoken), log)),
@@ -118,10 +147,13 @@ func (s *Server) Start(ctx context.Context, w Wiring) {
 	if w.Cinder != nil {
 		s.hooks.Cinder = w.Cinder
 	}
+	return loops
 }
 
+// withLogger completes the middleware's options with the logger and the
+// API's error writer.
 func withLogger(o auth.Options, log *slog.Logger) auth.Options {
-	o.Logger = log
+	o.Logger, o.Fault = log, writeError
 	return o
 }
 

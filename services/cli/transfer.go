@@ -12,6 +12,7 @@ import (
 	"github.com/gophercloud/gophercloud/v2/pagination"
 	"github.com/spf13/cobra"
 
+	"github.com/ferry-project/ferry/db/state"
 	"github.com/ferry-project/ferry/services/client/transfers"
 )
 
@@ -131,16 +132,15 @@ func (a *app) wait(ctx context.Context, sc *gophercloud.ServiceClient, id string
 		}
 		p.update(progressState{ID: t.ID, Status: t.Status, BytesTotal: t.BytesTotal, BytesTransferred: t.BytesTransferred,
 			Progress: t.Progress, Rate: t.RateBytesPerSecond, ETASeconds: t.ETASeconds})
-		switch t.Status {
-		case "completed", "error", "cancelled":
+		if state.IsTerminal(state.Status(t.Status)) {
 			p.done()
 			if err := printOne(a.stdout, out, newObject(raw, transferFields), transferFields); err != nil {
 				return err
 			}
-			switch t.Status {
-			case "error":
+			switch state.Status(t.Status) {
+			case state.Error:
 				return fmt.Errorf("transfer %s ended in error: %s", t.ID, t.Error)
-			case "cancelled":
+			case state.Cancelled:
 				return fmt.Errorf("transfer %s was cancelled", t.ID)
 			}
 			return nil

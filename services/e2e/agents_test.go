@@ -174,6 +174,24 @@ func TestCancel(t *testing.T) {
 	}
 	t.Logf("running transfer cancelled in %.1f s", took.Seconds())
 
+	// The garbage collector ([api] cleanup_grace, 20 s on the stack)
+	// removes what the cancelled transfer left: the snapshot Ferry took
+	// on the source, and the destination image it created and never
+	// completed.
+	gcStart := time.Now()
+	for {
+		src, _ := exec.Command("rbd", "-c", testenv.Get(t, "CEPH_REGIONONE_CONF"), "snap", "ls", "volumes/"+image).CombinedOutput()
+		_, dstErr := exec.Command("rbd", "-c", testenv.Get(t, "CEPH_REGIONTWO_CONF"), "info", "volumes/"+image).CombinedOutput()
+		if !strings.Contains(string(src), "ferry-"+id) && dstErr != nil {
+			t.Logf("leftovers of the cancelled transfer removed %.1f s after the cancel", time.Since(gcStart).Seconds()+took.Seconds())
+			break
+		}
+		if time.Since(gcStart) > 90*time.Second {
+			t.Fatalf("the cancelled transfer's leftovers are still there after 90 s: source snapshots:\n%s destination image present: %v", src, dstErr == nil)
+		}
+		time.Sleep(time.Second)
+	}
+
 	_, m = admin.do("POST", "/v1/transfers", body)
 	id2 := m["transfer"].(map[string]any)["id"].(string)
 	if code, m := admin.do("POST", "/v1/transfers/"+id2+"/action", `{"cancel": null}`); code != 202 {

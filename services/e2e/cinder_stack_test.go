@@ -48,8 +48,8 @@ func TestCinderStack(t *testing.T) {
 	})
 }
 
-// cinderDebianEnv is the environment without a pyenv python in the way
-// (shared/notes/keystone.md): Debian's python runs Debian's openstack CLI.
+// cinderDebianEnv is the environment without a pyenv python in the way:
+// Debian's python runs Debian's openstack CLI.
 func cinderDebianEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {

@@ -61,6 +61,8 @@ func TestBrokerOutage(t *testing.T) {
 	os.WriteFile(api, []byte(rewrite(string(apiConf), map[string]string{
 		"transport_url": b.URL, "log_file": filepath.Join(dir, "api.log"),
 		"connection": "sqlite:///" + filepath.Join(dir, "ferry.sqlite"), "bind_port": fmt.Sprint(ports[0]),
+		// The private broker's only user is guest, for every region.
+		"agent_users": "RegionOne:guest,RegionTwo:guest",
 	})), 0o600)
 	if out, err := exec.Command(filepath.Join(testenv.Get(t, "FERRY_BIN_DIR"), "ferry-manage"), "--config-file", api, "db", "sync").CombinedOutput(); err != nil {
 		t.Fatalf("db sync: %v %s", err, out)

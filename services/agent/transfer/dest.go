@@ -607,46 +607,117 @@ func (d *Dest) Query(ctx context.Context, transferID, pool, image string) (Query
 	return res, nil
 }
 
+// CleanupResult says what Cleanup removed.
+type CleanupResult struct {
+	// ImageRemoved: the image was the transfer's own, never completed,
+	// and is gone.
+	ImageRemoved bool
+	// StateRemoved: the transfer's writing state and checkpoint were
+	// removed from an image that holds other transfers' copies (the next
+	// transfer brings the head back to its base).
+	StateRemoved bool
+}
+
+// Cleanup removes what a failed, cancelled or deleted transfer left at the
+// destination, and nothing else: the image itself only when this very
+// transfer created it and nothing was ever completed into it (no snapshot
+// record, no completed record); otherwise only its writing state and
+// checkpoint, when they are its own. Everything is checked under the
+// fence, and an open session of the transfer is never cleaned under.
+func (d *Dest) Cleanup(ctx context.Context, transferID, pool, image string) (CleanupResult, error) {
+	if err := allowed(d.cfg.Pools, pool); err != nil {
+		return CleanupResult{}, err
+	}
+	name := pool + "/" + image
+	unlock := d.keys.lock("transfer:"+transferID, "image:"+name)
+	defer unlock()
+	if d.job(transferID) != nil {
+		return CleanupResult{}, fmt.Errorf("%w: transfer %s has an open session here", ErrConflict, transferID)
+	}
+	cluster, unref, err := d.cfg.Connect(ctx)
+	if err != nil {
+		return CleanupResult{}, err
+	}
+	defer unref()
+	img, err := cluster.OpenImage(ctx, pool, image, "", false)
+	if errors.Is(err, rbd.ErrNotFound) {
+		return CleanupResult{}, nil
+	}
+	if err != nil {
+		return CleanupResult{}, err
+	}
+	job := &destJob{id: transferID, name: name, img: img, unref: func() {}}
+	defer d.release(job)
+	md, err := img.Metadata()
+	if err != nil {
+		return CleanupResult{}, err
+	}
+	if md[MetaOwner] != OwnerValue {
+		return CleanupResult{}, fmt.Errorf("%w: %s", ErrNotOwned, name)
+	}
+	info, err := img.Info()
+	if err != nil {
+		return CleanupResult{}, err
+	}
+	job.imageID = info.ID
+	if err := d.fence(job, info); err != nil {
+		return CleanupResult{}, err
+	}
+	// Read again under the fence.
+	if md, err = img.Metadata(); err != nil {
+		return CleanupResult{}, err
+	}
+	snaps, err := img.Snapshots()
+	if err != nil {
+		return CleanupResult{}, err
+	}
+	var c completedRecord
+	completed := false
+	if s, ok := md[MetaCompleted]; ok && d.cfg.Sealer.Open(kindCompleted, info.ID, s, &c) == nil {
+		completed = true
+	}
+	if md[MetaCreatedBy] == transferID && len(d.records(info.ID, md, snaps)) == 0 && !completed {
+		if len(snaps) > 0 {
+			return CleanupResult{}, fmt.Errorf("%w: %s has snapshots Ferry did not record: left in place", ErrConflict, name)
+		}
+		d.release(job)
+		if err := cluster.RemoveImage(ctx, pool, image); err != nil && !errors.Is(err, rbd.ErrNotFound) {
+			return CleanupResult{}, err
+		}
+		d.log.Info("removed the image of a transfer that never completed", "transfer_id", transferID, "image", name)
+		return CleanupResult{ImageRemoved: true}, nil
+	}
+	var w writingState
+	if s, ok := md[MetaWriting]; ok && d.cfg.Sealer.Open(kindWriting, info.ID, s, &w) == nil && w.TransferID == transferID && w.Verified == "" {
+		for _, k := range []string{MetaCheckpoint, MetaWriting} {
+			if err := img.RemoveMetadata(k); err != nil {
+				return CleanupResult{}, err
+			}
+		}
+		d.log.Info("removed the state of a transfer that never completed", "transfer_id", transferID, "image", name)
+		return CleanupResult{StateRemoved: true}, nil
+	}
+	return CleanupResult{}, nil
+}
+
 // finishedBefore answers a finish that finds no session: the transfer's
 // copy is complete in the image (a repeated finish), or there is none.
 func (d *Dest) finishedBefore(ctx context.Context, req FinishRequest) (FinishResponse, error) {
 	noSession := fmt.Errorf("%w: %s", ErrNoSession, req.TransferID)
-	if req.Pool == "" || req.Image == "" || allowed(d.cfg.Pools, req.Pool) != nil {
+	if req.Pool == "" || req.Image == "" {
 		return FinishResponse{}, noSession
 	}
-	cluster, unref, err := d.cfg.Connect(ctx)
-	if err != nil {
-		return FinishResponse{}, err
-	}
-	defer unref()
-	img, err := cluster.OpenImage(ctx, req.Pool, req.Image, "", true)
-	if err != nil {
+	q, err := d.Query(ctx, req.TransferID, req.Pool, req.Image)
+	if errors.Is(err, ErrPoolNotAllowed) {
 		return FinishResponse{}, noSession
 	}
-	defer img.Close()
-	info, err := img.Info()
 	if err != nil {
 		return FinishResponse{}, err
 	}
-	md, err := img.Metadata()
-	if err != nil {
-		return FinishResponse{}, err
+	if !q.Complete || q.Digest != req.Digest {
+		return FinishResponse{}, noSession
 	}
-	snaps, err := img.Snapshots()
-	if err != nil {
-		return FinishResponse{}, err
-	}
-	for _, r := range d.records(info.ID, md, snaps) {
-		if r.TransferID == req.TransferID && r.Digest == req.Digest {
-			return FinishResponse{Digest: r.Digest, Snapshot: r.Snapshot, BytesDone: r.BytesDone}, nil
-		}
-	}
-	var c completedRecord
-	if s, ok := md[MetaCompleted]; ok && d.cfg.Sealer.Open(kindCompleted, info.ID, s, &c) == nil &&
-		c.TransferID == req.TransferID && c.Digest == req.Digest {
-		return FinishResponse{Digest: c.Digest, BytesDone: c.BytesDone}, nil
-	}
-	return FinishResponse{}, noSession
+	return FinishResponse{Digest: q.Digest, Snapshot: q.Snapshot, BytesDone: q.BytesDone}, nil
 }
 
 // Abort ends a transfer's session on this agent; the image keeps its

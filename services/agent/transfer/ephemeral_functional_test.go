@@ -5,34 +5,33 @@ package transfer
 import (
 	"context"
 	"errors"
+	"os/exec"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/ferry-project/ferry/services/agent/stream"
 	"github.com/ferry-project/ferry/services/internal/testenv"
 )
 
 // checkEphemeralEnd: no snapshot on the destination, the source keeps
 // exactly srcSnaps, the destination head equals the copied source data,
 // and the destination keeps Ferry's ownership but no base or progress.
-func (h *harness) checkEphemeralEnd(name, srcSpec string, srcSnaps []string) {
+func (h *harness) checkEphemeralEnd(name, dest, srcSpec string, srcSnaps []string) {
 	t := h.t
 	t.Helper()
 	if s := testenv.Snapshots(t, h.srcConf, h.pool+"/"+name); !slices.Equal(s, srcSnaps) {
 		t.Errorf("source snapshots %v, want %v", s, srcSnaps)
 	}
-	if s := testenv.Snapshots(t, h.dstConf, h.pool+"/"+name); len(s) != 0 {
+	if s := testenv.Snapshots(t, h.dstConf, h.pool+"/"+dest); len(s) != 0 {
 		t.Errorf("destination snapshots %v, want none", s)
 	}
 	a := testenv.ExportSHA(t, h.srcConf, srcSpec)
-	b := testenv.ExportSHA(t, h.dstConf, h.pool+"/"+name)
+	b := testenv.ExportSHA(t, h.dstConf, h.pool+"/"+dest)
 	if a != b {
 		t.Errorf("%s: source sha256 %s, destination head %s", srcSpec, a, b)
 	}
-	md := metadataOf(t, h.dst, h.pool, name)
+	md := metadataOf(t, h.dst, h.pool, dest)
 	if md[MetaOwner] != OwnerValue || md[MetaSourceFSID] != h.src.FSID() {
 		t.Errorf("ownership metadata lost: %v", md)
 	}
@@ -74,7 +73,28 @@ func TestEphemeralTransfer(t *testing.T) {
 		!slices.Equal(r.Removed, []string{SnapshotPrefix + id}) || r.BytesTotal != size {
 		t.Errorf("ephemeral result %+v", r)
 	}
-	h.checkEphemeralEnd(name, h.pool+"/"+name, nil)
+	h.checkEphemeralEnd(name, name, h.pool+"/"+name, nil)
+
+	// The copy is handed over: no other transfer writes it again, and
+	// the refusal changes nothing.
+	handed := testenv.ExportSHA(t, h.dstConf, h.pool+"/"+name)
+	if _, err := h.source.Run(ctx, Job{TransferID: "n0-" + name, Pool: h.pool, Image: name}, h.dest); !errors.Is(err, ErrConflict) {
+		t.Fatalf("a transfer into a handed-over image: %v, want ErrConflict", err)
+	}
+	if testenv.ExportSHA(t, h.dstConf, h.pool+"/"+name) != handed {
+		t.Fatal("the refused transfer changed the handed-over image")
+	}
+	// Its source snapshot is kept for a retry until the garbage collector
+	// discards it, as here.
+	if snap, err := h.source.Discard(ctx, Job{TransferID: "n0-" + name, Pool: h.pool, Image: name}); err != nil || snap == "" {
+		t.Fatalf("discard: %q %v", snap, err)
+	}
+	for _, suffix := range []string{"-u", "-n"} {
+		t.Cleanup(func() {
+			exec.Command("rbd", "-c", h.dstConf, "snap", "purge", h.pool+"/"+name+suffix).Run()
+			exec.Command("rbd", "-c", h.dstConf, "rm", h.pool+"/"+name+suffix).Run()
+		})
+	}
 
 	// A snapshot the user named is copied and stays, at the source only.
 	writeRandom(t, img, 5<<20, 64<<10)
@@ -82,18 +102,18 @@ func TestEphemeralTransfer(t *testing.T) {
 		t.Fatal(err)
 	}
 	writeRandom(t, img, 6<<20, 64<<10) // after the snapshot: not copied
-	r, err = h.source.Run(ctx, Job{TransferID: "e2-" + name, Pool: h.pool, Image: name, Snapshot: "user-snap", Ephemeral: true}, h.dest)
+	r, err = h.source.Run(ctx, Job{TransferID: "e2-" + name, Pool: h.pool, Image: name, DestImage: name + "-u", Snapshot: "user-snap", Ephemeral: true}, h.dest)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if r.Mode != ModeFull || r.Snapshot != "" || r.SourceSnapshot != "user-snap" || len(r.Removed) != 0 {
 		t.Errorf("ephemeral result with a user snapshot %+v", r)
 	}
-	h.checkEphemeralEnd(name, h.pool+"/"+name+"@user-snap", []string{"user-snap"})
+	h.checkEphemeralEnd(name, name+"-u", h.pool+"/"+name+"@user-snap", []string{"user-snap"})
 
-	// The same image, not ephemeral: the snapshot stays on both sides,
-	// the destination records its base, as always.
-	r, err = h.source.Run(ctx, Job{TransferID: "n1-" + name, Pool: h.pool, Image: name}, h.dest)
+	// Not ephemeral: the snapshot stays on both sides, the destination
+	// records its base, as always.
+	r, err = h.source.Run(ctx, Job{TransferID: "n1-" + name, Pool: h.pool, Image: name, DestImage: name + "-n"}, h.dest)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,14 +121,16 @@ func TestEphemeralTransfer(t *testing.T) {
 	if r.Snapshot != want || r.Ephemeral || len(r.Removed) != 0 {
 		t.Errorf("normal result %+v", r)
 	}
-	h.sameImage(name, want)
+	if a, b := testenv.ExportSHA(t, h.srcConf, h.pool+"/"+name+"@"+want), testenv.ExportSHA(t, h.dstConf, h.pool+"/"+name+"-n@"+want); a != b {
+		t.Errorf("normal copy: source %s, destination %s", a, b)
+	}
 	if s := testenv.Snapshots(t, h.srcConf, h.pool+"/"+name); !slices.Equal(s, []string{"user-snap", want}) {
 		t.Errorf("source snapshots after a normal transfer %v", s)
 	}
-	if s := testenv.Snapshots(t, h.dstConf, h.pool+"/"+name); !slices.Equal(s, []string{want}) {
+	if s := testenv.Snapshots(t, h.dstConf, h.pool+"/"+name+"-n"); !slices.Equal(s, []string{want}) {
 		t.Errorf("destination snapshots after a normal transfer %v", s)
 	}
-	if md := metadataOf(t, h.dst, h.pool, name); md[MetaBase] != want {
+	if md := metadataOf(t, h.dst, h.pool, name+"-n"); md[MetaBase] != want {
 		t.Errorf("destination base %q, want %s", md[MetaBase], want)
 	}
 
@@ -116,7 +138,7 @@ func TestEphemeralTransfer(t *testing.T) {
 	// exists): the destination's old Ferry snapshot and base go too.
 	writeRandom(t, img, 2<<20, 64<<10)
 	id = "e3-" + name
-	r, err = h.source.Run(ctx, Job{TransferID: id, Pool: h.pool, Image: name, Mode: ModeAuto, Ephemeral: true}, h.dest)
+	r, err = h.source.Run(ctx, Job{TransferID: id, Pool: h.pool, Image: name, DestImage: name + "-n", Mode: ModeAuto, Ephemeral: true}, h.dest)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,36 +148,19 @@ func TestEphemeralTransfer(t *testing.T) {
 	}
 	// The source's snapshot of the earlier, normal transfer is not this
 	// transfer's: it stays (it may be another destination's base).
-	h.checkEphemeralEnd(name, h.pool+"/"+name, []string{"user-snap", want})
+	h.checkEphemeralEnd(name, name+"-n", h.pool+"/"+name, []string{"user-snap", want})
 }
 
 // An interrupted ephemeral transfer resumes from the destination's
 // checkpoint and still ends without snapshots.
 func TestEphemeralResume(t *testing.T) {
-	var cancelAt atomic.Pointer[context.CancelFunc]
-	var done atomic.Uint64
 	const size = 64 << 20
-	h := newHarness(t, Options{
-		BandwidthLimit: 24 << 20,
-		Progress: func(p stream.Progress) {
-			done.Store(p.BytesDone)
-			if c := cancelAt.Load(); c != nil && p.BytesDone >= size/2 {
-				(*c)()
-			}
-		},
-	})
+	h, c := newCutHarness(t, 24<<20)
 	name := uniq("xfer-eph-resume")
 	img := h.newImage(name, size)
 	writeRandom(t, img, 0, size)
 	job := Job{TransferID: "er-" + name, Pool: h.pool, Image: name, Ephemeral: true}
-
-	ctx1, cancel1 := context.WithCancel(ctxT(t))
-	cancelAt.Store(&cancel1)
-	if _, err := h.source.Run(ctx1, job, h.dest); err == nil {
-		t.Fatal("the interrupted run succeeded")
-	}
-	cancelAt.Store(nil)
-	first := done.Load()
+	first := h.cut(c, job, size/2)
 	// Until it completes, the copy keeps its source snapshot (the retry
 	// copies the same data).
 	if s := testenv.Snapshots(t, h.srcConf, h.pool+"/"+name); !slices.Equal(s, []string{SnapshotPrefix + job.TransferID}) {
@@ -171,7 +176,7 @@ func TestEphemeralResume(t *testing.T) {
 		t.Errorf("second run did not resume: %+v", r)
 	}
 	t.Logf("interrupted at %d MiB; second run sent %d MiB", first>>20, r.Stream.BytesSent>>20)
-	h.checkEphemeralEnd(name, h.pool+"/"+name, nil)
+	h.checkEphemeralEnd(name, name, h.pool+"/"+name, nil)
 }
 
 // oldDest is a destination agent that predates ephemeral transfers: it
@@ -205,5 +210,5 @@ func TestEphemeralRefusesOldDestination(t *testing.T) {
 	if r.Snapshot != "" || r.Mode != ModeFull {
 		t.Errorf("result %+v", r)
 	}
-	h.checkEphemeralEnd(name, h.pool+"/"+name, nil)
+	h.checkEphemeralEnd(name, name, h.pool+"/"+name, nil)
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -111,6 +112,45 @@ func newHarness(t *testing.T, opts Options) *harness {
 	opts.Sealer = h.srcSealer
 	h.source = NewSource(Fixed(h.src), []string{h.pool}, opts, log)
 	return h
+}
+
+// cutter interrupts runs: a harness made with newCutHarness reports its
+// progress here, and cut runs a job until at bytes were copied, then
+// cancels it (as an agent stopping would).
+type cutter struct {
+	at     atomic.Uint64
+	cancel atomic.Pointer[context.CancelFunc]
+	done   atomic.Uint64
+}
+
+func (c *cutter) progress(p stream.Progress) {
+	c.done.Store(p.BytesDone)
+	if f := c.cancel.Load(); f != nil && p.BytesDone >= c.at.Load() {
+		(*f)()
+	}
+}
+
+// newCutHarness is a harness limited to limit bytes/s (so that a cut
+// lands mid-copy) whose runs can be cut.
+func newCutHarness(t *testing.T, limit int64) (*harness, *cutter) {
+	c := &cutter{}
+	return newHarness(t, Options{BandwidthLimit: limit, Progress: c.progress}), c
+}
+
+// cut runs job and cancels it once at bytes were copied; it fails the test
+// if the run succeeds, and returns the bytes copied when it was cut.
+func (h *harness) cut(c *cutter, job Job, at uint64) uint64 {
+	h.t.Helper()
+	ctx, cancel := context.WithCancel(ctxT(h.t))
+	defer cancel()
+	c.at.Store(at)
+	c.cancel.Store(&cancel)
+	_, err := h.source.Run(ctx, job, h.dest)
+	c.cancel.Store(nil)
+	if err == nil {
+		h.t.Fatal("the interrupted run succeeded")
+	}
+	return c.done.Load()
 }
 
 func connect(t *testing.T, region string) *rbd.Cluster {

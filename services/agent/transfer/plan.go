@@ -92,6 +92,12 @@ func planPrepare(req *PrepareRequest, v *destView) (destPlan, error) {
 	}
 	resize := v.Size != req.Size
 
+	// An ephemeral copy is handed over (to Cinder) once complete: the
+	// image is no longer Ferry's to write, whatever its metadata says.
+	if c := v.Completed; c != nil && c.TransferID != req.TransferID {
+		return destPlan{}, fmt.Errorf("%w: the image was handed over by transfer %s; Ferry no longer writes it", ErrConflict, c.TransferID)
+	}
+
 	// Already complete?
 	if req.Ephemeral {
 		if c := v.Completed; c != nil && c.TransferID == req.TransferID {

@@ -84,6 +84,9 @@ func TestPlanPrepare(t *testing.T) {
 		{"ephemeral: completed record answers", req(func(r *PrepareRequest) { r.Ephemeral = true; r.Mode = ModeFull }), holding(func(v *destView) {
 			v.Completed = &completedRecord{TransferID: "t2", SourceSnapID: 20, Digest: "d2"}
 		}), destPlan{Kind: planDone, Digest: "d2"}, nil},
+		{"an image handed over by another transfer is not written", req(), holding(func(v *destView) {
+			v.Completed = &completedRecord{TransferID: "t0", SourceSnapID: 5, Digest: "d0"}
+		}), destPlan{}, ErrConflict},
 		{"ephemeral never takes a base", req(func(r *PrepareRequest) { r.Ephemeral = true }), holding(),
 			destPlan{Kind: planCopy, ZeroHead: true}, nil},
 	} {

@@ -5,11 +5,12 @@ package transfer
 import (
 	"context"
 	"errors"
+	"os/exec"
 	"slices"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/ferry-project/ferry/services/agent/rbd"
 	"github.com/ferry-project/ferry/services/agent/stream"
 	"github.com/ferry-project/ferry/services/internal/testenv"
 )
@@ -154,26 +155,13 @@ func TestRecreatedSnapshotRefused(t *testing.T) {
 // verify: the run starts over from the beginning instead of resuming at
 // the forged watermark, and the copy is still identical.
 func TestForgedCheckpointRestarts(t *testing.T) {
-	var cancelAt atomic.Pointer[context.CancelFunc]
 	const size = 64 << 20
-	h := newHarness(t, Options{
-		BandwidthLimit: 32 << 20,
-		Progress: func(p stream.Progress) {
-			if c := cancelAt.Load(); c != nil && p.BytesDone >= size/2 {
-				(*c)()
-			}
-		},
-	})
+	h, c := newCutHarness(t, 32<<20)
 	name := uniq("xfer-forge")
 	img := h.newImage(name, size)
 	writeRandom(t, img, 0, size)
-	ctx1, cancel1 := context.WithCancel(ctxT(t))
-	cancelAt.Store(&cancel1)
 	job := Job{TransferID: "f-" + name, Pool: h.pool, Image: name}
-	if _, err := h.source.Run(ctx1, job, h.dest); err == nil {
-		t.Fatal("the interrupted run succeeded")
-	}
-	cancelAt.Store(nil)
+	h.cut(c, job, size/2)
 	time.Sleep(1500 * time.Millisecond) // the destination saves its checkpoint
 	dimg, err := h.dst.OpenImage(context.Background(), h.pool, name, "", false)
 	if err != nil {
@@ -199,4 +187,102 @@ func TestForgedCheckpointRestarts(t *testing.T) {
 		t.Errorf("a forged checkpoint was used: resumed %v, sent %d of %d", r.Resumed, r.Stream.BytesSent, size)
 	}
 	h.sameImage(name, r.Snapshot)
+}
+
+// Discard removes the snapshot Ferry took for a failed transfer (tagged),
+// never one of the same name that Ferry did not take.
+func TestDiscardOnlyFerrysSnapshot(t *testing.T) {
+	h := newHarness(t, Options{})
+	ctx := ctxT(t)
+	name := uniq("xfer-discard")
+	img := h.newImage(name, 4<<20)
+	writeRandom(t, img, 0, 1<<20)
+	job := Job{TransferID: "dx-" + name, Pool: h.pool, Image: name, Ephemeral: true}
+	if _, err := h.source.ensureSnapshot(ctx, h.src, job); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := h.source.Discard(ctx, job); err != nil || got != "ferry-"+job.TransferID {
+		t.Fatalf("discard: %q %v", got, err)
+	}
+	if snaps := snapshotsOf(t, h.src, h.pool, name); len(snaps) != 0 {
+		t.Errorf("snapshots left: %v", snaps)
+	}
+	if md := metadataOf(t, h.src, h.pool, name); md[MetaSourceSnapPrefix+"ferry-"+job.TransferID] != "" {
+		t.Error("the tag stayed")
+	}
+	// A snapshot of Ferry's name that Ferry did not take (no tag) stays.
+	other := Job{TransferID: "dy-" + name, Pool: h.pool, Image: name}
+	if err := img.CreateSnapshot("ferry-" + other.TransferID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.source.Discard(ctx, other); !errors.Is(err, ErrNotOwned) {
+		t.Errorf("discard of an untagged snapshot: %v, want ErrNotOwned", err)
+	}
+	if snaps := snapshotsOf(t, h.src, h.pool, name); !slices.Equal(snaps, []string{"ferry-" + other.TransferID}) {
+		t.Errorf("snapshots %v", snaps)
+	}
+}
+
+// Cleanup of a transfer that never completed: its own image goes; in an
+// image holding other transfers' copies only its state goes (and the next
+// incremental is still exact); an image Ferry does not own is refused.
+func TestCleanupOfUnfinishedTransfers(t *testing.T) {
+	const size = 32 << 20
+	h, c := newCutHarness(t, 16<<20)
+	interrupted := func(job Job) {
+		t.Helper()
+		h.cut(c, job, 4<<20)
+		// The destination's session ends with the source gone.
+		h.dest.Abort(context.Background(), AbortRequest{TransferID: job.TransferID, Epoch: job.Epoch, Reason: "test"})
+	}
+	ctx := ctxT(t)
+
+	name := uniq("xfer-clean-new")
+	img := h.newImage(name, size)
+	writeRandom(t, img, 0, size)
+	interrupted(Job{TransferID: "c1-" + name, Pool: h.pool, Image: name})
+	res, err := h.dest.Cleanup(ctx, "c1-"+name, h.pool, name)
+	if err != nil || !res.ImageRemoved {
+		t.Fatalf("cleanup of a new image: %+v %v", res, err)
+	}
+	if out, err := exec.Command("rbd", "-c", h.dstConf, "info", h.pool+"/"+name).CombinedOutput(); err == nil {
+		t.Fatalf("the image is still there: %s", out)
+	}
+
+	name2 := uniq("xfer-clean-old")
+	img2 := h.newImage(name2, size)
+	writeRandom(t, img2, 0, 1<<20)
+	r1, err := h.source.Run(ctx, Job{TransferID: "k1-" + name2, Pool: h.pool, Image: name2}, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRandom(t, img2, 0, size)
+	interrupted(Job{TransferID: "k2-" + name2, Pool: h.pool, Image: name2, Mode: ModeIncremental})
+	if res, err := h.dest.Cleanup(ctx, "k1-"+name2, h.pool, name2); err != nil || res.ImageRemoved || res.StateRemoved {
+		t.Errorf("cleanup of a completed transfer removed something: %+v %v", res, err)
+	}
+	res, err = h.dest.Cleanup(ctx, "k2-"+name2, h.pool, name2)
+	if err != nil || !res.StateRemoved || res.ImageRemoved {
+		t.Fatalf("cleanup of the interrupted incremental: %+v %v", res, err)
+	}
+	md := metadataOf(t, h.dst, h.pool, name2)
+	if md[MetaWriting] != "" || md[MetaCheckpoint] != "" {
+		t.Errorf("state left: %v", md)
+	}
+	h.sameImage(name2, r1.Snapshot)
+	r3, err := h.source.Run(ctx, Job{TransferID: "k3-" + name2, Pool: h.pool, Image: name2, Mode: ModeIncremental}, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.sameImage(name2, r3.Snapshot)
+
+	// Not Ferry's image.
+	foreign := uniq("xfer-clean-foreign")
+	if err := h.dst.CreateImage(ctx, h.pool, foreign, rbd.ImageSpec{Size: 1 << 20, Order: 22}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { exec.Command("rbd", "-c", h.dstConf, "rm", h.pool+"/"+foreign).Run() })
+	if _, err := h.dest.Cleanup(ctx, "x", h.pool, foreign); !errors.Is(err, ErrNotOwned) {
+		t.Errorf("cleanup of a foreign image: %v", err)
+	}
 }

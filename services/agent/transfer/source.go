@@ -439,6 +439,37 @@ func (s *Source) extents(ctx context.Context, img *rbd.Image, base string) ([]st
 	return out, nil
 }
 
+// Discard removes the source snapshot Ferry took for job (ferry-<id>, when
+// job names none), if Ferry's tag says it took it: what a failed or
+// cancelled transfer leaves. It returns the snapshot removed ("" for
+// none).
+func (s *Source) Discard(ctx context.Context, job Job) (string, error) {
+	if job.Snapshot != "" {
+		return "", nil // the user's
+	}
+	if err := allowed(s.pools, job.Pool); err != nil {
+		return "", err
+	}
+	cluster, release, err := s.connect(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer release()
+	name := SnapshotPrefix + job.TransferID
+	img, err := cluster.OpenImage(ctx, job.Pool, job.Image, name, true)
+	if errors.Is(err, rbd.ErrNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	img.Close()
+	if err := s.removeSnapshot(ctx, cluster, job, name); err != nil {
+		return "", err
+	}
+	return name, nil
+}
+
 // removeSnapshot removes a source snapshot Ferry took (tagged), with its
 // tag; one already gone is no error, one Ferry did not take stays
 // (ErrNotOwned).

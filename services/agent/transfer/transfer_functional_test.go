@@ -7,12 +7,10 @@ import (
 	"errors"
 	"os/exec"
 	"slices"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ferry-project/ferry/services/agent/rbd"
-	"github.com/ferry-project/ferry/services/agent/stream"
 	"github.com/ferry-project/ferry/services/internal/testenv"
 )
 
@@ -268,30 +266,13 @@ func TestPoolAllowList(t *testing.T) {
 // A transfer stopped half-way resumes from the destination's checkpoint:
 // what was written is not sent again (beyond the checkpoint lag).
 func TestResumeAfterInterruption(t *testing.T) {
-	var cancelAt atomic.Pointer[context.CancelFunc]
-	var done atomic.Uint64
 	const size = 96 << 20
-	h := newHarness(t, Options{
-		BandwidthLimit: 24 << 20, // about 4 s in all
-		Progress: func(p stream.Progress) {
-			done.Store(p.BytesDone)
-			if c := cancelAt.Load(); c != nil && p.BytesDone >= size/2 {
-				(*c)()
-			}
-		},
-	})
+	h, c := newCutHarness(t, 24<<20) // about 4 s in all
 	name := uniq("xfer-resume")
 	img := h.newImage(name, size)
 	writeRandom(t, img, 0, size)
-
-	ctx1, cancel1 := context.WithCancel(ctxT(t))
-	cancelAt.Store(&cancel1)
 	job := Job{TransferID: "r-" + name, Pool: h.pool, Image: name}
-	if _, err := h.source.Run(ctx1, job, h.dest); err == nil {
-		t.Fatal("the interrupted run succeeded")
-	}
-	cancelAt.Store(nil)
-	first := done.Load()
+	first := h.cut(c, job, size/2)
 	if first < size/2 || first >= size {
 		t.Fatalf("interrupted at %d of %d bytes", first, size)
 	}

@@ -72,7 +72,9 @@ func TestFunctionalMiddlewareAndPolicy(t *testing.T) {
 
 	gin.SetMode(gin.TestMode)
 	r := gin.New()
-	r.Use(Middleware(NewCache(v, CacheOptionsFrom(ks)), OptionsFrom(ks, "/")))
+	opts := OptionsFrom(ks, "/")
+	opts.Fault = testFault
+	r.Use(Middleware(NewCache(v, CacheOptionsFrom(ks)), opts))
 	r.GET("/", func(c *gin.Context) { c.String(http.StatusOK, "versions") })
 	r.GET("/whoami", func(c *gin.Context) {
 		ac := FromGin(c)

@@ -18,9 +18,10 @@ import (
 // DefaultNegativeTTL is how long an invalid token is remembered as invalid.
 const DefaultNegativeTTL = 10 * time.Second
 
-// validateTimeout bounds one shared Keystone call, which runs detached from
-// the callers' contexts so one caller giving up does not fail the others.
-const validateTimeout = 30 * time.Second
+// DefaultValidateTimeout bounds one shared Keystone call when
+// CacheOptions.Timeout is zero. The call runs detached from the callers'
+// contexts, so one caller giving up does not fail the others.
+const DefaultValidateTimeout = 10 * time.Second
 
 // CacheOptions configure a Cache.
 type CacheOptions struct {
@@ -33,13 +34,17 @@ type CacheOptions struct {
 	// NegativeTTL is how long an invalid token is remembered; zero means
 	// DefaultNegativeTTL.
 	NegativeTTL time.Duration
+	// Timeout bounds one validation (http_request_timeout); zero means
+	// DefaultValidateTimeout.
+	Timeout time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
 
 // CacheOptionsFrom reads token_cache_time and token_cache_size.
 func CacheOptionsFrom(k config.KeystoneAuthtoken) CacheOptions {
-	return CacheOptions{TTL: time.Duration(k.TokenCacheTime) * time.Second, Size: k.TokenCacheSize}
+	return CacheOptions{TTL: time.Duration(k.TokenCacheTime) * time.Second, Size: k.TokenCacheSize,
+		Timeout: time.Duration(k.HTTPRequestTimeout) * time.Second}
 }
 
 // Cache is a TokenValidator that remembers another's answers, keyed by the
@@ -68,6 +73,9 @@ func NewCache(v TokenValidator, o CacheOptions) *Cache {
 	}
 	if o.NegativeTTL <= 0 {
 		o.NegativeTTL = DefaultNegativeTTL
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultValidateTimeout
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -99,7 +107,7 @@ func (c *Cache) Validate(ctx context.Context, token string) (*keystone.TokenInfo
 			}
 			return info, nil
 		}
-		vctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), validateTimeout)
+		vctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.Timeout)
 		defer cancel()
 		info, err := c.v.Validate(vctx, token)
 		switch {

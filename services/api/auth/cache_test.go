@@ -256,3 +256,45 @@ func TestCacheCallerCancel(t *testing.T) {
 		t.Errorf("second caller: %v", err)
 	}
 }
+
+// hangingValidator never answers until its context ends.
+type hangingValidator struct {
+	fast map[string]*keystone.TokenInfo
+}
+
+func (h hangingValidator) Validate(ctx context.Context, token string) (*keystone.TokenInfo, error) {
+	if info, ok := h.fast[token]; ok {
+		return info, nil
+	}
+	<-ctx.Done()
+	return nil, fmt.Errorf("validating token: %w", ctx.Err())
+}
+
+// A Keystone that does not answer costs a caller at most the timeout (an
+// error that is not ErrInvalidToken: 503), and holds no lock that would
+// stop other tokens from being validated meanwhile.
+func TestCacheTimeoutAndNoLockAcrossIO(t *testing.T) {
+	good := &keystone.TokenInfo{UserID: "u", ExpiresAt: time.Now().Add(time.Hour)}
+	c := NewCache(hangingValidator{fast: map[string]*keystone.TokenInfo{"good": good}}, CacheOptions{TTL: time.Minute, Timeout: 200 * time.Millisecond})
+	errc := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		_, err := c.Validate(context.Background(), "hangs")
+		errc <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	// Meanwhile another token is validated at once.
+	if info, err := c.Validate(context.Background(), "good"); err != nil || info.UserID != "u" {
+		t.Fatalf("another token while one hangs: %v %v", info, err)
+	}
+	if d := time.Since(start); d > 150*time.Millisecond {
+		t.Errorf("another token waited %v for the hanging one", d)
+	}
+	err := <-errc
+	if err == nil || errors.Is(err, keystone.ErrInvalidToken) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("hanging validation: %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("hanging validation took %v", d)
+	}
+}

@@ -99,6 +99,12 @@ func FromContext(ctx context.Context) *Context {
 	return ac
 }
 
+// MaxTokenLength is the longest X-Auth-Token accepted. Keystone's Fernet
+// and JWS tokens are a few hundred bytes (Keystone's own max_token_size
+// is 255); anything much longer is refused with 401 without asking
+// Keystone.
+const MaxTokenLength = 8192
+
 // Options configure Middleware.
 type Options struct {
 	// WWWAuthenticateURI is the Keystone URL sent to unauthenticated
@@ -109,6 +115,9 @@ type Options struct {
 	SkipPaths []string
 	// Logger records Keystone failures; nil means slog.Default().
 	Logger *slog.Logger
+	// Fault writes an error answer (ferry-api's one writer of OpenStack
+	// error bodies); required.
+	Fault func(c *gin.Context, code int, message string)
 }
 
 // OptionsFrom takes the WWW-Authenticate URI from [keystone_authtoken]
@@ -122,9 +131,14 @@ func OptionsFrom(k config.KeystoneAuthtoken, skip ...string) Options {
 }
 
 // Middleware authenticates every request (but the skipped paths) by its
-// X-Auth-Token: 401 for a missing or invalid token, 503 when Keystone
-// cannot answer. On success FromGin and FromContext return the caller.
+// X-Auth-Token: 401 for a missing, malformed or invalid token, 503 when
+// Keystone cannot answer. On success FromGin and FromContext return the
+// caller.
 func Middleware(v TokenValidator, o Options) gin.HandlerFunc {
+	if o.Fault == nil {
+		panic("auth.Middleware: Options.Fault is required")
+	}
+	fault := o.Fault
 	log := o.Logger
 	if log == nil {
 		log = slog.Default()
@@ -144,7 +158,7 @@ func Middleware(v TokenValidator, o Options) gin.HandlerFunc {
 			return
 		}
 		token := c.GetHeader(HeaderAuthToken)
-		if token == "" {
+		if token == "" || !wellFormed(token) {
 			unauthorized(c, "The request you have made requires authentication.")
 			return
 		}
@@ -168,21 +182,17 @@ func Middleware(v TokenValidator, o Options) gin.HandlerFunc {
 	}
 }
 
-// Forbidden aborts with an OpenStack 403 body; handlers call it when
-// Policy.Enforce denies.
-func Forbidden(c *gin.Context, rule string) {
-	fault(c, http.StatusForbidden, fmt.Sprintf("Policy doesn't allow %s to be performed.", rule))
-}
-
-// fault writes the OpenStack error body {"<name>": {"code": N, "message": "..."}}.
-func fault(c *gin.Context, code int, message string) {
-	name := map[int]string{
-		http.StatusUnauthorized:       "unauthorized",
-		http.StatusForbidden:          "forbidden",
-		http.StatusServiceUnavailable: "serviceUnavailable",
-	}[code]
-	if name == "" {
-		name = "computeFault"
+// wellFormed: at most MaxTokenLength printable ASCII characters, as
+// every Keystone token is; anything else cannot be valid and is not sent
+// to Keystone.
+func wellFormed(token string) bool {
+	if len(token) > MaxTokenLength {
+		return false
 	}
-	c.AbortWithStatusJSON(code, gin.H{name: gin.H{"code": code, "message": message}})
+	for i := 0; i < len(token); i++ {
+		if token[i] <= ' ' || token[i] > '~' {
+			return false
+		}
+	}
+	return true
 }

@@ -19,11 +19,17 @@ import (
 
 const secretToken = "gAAAAAB-the-secret-token"
 
+// testFault stands for ferry-api's error writer (services/api.writeError).
+func testFault(c *gin.Context, code int, message string) {
+	c.AbortWithStatusJSON(code, gin.H{map[int]string{401: "unauthorized", 403: "forbidden", 503: "serviceUnavailable"}[code]: gin.H{"code": code, "message": message}})
+}
+
 func testRouter(v TokenValidator, logs io.Writer) *gin.Engine {
 	gin.SetMode(gin.TestMode)
 	r := gin.New()
 	opts := OptionsFrom(config.KeystoneAuthtoken{AuthURL: "http://127.0.0.1:5000/v3"}, "/", "/healthcheck")
 	opts.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	opts.Fault = testFault
 	r.Use(Middleware(v, opts))
 	whoami := func(c *gin.Context) {
 		ac := FromGin(c)
@@ -38,7 +44,7 @@ func testRouter(v TokenValidator, logs io.Writer) *gin.Engine {
 	r.GET("/v1/whoami", whoami)
 	r.GET("/v1/transfers/:id", func(c *gin.Context) {
 		if !DefaultPolicy().Enforce("transfer:get", FromGin(c), map[string]string{"project_id": "p-other"}) {
-			Forbidden(c, "transfer:get")
+			testFault(c, http.StatusForbidden, "Policy doesn't allow transfer:get to be performed.")
 			return
 		}
 		c.Status(http.StatusOK)
@@ -69,6 +75,13 @@ func TestMiddleware(t *testing.T) {
 	}{
 		{"missing token", f, "/v1/whoami", "", 401, "unauthorized", true, ""},
 		{"invalid token", f, "/v1/whoami", "garbage", 401, "unauthorized", true, ""},
+		// Never sent to Keystone (down would answer 503): a token no
+		// Keystone issues is a 401.
+		{"oversized token", down, "/v1/whoami", strings.Repeat("a", 64<<10), 401, "unauthorized", true, ""},
+		{"token one byte too long", down, "/v1/whoami", strings.Repeat("a", MaxTokenLength+1), 401, "unauthorized", true, ""},
+		{"token with a control character", down, "/v1/whoami", "abc\x7fdef", 401, "unauthorized", true, ""},
+		{"token with a non-ASCII character", down, "/v1/whoami", "abcé", 401, "unauthorized", true, ""},
+		{"longest token reaches keystone", down, "/v1/whoami", strings.Repeat("a", MaxTokenLength), 503, "serviceUnavailable", false, ""},
 		{"keystone unreachable", down, "/v1/whoami", secretToken, 503, "serviceUnavailable", false, ""},
 		{"valid token", f, "/v1/whoami", secretToken, 200, "", false, `"ProjectName":"demo"`},
 		{"policy denies", f, "/v1/transfers/x", secretToken, 403, "forbidden", false, ""},
@@ -130,7 +143,7 @@ func TestMiddlewareContext(t *testing.T) {
 	gin.SetMode(gin.TestMode)
 	r := gin.New()
 	var got *Context
-	r.Use(Middleware(NewCache(f, CacheOptions{TTL: time.Minute}), Options{WWWAuthenticateURI: "http://ks/v3"}))
+	r.Use(Middleware(NewCache(f, CacheOptions{TTL: time.Minute}), Options{WWWAuthenticateURI: "http://ks/v3", Fault: testFault}))
 	r.GET("/x", func(c *gin.Context) { got = FromGin(c) })
 	for range 2 {
 		req := httptest.NewRequest(http.MethodGet, "/x", nil)

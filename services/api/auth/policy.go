@@ -36,6 +36,7 @@ type Rule struct {
 //	transfer:retry:               rule:admin_or_member
 //	transfer:delete:              rule:admin_or_member
 //	service:get_all:              rule:admin_required
+//	metrics:get:                  rule:admin_required
 //
 // Roles imply one another as Keystone's defaults do (admin ⇒ member ⇒
 // reader), even when a token does not list the implied roles.
@@ -56,6 +57,7 @@ func DefaultRules() []Rule {
 		{"transfer:retry", "rule:admin_or_member", "POST /v1/transfers/{id}/action {\"retry\": null}."},
 		{"transfer:delete", "rule:admin_or_member", "DELETE /v1/transfers/{id}: delete a transfer in a terminal state."},
 		{"service:get_all", "rule:admin_required", "GET /v1/services: list Ferry's services and agents."},
+		{"metrics:get", "rule:admin_required", "GET /metrics on the API port: Prometheus metrics (unless [api] metrics_listen serves them on an address of their own)."},
 	}
 }
 

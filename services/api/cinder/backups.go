@@ -73,16 +73,23 @@ func (s *Service) ResolveBackup(ctx context.Context, token, callerProject, regio
 	if s.cfg.BackupPools[region] == "" {
 		return nil, fmt.Errorf("%w: region %q has no Cinder backup pool in Ferry's [cinder] backup_pools", ErrNotConfigured, region)
 	}
+	ref, err := pathID("backup", id)
+	if err != nil {
+		return nil, err
+	}
 	sc, err := s.client(ctx, region, token)
 	if err != nil {
 		return nil, err
 	}
-	b, err := backups.Get(ctx, sc, id).Extract()
+	b, err := backups.Get(ctx, sc, ref).Extract()
 	if err != nil {
 		if gophercloud.ResponseCodeIs(err, http.StatusNotFound) {
 			return nil, fmt.Errorf("%w: backup %s could not be found in region %s", ErrNotFound, id, region)
 		}
 		return nil, fmt.Errorf("cinder in %s: %w", region, err)
+	}
+	if b.ID != id {
+		return nil, fmt.Errorf("cinder in %s: asked for backup %s, answered with %q", region, id, b.ID)
 	}
 	if b.Status != "available" {
 		return nil, fmt.Errorf("%w: backup %s is %s; only an available backup can be moved", ErrInvalid, id, b.Status)
@@ -91,7 +98,7 @@ func (s *Service) ResolveBackup(ctx context.Context, token, callerProject, regio
 	if err != nil {
 		return nil, err
 	}
-	rec, err := backups.Export(ctx, svc, id).Extract()
+	rec, err := backups.Export(ctx, svc, ref).Extract()
 	if err != nil {
 		return nil, fmt.Errorf("exporting the record of backup %s in %s: %w", id, region, err)
 	}
@@ -124,14 +131,18 @@ func (s *Service) ResolveBackup(ctx context.Context, token, callerProject, regio
 	if err != nil {
 		return nil, err
 	}
-	switch _, err := backups.Get(ctx, dsvc, id).Extract(); {
+	switch _, err := backups.Get(ctx, dsvc, ref).Extract(); {
 	case err == nil:
 		return nil, fmt.Errorf("%w: backup %s already exists in region %s", ErrConflict, id, dstRegion)
 	case !gophercloud.ResponseCodeIs(err, http.StatusNotFound):
 		return nil, fmt.Errorf("cinder in %s: %w", dstRegion, err)
 	}
 	if spec.ParentID != "" {
-		if _, err := backups.Get(ctx, dsvc, spec.ParentID).Extract(); gophercloud.ResponseCodeIs(err, http.StatusNotFound) {
+		parent, err := pathID("parent backup", spec.ParentID)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := backups.Get(ctx, dsvc, parent).Extract(); gophercloud.ResponseCodeIs(err, http.StatusNotFound) {
 			return nil, fmt.Errorf("%w: backup %s is incremental: move its parent backup %s to %s first", ErrInvalid, id, spec.ParentID, dstRegion)
 		} else if err != nil {
 			return nil, fmt.Errorf("cinder in %s: %w", dstRegion, err)
@@ -188,12 +199,16 @@ func (s *Service) RegisterBackup(ctx context.Context, r BackupRegistration) (str
 	if err != nil {
 		return "", err
 	}
+	ref, err := pathID("backup", r.Spec.ID)
+	if err != nil {
+		return "", err
+	}
 	imported := false
 	err = s.asOwner(ctx, r.Region, r.Spec.ProjectID, func(ctx context.Context, sc *gophercloud.ServiceClient) error {
 		if !r.Existing {
 			// An attempt that stopped after the import: the backup is
 			// there already, only the wait is left.
-			if _, err := backups.Get(ctx, sc, r.Spec.ID).Extract(); err == nil {
+			if _, err := backups.Get(ctx, sc, ref).Extract(); err == nil {
 				r.Existing = true
 			} else if !gophercloud.ResponseCodeIs(err, http.StatusNotFound) {
 				return fmt.Errorf("backup %s: %w", r.Spec.ID, err)
@@ -210,7 +225,7 @@ func (s *Service) RegisterBackup(ctx context.Context, r BackupRegistration) (str
 				}
 			}
 		}
-		return s.waitBackup(ctx, sc, r.Spec.ID)
+		return s.waitBackup(ctx, sc, ref, r.Spec.ID)
 	})
 	if err != nil {
 		left := fmt.Sprintf("the copied data stays in region %s, pool %s, image %s", r.Region, r.Pool, r.Image)
@@ -224,9 +239,9 @@ func (s *Service) RegisterBackup(ctx context.Context, r BackupRegistration) (str
 	return r.Spec.ID, nil
 }
 
-func (s *Service) waitBackup(ctx context.Context, sc *gophercloud.ServiceClient, id string) error {
+func (s *Service) waitBackup(ctx context.Context, sc *gophercloud.ServiceClient, ref, id string) error {
 	return s.waitFor(ctx, "backup "+id, func(ctx context.Context) (string, error) {
-		b, err := backups.Get(ctx, sc, id).Extract()
+		b, err := backups.Get(ctx, sc, ref).Extract()
 		if err != nil {
 			return "", err
 		}

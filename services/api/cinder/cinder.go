@@ -24,16 +24,19 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/gophercloud/gophercloud/v2"
 	"github.com/gophercloud/gophercloud/v2/openstack"
 	"github.com/gophercloud/gophercloud/v2/openstack/blockstorage/v3/manageablevolumes"
 	"github.com/gophercloud/gophercloud/v2/openstack/blockstorage/v3/volumes"
 	"github.com/gophercloud/gophercloud/v2/openstack/identity/v3/roles"
 	"github.com/gophercloud/gophercloud/v2/openstack/identity/v3/tokens"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/ferry-project/ferry/services/internal/config"
 )
@@ -81,11 +84,14 @@ type Service struct {
 	svcType, svcName string
 	avail            gophercloud.Availability
 
+	// mu guards the fields below; it is never held across a network call
+	// (the service user's authentication is shared through auth).
 	mu       sync.Mutex
 	provider *gophercloud.ProviderClient // service user, service project
 	userID   string
 	roleID   string
-	locks    map[string]*sync.Mutex // owner project → registration lock
+	auth1    singleflight.Group
+	locks    keyedLock // owner project → registration turn
 	// Ledger, when set, remembers the grants this service takes until it
 	// removes them, so that one left by a stopped process is known as
 	// Ferry's (and removed) rather than taken for an operator's.
@@ -106,7 +112,7 @@ func New(k config.KeystoneAuthtoken, c config.Cinder, log *slog.Logger) (*Servic
 		return nil, err
 	}
 	s := &Service{
-		cfg: c, log: log, svcType: st, svcName: name, avail: iface, locks: map[string]*sync.Mutex{},
+		cfg: c, log: log, svcType: st, svcName: name, avail: iface,
 		auth: gophercloud.AuthOptions{
 			IdentityEndpoint: k.AuthURL, Username: k.Username, Password: k.Password,
 			DomainName: k.UserDomainName, AllowReauth: true,
@@ -140,34 +146,68 @@ func parseCatalogInfo(v string) (string, string, gophercloud.Availability, error
 	return parts[0], parts[1], a, nil
 }
 
-// service returns the authenticated service user's provider.
+// service returns the authenticated service user's provider. Concurrent
+// first calls share one authentication; no lock is held while it runs.
 func (s *Service) service(ctx context.Context) (*gophercloud.ProviderClient, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.provider != nil {
-		return s.provider, nil
+	p := s.provider
+	s.mu.Unlock()
+	if p != nil {
+		return p, nil
 	}
-	p, err := s.newProvider(ctx, s.auth)
-	if err != nil {
-		return nil, fmt.Errorf("service user %q: %w", s.auth.Username, err)
+	ch := s.auth1.DoChan("service", func() (any, error) {
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout())
+		defer cancel()
+		p, err := s.newProvider(actx, s.auth)
+		if err != nil {
+			return nil, fmt.Errorf("service user %q: %w", s.auth.Username, err)
+		}
+		res, ok := p.GetAuthResult().(tokens.CreateResult)
+		if !ok {
+			return nil, fmt.Errorf("service user %q: unexpected authentication result %T", s.auth.Username, p.GetAuthResult())
+		}
+		u, err := res.ExtractUser()
+		if err != nil {
+			return nil, err
+		}
+		s.mu.Lock()
+		s.provider, s.userID = p, u.ID
+		s.mu.Unlock()
+		return p, nil
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*gophercloud.ProviderClient), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	res, ok := p.GetAuthResult().(tokens.CreateResult)
-	if !ok {
-		return nil, fmt.Errorf("service user %q: unexpected authentication result %T", s.auth.Username, p.GetAuthResult())
-	}
-	u, err := res.ExtractUser()
-	if err != nil {
-		return nil, err
-	}
-	s.provider, s.userID = p, u.ID
-	return p, nil
 }
 
+func (s *Service) serviceUserID() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.userID
+}
+
+// timeout bounds one HTTP request to Cinder or Keystone ([cinder] timeout).
+func (s *Service) timeout() time.Duration {
+	if s.cfg.Timeout <= 0 {
+		return 60 * time.Second
+	}
+	return time.Duration(s.cfg.Timeout) * time.Second
+}
+
+// newProvider authenticates ao; each of the provider's requests is bounded
+// by [cinder] timeout.
 func (s *Service) newProvider(ctx context.Context, ao gophercloud.AuthOptions) (*gophercloud.ProviderClient, error) {
 	p, err := openstack.NewClient(ao.IdentityEndpoint)
 	if err != nil {
 		return nil, err
 	}
+	p.HTTPClient.Timeout = s.timeout()
 	if err := openstack.Authenticate(ctx, p, ao); err != nil {
 		return nil, err
 	}
@@ -204,7 +244,7 @@ func (s *Service) client(ctx context.Context, region, token string) (*gopherclou
 	if err != nil {
 		return nil, err
 	}
-	p := &gophercloud.ProviderClient{}
+	p := &gophercloud.ProviderClient{HTTPClient: http.Client{Timeout: s.timeout()}}
 	p.SetToken(token)
 	return volumeClient(p, url), nil
 }
@@ -216,16 +256,23 @@ func (s *Service) ResolveVolume(ctx context.Context, token, callerProject, regio
 	if pool == "" {
 		return nil, fmt.Errorf("%w: region %q has no Cinder volume pool in Ferry's [cinder] volume_pools", ErrNotConfigured, region)
 	}
+	ref, err := pathID("volume", id)
+	if err != nil {
+		return nil, err
+	}
 	sc, err := s.client(ctx, region, token)
 	if err != nil {
 		return nil, err
 	}
-	v, err := volumes.Get(ctx, sc, id).Extract()
+	v, err := volumes.Get(ctx, sc, ref).Extract()
 	if err != nil {
 		if gophercloud.ResponseCodeIs(err, http.StatusNotFound) {
 			return nil, fmt.Errorf("%w: volume %s could not be found in region %s", ErrNotFound, id, region)
 		}
 		return nil, fmt.Errorf("cinder in %s: %w", region, err)
+	}
+	if v.ID != id {
+		return nil, fmt.Errorf("cinder in %s: asked for volume %s, answered with %q", region, id, v.ID)
 	}
 	switch {
 	case v.Status != "available" && v.Status != "in-use":
@@ -266,13 +313,27 @@ type Registration struct {
 	Image      string // the copy, in the region's volume pool
 	Spec       VolumeSpec
 	// ExistingVolumeID is the volume an earlier, interrupted attempt
-	// created: it is waited for rather than managed again.
+	// created (Ferry's ledger: the transfer's destination.volume_id): it
+	// is waited for rather than managed again.
 	ExistingVolumeID string
+	// AttemptedAt is when an earlier attempt sent its manage-existing
+	// request without recording the answer (Ferry's ledger); zero when
+	// none did. The volume that request may have made is looked for by
+	// what no user can set: created by the service user, in the owner's
+	// project, within the request's time bounds.
+	AttemptedAt time.Time
+	// Attempting is called with the time just before the manage-existing
+	// request, to record it in the ledger.
+	Attempting func(ctx context.Context, at time.Time) error
 	// Created is called with the new volume's id as soon as Cinder
 	// returns it, before it is available, so that an interrupted
 	// finalization can resume.
 	Created func(ctx context.Context, volumeID string) error
 }
+
+// clockSkew is the allowance between ferry-api's clock and Cinder's
+// created_at when a volume is matched to a manage-existing request.
+const clockSkew = 5 * time.Second
 
 // RegisterVolume manages the copied image as a volume of the spec's
 // project and waits until it is available. On failure nothing stays in
@@ -285,22 +346,37 @@ func (s *Service) RegisterVolume(ctx context.Context, r Registration) (string, e
 	var volumeID string
 	err := s.asOwner(ctx, r.Region, r.Spec.ProjectID, func(ctx context.Context, sc *gophercloud.ServiceClient) error {
 		volumeID = r.ExistingVolumeID
-		if volumeID == "" {
-			// An attempt that stopped between Cinder's answer and
-			// Created left a volume that names this transfer: take it.
-			found, err := s.volumeOfTransfer(ctx, sc, r.TransferID)
+		if volumeID == "" && !r.AttemptedAt.IsZero() {
+			// An attempt stopped between its request and the ledger's
+			// record of the answer: the volume it made, if any.
+			found, err := s.volumeOfAttempt(ctx, sc, r.AttemptedAt)
 			if err != nil {
 				return err
 			}
-			volumeID = found
+			if found != "" {
+				s.log.Info("resuming the registration of an interrupted attempt", "transfer_id", r.TransferID, "volume_id", found)
+				volumeID = found
+				if r.Created != nil {
+					if err := r.Created(ctx, volumeID); err != nil {
+						return err
+					}
+				}
+			}
 		}
 		if volumeID == "" {
 			md := map[string]string{}
 			for k, v := range r.Spec.Metadata {
 				md[k] = v
 			}
+			// For people: Ferry itself never reads these back (a
+			// project member can set any metadata).
 			md["ferry_transfer_id"] = r.TransferID
 			md["ferry_source_volume_id"] = r.Spec.ID
+			if r.Attempting != nil {
+				if err := r.Attempting(ctx, time.Now()); err != nil {
+					return err
+				}
+			}
 			v, err := manageablevolumes.ManageExisting(ctx, sc, manageablevolumes.ManageExistingOpts{
 				Host: host, Ref: map[string]string{"source-name": r.Image},
 				Name: r.Spec.Name, Description: r.Spec.Description, Bootable: r.Spec.Bootable, Metadata: md,
@@ -324,7 +400,7 @@ func (s *Service) RegisterVolume(ctx context.Context, r Registration) (string, e
 		// A volume made from an image carries the image's properties. The
 		// volume is there and usable without them: a failure is logged,
 		// not a reason to undo the registration.
-		if err := volumes.SetImageMetadata(ctx, sc, volumeID, volumes.ImageMetadataOpts{Metadata: r.Spec.ImageMetadata}).ExtractErr(); err != nil {
+		if err := volumes.SetImageMetadata(ctx, sc, url.PathEscape(volumeID), volumes.ImageMetadataOpts{Metadata: r.Spec.ImageMetadata}).ExtractErr(); err != nil {
 			s.log.Warn("the moved volume lacks its image metadata", "volume_id", volumeID, "region", r.Region, "error", err)
 		}
 		return nil
@@ -339,28 +415,53 @@ func (s *Service) RegisterVolume(ctx context.Context, r Registration) (string, e
 	return volumeID, nil
 }
 
-// volumeOfTransfer is the id of the volume (in sc's project) whose
-// metadata names the transfer, "" if none.
-func (s *Service) volumeOfTransfer(ctx context.Context, sc *gophercloud.ServiceClient, transferID string) (string, error) {
-	pages, err := volumes.List(sc, volumes.ListOpts{Metadata: map[string]string{"ferry_transfer_id": transferID}}).AllPages(ctx)
+// createdSince lists volumes created at or after a time (Cinder 3.60+).
+type createdSince time.Time
+
+func (c createdSince) ToVolumeListQuery() (string, error) {
+	q := url.Values{"created_at": {"gte:" + time.Time(c).UTC().Format("2006-01-02T15:04:05")}}
+	return "?" + q.Encode(), nil
+}
+
+// volumeOfAttempt is the volume (in sc's project, the owner's) that a
+// manage-existing request sent at `at` created: made by the service user
+// while the request could run. Registrations into one project are
+// serialised, so at most one can match; "" when none does, an error when
+// several do (nothing is adopted then).
+func (s *Service) volumeOfAttempt(ctx context.Context, sc *gophercloud.ServiceClient, at time.Time) (string, error) {
+	from, to := at.Add(-clockSkew), at.Add(s.timeout()+clockSkew)
+	pages, err := volumes.List(sc, createdSince(from)).AllPages(ctx)
 	if err != nil {
-		return "", fmt.Errorf("looking for a volume of transfer %s: %w", transferID, err)
+		return "", fmt.Errorf("looking for the volume of an interrupted registration: %w", err)
 	}
 	vs, err := volumes.ExtractVolumes(pages)
 	if err != nil {
 		return "", err
 	}
+	user := s.serviceUserID()
+	var found []string
 	for _, v := range vs {
-		if v.Metadata["ferry_transfer_id"] == transferID {
-			return v.ID, nil
+		if v.UserID == user && !v.CreatedAt.Before(from) && !v.CreatedAt.After(to) {
+			found = append(found, v.ID)
 		}
 	}
-	return "", nil
+	switch len(found) {
+	case 0:
+		return "", nil
+	case 1:
+		return found[0], nil
+	}
+	return "", fmt.Errorf("the interrupted registration at %s: %d volumes of Ferry's service user were created in the project meanwhile (%s); none is taken",
+		at.UTC().Format(time.RFC3339), len(found), strings.Join(found, ", "))
 }
 
 func (s *Service) waitAvailable(ctx context.Context, sc *gophercloud.ServiceClient, id string) error {
+	ref, err := pathID("volume", id)
+	if err != nil {
+		return err
+	}
 	return s.waitFor(ctx, "volume "+id, func(ctx context.Context) (string, error) {
-		v, err := volumes.Get(ctx, sc, id).Extract()
+		v, err := volumes.Get(ctx, sc, ref).Extract()
 		if err != nil {
 			return "", err
 		}
@@ -410,7 +511,11 @@ func (s *Service) discard(ctx context.Context, region, project, id string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	err := s.asOwner(ctx, region, project, func(ctx context.Context, sc *gophercloud.ServiceClient) error {
-		return volumes.Delete(ctx, sc, id, volumes.DeleteOpts{}).ExtractErr()
+		ref, err := pathID("volume", id)
+		if err != nil {
+			return err
+		}
+		return volumes.Delete(ctx, sc, ref, volumes.DeleteOpts{}).ExtractErr()
 	})
 	if err != nil && !gophercloud.ResponseCodeIs(err, http.StatusNotFound) {
 		s.log.Warn("deleting a volume that failed to register", "volume_id", id, "region", region, "error", err)
@@ -426,9 +531,14 @@ func (s *Service) asOwner(ctx context.Context, region, project string, fn func(c
 	if err != nil {
 		return err
 	}
-	lock := s.projectLock(project)
-	lock.Lock()
-	defer lock.Unlock()
+	// Wait for this project's turn, or for ctx: no mutex is held across
+	// the network calls of another registration.
+	unlock, err := s.locks.lock(ctx, project)
+	if err != nil {
+		return fmt.Errorf("waiting for another registration into project %s: %w", project, err)
+	}
+	defer unlock()
+	userID := s.serviceUserID()
 	idc, err := openstack.NewIdentityV3(p, s.eo)
 	if err != nil {
 		return fmt.Errorf("identity endpoint: %w", err)
@@ -437,7 +547,7 @@ func (s *Service) asOwner(ctx context.Context, region, project string, fn func(c
 	if err != nil {
 		return err
 	}
-	had := roles.Validate(ctx, idc, roleID, roles.ValidateOpts{UserID: s.userID, ProjectID: project}).Err == nil
+	had := roles.Validate(ctx, idc, roleID, roles.ValidateOpts{UserID: userID, ProjectID: project}).Err == nil
 	if had && s.Ledger != nil {
 		// A grant Ferry took and a stopped process did not remove is
 		// Ferry's to remove, not an operator's to keep.
@@ -456,13 +566,13 @@ func (s *Service) asOwner(ctx context.Context, region, project string, fn func(c
 				return fmt.Errorf("grant ledger: %w", err)
 			}
 		}
-		if err := roles.Assign(ctx, idc, roleID, roles.AssignOpts{UserID: s.userID, ProjectID: project}).ExtractErr(); err != nil {
+		if err := roles.Assign(ctx, idc, roleID, roles.AssignOpts{UserID: userID, ProjectID: project}).ExtractErr(); err != nil {
 			return fmt.Errorf("granting role %s on project %s to the service user: %w", s.cfg.OwnerRole, project, err)
 		}
 		defer func() {
 			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 			defer cancel()
-			err := roles.Unassign(uctx, idc, roleID, roles.UnassignOpts{UserID: s.userID, ProjectID: project}).ExtractErr()
+			err := roles.Unassign(uctx, idc, roleID, roles.UnassignOpts{UserID: userID, ProjectID: project}).ExtractErr()
 			if err != nil && !gophercloud.ResponseCodeIs(err, http.StatusNotFound) {
 				s.log.Error("removing the service user's temporary role grant failed: remove it by hand",
 					"role", s.cfg.OwnerRole, "project_id", project, "error", err)
@@ -490,15 +600,62 @@ func (s *Service) asOwner(ctx context.Context, region, project string, fn func(c
 	return fn(ctx, sc)
 }
 
-func (s *Service) projectLock(project string) *sync.Mutex {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	l, ok := s.locks[project]
-	if !ok {
-		l = &sync.Mutex{}
-		s.locks[project] = l
+// pathID checks that id, which goes into a Cinder URL, is a UUID, and
+// returns it escaped as a path segment. Anything else (a path, a query, a
+// newline, a bad escape) would address another Cinder resource with the
+// token at hand.
+func pathID(kind, id string) (string, error) {
+	u, err := uuid.Parse(id)
+	if err != nil || len(id) != 36 || u.String() != strings.ToLower(id) {
+		return "", fmt.Errorf("%w: %s id %q is not a UUID", ErrInvalid, kind, id)
 	}
-	return l
+	return url.PathEscape(id), nil
+}
+
+// keyedLock serialises work per key; waiting honours the context, and a
+// key's entry goes when nobody holds or waits for it.
+type keyedLock struct {
+	mu   sync.Mutex
+	keys map[string]*keyTurn
+}
+
+type keyTurn struct {
+	ch   chan struct{} // a token: whoever took it holds the key
+	refs int
+}
+
+func (k *keyedLock) lock(ctx context.Context, key string) (unlock func(), err error) {
+	k.mu.Lock()
+	if k.keys == nil {
+		k.keys = map[string]*keyTurn{}
+	}
+	t, ok := k.keys[key]
+	if !ok {
+		t = &keyTurn{ch: make(chan struct{}, 1)}
+		k.keys[key] = t
+	}
+	t.refs++
+	k.mu.Unlock()
+	release := func() {
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		if t.refs--; t.refs == 0 {
+			delete(k.keys, key)
+		}
+	}
+	select {
+	case t.ch <- struct{}{}:
+		return func() { <-t.ch; release() }, nil
+	case <-ctx.Done():
+		release()
+		return nil, ctx.Err()
+	}
+}
+
+func (k *keyedLock) len() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return len(k.keys)
 }
 
 func (s *Service) ownerRoleID(ctx context.Context, idc *gophercloud.ServiceClient) (string, error) {

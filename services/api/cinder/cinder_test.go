@@ -32,6 +32,9 @@ type fakeCloud struct {
 	backups  map[string]map[string]any // "<one|two>/<id>" → backup (with "owner", "record")
 	imported []map[string]any          // decoded records imported
 	importTo string                    // status an imported backup reaches
+
+	quota       string // os-quota-sets answer (JSON); "" is a 403
+	hangVolumes bool   // GET of a volume never answers (until the client gives up)
 }
 
 func newFakeCloud(t *testing.T) *fakeCloud {
@@ -43,6 +46,10 @@ func newFakeCloud(t *testing.T) *fakeCloud {
 }
 
 func (f *fakeCloud) serve(w http.ResponseWriter, r *http.Request) {
+	if f.hangVolumes && strings.Contains(r.URL.Path, "/v3/volumes/") {
+		<-r.Context().Done()
+		return
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.log = append(f.log, r.Method+" "+r.URL.Path+" "+r.Header.Get("X-Auth-Token"))
@@ -80,6 +87,13 @@ func (f *fakeCloud) serve(w http.ResponseWriter, r *http.Request) {
 			  {"interface": "public", "region_id": "RegionOne", "region": "RegionOne", "url": "%s/one/v3/%s"},
 			  {"interface": "public", "region_id": "RegionTwo", "region": "RegionTwo", "url": "%s/two/v3/%s"}]}]}}`,
 			time.Now().Add(time.Hour).UTC().Format(time.RFC3339), project, u, u, project, u, project)
+	case strings.Contains(p, "/v3/os-quota-sets/") && r.Method == http.MethodGet:
+		if f.quota == "" || r.URL.Query().Get("usage") != "true" {
+			w.WriteHeader(403)
+			fmt.Fprint(w, `{"forbidden": {"code": 403, "message": "Policy doesn't allow it."}}`)
+			return
+		}
+		fmt.Fprint(w, f.quota)
 	case p == "/v3/roles" && r.Method == http.MethodGet:
 		fmt.Fprint(w, `{"roles": [{"id": "r-admin", "name": "admin"}], "links": {}}`)
 	case strings.HasPrefix(p, "/v3/projects/") && strings.HasSuffix(p, "/users/ferry-id/roles/r-admin"):
@@ -102,8 +116,9 @@ func (f *fakeCloud) serve(w http.ResponseWriter, r *http.Request) {
 		var body map[string]map[string]any
 		_ = json.NewDecoder(r.Body).Decode(&body)
 		f.managed = append(f.managed, body["volume"])
-		id := fmt.Sprintf("managed-%d", len(f.managed))
-		f.volumes[id] = map[string]any{"id": id, "status": "creating", "size": 1}
+		id := fmt.Sprintf("00000000-0000-4000-8000-%012d", len(f.managed))
+		f.volumes[id] = map[string]any{"id": id, "status": "creating", "size": 1, "user_id": "ferry-id",
+			"created_at": time.Now().UTC().Format("2006-01-02T15:04:05.000000"), "owner": strings.TrimPrefix(r.Header.Get("X-Auth-Token"), "tok-")}
 		w.WriteHeader(202)
 		_ = json.NewEncoder(w).Encode(map[string]any{"volume": f.volumes[id]})
 	case strings.HasSuffix(p, "/v3/backups/import_record") && r.Method == http.MethodPost:
@@ -143,15 +158,24 @@ func (f *fakeCloud) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		_ = json.NewEncoder(w).Encode(map[string]any{"backup": map[string]any{"id": id, "status": b["status"], "fail_reason": "driver said no"}})
 	case strings.HasSuffix(p, "/v3/volumes/detail") && r.Method == http.MethodGet:
-		// metadata={'k':'v'} (gophercloud's form, which Cinder parses)
-		want := strings.NewReplacer("{", "", "}", "", "'", "").Replace(r.URL.Query().Get("metadata"))
-		k, v, _ := strings.Cut(want, ":")
+		// The token's project's volumes; created_at=gte:<time> (3.60).
 		tok := strings.TrimPrefix(r.Header.Get("X-Auth-Token"), "tok-")
+		var since time.Time
+		if c := r.URL.Query().Get("created_at"); c != "" {
+			t, err := time.Parse("2006-01-02T15:04:05", strings.TrimPrefix(c, "gte:"))
+			if err != nil || !strings.HasPrefix(c, "gte:") {
+				w.WriteHeader(400)
+				fmt.Fprintf(w, `{"badRequest": {"code": 400, "message": "created_at %s"}}`, c)
+				return
+			}
+			since = t
+		}
 		out := []map[string]any{}
 		for _, vol := range f.volumes {
-			md, _ := vol["metadata"].(map[string]string)
-			if vol["owner"] == tok && md[k] == v {
-				out = append(out, map[string]any{"id": vol["id"], "status": vol["status"], "metadata": md})
+			created, _ := time.Parse("2006-01-02T15:04:05.000000", fmt.Sprint(vol["created_at"]))
+			if vol["owner"] == tok && !created.Before(since) {
+				out = append(out, map[string]any{"id": vol["id"], "status": vol["status"], "metadata": vol["metadata"],
+					"user_id": vol["user_id"], "created_at": vol["created_at"]})
 			}
 		}
 		_ = json.NewEncoder(w).Encode(map[string]any{"volumes": out})
@@ -176,7 +200,7 @@ func (f *fakeCloud) serve(w http.ResponseWriter, r *http.Request) {
 			w.WriteHeader(202)
 			return
 		}
-		if strings.HasPrefix(id, "managed-") {
+		if strings.HasPrefix(id, "00000000-") {
 			f.polls[id]++
 			if f.polls[id] >= 2 {
 				v["status"] = f.manageTo
@@ -213,30 +237,30 @@ func newService(t *testing.T, f *fakeCloud) *Service {
 
 func TestResolveVolume(t *testing.T) {
 	f := newFakeCloud(t)
-	f.volumes["v1"] = map[string]any{"id": "v1", "status": "available", "size": 2, "name": "data", "description": "d",
+	f.volumes["11111111-0000-4000-8000-000000000001"] = map[string]any{"id": "11111111-0000-4000-8000-000000000001", "status": "available", "size": 2, "name": "data", "description": "d",
 		"metadata": map[string]string{"k": "v"}, "bootable": "true", "encrypted": false, "owner": "demo",
 		"volume_image_metadata": map[string]string{"image_name": "debian-12"}}
-	f.volumes["v2"] = map[string]any{"id": "v2", "status": "error", "size": 1, "owner": "demo"}
-	f.volumes["v3"] = map[string]any{"id": "v3", "status": "in-use", "size": 1, "encrypted": true, "owner": "demo"}
+	f.volumes["11111111-0000-4000-8000-000000000002"] = map[string]any{"id": "11111111-0000-4000-8000-000000000002", "status": "error", "size": 1, "owner": "demo"}
+	f.volumes["11111111-0000-4000-8000-000000000003"] = map[string]any{"id": "11111111-0000-4000-8000-000000000003", "status": "in-use", "size": 1, "encrypted": true, "owner": "demo"}
 	s := newService(t, f)
 	ctx := context.Background()
 
-	sv, err := s.ResolveVolume(ctx, "tok-demo", "demo", "RegionOne", "v1")
+	sv, err := s.ResolveVolume(ctx, "tok-demo", "demo", "RegionOne", "11111111-0000-4000-8000-000000000001")
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := SourceVolume{Spec: VolumeSpec{Kind: "volume", ID: "v1", Name: "data", Description: "d", SizeGiB: 2,
+	want := SourceVolume{Spec: VolumeSpec{Kind: "volume", ID: "11111111-0000-4000-8000-000000000001", Name: "data", Description: "d", SizeGiB: 2,
 		Metadata: map[string]string{"k": "v"}, Bootable: true, ImageMetadata: map[string]string{"image_name": "debian-12"}, ProjectID: "demo"},
-		Pool: "volumes", Image: "volume-v1"}
+		Pool: "volumes", Image: "volume-11111111-0000-4000-8000-000000000001"}
 	if got, _ := json.Marshal(sv); string(got) != mustJSON(want) {
 		t.Errorf("resolved %s, want %s", got, mustJSON(want))
 	}
-	// The caller's token went to Cinder, at the project-less v3 root.
-	if !containsLine(f.log, "GET /one/v3/volumes/v1 tok-demo") {
+	// The caller's token went to Cinder, at the project-less 11111111-0000-4000-8000-000000000003 root.
+	if !containsLine(f.log, "GET /one/v3/volumes/11111111-0000-4000-8000-000000000001 tok-demo") {
 		t.Errorf("requests: %q", f.log)
 	}
 	// An admin sees the owner.
-	if sv, err := s.ResolveVolume(ctx, "tok-admin", "admin", "RegionOne", "v1"); err != nil || sv.Spec.ProjectID != "demo" {
+	if sv, err := s.ResolveVolume(ctx, "tok-admin", "admin", "RegionOne", "11111111-0000-4000-8000-000000000001"); err != nil || sv.Spec.ProjectID != "demo" {
 		t.Errorf("admin: %+v %v", sv, err)
 	}
 	for _, tc := range []struct {
@@ -244,11 +268,11 @@ func TestResolveVolume(t *testing.T) {
 		want              error
 		msg               string
 	}{
-		{"tok-alt", "RegionOne", "v1", ErrNotFound, "volume v1 could not be found in region RegionOne"},
-		{"tok-demo", "RegionOne", "nope", ErrNotFound, "could not be found"},
-		{"tok-demo", "RegionOne", "v2", ErrInvalid, "volume v2 is error; only an available or in-use volume can be moved"},
-		{"tok-demo", "RegionOne", "v3", ErrInvalid, "volume v3 is encrypted"},
-		{"tok-demo", "RegionNine", "v1", ErrNotConfigured, `region "RegionNine" has no Cinder volume pool`},
+		{"tok-alt", "RegionOne", "11111111-0000-4000-8000-000000000001", ErrNotFound, "volume 11111111-0000-4000-8000-000000000001 could not be found in region RegionOne"},
+		{"tok-demo", "RegionOne", "33333333-0000-4000-8000-000000000000", ErrNotFound, "could not be found"},
+		{"tok-demo", "RegionOne", "11111111-0000-4000-8000-000000000002", ErrInvalid, "volume 11111111-0000-4000-8000-000000000002 is error; only an available or in-use volume can be moved"},
+		{"tok-demo", "RegionOne", "11111111-0000-4000-8000-000000000003", ErrInvalid, "volume 11111111-0000-4000-8000-000000000003 is encrypted"},
+		{"tok-demo", "RegionNine", "11111111-0000-4000-8000-000000000001", ErrNotConfigured, `region "RegionNine" has no Cinder volume pool`},
 	} {
 		_, err := s.ResolveVolume(ctx, tc.token, "x", tc.region, tc.id)
 		if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.msg) {
@@ -263,19 +287,19 @@ func TestRegisterVolumeGrantsManagesWaitsAndRevokes(t *testing.T) {
 	var created string
 	id, err := s.RegisterVolume(context.Background(), Registration{
 		TransferID: "t1", Region: "RegionTwo", Image: "ferry-t1",
-		Spec: VolumeSpec{Kind: "volume", ID: "v1", Name: "data", Description: "d", Bootable: true, Metadata: map[string]string{"k": "v"},
+		Spec: VolumeSpec{Kind: "volume", ID: "11111111-0000-4000-8000-000000000001", Name: "data", Description: "d", Bootable: true, Metadata: map[string]string{"k": "v"},
 			ImageMetadata: map[string]string{"hw_disk_bus": "scsi"}, ProjectID: "demo"},
 		Created: func(_ context.Context, id string) error { created = id; return nil },
 	})
-	if err != nil || id != "managed-1" || created != "managed-1" {
+	if err != nil || id != "00000000-0000-4000-8000-000000000001" || created != "00000000-0000-4000-8000-000000000001" {
 		t.Fatalf("RegisterVolume = %q, %v (created %q)", id, err, created)
 	}
 	want := map[string]any{"host": "c2@ceph#ceph", "ref": map[string]any{"source-name": "ferry-t1"}, "name": "data", "description": "d",
-		"bootable": true, "metadata": map[string]any{"k": "v", "ferry_transfer_id": "t1", "ferry_source_volume_id": "v1"}}
+		"bootable": true, "metadata": map[string]any{"k": "v", "ferry_transfer_id": "t1", "ferry_source_volume_id": "11111111-0000-4000-8000-000000000001"}}
 	if got := mustJSON(f.managed[0]); got != mustJSON(want) {
 		t.Errorf("manage body %s, want %s", got, mustJSON(want))
 	}
-	if md := fmt.Sprint(f.volumes["managed-1"]["image_metadata"]); md != "map[hw_disk_bus:scsi]" {
+	if md := fmt.Sprint(f.volumes["00000000-0000-4000-8000-000000000001"]["image_metadata"]); md != "map[hw_disk_bus:scsi]" {
 		t.Errorf("image metadata of the new volume: %s", md)
 	}
 	// Managed with a token of the owner's project; the grant is gone after.
@@ -286,7 +310,7 @@ func TestRegisterVolumeGrantsManagesWaitsAndRevokes(t *testing.T) {
 
 	// A grant that was there before stays.
 	f.grants["keep"] = true
-	spec := VolumeSpec{Kind: "volume", ID: "v2", ProjectID: "keep"}
+	spec := VolumeSpec{Kind: "volume", ID: "11111111-0000-4000-8000-000000000002", ProjectID: "keep"}
 	if _, err := s.RegisterVolume(context.Background(), Registration{TransferID: "t2", Region: "RegionTwo", Image: "ferry-t2", Spec: spec}); err != nil {
 		t.Fatal(err)
 	}
@@ -297,11 +321,11 @@ func TestRegisterVolumeGrantsManagesWaitsAndRevokes(t *testing.T) {
 	// error_managing: the volume record is deleted, the error says where
 	// the image is.
 	f.manageTo = "error_managing"
-	_, err = s.RegisterVolume(context.Background(), Registration{TransferID: "t3", Region: "RegionTwo", Image: "ferry-t3", Spec: VolumeSpec{Kind: "volume", ID: "v3", ProjectID: "demo"}})
-	if err == nil || !strings.Contains(err.Error(), "went to error_managing") || strings.Count(err.Error(), "volume managed-3") != 1 || !strings.Contains(err.Error(), "the copied image is left in region RegionTwo, pool vols2, as ferry-t3") {
+	_, err = s.RegisterVolume(context.Background(), Registration{TransferID: "t3", Region: "RegionTwo", Image: "ferry-t3", Spec: VolumeSpec{Kind: "volume", ID: "11111111-0000-4000-8000-000000000003", ProjectID: "demo"}})
+	if err == nil || !strings.Contains(err.Error(), "went to error_managing") || strings.Count(err.Error(), "volume 00000000-0000-4000-8000-000000000003") != 1 || !strings.Contains(err.Error(), "the copied image is left in region RegionTwo, pool vols2, as ferry-t3") {
 		t.Errorf("error_managing: %v", err)
 	}
-	if _, ok := f.volumes["managed-3"]; ok || f.grants["demo"] {
+	if _, ok := f.volumes["00000000-0000-4000-8000-000000000003"]; ok || f.grants["demo"] {
 		t.Errorf("after a failed manage: volume kept %v, grant kept %v", ok, f.grants["demo"])
 	}
 	// No backend host for the region: nothing is asked.
@@ -311,30 +335,165 @@ func TestRegisterVolumeGrantsManagesWaitsAndRevokes(t *testing.T) {
 	}
 }
 
-// An attempt that died between Cinder's answer and recording the volume:
-// the volume naming the transfer is found and waited for, not managed again.
-func TestResumeFindsTheVolumeOfTheTransfer(t *testing.T) {
+// An attempt that died between its manage-existing request and the
+// ledger's record of the answer: the volume that request made (created by
+// the service user while it ran) is taken and waited for, not managed
+// again. Metadata that names the transfer is never trusted: a project
+// member can set it on any volume.
+func TestResumeFindsTheVolumeOfTheAttempt(t *testing.T) {
+	at := time.Now().Add(-time.Minute).UTC()
+	stamp := func(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000000") }
+	for _, tc := range []struct {
+		name    string
+		volumes map[string]map[string]any
+		want    string // the volume taken; "" a new manage
+		manages int
+		errs    string
+	}{
+		{"the attempt's volume", map[string]map[string]any{
+			"00000000-0000-4000-8000-000000000007": {"user_id": "ferry-id", "created_at": stamp(at.Add(300 * time.Millisecond))},
+		}, "00000000-0000-4000-8000-000000000007", 0, ""},
+		{"a member's volume naming the transfer is not taken", map[string]map[string]any{
+			"55555555-0000-4000-8000-000000000001": {"user_id": "demo-user", "created_at": stamp(at.Add(time.Second)),
+				"metadata": map[string]string{"ferry_transfer_id": "t-7"}},
+		}, "00000000-0000-4000-8000-000000000001", 1, ""},
+		{"Ferry's volume from before the attempt is not taken", map[string]map[string]any{
+			"55555555-0000-4000-8000-000000000002": {"user_id": "ferry-id", "created_at": stamp(at.Add(-time.Hour)),
+				"metadata": map[string]string{"ferry_transfer_id": "t-7"}},
+		}, "00000000-0000-4000-8000-000000000001", 1, ""},
+		{"two candidates: none is taken, nothing is deleted", map[string]map[string]any{
+			"55555555-0000-4000-8000-000000000003": {"user_id": "ferry-id", "created_at": stamp(at.Add(time.Second))},
+			"55555555-0000-4000-8000-000000000004": {"user_id": "ferry-id", "created_at": stamp(at.Add(2 * time.Second))},
+		}, "", 0, "2 volumes of Ferry's service user"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeCloud(t)
+			f.grants["demo"] = true // the grant is still there too
+			for id, v := range tc.volumes {
+				v["id"], v["status"], v["owner"] = id, "available", "demo"
+				f.volumes[id] = v
+			}
+			s := newService(t, f)
+			var created string
+			id, err := s.RegisterVolume(context.Background(), Registration{TransferID: "t-7", Region: "RegionTwo", Image: "ferry-t-7",
+				Spec: VolumeSpec{Kind: "volume", ID: "v", ProjectID: "demo"}, AttemptedAt: at,
+				Created: func(_ context.Context, id string) error { created = id; return nil }})
+			if tc.errs != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.errs) || len(f.volumes) != len(tc.volumes) {
+					t.Errorf("resume: %q %v, %d volumes left", id, err, len(f.volumes))
+				}
+				return
+			}
+			if err != nil || id != tc.want || created != tc.want || len(f.managed) != tc.manages {
+				t.Errorf("resume: %q %v (created %q), %d manage calls; want %q, %d", id, err, created, len(f.managed), tc.want, tc.manages)
+			}
+			for vid := range tc.volumes {
+				if _, ok := f.volumes[vid]; !ok {
+					t.Errorf("volume %s was deleted", vid)
+				}
+			}
+		})
+	}
+}
+
+// Before its manage-existing request, a registration records the time in
+// the ledger (Attempting), and only then asks Cinder.
+func TestRegisterRecordsTheAttemptFirst(t *testing.T) {
 	f := newFakeCloud(t)
-	f.grants["demo"] = true // the grant is still there too
-	f.volumes["managed-7"] = map[string]any{"id": "managed-7", "status": "available", "owner": "demo",
-		"metadata": map[string]string{"ferry_transfer_id": "t-7"}}
-	f.volumes["other"] = map[string]any{"id": "other", "status": "available", "owner": "demo",
-		"metadata": map[string]string{"ferry_transfer_id": "t-8"}}
 	s := newService(t, f)
-	id, err := s.RegisterVolume(context.Background(), Registration{TransferID: "t-7", Region: "RegionTwo", Image: "ferry-t-7",
-		Spec: VolumeSpec{Kind: "volume", ID: "v", ProjectID: "demo"}})
-	if err != nil || id != "managed-7" || len(f.managed) != 0 {
-		t.Errorf("resume: %q %v, %d manage calls", id, err, len(f.managed))
+	var order []string
+	var at time.Time
+	_, err := s.RegisterVolume(context.Background(), Registration{TransferID: "t", Region: "RegionTwo", Image: "ferry-t",
+		Spec: VolumeSpec{Kind: "volume", ID: "v", ProjectID: "demo"},
+		Attempting: func(_ context.Context, t time.Time) error {
+			at = t
+			f.mu.Lock()
+			order = append(order, fmt.Sprintf("attempting after %d manage calls", len(f.managed)))
+			f.mu.Unlock()
+			return nil
+		},
+		Created: func(context.Context, string) error { order = append(order, "created"); return nil }})
+	if err != nil || strings.Join(order, ",") != "attempting after 0 manage calls,created" || time.Since(at) > time.Minute {
+		t.Errorf("register: %v, order %q, at %v", err, order, at)
+	}
+	// A ledger that cannot record: Cinder is not asked.
+	n := len(f.managed)
+	_, err = s.RegisterVolume(context.Background(), Registration{TransferID: "t2", Region: "RegionTwo", Image: "ferry-t2",
+		Spec:       VolumeSpec{Kind: "volume", ID: "v", ProjectID: "demo"},
+		Attempting: func(context.Context, time.Time) error { return errors.New("database down") }})
+	if err == nil || len(f.managed) != n {
+		t.Errorf("ledger down: %v, %d manage calls", err, len(f.managed)-n)
+	}
+}
+
+// Ids that would address other Cinder resources never reach Cinder.
+func TestIDsAreValidatedBeforeCinder(t *testing.T) {
+	f := newFakeCloud(t)
+	s := newService(t, f)
+	ctx := context.Background()
+	for _, id := range []string{"../../v3/volumes/detail", "detail?all_tenants=1", "..", "a\nb", "%zz", "", strings.Repeat("a", 65536),
+		"{11111111-0000-4000-8000-000000000001}", "11111111000040008000000000000001", "11111111-0000-4000-8000-00000000000G"} {
+		n := len(f.log)
+		if _, err := s.ResolveVolume(ctx, "tok-demo", "demo", "RegionOne", id); !errors.Is(err, ErrInvalid) {
+			t.Errorf("volume %.40q: %v", id, err)
+		}
+		if _, err := s.ResolveBackup(ctx, "tok-demo", "demo", "RegionOne", "RegionTwo", id); !errors.Is(err, ErrInvalid) {
+			t.Errorf("backup %.40q: %v", id, err)
+		}
+		if len(f.log) != n {
+			t.Errorf("%.40q reached Cinder: %q", id, f.log[n:])
+		}
+	}
+	if p, err := pathID("volume", "11111111-0000-4000-8000-000000000001"); err != nil || p != "11111111-0000-4000-8000-000000000001" {
+		t.Errorf("pathID of a UUID: %q %v", p, err)
+	}
+}
+
+// Registrations into one project take turns; a waiting one gives up with
+// its context, and no entry is left behind.
+func TestKeyedLock(t *testing.T) {
+	var k keyedLock
+	unlock, err := k.lock(context.Background(), "p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := k.lock(context.Background(), "q")
+	if err != nil {
+		t.Fatal("another key waited")
+	}
+	other()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := k.lock(ctx, "p"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("second holder of p: %v", err)
+	}
+	got := make(chan struct{})
+	go func() {
+		u, err := k.lock(context.Background(), "p")
+		if err == nil {
+			u()
+		}
+		close(got)
+	}()
+	time.Sleep(20 * time.Millisecond)
+	unlock()
+	select {
+	case <-got:
+	case <-time.After(2 * time.Second):
+		t.Fatal("the waiter never got p")
+	}
+	if k.len() != 0 {
+		t.Errorf("%d keys left", k.len())
 	}
 }
 
 func TestResumeWaitsForTheExistingVolume(t *testing.T) {
 	f := newFakeCloud(t)
-	f.volumes["managed-9"] = map[string]any{"id": "managed-9", "status": "creating"}
+	f.volumes["00000000-0000-4000-8000-000000000009"] = map[string]any{"id": "00000000-0000-4000-8000-000000000009", "status": "creating"}
 	s := newService(t, f)
 	id, err := s.RegisterVolume(context.Background(), Registration{TransferID: "t", Region: "RegionTwo", Image: "ferry-t",
-		Spec: VolumeSpec{Kind: "volume", ID: "v", ProjectID: "demo"}, ExistingVolumeID: "managed-9"})
-	if err != nil || id != "managed-9" || len(f.managed) != 0 {
+		Spec: VolumeSpec{Kind: "volume", ID: "v", ProjectID: "demo"}, ExistingVolumeID: "00000000-0000-4000-8000-000000000009"})
+	if err != nil || id != "00000000-0000-4000-8000-000000000009" || len(f.managed) != 0 {
 		t.Errorf("resume: %q %v, %d manage calls", id, err, len(f.managed))
 	}
 }
@@ -362,7 +521,7 @@ func containsLine(lines []string, want string) bool {
 }
 
 func cephBackup(id, parent, owner string) map[string]any {
-	rec := map[string]any{"id": id, "volume_id": "v1", "container": "backups", "service_metadata": `{"base": "volume-v1.backup.b1"}`,
+	rec := map[string]any{"id": id, "volume_id": "11111111-0000-4000-8000-000000000001", "container": "backups", "service_metadata": `{"base": "volume-v1.backup.22222222-0000-4000-8000-000000000001"}`,
 		"project_id": owner, "host": "one", "availability_zone": "nova", "service": "cinder.backup.drivers.ceph.CephBackupDriver", "size": 1}
 	if parent != "" {
 		rec["parent_id"] = parent
@@ -374,26 +533,26 @@ func cephBackup(id, parent, owner string) map[string]any {
 
 func TestResolveBackup(t *testing.T) {
 	f := newFakeCloud(t)
-	f.backups["one/b1"] = cephBackup("b1", "", "demo")
-	f.backups["one/b2"] = cephBackup("b2", "b1", "demo")
-	f.backups["one/b3"] = cephBackup("b3", "", "demo")
-	f.backups["one/b3"]["status"] = "backing-up"
-	f.backups["one/sw"] = cephBackup("sw", "", "demo")
-	f.backups["one/sw"]["service"] = "cinder.backup.drivers.swift.SwiftBackupDriver"
-	f.backups["one/dup"] = cephBackup("dup", "", "demo")
-	f.backups["two/dup"] = cephBackup("dup", "", "demo")
+	f.backups["one/22222222-0000-4000-8000-000000000001"] = cephBackup("22222222-0000-4000-8000-000000000001", "", "demo")
+	f.backups["one/22222222-0000-4000-8000-000000000002"] = cephBackup("22222222-0000-4000-8000-000000000002", "22222222-0000-4000-8000-000000000001", "demo")
+	f.backups["one/22222222-0000-4000-8000-000000000003"] = cephBackup("22222222-0000-4000-8000-000000000003", "", "demo")
+	f.backups["one/22222222-0000-4000-8000-000000000003"]["status"] = "backing-up"
+	f.backups["one/22222222-0000-4000-8000-0000000000aa"] = cephBackup("22222222-0000-4000-8000-0000000000aa", "", "demo")
+	f.backups["one/22222222-0000-4000-8000-0000000000aa"]["service"] = "cinder.backup.drivers.swift.SwiftBackupDriver"
+	f.backups["one/22222222-0000-4000-8000-0000000000bb"] = cephBackup("22222222-0000-4000-8000-0000000000bb", "", "demo")
+	f.backups["two/22222222-0000-4000-8000-0000000000bb"] = cephBackup("22222222-0000-4000-8000-0000000000bb", "", "demo")
 	s := newService(t, f)
 	ctx := context.Background()
 
-	sb, err := s.ResolveBackup(ctx, "tok-demo", "demo", "RegionOne", "RegionTwo", "b1")
+	sb, err := s.ResolveBackup(ctx, "tok-demo", "demo", "RegionOne", "RegionTwo", "22222222-0000-4000-8000-000000000001")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if sb.Pool != "backups" || sb.Image != "volume-v1.backup.b1" || sb.SnapshotPattern != "backup.b1.snap.*" ||
-		sb.Spec.ProjectID != "demo" || sb.Spec.ParentID != "" || !strings.Contains(string(sb.Spec.Record), `"volume_id":"v1"`) {
+	if sb.Pool != "backups" || sb.Image != "volume-v1.backup.22222222-0000-4000-8000-000000000001" || sb.SnapshotPattern != "backup.22222222-0000-4000-8000-000000000001.snap.*" ||
+		sb.Spec.ProjectID != "demo" || sb.Spec.ParentID != "" || !strings.Contains(string(sb.Spec.Record), `"volume_id":"11111111-0000-4000-8000-000000000001"`) {
 		t.Errorf("resolved %+v", sb)
 	}
-	if !containsLine(f.log, "GET /one/v3/backups/b1 tok-demo") || !containsLine(f.log, "GET /one/v3/backups/b1/export_record tok-service-project") {
+	if !containsLine(f.log, "GET /one/v3/backups/22222222-0000-4000-8000-000000000001 tok-demo") || !containsLine(f.log, "GET /one/v3/backups/22222222-0000-4000-8000-000000000001/export_record tok-service-project") {
 		t.Errorf("requests: %q", f.log)
 	}
 	for _, tc := range []struct {
@@ -401,11 +560,11 @@ func TestResolveBackup(t *testing.T) {
 		want      error
 		msg       string
 	}{
-		{"tok-alt", "b1", ErrNotFound, "backup b1 could not be found in region RegionOne"},
-		{"tok-demo", "b2", ErrInvalid, "backup b2 is incremental: move its parent backup b1 to RegionTwo first"},
-		{"tok-demo", "b3", ErrInvalid, "backup b3 is backing-up; only an available backup can be moved"},
-		{"tok-demo", "sw", ErrInvalid, "backup sw was made by cinder.backup.drivers.swift.SwiftBackupDriver"},
-		{"tok-demo", "dup", ErrConflict, "backup dup already exists in region RegionTwo"},
+		{"tok-alt", "22222222-0000-4000-8000-000000000001", ErrNotFound, "backup 22222222-0000-4000-8000-000000000001 could not be found in region RegionOne"},
+		{"tok-demo", "22222222-0000-4000-8000-000000000002", ErrInvalid, "backup 22222222-0000-4000-8000-000000000002 is incremental: move its parent backup 22222222-0000-4000-8000-000000000001 to RegionTwo first"},
+		{"tok-demo", "22222222-0000-4000-8000-000000000003", ErrInvalid, "backup 22222222-0000-4000-8000-000000000003 is backing-up; only an available backup can be moved"},
+		{"tok-demo", "22222222-0000-4000-8000-0000000000aa", ErrInvalid, "backup 22222222-0000-4000-8000-0000000000aa was made by cinder.backup.drivers.swift.SwiftBackupDriver"},
+		{"tok-demo", "22222222-0000-4000-8000-0000000000bb", ErrConflict, "backup 22222222-0000-4000-8000-0000000000bb already exists in region RegionTwo"},
 	} {
 		_, err := s.ResolveBackup(ctx, tc.token, "demo", "RegionOne", "RegionTwo", tc.id)
 		if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.msg) {
@@ -413,46 +572,46 @@ func TestResolveBackup(t *testing.T) {
 		}
 	}
 	// Once its parent is in RegionTwo, the incremental can go.
-	f.backups["two/b1"] = cephBackup("b1", "", "demo")
-	if sb, err := s.ResolveBackup(ctx, "tok-demo", "demo", "RegionOne", "RegionTwo", "b2"); err != nil || sb.Spec.ParentID != "b1" {
+	f.backups["two/22222222-0000-4000-8000-000000000001"] = cephBackup("22222222-0000-4000-8000-000000000001", "", "demo")
+	if sb, err := s.ResolveBackup(ctx, "tok-demo", "demo", "RegionOne", "RegionTwo", "22222222-0000-4000-8000-000000000002"); err != nil || sb.Spec.ParentID != "22222222-0000-4000-8000-000000000001" {
 		t.Errorf("incremental after its parent: %+v %v", sb, err)
 	}
 }
 
 func TestRegisterBackupImportsAdaptedRecord(t *testing.T) {
 	f := newFakeCloud(t)
-	f.backups["one/b1"] = cephBackup("b1", "", "demo")
+	f.backups["one/22222222-0000-4000-8000-000000000001"] = cephBackup("22222222-0000-4000-8000-000000000001", "", "demo")
 	s := newService(t, f)
 	ctx := context.Background()
-	sb, err := s.ResolveBackup(ctx, "tok-demo", "demo", "RegionOne", "RegionTwo", "b1")
+	sb, err := s.ResolveBackup(ctx, "tok-demo", "demo", "RegionOne", "RegionTwo", "22222222-0000-4000-8000-000000000001")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var created string
 	id, err := s.RegisterBackup(ctx, BackupRegistration{TransferID: "t1", Region: "RegionTwo", Pool: "backups2", Image: sb.Image, Spec: sb.Spec,
 		Created: func(_ context.Context, id string) error { created = id; return nil }})
-	if err != nil || id != "b1" || created != "b1" {
+	if err != nil || id != "22222222-0000-4000-8000-000000000001" || created != "22222222-0000-4000-8000-000000000001" {
 		t.Fatalf("RegisterBackup = %q, %v (created %q)", id, err, created)
 	}
 	rec := f.imported[0]
 	if rec["container"] != "backups2" || rec["host"] != nil || rec["availability_zone"] != nil || rec["service"] != nil ||
-		rec["id"] != "b1" || rec["_service"] != "cinder.backup.drivers.ceph.CephBackupDriver" || rec["service_metadata"] != `{"base": "volume-v1.backup.b1"}` {
+		rec["id"] != "22222222-0000-4000-8000-000000000001" || rec["_service"] != "cinder.backup.drivers.ceph.CephBackupDriver" || rec["service_metadata"] != `{"base": "volume-v1.backup.22222222-0000-4000-8000-000000000001"}` {
 		t.Errorf("imported record %v", rec)
 	}
 	// In the owner's project, with the grant gone afterwards.
-	if f.backups["two/b1"]["owner"] != "demo" || f.grants["demo"] {
-		t.Errorf("imported backup owner %v, grant left %v", f.backups["two/b1"]["owner"], f.grants["demo"])
+	if f.backups["two/22222222-0000-4000-8000-000000000001"]["owner"] != "demo" || f.grants["demo"] {
+		t.Errorf("imported backup owner %v, grant left %v", f.backups["two/22222222-0000-4000-8000-000000000001"]["owner"], f.grants["demo"])
 	}
 	// An import that ends in error says what is left where.
 	f.importTo = "error"
-	f.backups["one/b9"] = cephBackup("b9", "", "demo")
-	sb, err = s.ResolveBackup(ctx, "tok-demo", "demo", "RegionOne", "RegionTwo", "b9")
+	f.backups["one/22222222-0000-4000-8000-000000000009"] = cephBackup("22222222-0000-4000-8000-000000000009", "", "demo")
+	sb, err = s.ResolveBackup(ctx, "tok-demo", "demo", "RegionOne", "RegionTwo", "22222222-0000-4000-8000-000000000009")
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, err = s.RegisterBackup(ctx, BackupRegistration{Region: "RegionTwo", Pool: "backups2", Image: sb.Image, Spec: sb.Spec})
 	if err == nil || !strings.Contains(err.Error(), "went to error: driver said no") ||
-		!strings.Contains(err.Error(), "the imported record of backup b9 (project demo) and the copied data stays in region RegionTwo, pool backups2, image volume-v1.backup.b1") {
+		!strings.Contains(err.Error(), "the imported record of backup 22222222-0000-4000-8000-000000000009 (project demo) and the copied data stays in region RegionTwo, pool backups2, image volume-v1.backup.22222222-0000-4000-8000-000000000001") {
 		t.Errorf("failed import: %v", err)
 	}
 }
@@ -461,13 +620,13 @@ func TestRegisterBackupImportsAdaptedRecord(t *testing.T) {
 // is waited for, not imported again.
 func TestRegisterBackupResumes(t *testing.T) {
 	f := newFakeCloud(t)
-	f.backups["two/b5"] = map[string]any{"id": "b5", "status": "available", "owner": "demo"}
+	f.backups["two/22222222-0000-4000-8000-000000000005"] = map[string]any{"id": "22222222-0000-4000-8000-000000000005", "status": "available", "owner": "demo"}
 	s := newService(t, f)
 	var created bool
 	id, err := s.RegisterBackup(context.Background(), BackupRegistration{Region: "RegionTwo", Pool: "backups2", Image: "img",
-		Spec:    BackupSpec{Kind: "backup", ID: "b5", ProjectID: "demo", Service: "ceph", Record: []byte(`{"id":"b5"}`)},
+		Spec:    BackupSpec{Kind: "backup", ID: "22222222-0000-4000-8000-000000000005", ProjectID: "demo", Service: "ceph", Record: []byte(`{"id":"22222222-0000-4000-8000-000000000005"}`)},
 		Created: func(context.Context, string) error { created = true; return nil }})
-	if err != nil || id != "b5" || len(f.imported) != 0 || created {
+	if err != nil || id != "22222222-0000-4000-8000-000000000005" || len(f.imported) != 0 || created {
 		t.Errorf("resume: %q %v, %d imports, created %v", id, err, len(f.imported), created)
 	}
 }
@@ -520,5 +679,58 @@ func TestGrantLedger(t *testing.T) {
 	}
 	if len(led.set) != 0 || strings.Join(led.log, ",") != "record demo,clear demo,record fresh,clear fresh" {
 		t.Errorf("ledger %v, log %v", led.set, led.log)
+	}
+}
+
+// The owner's volumes and gigabytes quotas in the destination, used and
+// reserved counted; a quota that cannot be read is no refusal.
+func TestCheckVolumeQuota(t *testing.T) {
+	f := newFakeCloud(t)
+	s := newService(t, f)
+	ctx := context.Background()
+	usage := func(volUsed, volLimit, gbUsed, gbReserved, gbLimit int) string {
+		return fmt.Sprintf(`{"quota_set": {"id": "demo", "volumes": {"in_use": %d, "limit": %d, "reserved": 0},
+			"gigabytes": {"in_use": %d, "limit": %d, "reserved": %d}}}`, volUsed, volLimit, gbUsed, gbLimit, gbReserved)
+	}
+	for _, tc := range []struct {
+		name  string
+		quota string
+		size  int
+		full  bool
+	}{
+		{"room", usage(3, 10, 10, 0, 1000), 5, false},
+		{"unlimited", usage(3, -1, 10, 0, -1), 500, false},
+		{"no volume left", usage(10, 10, 10, 0, 1000), 1, true},
+		{"not enough gigabytes", usage(3, 10, 990, 5, 1000), 6, true},
+		{"exactly enough", usage(3, 10, 990, 5, 1000), 5, false},
+		{"unreadable", "", 5000, false},
+	} {
+		f.mu.Lock()
+		f.quota = tc.quota
+		f.mu.Unlock()
+		err := s.CheckVolumeQuota(ctx, "tok-demo", "RegionTwo", "demo", tc.size)
+		if errors.Is(err, ErrQuota) != tc.full || (err != nil && !tc.full) {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+	}
+	if !containsLine(f.log, "GET /two/v3/os-quota-sets/demo tok-demo") {
+		t.Errorf("the destination's quota was not asked with the caller's token: %v", f.log)
+	}
+}
+
+// A Cinder that does not answer costs a request [cinder] timeout, not
+// forever (before, Ferry's Cinder clients had no timeout at all).
+func TestCinderTimeout(t *testing.T) {
+	f := newFakeCloud(t)
+	s := newService(t, f)
+	s.cfg.Timeout = 1
+	f.hangVolumes = true
+	start := time.Now()
+	_, err := s.ResolveVolume(context.Background(), "tok-demo", "demo", "RegionOne", "11111111-0000-4000-8000-000000000001")
+	if err == nil || errors.Is(err, ErrNotFound) || errors.Is(err, ErrInvalid) {
+		t.Errorf("hanging Cinder: %v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("hanging Cinder held the request %v", d)
 	}
 }

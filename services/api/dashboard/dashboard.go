@@ -12,6 +12,7 @@ import (
 	"html/template"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -55,17 +56,29 @@ type Options struct {
 	// IdleTimeout ends a session without requests (default 1 h); a
 	// session also ends with its token.
 	IdleTimeout time.Duration
+	// KeystoneTimeout bounds one request to Keystone (default 10 s).
+	KeystoneTimeout time.Duration
+	// LoginAttempts failed logins per user name (four times as many per
+	// client address) within LoginWindow are allowed; further logins are
+	// refused with 429 until the window has passed. Defaults: 5, 5 min.
+	LoginAttempts int
+	LoginWindow   time.Duration
 	// Now is the clock (tests); nil is time.Now.
 	Now func() time.Time
 }
 
+// maxThrottleKeys bounds each login throttle's memory.
+const maxThrottleKeys = 10000
+
 // Handler serves /dashboard.
 type Handler struct {
-	opts     Options
-	sessions *sessionStore
-	pages    map[string]*template.Template
-	mux      *http.ServeMux
-	now      func() time.Time
+	opts         Options
+	sessions     *sessionStore
+	userThrottle *throttle
+	addrThrottle *throttle
+	pages        map[string]*template.Template
+	mux          *http.ServeMux
+	now          func() time.Time
 }
 
 // New builds the dashboard.
@@ -85,7 +98,18 @@ func New(opts Options) (*Handler, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	h := &Handler{opts: opts, now: opts.Now, sessions: newSessionStore(opts.MaxSessions, opts.IdleTimeout, opts.Now)}
+	if opts.KeystoneTimeout <= 0 {
+		opts.KeystoneTimeout = 10 * time.Second
+	}
+	if opts.LoginAttempts <= 0 {
+		opts.LoginAttempts = 5
+	}
+	if opts.LoginWindow <= 0 {
+		opts.LoginWindow = 5 * time.Minute
+	}
+	h := &Handler{opts: opts, now: opts.Now, sessions: newSessionStore(opts.MaxSessions, opts.IdleTimeout, opts.Now),
+		userThrottle: newThrottle(opts.LoginAttempts, opts.LoginWindow, maxThrottleKeys, opts.Now),
+		addrThrottle: newThrottle(4*opts.LoginAttempts, opts.LoginWindow, maxThrottleKeys, opts.Now)}
 	var err error
 	if h.pages, err = parsePages(); err != nil {
 		return nil, err
@@ -180,7 +204,29 @@ func sameOrigin(r *http.Request) bool {
 	if err != nil || u.Host == "" {
 		return false
 	}
-	return strings.EqualFold(u.Host, r.Host)
+	host := r.Host
+	if fh := r.Header.Get("X-Forwarded-Host"); fh != "" {
+		host, _, _ = strings.Cut(fh, ",")
+	}
+	return strings.EqualFold(u.Host, strings.TrimSpace(host))
+}
+
+// secure: the browser reached the dashboard over TLS, directly or through
+// a TLS-terminating proxy. ferry-api removes X-Forwarded-* from every
+// request that does not come from one of its [api] trusted_proxies, so
+// the header is a trusted proxy's word here.
+func secure(r *http.Request) bool {
+	return r.TLS != nil || strings.EqualFold(strings.TrimSpace(r.Header.Get("X-Forwarded-Proto")), "https")
+}
+
+// clientAddr is the client's address (ferry-api made RemoteAddr the
+// client's behind a trusted proxy).
+func clientAddr(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
 }
 
 func (h *Handler) currentSession(r *http.Request) *session {
@@ -194,7 +240,7 @@ func (h *Handler) currentSession(r *http.Request) *session {
 func (h *Handler) setCookie(w http.ResponseWriter, r *http.Request, name, value, path string, maxAge int) {
 	http.SetCookie(w, &http.Cookie{
 		Name: name, Value: value, Path: path, MaxAge: maxAge,
-		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil,
+		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: secure(r),
 	})
 }
 

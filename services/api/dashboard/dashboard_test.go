@@ -639,3 +639,81 @@ func TestFormatting(t *testing.T) {
 		}
 	}
 }
+
+// Password guessing: after LoginAttempts failures a user name is refused
+// with 429 (Keystone is not asked, even with the right password) until
+// the window has passed; a client address gets four times as many
+// failures over any user names.
+func TestLoginThrottle(t *testing.T) {
+	r := newRig(t, time.Hour)
+	b := r.browser()
+	issued := func() int { r.ks.mu.Lock(); defer r.ks.mu.Unlock(); return len(r.ks.tokens) }
+	for i := range 5 {
+		if resp, _ := b.login("demo", "wrong"); resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("failure %d: %d", i+1, resp.StatusCode)
+		}
+	}
+	resp, page := b.login("demo", "secret")
+	if resp.StatusCode != http.StatusTooManyRequests || !strings.Contains(page, "Too many failed login attempts") ||
+		resp.Header.Get("Retry-After") == "" || issued() != 0 {
+		t.Fatalf("6th login: %d Retry-After %q, %d tokens issued\n%s", resp.StatusCode, resp.Header.Get("Retry-After"), issued(), page)
+	}
+	// Another user from the same address still may (20 per address).
+	r.browser().mustLogin("admin")
+	r.clock.add(5*time.Minute + time.Second)
+	r.browser().mustLogin("demo")
+
+	// One address guessing many user names.
+	b2 := r.browser()
+	for i := range 20 {
+		if resp, _ := b2.login(fmt.Sprintf("nobody-%d", i), "wrong"); resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("failure %d: %d", i+1, resp.StatusCode)
+		}
+	}
+	if resp, _ := b2.login("reader", "secret"); resp.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("21st login from one address: %d", resp.StatusCode)
+	}
+}
+
+// The throttle's memory is bounded, whatever the number of names.
+func TestThrottleBounded(t *testing.T) {
+	clock := &fakeClock{t: time.Now()}
+	th := newThrottle(2, time.Minute, 3, clock.now)
+	for i := range 100 {
+		th.fail(fmt.Sprint("user-", i))
+		clock.add(time.Millisecond)
+	}
+	if th.len() > 3 {
+		t.Fatalf("%d keys kept, bound 3", th.len())
+	}
+	th.fail("last")
+	th.fail("last")
+	if _, blocked := th.blocked("last"); !blocked {
+		t.Error("the newest key was evicted")
+	}
+	if _, blocked := th.blocked("user-0"); blocked {
+		t.Error("the oldest key is still there")
+	}
+}
+
+// Behind a TLS-terminating proxy (it says X-Forwarded-Proto: https) the
+// cookies are Secure; ferry-api removes that header from anyone but its
+// trusted proxies (services/api tests that).
+func TestSecureCookieBehindTLSProxy(t *testing.T) {
+	r := newRig(t, time.Hour)
+	for _, tc := range []struct {
+		proto  string
+		secure bool
+	}{{"https", true}, {"", false}, {"http", false}} {
+		req := httptest.NewRequest("GET", "http://ferry.internal/dashboard/auth/login", nil)
+		if tc.proto != "" {
+			req.Header.Set("X-Forwarded-Proto", tc.proto)
+		}
+		w := httptest.NewRecorder()
+		r.h.ServeHTTP(w, req)
+		cs := w.Result().Cookies()
+		if len(cs) != 1 || cs[0].Secure != tc.secure {
+			t.Errorf("X-Forwarded-Proto %q: cookies %+v, want Secure %v", tc.proto, cs, tc.secure)
+		}
+	}
+}

@@ -31,7 +31,7 @@ func (h *Handler) identity(token string) (*gophercloud.ServiceClient, error) {
 	if h.opts.KeystoneTransport != nil {
 		pc.HTTPClient = http.Client{Transport: h.opts.KeystoneTransport}
 	}
-	pc.HTTPClient.Timeout = 30 * time.Second
+	pc.HTTPClient.Timeout = h.opts.KeystoneTimeout
 	if token != "" {
 		pc.SetToken(token)
 	}

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferry-project/ferry/db/state"
 	"github.com/ferry-project/ferry/services/client/services"
 )
 
@@ -202,12 +203,29 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 		h.showLogin(w, r, http.StatusOK, f)
 		return
 	}
+	// Password guessing is throttled per user name and per client address
+	// (the proxy-given one behind a trusted proxy), before Keystone is asked.
+	userKey, addrKey := strings.ToLower(f.Domain+"\x00"+f.Username), clientAddr(r)
+	wait, userBlocked := h.userThrottle.blocked(userKey)
+	if addrWait, addrBlocked := h.addrThrottle.blocked(addrKey); addrBlocked {
+		wait, userBlocked = max(wait, addrWait), true
+	}
+	if userBlocked {
+		h.opts.Logger.Warn("dashboard: login throttled", "user", f.Username, "client", addrKey)
+		secs := int(wait.Round(time.Second) / time.Second)
+		w.Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
+		f.Error = fmt.Sprintf("Too many failed login attempts. Try again in %d seconds.", max(secs, 1))
+		h.showLogin(w, r, http.StatusTooManyRequests, f)
+		return
+	}
 	ctx, cancel := apiCtx(r)
 	defer cancel()
 	s, err := h.authenticate(ctx, credentials{username: f.Username, password: password, project: f.Project, domain: f.Domain})
 	switch {
 	case errors.Is(err, errBadCredentials):
 		h.opts.Logger.Info("dashboard: login refused", "user", f.Username, "project", f.Project, "domain", f.Domain)
+		h.userThrottle.fail(userKey)
+		h.addrThrottle.fail(addrKey)
 		f.Error = "Invalid credentials."
 		h.showLogin(w, r, http.StatusUnauthorized, f)
 		return
@@ -221,6 +239,7 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 	if old, err := r.Cookie(sessionCookie); err == nil {
 		h.sessions.remove(old.Value)
 	}
+	h.userThrottle.reset(userKey)
 	h.sessions.add(s)
 	h.opts.Logger.Info("dashboard: login", "user", s.userName, "project", s.projectName)
 	h.setCookie(w, r, sessionCookie, s.id, Prefix, 0)
@@ -318,7 +337,7 @@ func rowOf(t *Transfer) rowData {
 	return rowData{
 		ID: t.ID, Status: t.Status, Badge: badgeClass(t.Status), Progress: t.Progress, ProgressTx: progressText(t), Unsized: unsized(t),
 		Bytes: humanBytes(t.BytesTransferred) + " / " + humanBytes(t.BytesTotal), Rate: humanRate(t), ETA: humanETA(t),
-		Terminal: terminal(t.Status), CanCancel: !terminal(t.Status) && t.Status != "cancelling", CanRetry: t.Status == "error",
+		Terminal: terminal(t.Status), CanCancel: state.CanCancel(state.Status(t.Status)), CanRetry: state.CanRetry(state.Status(t.Status)),
 		CanDelete: terminal(t.Status), Error: t.Error, Updated: when(t.UpdatedAt), Started: whenPtr(t.StartedAt),
 		Finished: whenPtr(t.FinishedAt), Digest: t.Digest,
 	}
@@ -511,7 +530,7 @@ func (h *Handler) servicesPage(w http.ResponseWriter, r *http.Request, s *sessio
 // --- formatting --------------------------------------------------------------
 
 func terminal(status string) bool {
-	return status == "completed" || status == "error" || status == "cancelled"
+	return state.IsTerminal(state.Status(status))
 }
 
 func badgeClass(status string) string {

@@ -9,34 +9,13 @@ import (
 	"time"
 
 	"github.com/ferry-project/ferry/db"
+	"github.com/ferry-project/ferry/db/state"
 	"github.com/ferry-project/ferry/rpc"
 )
 
 // StatusQueue is the queue ferry-api consumes agents' reports from, bound
 // to rpc.StatusTarget.
 const StatusQueue = string(rpc.StatusTarget)
-
-// happyPath is a transfer's life without trouble; an agent's report moves
-// the transfer along it one legal step at a time (finalizing is skipped:
-// verifying → completed is allowed).
-var happyPath = []db.Status{
-	db.StatusQueued, db.StatusAccepted, db.StatusPreparing, db.StatusTransferring, db.StatusVerifying,
-}
-
-func rank(s db.Status) int {
-	for i, h := range happyPath {
-		if h == s {
-			return i
-		}
-	}
-	switch s {
-	case db.StatusFinalizing:
-		return len(happyPath)
-	case db.StatusCompleted:
-		return len(happyPath) + 1
-	}
-	return -1 // error, cancelling, cancelled: off the path
-}
 
 // statusAttempts bounds how often a report is re-applied after losing a
 // race with another change of the same transfer.
@@ -345,16 +324,16 @@ func (a *applier) agent() string {
 // advance walks the happy path up to target; a transfer already there or
 // past it (or off the path: error, cancelling, cancelled) is left alone.
 func (a *applier) advance(ctx context.Context, target db.Status, log *slog.Logger) error {
-	tr := rank(target)
+	tr := state.Rank(target)
 	for {
-		cur := rank(a.t.Status)
+		cur := state.Rank(a.t.Status)
 		if cur < 0 || cur >= tr {
 			if a.t.Status != target {
 				log.Debug("report already applied or overtaken", "status", a.t.Status, "target", target)
 			}
 			return nil
 		}
-		next := happyPath[cur+1]
+		next := state.HappyPath()[cur+1]
 		msg := fmt.Sprintf("%s reported %s", a.agent(), a.ev.Event)
 		if next == db.StatusAccepted {
 			msg = a.agent() + " accepted the transfer"

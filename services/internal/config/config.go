@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"reflect"
@@ -50,6 +51,7 @@ type Cinder struct {
 	VolumeBackupDriver string            `opt:"backup_driver" default:"cinder.backup.drivers.ceph.CephBackupDriver" help:"Backup driver whose backups Ferry can move (the backup record's service)."`
 	FinalizeTimeout    int               `opt:"finalize_timeout" default:"600" min:"10" max:"86400" help:"Seconds to wait for Cinder to manage a copied volume or import a backup before the transfer is put in error."`
 	OwnerRole          string            `opt:"owner_role" default:"admin" help:"Role the service user holds on the owner's project, for the time of a registration only: manage-existing and backup import-record are admin-only in Cinder and create the resource in the token's project."`
+	Timeout            int               `opt:"timeout" default:"60" min:"1" max:"3600" help:"Seconds one HTTP request to Cinder, or to Keystone on Cinder's behalf (service user token, role grants), may take."`
 }
 
 // Default is the [DEFAULT] section.
@@ -80,6 +82,7 @@ type KeystoneAuthtoken struct {
 	RegionName         string `opt:"region_name" default:"RegionOne" help:"Region of the Identity endpoint used for validation."`
 	TokenCacheTime     int    `opt:"token_cache_time" default:"300" min:"0" max:"86400" help:"Seconds a validated token is cached; never longer than the token's own expiry. 0 disables the cache."`
 	TokenCacheSize     int    `opt:"token_cache_size" default:"10000" min:"1" max:"10000000" help:"Maximum number of validated tokens kept in the cache."`
+	HTTPRequestTimeout int    `opt:"http_request_timeout" default:"10" min:"1" max:"600" help:"Seconds one request to Keystone (token validation, the service user's authentication) may take; a caller whose token cannot be validated in time gets 503."`
 }
 
 // API is the [api] section of ferry-api.
@@ -94,8 +97,20 @@ type API struct {
 	MaxPageSize        int               `opt:"max_page_size" default:"1000" min:"1" max:"100000" help:"Largest limit a list request may ask for."`
 	OutboxPollInterval int               `opt:"outbox_poll_interval" default:"1" min:"1" max:"3600" help:"Seconds between scans of the outbox for messages not yet published."`
 	OutboxRetention    int               `opt:"outbox_retention" default:"24" min:"0" max:"87600" help:"Hours a published outbox message is kept before it is deleted; 0 keeps them forever."`
-	PublicEndpoint     string            `opt:"public_endpoint" default:"" help:"Public URL of this API, used in links; defaults to the URL of the request."`
+	PublicEndpoint     string            `opt:"public_endpoint" default:"" help:"Public URL of this API, used in links. When unset, links use the X-Forwarded-Proto and X-Forwarded-Host of a trusted proxy (trusted_proxies), else this server's own address (bind_host, or the host name when bind_host is a wildcard); never a client's Host header."`
+	TrustedProxies     []string          `opt:"trusted_proxies" default:"" help:"Comma-separated CIDRs of the reverse proxies (TLS terminators) whose X-Forwarded-For, X-Forwarded-Proto and X-Forwarded-Host are believed; from any other address these headers are ignored. Behind a TLS proxy listed here, the dashboard's cookies stay Secure."`
+	CertFile           string            `opt:"cert_file" default:"" help:"Certificate (PEM) of the API's own TLS listener; with key_file, ferry-api serves HTTPS instead of HTTP on bind_host:bind_port."`
+	KeyFile            string            `opt:"key_file" default:"" secret:"true" help:"Private key (PEM) of cert_file."`
+	ReadTimeout        int               `opt:"read_timeout" default:"60" min:"1" max:"3600" help:"Seconds a client may take to send a whole request, headers and body."`
+	WriteTimeout       int               `opt:"write_timeout" default:"120" min:"1" max:"3600" help:"Seconds ferry-api may take to answer a request, from the end of its headers."`
+	IdleTimeout        int               `opt:"idle_timeout" default:"120" min:"1" max:"3600" help:"Seconds an idle keep-alive connection stays open (oslo's client_socket_timeout)."`
+	MetricsListen      string            `opt:"metrics_listen" default:"" help:"host:port of a separate, unauthenticated listener for GET /metrics (Prometheus). When empty, /metrics is served on the API port to callers whose token passes the metrics:get policy rule (admins by default)."`
+	LoginAttempts      int               `opt:"login_attempts" default:"5" min:"1" max:"1000" help:"Failed dashboard logins allowed per user name, and (times four) per client address, within login_window; beyond them a login is answered 429 until the window has passed."`
+	LoginWindow        int               `opt:"login_window" default:"300" min:"1" max:"86400" help:"Seconds over which failed dashboard logins are counted."`
 	AgentUsers         map[string]string `opt:"agent_users" default:"" help:"Broker user of each region's agents, as region:user,region:user: a status report or heartbeat about a region is accepted only from its agents' user (RabbitMQ verifies each message's user_id). A region not listed is not checked."`
+	CleanupGrace       int               `opt:"cleanup_grace" default:"86400" min:"0" max:"31536000" help:"Seconds a failed or cancelled transfer's leftovers (the source snapshot Ferry took, a destination image it created and never completed, its resume state) are kept for a retry before the agents remove them; 0 keeps them."`
+	QuotaTransfers     int               `opt:"quota_transfers" default:"20" min:"0" max:"1000000" help:"Transfers a project may have in progress (not completed, failed or cancelled) at once; one more is refused with 413. 0 means no limit."`
+	QuotaBytesInFlight Size              `opt:"quota_bytes_in_flight" default:"0" min:"0" help:"Bytes a project's transfers in progress may still have to copy (as their agents report it, plus a new Cinder volume's size); a transfer that would exceed it is refused with 413. 0 means no limit. Accepts K, M, G, T suffixes."`
 	// Signed commands (rpc.Signer).
 	CommandSigningKeyFile string `opt:"command_signing_key_file" default:"/etc/ferry/pki/signing.key" help:"Ed25519 private key (ferry-manage pki signing-key) that signs every command ferry-api sends to agents; agents verify with its public key. Keep it on the ferry-api hosts only."`
 	CommandTTL            int    `opt:"command_ttl" default:"3600" min:"60" max:"604800" help:"Seconds a signed command stays valid: an agent refuses a transfer.start or transfer.cancel older than this (a queued transfer whose start expired is published again with a new signature)."`
@@ -282,6 +297,19 @@ func (c *Config) validate() error {
 			return &Error{Section: "agent", Option: a.opt, Reason: fmt.Sprintf("%q is not host:port", a.v)}
 		}
 	}
+	for _, p := range c.API.TrustedProxies {
+		if _, err := ParseCIDROrIP(p); err != nil {
+			return &Error{Section: "api", Option: "trusted_proxies", Reason: err.Error()}
+		}
+	}
+	if (c.API.CertFile == "") != (c.API.KeyFile == "") {
+		return &Error{Section: "api", Option: "cert_file", Reason: "cert_file and key_file go together"}
+	}
+	if a := c.API.MetricsListen; a != "" {
+		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+			return &Error{Section: "api", Option: "metrics_listen", Reason: fmt.Sprintf("%q is not host:port", a)}
+		}
+	}
 	if c.API.MaxPageSize < c.API.DefaultPageSize {
 		return &Error{Section: "api", Option: "max_page_size", Reason: "must be at least default_page_size"}
 	}
@@ -291,6 +319,23 @@ func (c *Config) validate() error {
 		}
 	}
 	return nil
+}
+
+// ParseCIDROrIP parses a CIDR ("10.0.0.0/8") or a single address
+// ("192.0.2.7", taken as /32 or /128).
+func ParseCIDROrIP(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("%q is not a CIDR or an address", s)
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not a CIDR or an address", s)
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
 // ForAPI checks what ferry-api needs beyond the generic checks.

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"time"
 
 	"github.com/gophercloud/gophercloud/v2"
 	"github.com/gophercloud/gophercloud/v2/openstack"
@@ -37,6 +38,9 @@ type Credentials struct {
 	Interface                   string
 	CACert                      string
 	Insecure                    bool
+	// Timeout bounds each HTTP request of the provider Authenticate
+	// returns (and its re-authentications); zero means no bound.
+	Timeout time.Duration
 }
 
 // CredentialsFromEnv reads the OS_* variables the openstack CLI reads.
@@ -164,6 +168,7 @@ func (c Credentials) Authenticate(ctx context.Context) (*gophercloud.ProviderCli
 	if tc != nil {
 		p.HTTPClient = http.Client{Transport: &http.Transport{TLSClientConfig: tc, Proxy: http.ProxyFromEnvironment}}
 	}
+	p.HTTPClient.Timeout = c.Timeout
 	if err := openstack.Authenticate(ctx, p, ao); err != nil {
 		return nil, eo, fmt.Errorf("authentication failed at %s: %w", ao.IdentityEndpoint, err)
 	}

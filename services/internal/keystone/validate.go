@@ -45,16 +45,23 @@ func (t *TokenInfo) HasRole(name string) bool {
 // role).
 type Validator struct {
 	identity *gophercloud.ServiceClient
+	timeout  time.Duration
 }
 
 // NewValidator authenticates the service user of [keystone_authtoken].
+// Every request to Keystone, the service user's own authentication
+// included, is bounded by http_request_timeout.
 func NewValidator(ctx context.Context, k config.KeystoneAuthtoken) (*Validator, error) {
+	timeout := time.Duration(k.HTTPRequestTimeout) * time.Second
 	creds := Credentials{
 		AuthURL: k.AuthURL, Username: k.Username, Password: k.Password,
 		ProjectName: k.ProjectName, UserDomainName: k.UserDomainName,
 		ProjectDomainName: k.ProjectDomainName, RegionName: k.RegionName,
+		Timeout: timeout,
 	}
-	p, eo, err := creds.Authenticate(ctx)
+	actx, cancel := contextWithTimeout(ctx, timeout)
+	defer cancel()
+	p, eo, err := creds.Authenticate(actx)
 	if err != nil {
 		return nil, fmt.Errorf("service user %q: %w", k.Username, err)
 	}
@@ -62,7 +69,15 @@ func NewValidator(ctx context.Context, k config.KeystoneAuthtoken) (*Validator, 
 	if err != nil {
 		return nil, fmt.Errorf("identity endpoint in region %q: %w", eo.Region, err)
 	}
-	return &Validator{identity: id}, nil
+	return &Validator{identity: id, timeout: timeout}, nil
+}
+
+// contextWithTimeout is ctx bounded by d; a zero d leaves it unbounded.
+func contextWithTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if d <= 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, d)
 }
 
 // Validate asks Keystone about a caller's token.
@@ -70,12 +85,16 @@ func (v *Validator) Validate(ctx context.Context, subject string) (*TokenInfo, e
 	if subject == "" {
 		return nil, ErrInvalidToken
 	}
+	// The bound covers a re-authentication of the service user too.
+	ctx, cancel := contextWithTimeout(ctx, 2*v.timeout)
+	defer cancel()
 	r := tokens.Get(ctx, v.identity, subject)
 	if r.Err != nil {
 		// 404 is Keystone's answer for an unknown, expired or revoked
-		// token. A 401 would be about the service user's own token, which
-		// gophercloud renews once by itself: an error, not the caller's.
-		if gophercloud.ResponseCodeIs(r.Err, http.StatusNotFound) {
+		// token, 400 for a subject token it cannot even parse. A 401
+		// would be about the service user's own token, which gophercloud
+		// renews once by itself: an error, not the caller's.
+		if gophercloud.ResponseCodeIs(r.Err, http.StatusNotFound) || gophercloud.ResponseCodeIs(r.Err, http.StatusBadRequest) {
 			return nil, fmt.Errorf("%w (%w)", ErrInvalidToken, r.Err)
 		}
 		return nil, fmt.Errorf("validating token: %w", r.Err)
