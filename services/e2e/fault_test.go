@@ -154,7 +154,7 @@ type faultSuite struct {
 	injections []*injection
 	notes      []string
 	retries    [faultRounds]int
-	roundOK    [faultRounds]bool // no failure up to the end of the round
+	roundBad   [faultRounds]bool // a transfer of the round did not end right
 	forged     []string          // destination images of forged starts
 }
 
@@ -164,6 +164,15 @@ func (s *faultSuite) record(in *injection) *injection {
 	s.mu.Unlock()
 	s.t.Logf("round %d: injected %s: %s", in.round, faultNames[in.kind], in.detail)
 	return in
+}
+
+// roundErrorf fails the test and round r: none of its injections survived.
+func (s *faultSuite) roundErrorf(r int, format string, args ...any) {
+	s.t.Helper()
+	s.mu.Lock()
+	s.roundBad[r] = true
+	s.mu.Unlock()
+	s.t.Errorf("round %d: "+format, append([]any{r}, args...)...)
 }
 
 // fail marks injections as not survived, with the reason (a test error).
@@ -365,7 +374,7 @@ func (s *faultSuite) round(r int, kinds []faultKind) {
 		go func() {
 			defer wg.Done()
 			if err := s.inject(k, r, ids, params[k]); err != nil {
-				errs <- fmt.Errorf("round %d: injecting %s: %w", r, faultNames[k], err)
+				errs <- fmt.Errorf("injecting %s: %w", faultNames[k], err)
 			}
 		}()
 	}
@@ -375,11 +384,10 @@ func (s *faultSuite) round(r int, kinds []faultKind) {
 	wg.Wait()
 	close(errs)
 	for err := range errs {
-		s.t.Error(err)
+		s.roundErrorf(r, "%v", err)
 	}
 	final := s.settle(r, ids)
 	s.verify(r, ids, final)
-	s.roundOK[r] = !s.t.Failed()
 	s.afterRound(r, ids)
 	s.t.Logf("round %d done in %.1f s", r, time.Since(start).Seconds())
 }
@@ -686,11 +694,11 @@ func (s *faultSuite) cephStall(r int, ids []string, p faultParams) {
 		s.t.Errorf("ceph stall: %v", err)
 	}
 	after := s.states(ids)
+	in := s.record(&injection{kind: fCephStall, round: r, detail: fmt.Sprintf("%s osd.0 (pid %d) stopped for %s (transfers before %s, after %s); %s reported down %d times; its ceph_health seen: %s",
+		p.region, pid, faultStall, states, after, host, down, strings.Join(seen, " | "))})
 	if down > 0 {
-		s.t.Errorf("%s was reported down %d times while its OSD was stopped: its heartbeat waited for Ceph", host, down)
+		s.fail(fmt.Errorf("round %d: %s was reported down %d times while its OSD was stopped: its heartbeat waited for Ceph", r, host, down), in)
 	}
-	s.record(&injection{kind: fCephStall, round: r, detail: fmt.Sprintf("%s osd.0 (pid %d) stopped for %s (transfers before %s, after %s); %s stayed up; ceph_health seen: %s",
-		p.region, pid, faultStall, states, after, host, strings.Join(seen, " | "))})
 }
 
 // settle waits until every transfer of the round is terminal, retrying
@@ -721,7 +729,7 @@ func (s *faultSuite) settle(r int, ids []string) map[string]map[string]any {
 			case "completed":
 				final[id] = tr
 			case "cancelled":
-				s.t.Errorf("round %d: transfer %s ended cancelled: %v", r, id, tr)
+				s.roundErrorf(r, "transfer %s ended cancelled: %v", id, tr)
 				final[id] = tr
 			case "error":
 				if attempts[id] >= faultRetries {
@@ -731,7 +739,7 @@ func (s *faultSuite) settle(r int, ids []string) map[string]map[string]any {
 				s.retries[r]++
 				s.t.Logf("round %d: transfer %s ended in error (%v): retry %d", r, short(id), tr["error"], attempts[id])
 				if code, m := s.admin.do("POST", "/v1/transfers/"+id+"/action", `{"retry": null}`); code != 202 {
-					s.t.Errorf("retry of %s: %d %v", id, code, m)
+					s.roundErrorf(r, "retry of %s: %d %v", id, code, m)
 				}
 			}
 		}
@@ -771,11 +779,11 @@ func (s *faultSuite) verify(r int, ids []string, final map[string]map[string]any
 	for x := range sums {
 		id := ids[x.i]
 		if x.errAB != nil {
-			s.t.Errorf("round %d: %s: %v", r, id, x.errAB)
+			s.roundErrorf(r, "%s: %v", id, x.errAB)
 			continue
 		}
 		if x.a != x.b {
-			s.t.Errorf("round %d: volumes/%s@ferry-%s differs: source %s, destination %s", r, s.images[x.i], id, x.a, x.b)
+			s.roundErrorf(r, "volumes/%s@ferry-%s differs: source %s, destination %s", s.images[x.i], id, x.a, x.b)
 		}
 	}
 	for _, id := range ids {
@@ -789,11 +797,11 @@ func (s *faultSuite) verify(r int, ids []string, final map[string]map[string]any
 		}
 		switch {
 		case !strings.HasPrefix(digest, "blake3-sha256:"):
-			s.t.Errorf("round %d: transfer %s completed with digest %s", r, id, digest)
+			s.roundErrorf(r, "transfer %s completed with digest %s", id, digest)
 		case len(reported) == 0:
 			s.note("round %d: the tap saw no completion report of %s (its connection was dropped)", r, short(id))
 		case !slices.Contains(reported, digest):
-			s.t.Errorf("round %d: transfer %s completed with digest %s, the agent reported %v", r, id, digest, reported)
+			s.roundErrorf(r, "transfer %s completed with digest %s, the agent reported %v", id, digest, reported)
 		}
 		if want := map[bool]string{true: "full", false: "incremental"}[r == 0]; tr["mode"] != want {
 			s.note("round %d: transfer %s ran %v, not %s", r, short(id), tr["mode"], want)
@@ -974,7 +982,7 @@ func (s *faultSuite) summary(took time.Duration) {
 	var injected, survived [nFaultKinds]int
 	for _, in := range s.injections {
 		injected[in.kind]++
-		ok := s.roundOK[in.round] && in.failed == nil
+		ok := !s.roundBad[in.round] && in.failed == nil
 		if ok && in.check != nil {
 			if err := in.check(); err != nil {
 				s.t.Errorf("round %d: %s not survived: %v", in.round, faultNames[in.kind], err)
