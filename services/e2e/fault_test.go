@@ -109,7 +109,7 @@ const (
 	faultRetries   = 4
 	faultStall     = 22 * time.Second // > ceph_op_timeout (15 s on the stack)
 	faultSeedDflt  = 20261203
-	faultSettleMax = 150 * time.Second
+	faultSettleMax = 100 * time.Second
 )
 
 // injection is one fault injected. It survived when every transfer of its
