@@ -20,6 +20,7 @@ import (
 	ferryamqp "github.com/ferry-project/ferry/rpc/amqp"
 	"github.com/ferry-project/ferry/services/agent/agenttest"
 	"github.com/ferry-project/ferry/services/api/dispatch"
+	"github.com/ferry-project/ferry/services/internal/pki"
 	"github.com/ferry-project/ferry/services/internal/testenv"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 )
@@ -65,7 +66,13 @@ func TestProcessAgentRestartRedispatched(t *testing.T) {
 	cctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	t.Cleanup(func() { stop(); wg.Wait() })
-	p := &dispatch.Publisher{DB: d, Caster: tp, Owner: "restart-test", Interval: 200 * time.Millisecond, Declarer: tp, Log: log}
+	// ferry-api signs what it sends to agents; the test's publisher too.
+	key, err := pki.LoadSigningKey(h.SigningKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signed := rpc.SigningCaster{Caster: tp, Signer: rpc.NewSigner(key, time.Hour)}
+	p := &dispatch.Publisher{DB: d, Caster: signed, Owner: "restart-test", Interval: 200 * time.Millisecond, Declarer: tp, Log: log}
 	r := &dispatch.Redispatcher{DB: d, DownAfter: time.Minute, Interval: time.Hour, Publish: p.Kick, Log: log}
 	if err := tp.DeclareQueue(ctx, statusQueue, []string{string(rpc.StatusTarget)}); err != nil {
 		t.Fatal(err)

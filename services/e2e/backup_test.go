@@ -6,11 +6,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/gophercloud/gophercloud/v2"
 	"github.com/gophercloud/gophercloud/v2/openstack/blockstorage/v3/backups"
 
 	"github.com/ferry-project/ferry/services/internal/testenv"
@@ -82,12 +84,28 @@ func TestBackupMove(t *testing.T) {
 	demo := cliEnv(openrcVars(t, "demo"))
 	var backupsMade []string
 	t.Cleanup(func() {
-		// Newest first: Cinder deletes an incremental's parent only after it.
+		// Newest first, each gone before its parent is deleted: Cinder
+		// refuses to delete a backup that still has an incremental child
+		// (one still deleting counts). No --force: the Ceph backup driver
+		// answers it 405, which left every backup behind.
+		ctx := context.Background()
 		for i := len(backupsMade) - 1; i >= 0; i-- {
 			for _, region := range []string{"RegionOne", "RegionTwo"} {
-				osc(t, "admin", region, "volume", "backup", "delete", "--force", backupsMade[i])
+				osc(t, "admin", region, "volume", "backup", "delete", backupsMade[i])
+				c := cinderClient(t, ctx, "admin", region)
+				deadline := time.Now().Add(2 * time.Minute)
+				for {
+					_, err := backups.Get(ctx, c, backupsMade[i]).Extract()
+					if gophercloud.ResponseCodeIs(err, http.StatusNotFound) {
+						break
+					}
+					if time.Now().After(deadline) {
+						t.Errorf("backup %s in %s not deleted after 2 minutes (%v)", backupsMade[i], region, err)
+						break
+					}
+					time.Sleep(500 * time.Millisecond)
+				}
 			}
-			time.Sleep(2 * time.Second)
 		}
 	})
 	backupsMade = append(backupsMade, b1)

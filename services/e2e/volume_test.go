@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/gophercloud/gophercloud/v2/openstack/blockstorage/v3/quotasets"
 	"github.com/gophercloud/gophercloud/v2/openstack/blockstorage/v3/volumes"
 
 	"github.com/ferry-project/ferry/services/internal/testenv"
@@ -306,4 +307,50 @@ func TestVolumeFinalizeSurvivesAPIKill(t *testing.T) {
 	if out := mustOSC(t, "admin", "RegionOne", "role", "assignment", "list", "--project", "demo", "--user", "ferry", "-f", "value"); out != "" {
 		t.Errorf("the service user still has roles on demo's project: %s", out)
 	}
+}
+
+// The owner's Cinder quota in the destination region is checked before the
+// copy: with demo's gigabytes quota in RegionTwo at 0, moving demo's volume
+// is refused with 413 and nothing is copied or created.
+func TestVolumeCinderQuota(t *testing.T) {
+	vol := oscVolume(t, "demo", "RegionOne", 1)
+	demoProject := mustOSC(t, "admin", "RegionOne", "project", "show", "demo", "-f", "value", "-c", "id")
+	ctx := context.Background()
+	admin := cinderClient(t, ctx, "admin", "RegionTwo")
+	q, err := quotasets.Get(ctx, admin, demoProject).Extract()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := q.Gigabytes
+	t.Cleanup(func() {
+		if _, err := quotasets.Update(ctx, admin, demoProject, quotasets.UpdateOpts{Gigabytes: &old}).Extract(); err != nil {
+			t.Errorf("restoring demo's quota in RegionTwo: %v", err)
+		}
+	})
+	zero := 0
+	if _, err := quotasets.Update(ctx, admin, demoProject, quotasets.UpdateOpts{Gigabytes: &zero}).Extract(); err != nil {
+		t.Fatal(err)
+	}
+	demo := &client{t: t, url: testenv.Get(t, "FERRY_API_URL"), token: token(t, "demo")}
+	count := func() int {
+		t.Helper()
+		code, m := demo.do("GET", "/v1/transfers?limit=1000", "")
+		if code != 200 {
+			t.Fatalf("list: %d %v", code, m)
+		}
+		return len(m["transfers"].([]any))
+	}
+	before := count()
+	code, m := demo.do("POST", "/v1/transfers", `{"transfer": {"source": {"region": "RegionOne", "volume_id": "`+vol+`"}, "destination": {"region": "RegionTwo"}}}`)
+	ol, _ := m["overLimit"].(map[string]any)
+	if code != 413 || ol == nil || !strings.Contains(fmt.Sprint(ol["message"]), "Cinder quota exceeded") {
+		t.Fatalf("a volume over the destination's Cinder quota: %d %v", code, m)
+	}
+	if after := count(); after != before {
+		t.Errorf("demo had %d transfers, %d after the refusal", before, after)
+	}
+	if s := testenv.Snapshots(t, testenv.Get(t, "CEPH_REGIONONE_CONF"), "volumes/volume-"+vol); len(s) != 0 {
+		t.Errorf("the refused transfer took snapshots %v", s)
+	}
+	t.Logf("refused: %v", ol["message"])
 }

@@ -110,6 +110,13 @@ func (s *Session) start() {
 // TransferID is the session's transfer.
 func (s *Session) TransferID() string { return s.id }
 
+// Streaming reports whether a source is connected to the session now.
+func (s *Session) Streaming() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !s.ended && s.active > 0
+}
+
 // Done is closed once the session has ended and its connections are gone.
 func (s *Session) Done() <-chan struct{} { return s.done }
 

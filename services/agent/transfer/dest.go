@@ -69,6 +69,10 @@ type destJob struct {
 	locked  bool
 	session *stream.Session
 	w       writingState
+	// req and resp are the prepare that opened the session and its
+	// answer (a repeated prepare while its source streams gets the same).
+	req  PrepareRequest
+	resp PrepareResponse
 	// finished is closed once the job's finish ran (or the job closed).
 	finished chan struct{}
 	release  sync.Once
@@ -107,6 +111,14 @@ func (d *Dest) Prepare(ctx context.Context, req PrepareRequest) (PrepareResponse
 	if old := d.job(req.TransferID); old != nil {
 		if req.Epoch < old.epoch {
 			return PrepareResponse{}, fmt.Errorf("%w: prepare of epoch %d, a session of epoch %d is open", ErrStaleEpoch, req.Epoch, old.epoch)
+		}
+		// The same prepare again while its source streams (a
+		// redelivery): the open session is the answer; superseding it
+		// would cut that source. With no source connected (it is gone),
+		// a new session resumes from the saved checkpoint.
+		if req.Epoch == old.epoch && old.req.sameAs(&req) && old.session.Streaming() {
+			log.Info("repeated prepare: the open session answers")
+			return old.resp, nil
 		}
 		d.closeJob(old, errors.New("superseded by a new prepare"))
 	}
@@ -184,12 +196,13 @@ func (d *Dest) Prepare(ctx context.Context, req PrepareRequest) (PrepareResponse
 		return fail(err)
 	}
 	job.session = pr.Session
+	resp.Ticket, resp.ChunkSize, resp.Checkpoint, resp.Resumed = pr.Ticket, pr.ChunkSize, pr.Checkpoint, pr.Resumed
+	job.req, job.resp = req, resp
 	d.mu.Lock()
 	d.jobs[req.TransferID] = job
 	d.mu.Unlock()
 	go d.watch(job)
 	log.Info("prepared", "created", created, "resumed", pr.Resumed, "watermark", pr.Checkpoint.Watermark, "ephemeral", req.Ephemeral, "why", plan.Why)
-	resp.Ticket, resp.ChunkSize, resp.Checkpoint, resp.Resumed = pr.Ticket, pr.ChunkSize, pr.Checkpoint, pr.Resumed
 	return resp, nil
 }
 

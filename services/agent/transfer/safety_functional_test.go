@@ -286,3 +286,63 @@ func TestCleanupOfUnfinishedTransfers(t *testing.T) {
 		t.Errorf("cleanup of a foreign image: %v", err)
 	}
 }
+
+// dupPreparer prepares twice, as a redelivered transfer.prepare would: the
+// second time while the source streams into the first session.
+type dupPreparer struct {
+	*Dest
+	t      *testing.T
+	second chan PrepareResponse
+}
+
+func (p *dupPreparer) Prepare(ctx context.Context, req PrepareRequest) (PrepareResponse, error) {
+	resp, err := p.Dest.Prepare(ctx, req)
+	if err == nil {
+		go func() {
+			for i := 0; i < 200; i++ {
+				if j := p.Dest.job(req.TransferID); j != nil && j.session.Streaming() {
+					break
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			again, err := p.Dest.Prepare(context.Background(), req)
+			if err != nil {
+				p.t.Errorf("repeated prepare: %v", err)
+			}
+			p.second <- again
+		}()
+	}
+	return resp, err
+}
+
+// A prepare repeated while its source streams answers with the open
+// session (same ticket) and the transfer completes, byte-identical.
+func TestRepeatedPrepareKeepsTheSession(t *testing.T) {
+	h := newHarness(t, Options{BandwidthLimit: 16 << 20})
+	name := uniq("xfer-dup-prepare")
+	img := h.newImage(name, 24<<20)
+	writeRandom(t, img, 0, 24<<20)
+	dp := &dupPreparer{Dest: h.dest, t: t, second: make(chan PrepareResponse, 1)}
+	var first PrepareResponse
+	rec := recordingPreparer{Preparer: dp, first: &first}
+	r, err := h.source.Run(ctxT(t), Job{TransferID: "dp-" + name, Pool: h.pool, Image: name}, rec)
+	if err != nil {
+		t.Fatalf("the transfer did not survive a repeated prepare: %v", err)
+	}
+	if again := <-dp.second; again.Ticket != first.Ticket {
+		t.Errorf("the repeated prepare opened another session")
+	}
+	h.sameImage(name, r.Snapshot)
+}
+
+// recordingPreparer keeps the first prepare's answer.
+type recordingPreparer struct {
+	Preparer
+	first *PrepareResponse
+}
+
+func (r recordingPreparer) Prepare(ctx context.Context, req PrepareRequest) (PrepareResponse, error) {
+	resp, err := r.Preparer.Prepare(ctx, req)
+	*r.first = resp
+	return resp, err
+}

@@ -153,6 +153,16 @@ func (r *PrepareRequest) Validate() error {
 	return nil
 }
 
+// sameAs reports whether o asks for the very copy r asks for (a repeated
+// prepare): same transfer, epoch, destination, source snapshot and kind of
+// copy.
+func (r *PrepareRequest) sameAs(o *PrepareRequest) bool {
+	return r.TransferID == o.TransferID && r.Epoch == o.Epoch && r.Pool == o.Pool && r.Image == o.Image &&
+		r.SourceFSID == o.SourceFSID && r.SourceImageID == o.SourceImageID && r.Snapshot == o.Snapshot &&
+		r.SourceSnapID == o.SourceSnapID && r.Size == o.Size && r.Mode == o.Mode && r.Ephemeral == o.Ephemeral &&
+		r.ChunkSize == o.ChunkSize
+}
+
 // validName accepts RBD pool, image and snapshot names.
 func validName(s string) bool {
 	return s != "" && len(s) <= 255 && !strings.ContainsAny(s, "/@\x00")

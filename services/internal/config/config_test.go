@@ -63,6 +63,28 @@ backend_hosts = RegionOne:cinder-1@ceph#ceph
 	}
 }
 
+// The hardening options: defaults, and a list of proxies parsed.
+func TestAPIHardeningOptions(t *testing.T) {
+	d := Defaults()
+	if a := d.API; a.ReadTimeout != 60 || a.WriteTimeout != 120 || a.IdleTimeout != 120 || len(a.TrustedProxies) != 0 ||
+		a.MetricsListen != "" || a.CertFile != "" || a.LoginAttempts != 5 || a.LoginWindow != 300 {
+		t.Errorf("[api] defaults %+v", a)
+	}
+	if d.KeystoneAuthtoken.HTTPRequestTimeout != 10 || d.Cinder.Timeout != 60 {
+		t.Errorf("timeouts %d %d", d.KeystoneAuthtoken.HTTPRequestTimeout, d.Cinder.Timeout)
+	}
+	res, err := Parse([]byte("[api]\ntrusted_proxies = 10.0.0.0/8, 192.0.2.7,2001:db8::/32\ncert_file = /c\nkey_file = /k\nmetrics_listen = 127.0.0.1:9799\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := res.Config.API.TrustedProxies; len(p) != 3 || p[1] != "192.0.2.7" {
+		t.Errorf("trusted_proxies %q", p)
+	}
+	if n, err := ParseCIDROrIP("192.0.2.7"); err != nil || n.Bits() != 32 {
+		t.Errorf("a single address: %v %v", n, err)
+	}
+}
+
 func TestParseErrorsNameSectionAndOption(t *testing.T) {
 	cases := []struct {
 		name, ini, want string
@@ -82,6 +104,13 @@ func TestParseErrorsNameSectionAndOption(t *testing.T) {
 		{"page", "[api]\ndefault_page_size = 50\nmax_page_size = 10\n", "[api] max_page_size: must be at least default_page_size"},
 		{"syntax", "[agent\nregion = x\n", "cannot parse INI"},
 		{"dict", "[cinder]\nvolume_pools = RegionOne\n", `[cinder] volume_pools: "RegionOne" is not a key:value pair`},
+		{"trusted proxy", "[api]\ntrusted_proxies = 10.0.0.0/8,10.0.0.0/33\n", `[api] trusted_proxies: "10.0.0.0/33" is not a CIDR or an address`},
+		{"trusted proxy name", "[api]\ntrusted_proxies = proxy.example.org\n", `[api] trusted_proxies: "proxy.example.org" is not a CIDR`},
+		{"cert without key", "[api]\ncert_file = /etc/ferry/api.crt\n", "[api] cert_file: cert_file and key_file go together"},
+		{"metrics listen", "[api]\nmetrics_listen = 9799\n", `[api] metrics_listen: "9799" is not host:port`},
+		{"read timeout", "[api]\nread_timeout = 0\n", "[api] read_timeout: 0 is below the minimum 1"},
+		{"cinder timeout", "[cinder]\ntimeout = 0\n", "[cinder] timeout: 0 is below the minimum 1"},
+		{"keystone timeout", "[keystone_authtoken]\nhttp_request_timeout = 601\n", "[keystone_authtoken] http_request_timeout: 601 is above the maximum 600"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
