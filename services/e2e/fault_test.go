@@ -253,11 +253,12 @@ func TestFaultSuite(t *testing.T) {
 
 	s.makeImages()
 	s.byRound = make([][]string, faultRounds)
+	// The table prints even when a round gives up (t.Fatal).
+	defer func() { s.summary(time.Since(began)) }()
 	for r := range faultRounds {
 		s.round(r, schedule[r])
 	}
 	s.finalChecks()
-	s.summary(time.Since(began))
 }
 
 // waitAgentsUp waits until both stack agents heartbeat as up.
@@ -717,6 +718,7 @@ func (s *faultSuite) settle(r int, ids []string) map[string]map[string]any {
 					stuck = append(stuck, fmt.Sprintf("%s %v", id, m["transfer"].(map[string]any)["status"]))
 				}
 			}
+			s.roundBad[r] = true
 			s.t.Fatalf("round %d: transfers still not completed after %s: %v", r, faultSettleMax, stuck)
 		}
 		for _, id := range ids {
@@ -733,6 +735,7 @@ func (s *faultSuite) settle(r int, ids []string) map[string]map[string]any {
 				final[id] = tr
 			case "error":
 				if attempts[id] >= faultRetries {
+					s.roundBad[r] = true
 					s.t.Fatalf("round %d: transfer %s still fails after %d retries: %v", r, id, faultRetries, tr["error"])
 				}
 				attempts[id]++
