@@ -143,6 +143,10 @@ ceph_user = ferry
 ceph_keyring = $STACK_DIR/$r/ceph.client.ferry.keyring
 pools = volumes$([[ ${FERRY_STACK_CINDER:-1} == 0 ]] || echo ", $CINDER_BACKUP_POOL")
 heartbeat_interval = 3
+# A stalled cluster (the e2e fault suite stops an OSD) is an error within seconds, and shows in the
+# service list soon.
+ceph_op_timeout = 15
+health_interval = 5
 state_key_file = $F_PKI/state-$r.key
 command_verify_key_file = $F_PKI/signing.pub
 
