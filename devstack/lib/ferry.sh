@@ -32,17 +32,25 @@ ferry_broker() {
     step "ferry/broker" "$F_LOG_DIR/broker.log"
     # rabbitmqctl takes about a second a call: provision once per stack directory.
     [[ -f $marker ]] && { log "ferry: broker users already provisioned"; return 0; }
-    local L=$F_LOG_DIR/broker.log
-    run "$L" timeout 60 rabbitmqctl -q add_vhost "$F_VHOST" || true
+    local L=$F_LOG_DIR/broker.log users vhosts
+    # Existing users and vhost (an earlier stack directory's) are updated, not added again.
+    vhosts=$(timeout 60 rabbitmqctl -q list_vhosts name 2>>"$L") || die "rabbitmqctl list_vhosts failed (see $L)"
+    users=$(timeout 60 rabbitmqctl -q list_users 2>>"$L" | awk '{print $1}') || die "rabbitmqctl list_users failed (see $L)"
+    grep -qx "$F_VHOST" <<<"$vhosts" || run "$L" timeout 60 rabbitmqctl -q add_vhost "$F_VHOST"
     run "$L" timeout 60 rabbitmqctl -q set_permissions -p "$F_VHOST" guest '.*' '.*' '.*'
+    ferry_broker_user() {
+        if grep -qx "$1" <<<"$users"; then
+            run "$L" timeout 60 rabbitmqctl -q change_password "$1" "$(ferry_broker_password "$1")"
+        else
+            run "$L" timeout 60 rabbitmqctl -q add_user "$1" "$(ferry_broker_password "$1")"
+        fi
+    }
     u=$F_API_BROKER_USER
-    run "$L" timeout 60 rabbitmqctl -q add_user "$u" "$(ferry_broker_password "$u")" ||
-        run "$L" timeout 60 rabbitmqctl -q change_password "$u" "$(ferry_broker_password "$u")"
+    ferry_broker_user "$u"
     run "$L" timeout 60 rabbitmqctl -q set_permissions -p "$F_VHOST" "$u" '.*' '.*' '.*'
     for r in "${REGIONS[@]}"; do
         u=$(ferry_agent_broker_user "$r")
-        run "$L" timeout 60 rabbitmqctl -q add_user "$u" "$(ferry_broker_password "$u")" ||
-            run "$L" timeout 60 rabbitmqctl -q change_password "$u" "$(ferry_broker_password "$u")"
+        ferry_broker_user "$u"
         # configure: its region's queues and its reply queues; write: Ferry's exchanges (publish,
         # dead letters), the default exchange (replies), its queues (bind); read: the exchange
         # (bind) and its queues (consume).
