@@ -2,6 +2,7 @@ package db
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 )
@@ -139,5 +140,47 @@ func contractQuota(t *testing.T, url string) {
 	}
 	if err := d.CreateTransfer(ctx, newTestTransfer("p1", "e"), nil, WithQuota(Quota{BytesInFlight: 1000, NewBytes: 100})); err != nil {
 		t.Errorf("bytes within the quota: %v", err)
+	}
+}
+
+// Deleting a failed or cancelled transfer not cleaned yet writes its
+// clean-up to the outbox with the delete; a completed or cleaned one
+// writes none.
+func contractDeleteCleanup(t *testing.T, url string) {
+	ctx := testCtx(t)
+	clock := newTestClock()
+	d := openSynced(t, url, WithNowFunc(clock.Now))
+	built := 0
+	cleanup := func(tr *Transfer) ([]*OutboxMessage, error) {
+		built++
+		return []*OutboxMessage{{Exchange: "ferry", RoutingKey: "agent." + tr.SourceRegion, Payload: `{"method":"transfer.cleanup","body":{"transfer_id":"` + tr.ID + `"}}`}}, nil
+	}
+	failed := mustCreate(t, d, newTestTransfer("p1", "failed"))
+	mustTransition(t, d, failed.ID, StatusError, TransitionOpts{Message: "x"})
+	done := mustCreate(t, d, newTestTransfer("p1", "done"))
+	for _, s := range []Status{StatusAccepted, StatusPreparing, StatusTransferring, StatusVerifying, StatusCompleted} {
+		mustTransition(t, d, done.ID, s, TransitionOpts{Message: "x"})
+	}
+	cleaned := mustCreate(t, d, newTestTransfer("p1", "cleaned"))
+	mustTransition(t, d, cleaned.ID, StatusCancelled, TransitionOpts{Message: "x"})
+	got, err := d.GetTransfer(ctx, cleaned.ID, AllProjectsScope())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.MarkCleaned(ctx, cleaned.ID, *got.FinishedAt); err != nil {
+		t.Fatal(err)
+	}
+	// Drain the creations' outbox rows (none here) and count after.
+	for _, tr := range []*Transfer{failed, done, cleaned} {
+		if err := d.DeleteTransferWith(ctx, tr.ID, ProjectScope("p1"), cleanup); err != nil {
+			t.Fatalf("delete %s: %v", tr.Name, err)
+		}
+	}
+	if built != 1 {
+		t.Errorf("clean-up built for %d transfers, want 1 (the failed one)", built)
+	}
+	msgs, err := d.ClaimOutbox(ctx, "test", time.Minute, 10)
+	if err != nil || len(msgs) != 1 || !strings.Contains(msgs[0].Payload, failed.ID) {
+		t.Errorf("outbox after the deletes: %+v %v", msgs, err)
 	}
 }

@@ -156,6 +156,7 @@ func runStoreContract(t *testing.T, newURL func(t *testing.T) string) {
 		{"RepublishStart", contractRepublishStart},
 		{"Cleanup", contractCleanup},
 		{"Quota", contractQuota},
+		{"DeleteCleanup", contractDeleteCleanup},
 		{"Outbox", contractOutbox},
 		{"OutboxConcurrentClaimers", contractOutboxConcurrentClaimers},
 		{"Leases", contractLeases},

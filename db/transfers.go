@@ -714,6 +714,14 @@ func (d *DB) RecordEvent(ctx context.Context, transferID string, kind EventKind,
 // terminal transfers (completed, error, cancelled) may be deleted; others
 // are ErrConflict.
 func (d *DB) DeleteTransfer(ctx context.Context, id string, scope Scope) error {
+	return d.DeleteTransferWith(ctx, id, scope, nil)
+}
+
+// DeleteTransferWith is DeleteTransfer that, for a failed or cancelled
+// transfer whose leftovers were not cleaned yet, writes the clean-up
+// messages cleanup builds to the outbox in the same transaction: the
+// garbage collector works from the row, which is gone afterwards.
+func (d *DB) DeleteTransferWith(ctx context.Context, id string, scope Scope, cleanup func(*Transfer) ([]*OutboxMessage, error)) error {
 	err := d.inTx(ctx, func(tx *gorm.DB) error {
 		q, err := scope.apply(d.lockRow(tx).Where("id = ?", id))
 		if err != nil {
@@ -733,6 +741,23 @@ func (d *DB) DeleteTransfer(ctx context.Context, id string, scope Scope) error {
 		}
 		if res.RowsAffected != 1 {
 			return fmt.Errorf("%w: transfer changed concurrently", ErrConflict)
+		}
+		if cleanup == nil || cur.Status == StatusCompleted || cur.CleanedAt != nil {
+			return nil
+		}
+		msgs, err := cleanup(&cur)
+		if err != nil {
+			return fmt.Errorf("clean-up messages: %w", err)
+		}
+		now := d.now()
+		for _, m := range msgs {
+			if err := checkOutbox(m); err != nil {
+				return err
+			}
+			resetOutbox(m, now)
+			if err := tx.Create(m).Error; err != nil {
+				return fmt.Errorf("insert outbox message: %w", translate(err))
+			}
 		}
 		return nil
 	})

@@ -45,6 +45,10 @@ type Hooks struct {
 	StartMessage func(ctx context.Context, t *db.Transfer) (*db.OutboxMessage, error)
 	// CancelMessage builds the outbox row that stops a running transfer.
 	CancelMessage func(ctx context.Context, t *db.Transfer) (*db.OutboxMessage, error)
+	// CleanupMessages builds the clean-up of a failed or cancelled
+	// transfer's leftovers, sent when it is deleted before the garbage
+	// collector got to it (nil: none).
+	CleanupMessages func(t *db.Transfer) ([]*db.OutboxMessage, error)
 	// Kick wakes the outbox publisher after a write.
 	Kick func()
 	// Cinder resolves volume sources; nil: they are not configured (501).
@@ -397,7 +401,7 @@ func (s *Server) deleteTransfer(c *gin.Context) {
 		writeError(c, http.StatusConflict, fmt.Sprintf("Transfer %s is %s: only completed, error or cancelled transfers can be deleted.", t.ID, t.Status))
 		return
 	}
-	if err := s.db.DeleteTransfer(c.Request.Context(), t.ID, db.ProjectScope(t.ProjectID)); err != nil {
+	if err := s.db.DeleteTransferWith(c.Request.Context(), t.ID, db.ProjectScope(t.ProjectID), s.hooks.CleanupMessages); err != nil {
 		s.dbError(c, err, "Transfer "+t.ID)
 		return
 	}

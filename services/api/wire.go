@@ -142,7 +142,8 @@ func (s *Server) wire(w Wiring) []loop {
 			return dispatch.NewOutboxMessage(rpc.RequestIDFrom(ctx), rpc.AgentHostTarget(t.SourceRegion, *t.Agent),
 				rpc.MethodTransferCancel, rpc.TransferCancel{TransferID: t.ID, Epoch: t.Epoch})
 		},
-		Kick: pub.Kick,
+		CleanupMessages: dispatch.CleanupMessages,
+		Kick:            pub.Kick,
 	}
 	if w.Cinder != nil {
 		s.hooks.Cinder = w.Cinder
