@@ -72,6 +72,37 @@ func NewValidator(ctx context.Context, k config.KeystoneAuthtoken) (*Validator, 
 	return &Validator{identity: id, timeout: timeout}, nil
 }
 
+// tokenExpiry reads a validated token's expires_at. Keystone writes it
+// with a zone ("…Z") for an ordinary token, but without one when it caps
+// the token at an application credential's expiry ("2026-12-03T12:19:31.969846",
+// UTC): gophercloud's RFC 3339 parsing refuses the latter, so the time is
+// read here.
+func tokenExpiry(r tokens.GetResult) (time.Time, error) {
+	var tok struct {
+		ExpiresAt string `json:"expires_at"`
+	}
+	if err := r.ExtractIntoStructPtr(&tok, "token"); err != nil {
+		return time.Time{}, err
+	}
+	return parseKeystoneTime(tok.ExpiresAt)
+}
+
+// parseKeystoneTime parses a Keystone time, with or without a zone (UTC
+// then); an empty one is the zero time.
+func parseKeystoneTime(s string) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t, nil
+	}
+	t, err := time.ParseInLocation("2006-01-02T15:04:05.999999999", s, time.UTC)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("token expires_at %q: %w", s, err)
+	}
+	return t, nil
+}
+
 // contextWithTimeout is ctx bounded by d; a zero d leaves it unbounded.
 func contextWithTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
 	if d <= 0 {
@@ -99,11 +130,11 @@ func (v *Validator) Validate(ctx context.Context, subject string) (*TokenInfo, e
 		}
 		return nil, fmt.Errorf("validating token: %w", r.Err)
 	}
-	tok, err := r.ExtractToken()
+	expires, err := tokenExpiry(r)
 	if err != nil {
 		return nil, fmt.Errorf("validating token: %w", err)
 	}
-	info := &TokenInfo{ExpiresAt: tok.ExpiresAt}
+	info := &TokenInfo{ExpiresAt: expires}
 	if u, err := r.ExtractUser(); err == nil {
 		info.UserID, info.UserName, info.UserDomainID = u.ID, u.Name, u.Domain.ID
 	}
