@@ -34,6 +34,21 @@ func resetOutbox(m *OutboxMessage, now time.Time) {
 	m.LeaseUntil = nil
 }
 
+// insertOutbox checks msgs and inserts them within tx (the transaction of
+// the change they belong to), created at now.
+func insertOutbox(tx *gorm.DB, now time.Time, msgs ...*OutboxMessage) error {
+	for _, m := range msgs {
+		if err := checkOutbox(m); err != nil {
+			return err
+		}
+		resetOutbox(m, now)
+		if err := tx.Create(m).Error; err != nil {
+			return fmt.Errorf("insert outbox message: %w", translate(err))
+		}
+	}
+	return nil
+}
+
 // EnqueueOutbox adds a message on its own (CreateTransfer adds the one for a
 // new transfer in its transaction).
 func (d *DB) EnqueueOutbox(ctx context.Context, m *OutboxMessage) error {

@@ -54,14 +54,7 @@ func (d *DB) RepublishStart(ctx context.Context, id string, expectEpoch int64, m
 		if m == nil {
 			return fmt.Errorf("%w: no outbox message", ErrInvalidArgument)
 		}
-		if err := checkOutbox(m); err != nil {
-			return err
-		}
-		resetOutbox(m, now)
-		if err := tx.Create(m).Error; err != nil {
-			return fmt.Errorf("insert outbox message: %w", translate(err))
-		}
-		return nil
+		return insertOutbox(tx, now, m)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("db: republish %s: %w", id, err)

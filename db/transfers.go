@@ -583,12 +583,8 @@ func (d *DB) TransitionTransfer(ctx context.Context, id string, to Status, opts 
 				return fmt.Errorf("outbox message: %w", err)
 			}
 			if m != nil {
-				if err := checkOutbox(m); err != nil {
+				if err := insertOutbox(tx, now, m); err != nil {
 					return err
-				}
-				resetOutbox(m, now)
-				if err := tx.Create(m).Error; err != nil {
-					return fmt.Errorf("insert outbox message: %w", translate(err))
 				}
 			}
 		}
@@ -749,17 +745,7 @@ func (d *DB) DeleteTransferWith(ctx context.Context, id string, scope Scope, cle
 		if err != nil {
 			return fmt.Errorf("clean-up messages: %w", err)
 		}
-		now := d.now()
-		for _, m := range msgs {
-			if err := checkOutbox(m); err != nil {
-				return err
-			}
-			resetOutbox(m, now)
-			if err := tx.Create(m).Error; err != nil {
-				return fmt.Errorf("insert outbox message: %w", translate(err))
-			}
-		}
-		return nil
+		return insertOutbox(tx, d.now(), msgs...)
 	})
 	if err != nil {
 		return fmt.Errorf("db: delete transfer %s: %w", id, err)
@@ -822,11 +808,6 @@ func (d *DB) ListCleanable(ctx context.Context, before time.Time, limit int) ([]
 // The transfer must still be failed or cancelled, uncleaned, and finished
 // at finishedAt (not retried since), else ErrConflict.
 func (d *DB) MarkCleaned(ctx context.Context, id string, finishedAt time.Time, msgs ...*OutboxMessage) error {
-	for _, m := range msgs {
-		if err := checkOutbox(m); err != nil {
-			return fmt.Errorf("db: mark %s cleaned: %w", id, err)
-		}
-	}
 	err := d.inTx(ctx, func(tx *gorm.DB) error {
 		now := d.now()
 		res := tx.Model(&Transfer{}).
@@ -838,13 +819,7 @@ func (d *DB) MarkCleaned(ctx context.Context, id string, finishedAt time.Time, m
 		if res.RowsAffected != 1 {
 			return fmt.Errorf("%w: transfer %s is no longer a failed or cancelled transfer to clean", ErrConflict, id)
 		}
-		for _, m := range msgs {
-			resetOutbox(m, now)
-			if err := tx.Create(m).Error; err != nil {
-				return fmt.Errorf("insert outbox message: %w", translate(err))
-			}
-		}
-		return nil
+		return insertOutbox(tx, now, msgs...)
 	})
 	if err != nil {
 		return fmt.Errorf("db: mark %s cleaned: %w", id, err)
