@@ -35,10 +35,13 @@ import (
 //	1.1  TransferStart.ephemeral
 //	1.2  Envelope.signature (signed agent commands), epochs and grants in
 //	     the agent-to-agent calls, TransferCancel.epoch
+//	1.3  replication cycles: TransferStart.replication_id, retain and
+//	     bandwidth_limit; StatusEvent.snapshot_time and removed;
+//	     replication.drill and replication.cleanup
 const (
 	VersionMajor = 1
-	VersionMinor = 2
-	Version      = "1.2"
+	VersionMinor = 3
+	Version      = "1.3"
 )
 
 var (

@@ -32,6 +32,17 @@ type TransferStart struct {
 	// incremental is refused) and its completed event names no snapshot.
 	// Since 1.1; older agents ignore it.
 	Ephemeral bool `json:"ephemeral,omitempty"`
+	// ReplicationID names the replication this transfer is a cycle of
+	// (since 1.3). With it, the destination keeps exactly the Ferry
+	// snapshots named in Retain plus the new one, and removes its other
+	// Ferry snapshots (never one that has clone children); without it,
+	// the destination keeps only the new snapshot.
+	ReplicationID string   `json:"replication_id,omitempty"`
+	Retain        []string `json:"retain,omitempty"`
+	// BandwidthLimit, when positive, caps this transfer's bytes per
+	// second (the source takes the lower of it and its own [agent]
+	// bandwidth_limit). Since 1.3.
+	BandwidthLimit int64 `json:"bandwidth_limit,omitempty"`
 }
 
 // Validate checks what an agent needs to run the transfer.
@@ -79,6 +90,11 @@ type StatusEvent struct {
 	Mode       string    `json:"mode,omitempty"`
 	Snapshot   string    `json:"snapshot,omitempty"`
 	Error      string    `json:"error,omitempty"`
+	// SnapshotTime is when the source snapshot of a completed transfer
+	// was taken (RBD's timestamp); Removed are the destination snapshots
+	// its finish removed. Since 1.3.
+	SnapshotTime *time.Time `json:"snapshot_time,omitempty"`
+	Removed      []string   `json:"removed,omitempty"`
 }
 
 // Heartbeat is agent.heartbeat's body.

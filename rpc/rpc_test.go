@@ -61,7 +61,7 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := `{"version":"1.2","method":"transfer.start","request_id":"req-abc","body":{"transfer_id":"t1","size":42}}`
+	want := `{"version":"1.3","method":"transfer.start","request_id":"req-abc","body":{"transfer_id":"t1","size":42}}`
 	if string(data) != want {
 		t.Errorf("wire form\n got %s\nwant %s", data, want)
 	}
@@ -113,7 +113,7 @@ func TestNewEnvelope(t *testing.T) {
 	if _, err := (Envelope{}).Marshal(); !errors.Is(err, ErrMalformed) {
 		t.Errorf("Marshal of an empty envelope: %v", err)
 	}
-	if data, err := (Envelope{Method: "m"}).Marshal(); err != nil || string(data) != `{"version":"1.2","method":"m","request_id":""}` {
+	if data, err := (Envelope{Method: "m"}).Marshal(); err != nil || string(data) != `{"version":"1.3","method":"m","request_id":""}` {
 		t.Errorf("Marshal fills the version: %s %v", data, err)
 	}
 }

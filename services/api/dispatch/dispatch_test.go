@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -178,7 +179,7 @@ func TestNewStartMessage(t *testing.T) {
 		Source:      rpc.Location{Region: "RegionOne", Pool: "volumes", Image: "img1", Snapshot: "base"},
 		Destination: rpc.Location{Region: "RegionTwo", Pool: "backup"},
 	}
-	if ts != want {
+	if !reflect.DeepEqual(ts, want) {
 		t.Fatalf("body %+v, want %+v", ts, want)
 	}
 	if err := ts.Validate(); err != nil {
