@@ -1,0 +1,76 @@
+package rpc
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"testing"
+	"time"
+)
+
+// The replication commands are agent commands: signed by the caster, and
+// a drill's body, altered, no longer verifies.
+func TestReplicationCommandsAreSigned(t *testing.T) {
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	signer := NewSigner(priv, time.Hour)
+	v := NewVerifier(pub)
+	rc := &recordingCaster{}
+	c := SigningCaster{Caster: rc, Signer: signer}
+	drill := DrillRequest{DrillID: "d", ReplicationID: "r", Pool: "volumes", Image: "ferry-replica-r", Snapshot: "ferry-t",
+		ClonePool: "volumes", CloneName: "ferry-drill-d", Flatten: true}
+	clean := ReplicationCleanup{ReplicationID: "r", Side: CleanupSideSource, Pool: "volumes", Image: "volume-1", Snapshots: []string{"ferry-t"}}
+	for _, m := range []struct {
+		method string
+		body   any
+	}{{MethodReplicationDrill, drill}, {MethodReplicationCleanup, clean}} {
+		if !IsAgentCommand(m.method) {
+			t.Errorf("%s is not an agent command", m.method)
+		}
+		if err := c.Cast(context.Background(), AgentTarget("R2"), m.method, m.body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, env := range rc.envs {
+		if err := v.VerifyEnvelope(env); err != nil {
+			t.Errorf("%d: %s does not verify: %v", i, env.Method, err)
+		}
+	}
+	var back DrillRequest
+	if err := rc.envs[0].DecodeBody(&back); err != nil || back != drill {
+		t.Errorf("drill body %+v, %v", back, err)
+	}
+	forged := rc.envs[0]
+	forged.Body = []byte(`{"drill_id":"d","replication_id":"other","pool":"volumes","image":"x","snapshot":"ferry-t","clone_pool":"volumes","clone_name":"c"}`)
+	if err := v.VerifyEnvelope(forged); !errors.Is(err, ErrForbidden) {
+		t.Errorf("an altered drill verified: %v", err)
+	}
+}
+
+func TestReplicationBodiesValidate(t *testing.T) {
+	ok := DrillRequest{DrillID: "d", ReplicationID: "r", Pool: "p", Image: "i", Snapshot: "s", ClonePool: "p", CloneName: "c"}
+	if err := ok.Validate(); err != nil {
+		t.Errorf("valid drill: %v", err)
+	}
+	bad := ok
+	bad.Snapshot = ""
+	if err := bad.Validate(); !errors.Is(err, ErrInvalid) {
+		t.Errorf("drill without snapshot: %v", err)
+	}
+	for _, c := range []struct {
+		req  ReplicationCleanup
+		want bool
+	}{
+		{ReplicationCleanup{ReplicationID: "r", Side: CleanupSideSource, Pool: "p", Image: "i"}, true},
+		{ReplicationCleanup{ReplicationID: "r", Side: CleanupSideDestination, Pool: "p", Image: "i", RemoveImage: true}, true},
+		{ReplicationCleanup{ReplicationID: "r", Side: "both", Pool: "p", Image: "i"}, false},
+		{ReplicationCleanup{Side: CleanupSideSource, Pool: "p", Image: "i"}, false},
+		{ReplicationCleanup{ReplicationID: "r", Side: CleanupSideSource, Pool: "p"}, false},
+	} {
+		if err := c.req.Validate(); (err == nil) != c.want {
+			t.Errorf("%+v: %v", c.req, err)
+		} else if err != nil && !errors.Is(err, ErrInvalid) {
+			t.Errorf("%+v: %v is not ErrInvalid", c.req, err)
+		}
+	}
+}
