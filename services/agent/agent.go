@@ -41,6 +41,8 @@ type Agent struct {
 	// the transfers the previous process ran are gone.
 	boot   string
 	health *healthProber
+	// work runs what outlives a command (a drill's flatten).
+	work background
 }
 
 // New connects to the region's cluster, checks the pool allow-list and the
@@ -159,6 +161,7 @@ func (a *Agent) Serve(ctx context.Context, bus Bus) error {
 	region := a.cfg.Agent.Region
 	// The background loops: one failing stops them all.
 	g, gctx := errgroup.WithContext(ctx)
+	a.work.open(gctx)
 	g.Go(func() error { return a.server.Serve(gctx, a.ln) })
 	if addr := a.cfg.Agent.MetricsListen; addr != "" {
 		g.Go(func() error { return a.serveMetrics(gctx, addr) })
@@ -173,6 +176,7 @@ func (a *Agent) Serve(ctx context.Context, bus Bus) error {
 	})
 	g.Go(func() error { return a.heartbeater(bus, r).Run(gctx) })
 	g.Go(func() error { return a.health.Run(gctx) })
+	g.Go(func() error { return a.work.Run(gctx) })
 	if err := g.Wait(); err != nil && !errors.Is(err, net.ErrClosed) && ctx.Err() == nil {
 		return err
 	}

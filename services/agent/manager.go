@@ -2,9 +2,14 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
+	"sync"
+	"time"
 
 	"github.com/ferry-project/ferry/rpc"
+	"github.com/ferry-project/ferry/services/agent/rbd"
 	"github.com/ferry-project/ferry/services/agent/transfer"
 )
 
@@ -53,7 +58,142 @@ func (a *Agent) handlers(r *runner) (shared, own *rpc.Mux) {
 		a.cleanup(ctx, req)
 		return nil, nil
 	}, a.refusedCommand))
+	a.replicationHandlers(shared)
 	return shared, own
+}
+
+// replicationHandlers serve ferry-api's replication commands (signed): a
+// drill's clone of a retained point at the destination, and the clean-up
+// of a deleted replication on either side.
+func (a *Agent) replicationHandlers(mux *rpc.Mux) {
+	mux.Handle(rpc.MethodReplicationDrill, rpc.RequireSigned(a.verifier, func(ctx context.Context, env rpc.Envelope) (any, error) {
+		var req rpc.DrillRequest
+		if err := env.DecodeBody(&req); err != nil {
+			return nil, err
+		}
+		res, err := a.Dest.Drill(ctx, req)
+		if err != nil {
+			a.log.Warn("drill refused", "drill_id", req.DrillID, "replication_id", req.ReplicationID, "error", err)
+			return nil, err
+		}
+		if req.Flatten && !res.Flattened {
+			a.flattenLater(req, res.ImageID)
+		}
+		return rpc.DrillReply{Size: res.Size, ImageID: res.ImageID}, nil
+	}, a.refusedCommand))
+	mux.Handle(rpc.MethodReplicationCleanup, rpc.RequireSigned(a.verifier, func(ctx context.Context, env rpc.Envelope) (any, error) {
+		var req rpc.ReplicationCleanup
+		if err := env.DecodeBody(&req); err != nil {
+			return nil, err
+		}
+		if err := req.Validate(); err != nil {
+			return nil, err
+		}
+		return nil, a.cleanupReplication(ctx, req)
+	}, a.refusedCommand))
+}
+
+// flattenLater flattens a drill's clone in the background (under the
+// agent's loops: it stops with the agent; a repeated drill starts it
+// again).
+func (a *Agent) flattenLater(req rpc.DrillRequest, imageID string) {
+	log := a.log.With("drill_id", req.DrillID, "clone", req.ClonePool+"/"+req.CloneName, "image_id", imageID)
+	started := a.work.Go("flatten:"+req.ClonePool+"/"+imageID, func(ctx context.Context) {
+		t := time.Now()
+		if err := a.Dest.FlattenDrill(ctx, req.ClonePool, imageID); err != nil {
+			log.Warn("flattening the drill clone failed; it keeps its parent point", "error", err)
+			return
+		}
+		log.Info("drill clone flattened", "seconds", time.Since(t).Seconds())
+	})
+	if !started {
+		log.Info("drill clone not flattened now (agent stopping, or a flatten of it runs)")
+	}
+}
+
+// cleanupReplication removes a deleted replication's leftovers in this
+// region. What cannot be removed for now (an open session, a stalled
+// cluster) is retried (the message is requeued); what must not be
+// removed (not Ferry's) is logged and left.
+func (a *Agent) cleanupReplication(ctx context.Context, req rpc.ReplicationCleanup) error {
+	log := a.log.With("replication_id", req.ReplicationID, "side", req.Side, "image", req.Pool+"/"+req.Image)
+	var err error
+	switch req.Side {
+	case rpc.CleanupSideSource:
+		var res transfer.SourceCleanupResult
+		res, err = a.Source.CleanupReplication(ctx, req.ReplicationID, req.Pool, req.Image, req.Snapshots)
+		log.Info("replication clean-up at the source", "removed", res.Removed, "trashed", res.Trashed, "trash_removed", res.TrashRemoved)
+	case rpc.CleanupSideDestination:
+		var res transfer.ReplicaCleanupResult
+		res, err = a.Dest.CleanupReplica(ctx, req)
+		log.Info("replication clean-up at the destination", "remove_image", req.RemoveImage, "removed", res.Removed,
+			"flattened", res.Flattened, "image_removed", res.ImageRemoved, "rolled_back", res.RolledBack)
+	}
+	switch {
+	case err == nil:
+		return nil
+	case rpc.IsTemporary(err), errors.Is(err, rbd.ErrTimeout):
+		log.Warn("replication clean-up postponed", "error", err)
+		return rpc.Temporary(err)
+	}
+	log.Warn("replication clean-up: what remains is left in place", "error", err)
+	return nil
+}
+
+// background runs work that outlives the command that started it (a
+// drill's flatten) under the agent's loops: Go starts it with Run's
+// context, at most one per key; Run, once its context ends, waits for it.
+type background struct {
+	mu      sync.Mutex
+	ctx     context.Context
+	running map[string]bool
+	wg      sync.WaitGroup
+}
+
+// open accepts work under ctx from now on (Serve calls it before it
+// consumes commands).
+func (b *background) open(ctx context.Context) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.ctx, b.running = ctx, map[string]bool{}
+}
+
+// Run accepts work until ctx ends (open(ctx) if not yet), then waits for
+// the work to stop.
+func (b *background) Run(ctx context.Context) error {
+	b.mu.Lock()
+	if b.ctx == nil {
+		b.ctx, b.running = ctx, map[string]bool{}
+	}
+	b.mu.Unlock()
+	<-ctx.Done()
+	b.mu.Lock()
+	b.ctx = nil
+	b.mu.Unlock()
+	b.wg.Wait()
+	return nil
+}
+
+// Go runs fn unless work of key runs or Run is not running.
+func (b *background) Go(key string, fn func(ctx context.Context)) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.ctx == nil || b.running[key] {
+		return false
+	}
+	b.running[key] = true
+	b.wg.Add(1)
+	ctx := b.ctx
+	go func() {
+		defer b.wg.Done()
+		defer func() {
+			b.mu.Lock()
+			delete(b.running, key)
+			b.mu.Unlock()
+		}()
+		fn(ctx)
+	}()
+	return true
 }
 
 // cleanup removes a transfer's leftovers in this agent's region.
@@ -90,22 +230,7 @@ func (a *Agent) destHandlers(mux *rpc.Mux) {
 			return nil, err
 		}
 		if err := a.checkGrant(env, req.Grant, req.TransferID, req.Epoch, func(st *rpc.TransferStart) error {
-			pool, image := destinationOf(st)
-			switch {
-			case pool != req.Pool || image != req.Image:
-				return fmt.Errorf("destination %s/%s, granted %s/%s", req.Pool, req.Image, pool, image)
-			case st.ProjectID != req.ProjectID:
-				return fmt.Errorf("project %q, granted %q", req.ProjectID, st.ProjectID)
-			case st.Source.Region != req.SourceRegion:
-				return fmt.Errorf("source region %q, granted %q", req.SourceRegion, st.Source.Region)
-			case st.Source.Pool+"/"+st.Source.Image != req.SourceName:
-				return fmt.Errorf("source %s, granted %s/%s", req.SourceName, st.Source.Pool, st.Source.Image)
-			case st.Ephemeral != req.Ephemeral:
-				return fmt.Errorf("ephemeral %v, granted %v", req.Ephemeral, st.Ephemeral)
-			case st.Mode != "" && st.Mode != transfer.ModeAuto && st.Mode != req.Mode:
-				return fmt.Errorf("mode %s, granted %s", req.Mode, st.Mode)
-			}
-			return nil
+			return prepareMatches(st, &req)
 		}); err != nil {
 			return nil, err
 		}
@@ -154,6 +279,31 @@ func (a *Agent) destHandlers(mux *rpc.Mux) {
 		}
 		return struct{}{}, a.Dest.Abort(ctx, req)
 	})
+}
+
+// prepareMatches checks a prepare against the start it claims (its
+// grant): every field the destination acts on must be the granted one.
+func prepareMatches(st *rpc.TransferStart, req *transfer.PrepareRequest) error {
+	pool, image := destinationOf(st)
+	switch {
+	case pool != req.Pool || image != req.Image:
+		return fmt.Errorf("destination %s/%s, granted %s/%s", req.Pool, req.Image, pool, image)
+	case st.ProjectID != req.ProjectID:
+		return fmt.Errorf("project %q, granted %q", req.ProjectID, st.ProjectID)
+	case st.Source.Region != req.SourceRegion:
+		return fmt.Errorf("source region %q, granted %q", req.SourceRegion, st.Source.Region)
+	case st.Source.Pool+"/"+st.Source.Image != req.SourceName:
+		return fmt.Errorf("source %s, granted %s/%s", req.SourceName, st.Source.Pool, st.Source.Image)
+	case st.Ephemeral != req.Ephemeral:
+		return fmt.Errorf("ephemeral %v, granted %v", req.Ephemeral, st.Ephemeral)
+	case st.Mode != "" && st.Mode != transfer.ModeAuto && st.Mode != req.Mode:
+		return fmt.Errorf("mode %s, granted %s", req.Mode, st.Mode)
+	case st.ReplicationID != req.ReplicationID:
+		return fmt.Errorf("replication %q, granted %q", req.ReplicationID, st.ReplicationID)
+	case !slices.Equal(st.Retain, req.Retain):
+		return fmt.Errorf("retain %v, granted %v", req.Retain, st.Retain)
+	}
+	return nil
 }
 
 // destinationOf is the pool and image a start copies into (the source's

@@ -164,18 +164,26 @@ func jobOf(req rpc.TransferStart) transfer.Job {
 		Pool: req.Source.Pool, Image: req.Source.Image, Snapshot: req.Source.Snapshot,
 		DestPool: req.Destination.Pool, DestImage: req.Destination.Image,
 		SourceRegion: req.Source.Region, DestRegion: req.Destination.Region,
-		Ephemeral: req.Ephemeral,
+		Ephemeral:     req.Ephemeral,
+		ReplicationID: req.ReplicationID, Retain: req.Retain, BandwidthLimit: req.BandwidthLimit,
 	}
 }
 
 // completed is the report of a finished transfer. Snapshot is the
 // destination's snapshot (ferry-api records it as the next base): none
 // for an ephemeral transfer, which leaves no snapshot on either side.
+// SnapshotTime is when the source snapshot was taken, Removed the
+// destination snapshots the finish removed (a replication's pruned
+// points).
 func completed(req rpc.TransferStart, res transfer.Result) rpc.StatusEvent {
 	ev := rpc.StatusEvent{
 		TransferID: req.TransferID, Event: rpc.EventCompleted, Epoch: req.Epoch,
 		BytesDone: res.BytesDone, BytesTotal: res.BytesTotal, Digest: res.Digest,
-		Mode: res.Mode, Snapshot: res.Snapshot,
+		Mode: res.Mode, Snapshot: res.Snapshot, Removed: res.DestRemoved,
+	}
+	if !res.SnapshotTime.IsZero() {
+		t := res.SnapshotTime.UTC()
+		ev.SnapshotTime = &t
 	}
 	if req.Ephemeral || res.Ephemeral {
 		ev.Snapshot = ""

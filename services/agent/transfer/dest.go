@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -174,12 +175,14 @@ func (d *Dest) Prepare(ctx context.Context, req PrepareRequest) (PrepareResponse
 	case planResume:
 		job.w = *view.Writing
 		job.w.Epoch, job.w.Granted = req.Epoch, req.granted()
+		job.w.ReplicationID, job.w.Retain = req.ReplicationID, req.Retain
 		if err := d.putWriting(job); err != nil {
 			return fail(err)
 		}
 	case planCopy:
 		job.w = writingState{TransferID: req.TransferID, Epoch: req.Epoch, Base: plan.Base, BaseID: plan.BaseID,
-			Snapshot: req.Snapshot, SourceSnapID: req.SourceSnapID, Size: req.Size, Ephemeral: req.Ephemeral, Granted: req.granted()}
+			Snapshot: req.Snapshot, SourceSnapID: req.SourceSnapID, Size: req.Size, Ephemeral: req.Ephemeral, Granted: req.granted(),
+			ReplicationID: req.ReplicationID, Retain: req.Retain}
 		if err := d.startCopy(ctx, job, plan, req.Size); err != nil {
 			return fail(err)
 		}
@@ -217,7 +220,8 @@ func (d *Dest) openOrCreate(ctx context.Context, cluster *rbd.Cluster, req Prepa
 			img.Close()
 			return nil, false, err
 		}
-		if md[MetaOwner] != OwnerValue || md[MetaSourceFSID] != req.SourceFSID || md[MetaSourceImageID] != req.SourceImageID {
+		if md[MetaOwner] != OwnerValue || md[MetaSourceFSID] != req.SourceFSID || md[MetaSourceImageID] != req.SourceImageID ||
+			md[MetaReplication] != req.ReplicationID {
 			img.Close()
 			return nil, false, fmt.Errorf("%w: %s/%s", ErrNotOwned, req.Pool, req.Image)
 		}
@@ -237,10 +241,14 @@ func (d *Dest) openOrCreate(ctx context.Context, cluster *rbd.Cluster, req Prepa
 	if err != nil {
 		return nil, false, err
 	}
-	for k, v := range map[string]string{
+	meta := map[string]string{
 		MetaOwner: OwnerValue, MetaCreatedBy: req.TransferID, MetaProject: req.ProjectID,
 		MetaSourceFSID: req.SourceFSID, MetaSourceImageID: req.SourceImageID, MetaSourceName: req.SourceName,
-	} {
+	}
+	if req.ReplicationID != "" {
+		meta[MetaReplication] = req.ReplicationID
+	}
+	for k, v := range meta {
 		if err := img.SetMetadata(k, v); err != nil {
 			img.Close()
 			return nil, false, err
@@ -472,7 +480,8 @@ func (d *Dest) seal(job *destJob) (FinishResponse, error) {
 			return fin, err
 		}
 		s, err := d.cfg.Sealer.Seal(kindSnapshot, job.imageID, snapRecord{Snapshot: w.Snapshot, SnapID: id,
-			TransferID: w.TransferID, SourceSnapID: w.SourceSnapID, Digest: w.Verified, Mode: modeOf(w.Base), BytesDone: w.BytesDone, Granted: w.Granted})
+			TransferID: w.TransferID, SourceSnapID: w.SourceSnapID, Digest: w.Verified, Mode: modeOf(w.Base), BytesDone: w.BytesDone, Granted: w.Granted,
+			ReplicationID: w.ReplicationID})
 		if err != nil {
 			return fin, err
 		}
@@ -489,7 +498,11 @@ func (d *Dest) seal(job *destJob) (FinishResponse, error) {
 			return fin, err
 		}
 	}
-	removed, err := d.removeOldSnapshots(job, fin.Snapshot)
+	keep := []string{fin.Snapshot}
+	if w.ReplicationID != "" {
+		keep = append(keep, w.Retain...)
+	}
+	removed, err := d.removeOldSnapshots(job, keep)
 	if err != nil {
 		// The copy is complete; a leftover snapshot is only space.
 		d.log.Warn("removing old snapshots", "transfer_id", job.id, "image", job.name, "error", err)
@@ -511,10 +524,13 @@ func snapshotID(img *rbd.Image, name string) (uint64, error) {
 	return 0, fmt.Errorf("snapshot %s@%s: %w", img, name, rbd.ErrNotFound)
 }
 
-// removeOldSnapshots removes the snapshots Ferry recorded other than keep
-// (all of them when keep is empty), with their records. A snapshot without
-// a verified record (not Ferry's, or recreated under Ferry's name) stays.
-func (d *Dest) removeOldSnapshots(job *destJob, keep string) ([]string, error) {
+// removeOldSnapshots removes the snapshots Ferry recorded other than
+// those named in keep (all of them when keep names none), with their
+// records. A snapshot without a verified record (not Ferry's, or recreated
+// under Ferry's name) stays, and so does one with clone children (a drill
+// depends on it: it goes in a later seal once the clone was flattened or
+// removed); a protected one is unprotected first.
+func (d *Dest) removeOldSnapshots(job *destJob, keep []string) ([]string, error) {
 	md, err := job.img.Metadata()
 	if err != nil {
 		return nil, err
@@ -527,14 +543,18 @@ func (d *Dest) removeOldSnapshots(job *destJob, keep string) ([]string, error) {
 	var removed []string
 	var errs []error
 	for _, s := range snaps {
-		if _, ours := recs[s.Name]; !ours || s.Name == keep {
+		if _, ours := recs[s.Name]; !ours || slices.Contains(keep, s.Name) {
 			continue
 		}
-		if err := job.img.RemoveSnapshot(s.Name); err != nil && !errors.Is(err, rbd.ErrNotFound) {
+		gone, err := removeUnlessCloned(job.img, s.Name)
+		switch {
+		case err != nil:
 			errs = append(errs, err)
-			continue
+		case gone:
+			removed = append(removed, s.Name)
+		default:
+			d.log.Info("snapshot kept: it has clone children", "transfer_id", job.id, "image", job.name, "snapshot", s.Name)
 		}
-		removed = append(removed, s.Name)
 	}
 	// Records of snapshots that are gone (removed above or by others).
 	present := map[string]bool{}
@@ -550,6 +570,35 @@ func (d *Dest) removeOldSnapshots(job *destJob, keep string) ([]string, error) {
 		}
 	}
 	return removed, errors.Join(errs...)
+}
+
+// removeUnlessCloned removes snapshot name of img unless it has clone
+// children (then false, nil), unprotecting it first when protected. One
+// already gone counts as removed.
+func removeUnlessCloned(img *rbd.Image, name string) (bool, error) {
+	children, err := img.SnapshotChildren(name)
+	if errors.Is(err, rbd.ErrNotFound) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if len(children) > 0 {
+		return false, nil
+	}
+	protected, err := img.SnapshotProtected(name)
+	if err != nil {
+		return false, err
+	}
+	if protected {
+		if err := img.UnprotectSnapshot(name); err != nil {
+			return false, err
+		}
+	}
+	if err := img.RemoveSnapshot(name); err != nil && !errors.Is(err, rbd.ErrNotFound) {
+		return false, err
+	}
+	return true, nil
 }
 
 func contains(list []string, s string) bool {

@@ -46,6 +46,14 @@ type Job struct {
 	// on either side. A snapshot named in Snapshot is the user's and
 	// stays.
 	Ephemeral bool
+	// ReplicationID and Retain: the transfer is a cycle of that
+	// replication; the destination keeps the Ferry snapshots named in
+	// Retain besides the new one (see PrepareRequest).
+	ReplicationID string
+	Retain        []string
+	// BandwidthLimit, when positive, caps this transfer's bytes per
+	// second (below Options.BandwidthLimit when that is lower).
+	BandwidthLimit int64
 }
 
 // Options tune the data stream.
@@ -83,6 +91,9 @@ type Result struct {
 	Removed        []string // snapshots removed at the source
 	// DestRemoved are old snapshots removed at the destination.
 	DestRemoved []string
+	// SnapshotTime is when the copied source snapshot was taken (RBD's
+	// timestamp); zero when unknown.
+	SnapshotTime time.Time
 	// Phases are the seconds spent in each step up to the verified end:
 	// snapshot, prepare, diff, send, finish.
 	Phases map[string]float64
@@ -184,6 +195,10 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 	if snapID == 0 {
 		return Result{}, fmt.Errorf("source snapshot %s/%s@%s: %w", job.Pool, job.Image, snap, rbd.ErrNotFound)
 	}
+	snapTime, err := img.SnapshotTime(snapID)
+	if err != nil {
+		log.Warn("the source snapshot's time is unknown", "snapshot", snap, "error", err)
+	}
 	chunk := s.opts.ChunkSize
 	if chunk == 0 {
 		chunk = stream.DefaultChunkSize
@@ -195,6 +210,7 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 		SourceFSID: cluster.FSID(), SourceImageID: info.ID, SourceName: job.Pool + "/" + job.Image, SourceRegion: job.SourceRegion,
 		Size: info.Size, Order: info.Order, Features: info.Features,
 		Snapshot: snap, SourceSnapID: snapID, Bases: bases, ChunkSize: chunk, Ephemeral: job.Ephemeral, Grant: job.Grant,
+		ReplicationID: job.ReplicationID, Retain: job.Retain,
 	})
 	if err != nil {
 		return Result{}, fmt.Errorf("prepare at the destination: %w", err)
@@ -209,7 +225,8 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 		// The destination already holds this copy (a repeated transfer):
 		// nothing to send, nothing changed there.
 		log.Info("already complete at the destination", "digest", prep.Digest, "snapshot", snap)
-		res := Result{Digest: prep.Digest, Mode: prep.Mode, Snapshot: snap, SourceSnapshot: snap, BytesTotal: info.Size, Ephemeral: job.Ephemeral, Phases: phases}
+		res := Result{Digest: prep.Digest, Mode: prep.Mode, Snapshot: snap, SourceSnapshot: snap, BytesTotal: info.Size, Ephemeral: job.Ephemeral,
+			Phases: phases, SnapshotTime: snapTime}
 		return s.afterVerified(ctx, cluster, job, res, "", closeImg, log), nil
 	}
 	if prep.Base != "" && !slices.ContainsFunc(bases, func(b SnapRef) bool { return b.Name == prep.Base }) {
@@ -248,7 +265,7 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 		TransferID: job.TransferID, Ticket: prep.Ticket,
 		Source: &sourceImage{img: img, size: info.Size}, Extents: extents,
 		ChunkSize: prep.ChunkSize, Streams: s.opts.Streams, Compression: s.opts.Compression,
-		BandwidthLimit: s.opts.BandwidthLimit, ResumeFrom: resume, Retry: s.opts.Retry,
+		BandwidthLimit: EffectiveLimit(s.opts.BandwidthLimit, job.BandwidthLimit), ResumeFrom: resume, Retry: s.opts.Retry,
 		Progress: s.opts.Progress, Logger: log,
 	})
 	if err != nil {
@@ -267,12 +284,24 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 	res := Result{
 		Digest: sres.Digest, Mode: mode, Base: prep.Base, Snapshot: snap, SourceSnapshot: snap, BytesTotal: info.Size,
 		BytesDone: sres.BytesDone, Stream: sres, Resumed: prep.Resumed, DestRemoved: fin.Removed,
-		Ephemeral: job.Ephemeral,
+		Ephemeral: job.Ephemeral, SnapshotTime: snapTime,
 	}
 	phase("finish")
 	res.Phases = phases
 	log.Info("completed", "digest", sres.Digest, "bytes_sent", sres.BytesSent, "duration", sres.Duration.Round(time.Millisecond), "ephemeral", job.Ephemeral)
 	return s.afterVerified(ctx, cluster, job, res, prep.Base, closeImg, log), nil
+}
+
+// EffectiveLimit is the bandwidth limit of a transfer: the lower of the
+// agent's and the transfer's, each when positive (0: unlimited).
+func EffectiveLimit(agent, transfer int64) int64 {
+	switch {
+	case agent <= 0:
+		return max(transfer, 0)
+	case transfer <= 0:
+		return agent
+	}
+	return min(agent, transfer)
 }
 
 // afterVerified removes the source snapshots a verified transfer no longer
@@ -548,6 +577,12 @@ func (s *Source) removeSnapshot(ctx context.Context, cluster *rbd.Cluster, job J
 		return err
 	}
 	defer img.Close()
+	return s.removeTagged(img, name)
+}
+
+// removeTagged removes snapshot name of img when Ferry's tag says Ferry
+// took it, with the tag (see removeSnapshot).
+func (s *Source) removeTagged(img *rbd.Image, name string) error {
 	ours, err := s.tagged(img, name)
 	if err != nil {
 		return err
@@ -556,7 +591,7 @@ func (s *Source) removeSnapshot(ctx context.Context, cluster *rbd.Cluster, job J
 		if _, err := snapshotID(img, name); errors.Is(err, rbd.ErrNotFound) {
 			return img.RemoveMetadata(MetaSourceSnapPrefix + name)
 		}
-		return fmt.Errorf("%w: snapshot %s/%s@%s has no Ferry tag: left in place", ErrNotOwned, job.Pool, job.Image, name)
+		return fmt.Errorf("%w: snapshot %s@%s has no Ferry tag: left in place", ErrNotOwned, img, name)
 	}
 	if err := img.RemoveSnapshot(name); err != nil && !errors.Is(err, rbd.ErrNotFound) {
 		return err

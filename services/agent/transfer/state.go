@@ -118,6 +118,10 @@ type writingState struct {
 	Ephemeral    bool   `json:"ephemeral,omitempty"`
 	Verified     string `json:"verified,omitempty"` // the transfer digest
 	BytesDone    uint64 `json:"bytes_done,omitempty"`
+	// ReplicationID and Retain: the seal of a replication cycle keeps
+	// the Ferry snapshots named in Retain besides the new one.
+	ReplicationID string   `json:"replication_id,omitempty"`
+	Retain        []string `json:"retain,omitempty"`
 	// Granted: see snapRecord.
 	Granted time.Time `json:"granted,omitzero"`
 }
@@ -147,6 +151,9 @@ type snapRecord struct {
 	// expiry): a replayed grant older than a copy the destination holds
 	// is refused.
 	Granted time.Time `json:"granted,omitzero"`
+	// ReplicationID: the snapshot is a point of that replication (only
+	// such a verified point is ever cloned for its drills).
+	ReplicationID string `json:"replication_id,omitempty"`
 }
 
 // completedRecord is what an ephemeral transfer leaves instead of a

@@ -34,7 +34,10 @@ const (
 	MetaBase          = "ferry.base_snapshot" // the last completed snapshot
 	MetaCheckpoint    = "ferry.checkpoint"    // stream.Checkpoint, JSON
 	MetaWriting       = "ferry.writing"       // writingState, JSON: head is being written
-	OwnerValue        = "ferry"
+	// MetaReplication names the replication a replica was created for
+	// (set with the other ownership keys when the image is created).
+	MetaReplication = "ferry.replication_id"
+	OwnerValue      = "ferry"
 	// SnapshotPrefix names the snapshots Ferry takes (ferry-<transfer id>);
 	// only those are ever removed by Ferry.
 	SnapshotPrefix = "ferry-"
@@ -124,6 +127,13 @@ type PrepareRequest struct {
 	// predate it ignore it; PrepareResponse.Ephemeral tells the source
 	// that the destination will honour it.
 	Ephemeral bool `json:"ephemeral,omitempty"`
+	// ReplicationID: the transfer is a cycle of that replication, and
+	// the finish keeps exactly the Ferry snapshots named in Retain plus
+	// the new one (never removing one with clone children). Both must
+	// match the grant's. Agents that predate them keep only the new
+	// snapshot.
+	ReplicationID string   `json:"replication_id,omitempty"`
+	Retain        []string `json:"retain,omitempty"`
 }
 
 // Validate checks the request's fields.
@@ -146,6 +156,15 @@ func (r *PrepareRequest) Validate() error {
 		return bad("an ephemeral transfer is a full copy, not incremental")
 	case r.Order < 12 || r.Order > 26:
 		return bad("object order %d outside 12..26", r.Order)
+	case r.ReplicationID != "" && r.Ephemeral:
+		return bad("a replication cycle is never ephemeral")
+	case r.ReplicationID == "" && len(r.Retain) > 0:
+		return bad("retain without a replication")
+	}
+	for _, n := range r.Retain {
+		if !validName(n) || !strings.HasPrefix(n, SnapshotPrefix) {
+			return bad("retained snapshot %q is not a Ferry snapshot name", n)
+		}
 	}
 	switch r.Mode {
 	case ModeAuto, ModeFull, ModeIncremental:
@@ -162,7 +181,7 @@ func (r *PrepareRequest) sameAs(o *PrepareRequest) bool {
 	return r.TransferID == o.TransferID && r.Epoch == o.Epoch && r.Pool == o.Pool && r.Image == o.Image &&
 		r.SourceFSID == o.SourceFSID && r.SourceImageID == o.SourceImageID && r.Snapshot == o.Snapshot &&
 		r.SourceSnapID == o.SourceSnapID && r.Size == o.Size && r.Mode == o.Mode && r.Ephemeral == o.Ephemeral &&
-		r.ChunkSize == o.ChunkSize
+		r.ChunkSize == o.ChunkSize && r.ReplicationID == o.ReplicationID && slices.Equal(r.Retain, o.Retain)
 }
 
 // validName accepts RBD pool, image and snapshot names.
