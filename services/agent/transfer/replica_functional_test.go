@@ -547,3 +547,51 @@ func purgeTrash(t *testing.T, c *rbd.Cluster, pool, name string) {
 		}
 	}
 }
+
+// A drill while a cycle copies into the replica (its session holds the
+// replica's exclusive lock): the clone is made at once and the cycle
+// completes; the replica then holds both points, the clone the older.
+func TestReplicationDrillDuringCycle(t *testing.T) {
+	h := newHarness(t, Options{})
+	ctx := ctxT(t)
+	r := newReplication(h, 16<<20)
+	writeRandom(t, r.img, 0, 1<<20)
+	c1 := r.cycle(ctx)
+	writeRandom(t, r.img, 2<<20, 8<<20)
+	job := r.job(c1.Snapshot)
+	job.BandwidthLimit = 2 << 20
+	type result struct {
+		res Result
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := h.source.Run(ctx, job, h.dest)
+		done <- result{res, err}
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for h.dest.Sessions() == 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if h.dest.Sessions() == 0 {
+		t.Fatal("the cycle opened no session")
+	}
+	clone := "ferry-drill-" + r.id
+	t.Cleanup(func() { h.dst.RemoveImage(context.Background(), h.pool, clone) })
+	d, err := h.dest.Drill(ctx, r.drill(c1.Snapshot, clone))
+	if err != nil || !d.Created {
+		t.Fatalf("drill during a cycle: %+v, %v", d, err)
+	}
+	if h.dest.Sessions() == 0 {
+		t.Error("the cycle ended before the drill: nothing was tested")
+	}
+	c2 := <-done
+	if c2.err != nil {
+		t.Fatalf("the cycle during the drill: %v", c2.err)
+	}
+	r.sha[c2.res.Snapshot] = testenv.ExportSHA(t, h.srcConf, h.pool+"/"+r.name+"@"+c2.res.Snapshot)
+	r.matches(c1.Snapshot, c2.res.Snapshot)
+	if sha := testenv.ExportSHA(t, h.dstConf, h.pool+"/"+clone); sha != r.sha[c1.Snapshot] {
+		t.Errorf("drill clone sha256 %s, point %s", sha, r.sha[c1.Snapshot])
+	}
+}
