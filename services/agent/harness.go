@@ -53,6 +53,8 @@ type HarnessResult struct {
 	PeakRSSBytes int64    `json:"peak_rss_bytes"`
 	// Phases: seconds per step (snapshot, prepare, diff, send, finish).
 	Phases map[string]float64 `json:"phases"`
+	// SnapshotTime is when the copied source snapshot was taken.
+	SnapshotTime *time.Time `json:"snapshot_time,omitempty"`
 }
 
 // transferMain runs one transfer with this process as the source agent
@@ -71,6 +73,9 @@ func transferMain(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&job.DestPool, "dest-pool", "", "destination pool (default: the source pool)")
 	fs.StringVar(&job.DestImage, "dest-image", "", "destination image (default: the source image name)")
 	fs.BoolVar(&job.Ephemeral, "ephemeral", false, "the copy is handed over (as to Cinder): a full copy that leaves no Ferry snapshot on either side and no base metadata")
+	fs.StringVar(&job.ReplicationID, "replication-id", "", "the replication this transfer is a cycle of: the destination keeps the Ferry snapshots named by --retain besides the new one")
+	retain := fs.String("retain", "", "with --replication-id: comma-separated destination snapshots to keep")
+	fs.Int64Var(&job.BandwidthLimit, "bandwidth-limit", 0, "this transfer's bytes per second (below the agent's bandwidth_limit when that is lower; 0: the agent's)")
 	destRegion := fs.String("dest-region", "", "destination region (required)")
 	signingKey := fs.String("signing-key", "", "ferry-api's command signing key (ferry-manage pki signing-key): destination agents accept only requests granted by it")
 	epoch := fs.Int64("epoch", 1, "the transfer's epoch (a repeat of an interrupted transfer may use a higher one)")
@@ -93,6 +98,9 @@ func transferMain(args []string, stdout, stderr io.Writer) int {
 	}
 	if job.TransferID == "" {
 		job.TransferID = uuid.NewString()
+	}
+	if *retain != "" {
+		job.Retain = strings.Split(*retain, ",")
 	}
 	res, err := config.Load(*configFile)
 	if err == nil {
@@ -152,7 +160,8 @@ func harnessGrant(keyFile, region, destRegion string, job transfer.Job) (*rpc.Gr
 	}
 	start := rpc.TransferStart{TransferID: job.TransferID, Epoch: job.Epoch, ProjectID: job.ProjectID, Mode: job.Mode,
 		Source:      rpc.Location{Region: region, Pool: job.Pool, Image: job.Image, Snapshot: job.Snapshot},
-		Destination: rpc.Location{Region: destRegion, Pool: job.DestPool, Image: job.DestImage}, Ephemeral: job.Ephemeral}
+		Destination: rpc.Location{Region: destRegion, Pool: job.DestPool, Image: job.DestImage}, Ephemeral: job.Ephemeral,
+		ReplicationID: job.ReplicationID, Retain: job.Retain, BandwidthLimit: job.BandwidthLimit}
 	s, err := rpc.NewSigner(key, 24*time.Hour).Sign(rpc.MethodTransferStart, start)
 	if err != nil {
 		return nil, err
@@ -185,7 +194,7 @@ func runHarness(ctx context.Context, cfg *config.Config, log *slog.Logger, job t
 		BytesTotal: res.BytesTotal, BytesDone: res.BytesDone, BytesRead: res.Stream.BytesRead,
 		BytesSent: res.Stream.BytesSent, Skipped: res.Stream.SkippedChunks, Resumed: res.Resumed,
 		Reconnects: res.Stream.Reconnects, Seconds: time.Since(start).Seconds(), PeakRSSBytes: PeakRSS(os.Getpid()),
-		Phases: res.Phases,
+		Phases: res.Phases, SnapshotTime: completed(rpc.TransferStart{}, res).SnapshotTime,
 	}, nil
 }
 

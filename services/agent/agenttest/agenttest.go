@@ -162,11 +162,18 @@ key_file = %s
 	return path
 }
 
-// startDest starts a destination agent daemon and waits until its queues
+// StartDest starts a destination agent daemon and waits until its queues
 // exist.
 func (h *Harness) StartDest(name string, extra ...string) *exec.Cmd {
 	h.t.Helper()
-	conf := h.Config(name, h.DstRegion, "REGIONTWO", extra...)
+	return h.Start(name, h.DstRegion, "REGIONTWO", extra...)
+}
+
+// Start starts an agent daemon of region on the cluster of clusterKey
+// (REGIONONE, REGIONTWO) and waits until its queues exist.
+func (h *Harness) Start(name, region, clusterKey string, extra ...string) *exec.Cmd {
+	h.t.Helper()
+	conf := h.Config(name, region, clusterKey, extra...)
 	cmd := exec.Command(h.Bin, "--config-file", conf)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	var stderr bytes.Buffer
@@ -178,7 +185,7 @@ func (h *Harness) StartDest(name string, extra ...string) *exec.Cmd {
 		cmd.Process.Kill()
 		cmd.Wait()
 	})
-	h.waitQueue(string(rpc.AgentHostTarget(h.DstRegion, name)), func() string {
+	h.waitQueue(string(rpc.AgentHostTarget(region, name)), func() string {
 		b, _ := os.ReadFile(filepath.Join(h.Dir, name+".log"))
 		return stderr.String() + string(b)
 	})
