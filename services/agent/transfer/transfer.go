@@ -5,7 +5,11 @@
 // fences it, writes and verifies what arrives and ends with a snapshot of
 // the same name as the source's, the base of the next incremental. An
 // ephemeral transfer (a copy handed over to Cinder, never the base of
-// another) is a full copy that leaves no Ferry snapshot on either side.
+// another) is a full copy that leaves no Ferry snapshot on either side. A
+// replication cycle (ReplicationID) keeps the retained points at the
+// destination besides the new one; replica.go has what a replication needs
+// besides its cycles: drills (clones of a point) and the clean-up of both
+// sides.
 //
 // It joins services/agent/rbd (Ceph) and services/agent/stream (the wire);
 // the Preparer interface is how the source reaches the destination: a
