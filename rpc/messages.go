@@ -177,6 +177,11 @@ type TransferQueryReply struct {
 	Mode     string `json:"mode,omitempty"`
 	// BytesDone is the copied size (the transfer's bytes_total).
 	BytesDone uint64 `json:"bytes_done,omitempty"`
+	// Removed are the destination snapshots the transfer's finish
+	// removed, SnapshotTime when its source snapshot was taken: what its
+	// completed event carries (since 1.3).
+	Removed      []string   `json:"removed,omitempty"`
+	SnapshotTime *time.Time `json:"snapshot_time,omitempty"`
 }
 
 // MethodTransferCleanup: API → the agents of a failed or cancelled

@@ -266,8 +266,13 @@ func (a *Agent) destHandlers(mux *rpc.Mux) {
 		if err != nil {
 			return nil, err
 		}
-		return rpc.TransferQueryReply{Exists: res.Exists, Complete: res.Complete, Snapshot: res.Snapshot,
-			Digest: res.Digest, Mode: res.Mode, BytesDone: res.BytesDone}, nil
+		rep := rpc.TransferQueryReply{Exists: res.Exists, Complete: res.Complete, Snapshot: res.Snapshot,
+			Digest: res.Digest, Mode: res.Mode, BytesDone: res.BytesDone, Removed: res.Removed}
+		if !res.SnapshotTime.IsZero() {
+			t := res.SnapshotTime.UTC()
+			rep.SnapshotTime = &t
+		}
+		return rep, nil
 	}, a.refusedCommand))
 	mux.Handle(MethodTransferAbort, func(ctx context.Context, env rpc.Envelope) (any, error) {
 		var req transfer.AbortRequest

@@ -146,6 +146,14 @@ func TestReplicationOverTheBus(t *testing.T) {
 		t.Errorf("cycle 3 removed %v", removed)
 	}
 
+	// ferry-api's query (a lost report) answers as the completed event.
+	var q rpc.TransferQueryReply
+	if err := caller.Call(ctx, rpc.AgentTarget(h.DstRegion), rpc.MethodTransferQuery,
+		rpc.TransferQuery{TransferID: c3, Epoch: 1, Pool: h.Pool, Image: replica, Snapshot: "ferry-" + c3}, &q); err != nil ||
+		!q.Complete || !slices.Equal(q.Removed, []string{"ferry-" + c1, "ferry-" + c2}) || q.SnapshotTime == nil {
+		t.Errorf("query of cycle 3: %+v, %v", q, err)
+	}
+
 	caster := rpc.SigningCaster{Caster: bus, Signer: signer}
 	for _, c := range []rpc.ReplicationCleanup{
 		{ReplicationID: rid, Side: rpc.CleanupSideSource, Pool: h.Pool, Image: name, Snapshots: []string{"ferry-" + c3}},

@@ -161,28 +161,29 @@ func (d *Dest) Prepare(ctx context.Context, req PrepareRequest) (PrepareResponse
 	case planDone:
 		d.release(job)
 		log.Info("prepared: already complete", "digest", plan.Digest)
-		resp.Done, resp.Digest, resp.Mode, resp.Base = true, plan.Digest, plan.Mode, ""
+		resp.Done, resp.Digest, resp.Mode, resp.Base, resp.Removed = true, plan.Digest, plan.Mode, "", plan.Removed
 		return resp, nil
 	case planSeal:
 		job.w = *view.Writing
-		if _, err := d.seal(job); err != nil {
+		fin, err := d.seal(job)
+		if err != nil {
 			return fail(err)
 		}
 		d.release(job)
 		log.Info("prepared: an interrupted finish completed", "digest", plan.Digest)
-		resp.Done, resp.Digest, resp.Mode, resp.Base = true, plan.Digest, modeOf(job.w.Base), ""
+		resp.Done, resp.Digest, resp.Mode, resp.Base, resp.Removed = true, plan.Digest, modeOf(job.w.Base), "", fin.Removed
 		return resp, nil
 	case planResume:
 		job.w = *view.Writing
 		job.w.Epoch, job.w.Granted = req.Epoch, req.granted()
-		job.w.ReplicationID, job.w.Retain = req.ReplicationID, req.Retain
+		job.w.ReplicationID, job.w.Retain, job.w.SourceSnapTime = req.ReplicationID, req.Retain, req.SnapshotTime
 		if err := d.putWriting(job); err != nil {
 			return fail(err)
 		}
 	case planCopy:
 		job.w = writingState{TransferID: req.TransferID, Epoch: req.Epoch, Base: plan.Base, BaseID: plan.BaseID,
 			Snapshot: req.Snapshot, SourceSnapID: req.SourceSnapID, Size: req.Size, Ephemeral: req.Ephemeral, Granted: req.granted(),
-			ReplicationID: req.ReplicationID, Retain: req.Retain}
+			ReplicationID: req.ReplicationID, Retain: req.Retain, SourceSnapTime: req.SnapshotTime}
 		if err := d.startCopy(ctx, job, plan, req.Size); err != nil {
 			return fail(err)
 		}
@@ -458,6 +459,7 @@ func (d *Dest) Finish(ctx context.Context, req FinishRequest) (FinishResponse, e
 func (d *Dest) seal(job *destJob) (FinishResponse, error) {
 	w, img := job.w, job.img
 	fin := FinishResponse{Digest: w.Verified, BytesDone: w.BytesDone}
+	var rec snapRecord
 	drop := []string{MetaWriting, MetaCheckpoint}
 	if w.Ephemeral {
 		s, err := d.cfg.Sealer.Seal(kindCompleted, job.imageID, completedRecord{TransferID: w.TransferID, SourceSnapID: w.SourceSnapID, Digest: w.Verified, BytesDone: w.BytesDone, Granted: w.Granted})
@@ -479,13 +481,10 @@ func (d *Dest) seal(job *destJob) (FinishResponse, error) {
 		if err != nil {
 			return fin, err
 		}
-		s, err := d.cfg.Sealer.Seal(kindSnapshot, job.imageID, snapRecord{Snapshot: w.Snapshot, SnapID: id,
+		rec = snapRecord{Snapshot: w.Snapshot, SnapID: id,
 			TransferID: w.TransferID, SourceSnapID: w.SourceSnapID, Digest: w.Verified, Mode: modeOf(w.Base), BytesDone: w.BytesDone, Granted: w.Granted,
-			ReplicationID: w.ReplicationID})
-		if err != nil {
-			return fin, err
-		}
-		if err := img.SetMetadata(MetaSnapRecordPrefix+w.Snapshot, s); err != nil {
+			ReplicationID: w.ReplicationID, SourceSnapTime: w.SourceSnapTime}
+		if err := d.putRecord(job, rec); err != nil {
 			return fin, err
 		}
 		if err := img.SetMetadata(MetaBase, w.Snapshot); err != nil {
@@ -508,7 +507,24 @@ func (d *Dest) seal(job *destJob) (FinishResponse, error) {
 		d.log.Warn("removing old snapshots", "transfer_id", job.id, "image", job.name, "error", err)
 	}
 	fin.Removed = removed
+	if len(removed) > 0 && !w.Ephemeral {
+		// Recorded with the point: a repeated transfer, or ferry-api's
+		// query about a lost report, answers with what went.
+		rec.Removed = removed
+		if err := d.putRecord(job, rec); err != nil {
+			d.log.Warn("recording the removed snapshots", "transfer_id", job.id, "image", job.name, "error", err)
+		}
+	}
 	return fin, nil
+}
+
+// putRecord seals rec as the record of its snapshot.
+func (d *Dest) putRecord(job *destJob, rec snapRecord) error {
+	s, err := d.cfg.Sealer.Seal(kindSnapshot, job.imageID, rec)
+	if err != nil {
+		return err
+	}
+	return job.img.SetMetadata(MetaSnapRecordPrefix+rec.Snapshot, s)
 }
 
 func snapshotID(img *rbd.Image, name string) (uint64, error) {
@@ -628,6 +644,10 @@ type QueryResult struct {
 	Digest    string
 	Mode      string
 	BytesDone uint64
+	// Removed are the snapshots the transfer's finish removed, and
+	// SnapshotTime when its source snapshot was taken (zero: unknown).
+	Removed      []string
+	SnapshotTime time.Time
 }
 
 // Query reports, read-only and without the fence, whether pool/image holds
@@ -665,7 +685,8 @@ func (d *Dest) Query(ctx context.Context, transferID, pool, image string) (Query
 	res := QueryResult{Exists: true}
 	for _, r := range d.records(info.ID, md, snaps) {
 		if r.TransferID == transferID {
-			return QueryResult{Exists: true, Complete: true, Snapshot: r.Snapshot, Digest: r.Digest, Mode: r.Mode, BytesDone: r.BytesDone}, nil
+			return QueryResult{Exists: true, Complete: true, Snapshot: r.Snapshot, Digest: r.Digest, Mode: r.Mode, BytesDone: r.BytesDone,
+				Removed: r.Removed, SnapshotTime: r.SourceSnapTime}, nil
 		}
 	}
 	var c completedRecord
@@ -785,7 +806,7 @@ func (d *Dest) finishedBefore(ctx context.Context, req FinishRequest) (FinishRes
 	if !q.Complete || q.Digest != req.Digest {
 		return FinishResponse{}, noSession
 	}
-	return FinishResponse{Digest: q.Digest, Snapshot: q.Snapshot, BytesDone: q.BytesDone}, nil
+	return FinishResponse{Digest: q.Digest, Snapshot: q.Snapshot, BytesDone: q.BytesDone, Removed: q.Removed}, nil
 }
 
 // Abort ends a transfer's session on this agent; the image keeps its

@@ -86,7 +86,9 @@ type destPlan struct {
 	// Digest (and Mode, when recorded) of a planDone or planSeal transfer.
 	Digest string
 	Mode   string
-	Why    string
+	// Removed: the snapshots the recorded finish of a planDone removed.
+	Removed []string
+	Why     string
 }
 
 // planPrepare decides what a prepare does with the destination as found.
@@ -123,7 +125,7 @@ func planPrepare(req *PrepareRequest, v *destView) (destPlan, error) {
 			return destPlan{}, fmt.Errorf("%w: destination snapshot %q holds source snapshot id %d, this transfer copies id %d",
 				ErrConflict, req.Snapshot, rec.SourceSnapID, req.SourceSnapID)
 		}
-		return destPlan{Kind: planDone, Digest: rec.Digest, Mode: rec.Mode, Why: "already complete"}, nil
+		return destPlan{Kind: planDone, Digest: rec.Digest, Mode: rec.Mode, Removed: rec.Removed, Why: "already complete"}, nil
 	}
 	verified := w.sameRun(req) && w.Verified != "" && !resize
 	if _, exists := v.snapshot(req.Snapshot); exists && !req.Ephemeral {

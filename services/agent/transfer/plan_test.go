@@ -2,6 +2,7 @@ package transfer
 
 import (
 	"errors"
+	"reflect"
 	"testing"
 	"time"
 
@@ -100,6 +101,11 @@ func TestPlanPrepare(t *testing.T) {
 			destPlan{Kind: planDone, Digest: "d2"}, nil},
 		{"ephemeral never takes a base", req(func(r *PrepareRequest) { r.Ephemeral = true }), holding(),
 			destPlan{Kind: planCopy, ZeroHead: true}, nil},
+		{"already complete: what its finish removed, from the record", req(), holding(t2Recorded(20), func(v *destView) {
+			r := v.Records["ferry-t2"]
+			r.Removed = []string{"ferry-t0"}
+			v.Records["ferry-t2"] = r
+		}), destPlan{Kind: planDone, Digest: "d2", Removed: []string{"ferry-t0"}}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := planPrepare(tc.req, tc.view)
@@ -107,7 +113,7 @@ func TestPlanPrepare(t *testing.T) {
 				t.Fatalf("err = %v, want %v", err, tc.err)
 			}
 			got.Why = ""
-			if got != tc.want {
+			if !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("plan = %+v\nwant   %+v", got, tc.want)
 			}
 		})

@@ -172,9 +172,23 @@ func TestReplicationCyclesRetain(t *testing.T) {
 		t.Fatal(err)
 	}
 	writeRandom(t, r.img, 22<<20, 1<<20)
-	c3 := r.cycle(ctx, c2.Snapshot)
+	j3 := r.job(c2.Snapshot)
+	c3 := r.run(ctx, j3)
 	if c3.Mode != ModeIncremental || c3.BytesTotal != 24<<20 || !slices.Equal(c3.DestRemoved, []string{c1.Snapshot}) {
 		t.Errorf("cycle 3: mode %s size %d removed %v, want incremental, 24 MiB, [%s]", c3.Mode, c3.BytesTotal, c3.DestRemoved, c1.Snapshot)
+	}
+	r.matches(c2.Snapshot, c3.Snapshot)
+	// Its report lost: the same cycle again (a redelivered start), and
+	// ferry-api's query, answer with what its finish removed and when its
+	// source snapshot was taken.
+	j3.Epoch = 2
+	again, err := h.source.Run(ctx, j3, h.dest)
+	if err != nil || again.Digest != c3.Digest || !slices.Equal(again.DestRemoved, []string{c1.Snapshot}) || !again.SnapshotTime.Equal(c3.SnapshotTime) {
+		t.Errorf("cycle 3 again: %+v, %v; want removed [%s] and time %v", again, err, c1.Snapshot, c3.SnapshotTime)
+	}
+	if q, err := h.dest.Query(ctx, j3.TransferID, h.pool, r.replica); err != nil || !q.Complete ||
+		!slices.Equal(q.Removed, []string{c1.Snapshot}) || !q.SnapshotTime.Equal(c3.SnapshotTime) {
+		t.Errorf("query of cycle 3: %+v, %v", q, err)
 	}
 	r.matches(c2.Snapshot, c3.Snapshot)
 	img, err := h.dst.OpenImage(ctx, h.pool, r.replica, "", true)

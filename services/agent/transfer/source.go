@@ -210,7 +210,7 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 		SourceFSID: cluster.FSID(), SourceImageID: info.ID, SourceName: job.Pool + "/" + job.Image, SourceRegion: job.SourceRegion,
 		Size: info.Size, Order: info.Order, Features: info.Features,
 		Snapshot: snap, SourceSnapID: snapID, Bases: bases, ChunkSize: chunk, Ephemeral: job.Ephemeral, Grant: job.Grant,
-		ReplicationID: job.ReplicationID, Retain: job.Retain,
+		ReplicationID: job.ReplicationID, Retain: job.Retain, SnapshotTime: snapTime,
 	})
 	if err != nil {
 		return Result{}, fmt.Errorf("prepare at the destination: %w", err)
@@ -226,7 +226,7 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 		// nothing to send, nothing changed there.
 		log.Info("already complete at the destination", "digest", prep.Digest, "snapshot", snap)
 		res := Result{Digest: prep.Digest, Mode: prep.Mode, Snapshot: snap, SourceSnapshot: snap, BytesTotal: info.Size, Ephemeral: job.Ephemeral,
-			Phases: phases, SnapshotTime: snapTime}
+			Phases: phases, SnapshotTime: snapTime, DestRemoved: prep.Removed}
 		return s.afterVerified(ctx, cluster, job, res, "", closeImg, log), nil
 	}
 	if prep.Base != "" && !slices.ContainsFunc(bases, func(b SnapRef) bool { return b.Name == prep.Base }) {

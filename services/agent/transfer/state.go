@@ -122,6 +122,8 @@ type writingState struct {
 	// the Ferry snapshots named in Retain besides the new one.
 	ReplicationID string   `json:"replication_id,omitempty"`
 	Retain        []string `json:"retain,omitempty"`
+	// SourceSnapTime: when the source snapshot was taken.
+	SourceSnapTime time.Time `json:"source_snap_time,omitzero"`
 	// Granted: see snapRecord.
 	Granted time.Time `json:"granted,omitzero"`
 }
@@ -154,6 +156,11 @@ type snapRecord struct {
 	// ReplicationID: the snapshot is a point of that replication (only
 	// such a verified point is ever cloned for its drills).
 	ReplicationID string `json:"replication_id,omitempty"`
+	// Removed are the older snapshots the seal removed, SourceSnapTime
+	// when the source snapshot was taken: a repeated transfer, or a
+	// query about a lost report, answers with them.
+	Removed        []string  `json:"removed,omitempty"`
+	SourceSnapTime time.Time `json:"source_snap_time,omitzero"`
 }
 
 // completedRecord is what an ephemeral transfer leaves instead of a

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/ferry-project/ferry/rpc"
 	"github.com/ferry-project/ferry/services/agent/rbd"
@@ -138,6 +139,9 @@ type PrepareRequest struct {
 	// snapshot.
 	ReplicationID string   `json:"replication_id,omitempty"`
 	Retain        []string `json:"retain,omitempty"`
+	// SnapshotTime is when the source snapshot was taken (kept in the
+	// destination's record: a query about a lost report answers with it).
+	SnapshotTime time.Time `json:"snapshot_time,omitzero"`
 }
 
 // Validate checks the request's fields.
@@ -219,6 +223,9 @@ type PrepareResponse struct {
 	// Mode is how the copy the destination holds was made (full or
 	// incremental), when Done.
 	Mode string `json:"mode,omitempty"`
+	// Removed are the snapshots the finish of the copy the destination
+	// holds removed, when Done (from its record).
+	Removed []string `json:"removed_snapshots,omitempty"`
 }
 
 // FinishRequest asks the destination to seal a sent transfer. Pool and
