@@ -59,7 +59,7 @@ type retentionFlags struct{ last, hourly, daily int }
 
 func (r *retentionFlags) add(cmd *cobra.Command) {
 	f := cmd.Flags()
-	f.IntVar(&r.last, "keep-last", 0, "retention: keep the newest N points (at least 1)")
+	f.IntVar(&r.last, "keep-last", 0, "retention: keep the newest N points (at least 1; server default 3)")
 	f.IntVar(&r.hourly, "keep-hourly", 0, "retention: also keep the newest point of each of the last N hours")
 	f.IntVar(&r.daily, "keep-daily", 0, "retention: also keep the newest point of each of the last N days")
 }
@@ -69,25 +69,28 @@ func (r *retentionFlags) changed(cmd *cobra.Command) bool {
 	return f.Changed("keep-last") || f.Changed("keep-hourly") || f.Changed("keep-daily")
 }
 
-// opts is the whole retention: the flags given over base (the current
-// retention, or for a create keep_last 1 and no hourly or daily points).
-func (r *retentionFlags) opts(cmd *cobra.Command, base replications.Retention) (*replications.RetentionOpts, error) {
+// opts is the retention options given; the others are not sent (the
+// server's default on a create, unchanged on a set).
+func (r *retentionFlags) opts(cmd *cobra.Command) (*replications.RetentionOpts, error) {
 	f := cmd.Flags()
-	o := replications.RetentionOpts{KeepLast: base.KeepLast, KeepHourly: base.KeepHourly, KeepDaily: base.KeepDaily}
+	var o replications.RetentionOpts
 	if f.Changed("keep-last") {
-		o.KeepLast = r.last
+		if r.last < 1 {
+			return nil, errors.New("--keep-last must be at least 1")
+		}
+		o.KeepLast = &r.last
 	}
 	if f.Changed("keep-hourly") {
-		o.KeepHourly = r.hourly
+		if r.hourly < 0 {
+			return nil, errors.New("--keep-hourly cannot be negative")
+		}
+		o.KeepHourly = &r.hourly
 	}
 	if f.Changed("keep-daily") {
-		o.KeepDaily = r.daily
-	}
-	if o.KeepLast < 1 {
-		return nil, errors.New("--keep-last must be at least 1")
-	}
-	if o.KeepHourly < 0 || o.KeepDaily < 0 {
-		return nil, errors.New("--keep-hourly and --keep-daily cannot be negative")
+		if r.daily < 0 {
+			return nil, errors.New("--keep-daily cannot be negative")
+		}
+		o.KeepDaily = &r.daily
 	}
 	return &o, nil
 }
@@ -132,7 +135,7 @@ func (a *app) replicationCreate() *cobra.Command {
 				}
 			}
 			if keep.changed(cmd) {
-				if opts.Retention, err = keep.opts(cmd, replications.Retention{KeepLast: 1}); err != nil {
+				if opts.Retention, err = keep.opts(cmd); err != nil {
 					return err
 				}
 			}
@@ -247,8 +250,8 @@ func (a *app) replicationSet() *cobra.Command {
 	cmd = &cobra.Command{
 		Use:   "set REPLICATION [--interval DURATION] [--rpo DURATION] [--keep-last N] [--keep-hourly N] [--keep-daily N] [--bandwidth-limit RATE] [--name NAME] [--description TEXT]",
 		Short: "Change a replication's schedule, RPO, retention, bandwidth limit, name or description",
-		Long: "Change a replication. Only the options given change; a retention option keeps the other two as they\n" +
-			"are. --bandwidth-limit 0 returns to the agents' default.",
+		Long: "Change a replication. Only the options given are sent and change; a retention option leaves the\n" +
+			"other two as they are. --bandwidth-limit 0 returns to the agents' default.",
 		Args: cobra.ExactArgs(1),
 		RunE: a.withClient(&out, func(ctx context.Context, sc *gophercloud.ServiceClient, _ gophercloud.EndpointOpts, args []string) error {
 			f := cmd.Flags()
@@ -280,17 +283,18 @@ func (a *app) replicationSet() *cobra.Command {
 				}
 				opts.BandwidthLimit = &n
 			}
-			if opts == (replications.UpdateOpts{}) && !keep.changed(cmd) {
+			if keep.changed(cmd) {
+				var err error
+				if opts.Retention, err = keep.opts(cmd); err != nil {
+					return err
+				}
+			}
+			if opts == (replications.UpdateOpts{}) {
 				return errors.New("nothing to change: give at least one option (see --help)")
 			}
 			r, _, err := findReplication(ctx, sc, args[0])
 			if err != nil {
 				return err
-			}
-			if keep.changed(cmd) {
-				if opts.Retention, err = keep.opts(cmd, r.Retention); err != nil {
-					return err
-				}
 			}
 			res := replications.Update(ctx, sc, r.ID, opts)
 			if res.Err != nil {

@@ -193,7 +193,7 @@ func TestReplicationCreateSendsTheAPIBody(t *testing.T) {
 	}
 	want := map[string]any{"name": "db", "description": "the db",
 		"source": map[string]any{"region": "RegionOne", "volume_id": "vol-9"}, "destination": map[string]any{"region": "RegionTwo", "pool": "replicas"},
-		"interval_seconds": 300, "rpo_seconds": 900, "retention": map[string]any{"keep_last": 3, "keep_hourly": 0, "keep_daily": 7},
+		"interval_seconds": 300, "rpo_seconds": 900, "retention": map[string]any{"keep_last": 3, "keep_daily": 7},
 		"bandwidth_limit": 100 << 20}
 	if got := mustJSON(t, fc.repl.creates[0]); got != mustJSON(t, want) {
 		t.Errorf("request body = %s, want %s", got, mustJSON(t, want))
@@ -239,8 +239,9 @@ func TestReplicationCreateChecksFlags(t *testing.T) {
 		{fc.env(), with("--rpo", "soon"), "give seconds or a duration"},
 		{fc.env(), with("--bandwidth-limit", "fast"), "--bandwidth-limit \"fast\""},
 		{fc.env(), with("--bandwidth-limit", "-1M"), "--bandwidth-limit"},
-		{fc.env(), with("--keep-daily", "3"), ""}, // valid: keep_last defaults to 1
+		{fc.env(), with("--keep-daily", "3", "--keep-hourly", "0"), ""}, // valid: keep_last is the server's default
 		{fc.env(), with("--keep-last", "0"), "--keep-last must be at least 1"},
+		{fc.env(), with("--keep-daily", "-1"), "--keep-daily cannot be negative"},
 		{fc.env(), with("--pool", "p", "--image", "i"), "none of the others can be"},
 		{fc.env(), []string{"--pool", "p", "--destination-region", "R2", "--interval", "60", "--rpo", "120"}, "must all be set"},
 		{fc.env(), []string{"--destination-region", "R2", "--interval", "60", "--rpo", "120"}, "at least one of the flags"},
@@ -259,7 +260,7 @@ func TestReplicationCreateChecksFlags(t *testing.T) {
 	if len(fc.repl.creates) != 1 {
 		t.Errorf("%d creates reached the API, want only the valid one", len(fc.repl.creates))
 	}
-	if r, _ := fc.repl.creates[0]["retention"].(map[string]any); r["keep_last"] != float64(1) || r["keep_daily"] != float64(3) {
+	if got := mustJSON(t, fc.repl.creates[0]["retention"]); got != `{"keep_daily":3,"keep_hourly":0}` {
 		t.Errorf("retention sent: %v", fc.repl.creates[0])
 	}
 }
@@ -340,7 +341,8 @@ func TestReplicationSetSendsOnlyWhatChanged(t *testing.T) {
 		want string
 	}{
 		{[]string{"--name", "db2"}, `{"name":"db2"}`},
-		{[]string{"--keep-hourly", "24"}, `{"retention":{"keep_daily":7,"keep_hourly":24,"keep_last":6}}`},
+		{[]string{"--keep-hourly", "24"}, `{"retention":{"keep_hourly":24}}`},
+		{[]string{"--keep-last", "2", "--keep-daily", "0"}, `{"retention":{"keep_daily":0,"keep_last":2}}`},
 		{[]string{"--interval", "1m", "--rpo", "3m", "--bandwidth-limit", "0", "--description", ""}, `{"bandwidth_limit":0,"description":"","interval_seconds":60,"rpo_seconds":180}`},
 		{[]string{"--bandwidth-limit", "2G"}, `{"bandwidth_limit":2147483648}`},
 	} {

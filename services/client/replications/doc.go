@@ -14,7 +14,11 @@ Example: protect a volume every 5 minutes with a 15-minute RPO
 		Destination:     replications.DestinationOpts{Region: "RegionTwo"},
 		IntervalSeconds: 300,
 		RPOSeconds:      900,
-		Retention:       &replications.RetentionOpts{KeepLast: 6, KeepHourly: 24, KeepDaily: 7},
+		Retention: &replications.RetentionOpts{
+			KeepLast:   gophercloud.IntToPointer(6),
+			KeepHourly: gophercloud.IntToPointer(24),
+			KeepDaily:  gophercloud.IntToPointer(7),
+		},
 		BandwidthLimit:  100 << 20, // bytes/s
 	}).Extract()
 
@@ -33,11 +37,11 @@ breached ones
 	}
 
 Example: change the schedule and the retention; only what is set is sent
+(here keep_hourly and keep_daily stay as they are)
 
-	interval := 60
 	r, err = replications.Update(ctx, sc, id, replications.UpdateOpts{
-		IntervalSeconds: &interval,
-		Retention:       &replications.RetentionOpts{KeepLast: 10},
+		IntervalSeconds: gophercloud.IntToPointer(60),
+		Retention:       &replications.RetentionOpts{KeepLast: gophercloud.IntToPointer(10)},
 	}).Extract()
 
 Example: a cycle now, pause, resume

@@ -43,11 +43,14 @@ type DestinationOpts struct {
 
 // RetentionOpts is how many points the replica keeps: the newest
 // KeepLast, plus the newest point of each of the last KeepHourly hours and
-// KeepDaily days that have one. The newest point is always kept.
+// KeepDaily days that have one. The newest point is always kept. A nil
+// field is not sent: on Create the server's default (keep_last 3, no
+// hourly or daily points), on Update unchanged. gophercloud.IntToPointer
+// makes the pointers.
 type RetentionOpts struct {
-	KeepLast   int `json:"keep_last"`
-	KeepHourly int `json:"keep_hourly"`
-	KeepDaily  int `json:"keep_daily"`
+	KeepLast   *int `json:"keep_last,omitempty"`
+	KeepHourly *int `json:"keep_hourly,omitempty"`
+	KeepDaily  *int `json:"keep_daily,omitempty"`
 }
 
 // CreateOpts is the body of POST /v1/replications.

@@ -60,20 +60,22 @@ type Replication struct {
 	// LastSyncAt is when the source snapshot of the newest point was
 	// taken; nil before the first point.
 	LastSyncAt *time.Time `json:"last_sync_at"`
-	// LagSeconds is now minus LastSyncAt; nil before the first point.
+	// LagSeconds is now minus LastSyncAt (whole seconds from ferry-api
+	// 1.1); nil before the first point.
 	LagSeconds *float64 `json:"lag_seconds"`
 	// RPOBreached: the lag is beyond the RPO (or, without a point, the
 	// replication is older than its RPO).
 	RPOBreached    bool   `json:"rpo_breached"`
 	LastTransferID string `json:"last_transfer_id"`
 	// LastError is the last failure, cleared by a completed cycle.
-	LastError      string     `json:"last_error"`
-	PointsCount    int        `json:"points_count"`
-	BytesLastCycle int64      `json:"bytes_last_cycle"`
-	NextRunAt      *time.Time `json:"next_run_at"`
-	Cycles         Cycles     `json:"cycles"`
-	CreatedAt      time.Time  `json:"created_at"`
-	UpdatedAt      time.Time  `json:"updated_at"`
+	LastError      string `json:"last_error"`
+	PointsCount    int    `json:"points_count"`
+	BytesLastCycle int64  `json:"bytes_last_cycle"`
+	// NextRunAt is when the next cycle starts; nil unless active.
+	NextRunAt *time.Time `json:"next_run_at"`
+	Cycles    Cycles     `json:"cycles"`
+	CreatedAt time.Time  `json:"created_at"`
+	UpdatedAt time.Time  `json:"updated_at"`
 }
 
 // Lag is LagSeconds as a duration, and false before the first point.

@@ -29,7 +29,7 @@ func TestCreate(t *testing.T) {
 		Destination:     replications.DestinationOpts{Region: "RegionTwo"},
 		IntervalSeconds: 300,
 		RPOSeconds:      900,
-		Retention:       &replications.RetentionOpts{KeepLast: 6, KeepHourly: 24, KeepDaily: 7},
+		Retention:       &replications.RetentionOpts{KeepLast: ptr(6), KeepHourly: ptr(24), KeepDaily: ptr(7)},
 		BandwidthLimit:  100 << 20,
 	}).Extract()
 	th.AssertNoErr(t, err)
@@ -187,8 +187,8 @@ func TestUpdate(t *testing.T) {
 		{replications.UpdateOpts{Name: ptr("renamed")}, `{"replication": {"name": "renamed"}}`},
 		{replications.UpdateOpts{Description: ptr("")}, `{"replication": {"description": ""}}`},
 		{replications.UpdateOpts{IntervalSeconds: ptr(60), RPOSeconds: ptr(180), BandwidthLimit: ptr[int64](0),
-			Retention: &replications.RetentionOpts{KeepLast: 3, KeepDaily: 2}},
-			`{"replication": {"interval_seconds": 60, "rpo_seconds": 180, "bandwidth_limit": 0, "retention": {"keep_last": 3, "keep_hourly": 0, "keep_daily": 2}}}`},
+			Retention: &replications.RetentionOpts{KeepHourly: ptr(0), KeepDaily: ptr(2)}},
+			`{"replication": {"interval_seconds": 60, "rpo_seconds": 180, "bandwidth_limit": 0, "retention": {"keep_hourly": 0, "keep_daily": 2}}}`},
 	} {
 		t.Run(tc.request, func(t *testing.T) {
 			fakeServer := th.SetupHTTP()
