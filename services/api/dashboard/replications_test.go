@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"regexp"
 	"strings"
@@ -270,5 +271,40 @@ func TestReplicationFormatting(t *testing.T) {
 		if got := [3]bool{canPause(st), canResume(st), canSync(st)}; got != want {
 			t.Errorf("%s: pause/resume/sync %v, want %v", st, got, want)
 		}
+	}
+}
+
+// A transfer that is a replication's cycle links to its replication.
+func TestTransferDetailLinksItsReplication(t *testing.T) {
+	r := newRig(t, time.Hour)
+	b := r.browser()
+	b.mustLogin("demo")
+	_, page := b.do("GET", "/dashboard/project/transfers/"+transferID, nil)
+	if strings.Contains(page, "replication-link") {
+		t.Error("a transfer without a replication links to one")
+	}
+	cycleJSON := strings.Replace(transferJSON, `"finished_at": null}`, `"finished_at": null, "replication_id": "`+replOK+`"}`, 1)
+	if cycleJSON == transferJSON {
+		t.Fatal("fixture changed")
+	}
+	h, err := New(Options{AuthURL: r.h.opts.AuthURL, API: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/v1/transfers/"+transferID {
+			w.Header().Set("Content-Type", "application/json")
+			io.WriteString(w, `{"transfer": `+cycleJSON+`}`)
+			return
+		}
+		r.api.ServeHTTP(w, req)
+	})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	b2 := r.browser()
+	b2.url = srv.URL
+	b2.mustLogin("demo")
+	_, page = b2.do("GET", "/dashboard/project/transfers/"+transferID, nil)
+	if !strings.Contains(page, `href="/dashboard/project/replications/`+replOK+`" id="replication-link"`) {
+		t.Errorf("no link to the replication:\n%s", page)
 	}
 }
