@@ -101,6 +101,6 @@ func NewCommand(getenv func(string) string, stdout, stderr io.Writer) *cobra.Com
 		f.StringVar(s.p, s.name, *s.p, s.help)
 	}
 	f.BoolVar(&creds.Insecure, "insecure", creds.Insecure, "do not verify TLS certificates")
-	root.AddCommand(a.transferCommand(), a.serviceCommand())
+	root.AddCommand(a.transferCommand(), a.replicationCommand(), a.serviceCommand())
 	return root
 }

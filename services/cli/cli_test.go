@@ -34,6 +34,8 @@ type fakeCloud struct {
 	queries  []string
 	// services is GET /v1/services' answer; nil: 403.
 	services []map[string]any
+	// repl is the fake replications API (replication_test.go).
+	repl fakeReplications
 }
 
 func newFakeCloud(t *testing.T) *fakeCloud {
@@ -111,6 +113,8 @@ func (fc *fakeCloud) serveAPI(w http.ResponseWriter, r *http.Request) {
 	path := strings.TrimPrefix(r.URL.Path, "/v1/")
 	parts := strings.Split(path, "/")
 	switch {
+	case parts[0] == "replications":
+		fc.serveReplications(w, r, parts, reply)
 	case path == "services" && r.Method == http.MethodGet && fc.services != nil:
 		reply(200, map[string]any{"services": fc.services})
 	case path == "services" && r.Method == http.MethodGet:

@@ -41,8 +41,10 @@ func (o *outputOpts) validate() error {
 	return fmt.Errorf("invalid output format %q: choose table, json, yaml or value", o.format)
 }
 
-// locationFields orders a source's or destination's fields as the API does.
-var locationFields = []string{"region", "pool", "image", "snapshot", "volume_id", "backup_id"}
+// locationFields orders the fields of nested objects as the API does: a
+// source's or destination's, a replication's retention and cycles.
+var locationFields = []string{"region", "pool", "image", "snapshot", "volume_id", "backup_id",
+	"keep_last", "keep_hourly", "keep_daily", "completed", "failed", "skipped"}
 
 // object is one API object with its keys in display order. Values are what
 // encoding/json decoded from the API's body, so -f json prints the API's

@@ -20,7 +20,7 @@ import (
 var transferFields = []string{
 	"id", "name", "description", "project_id", "user_id", "status", "mode", "source", "destination",
 	"bytes_total", "bytes_transferred", "progress", "rate_bytes_per_second", "eta_seconds", "digest",
-	"error", "created_at", "updated_at", "started_at", "finished_at",
+	"error", "created_at", "updated_at", "started_at", "finished_at", "replication_id",
 }
 
 var (
@@ -213,6 +213,7 @@ func (a *app) transferList() *cobra.Command {
 	f.StringVar(&opts.Status, "status", "", "only transfers in this status")
 	f.StringVar(&opts.SourceRegion, "source-region", "", "only transfers from this region")
 	f.StringVar(&opts.DestinationRegion, "destination-region", "", "only transfers to this region")
+	f.StringVar(&opts.ReplicationID, "replication", "", "only the cycles of this replication (id)")
 	f.StringVar(&opts.Marker, "marker", "", "list after this transfer id")
 	f.IntVar(&limit, "limit", 0, "at most this many transfers (default: all, page by page)")
 	f.StringVar(&sort, "sort", "", "sort key and direction, e.g. created_at:desc")
@@ -291,15 +292,21 @@ func (a *app) transferAction(name, short string, do func(context.Context, *gophe
 }
 
 func (a *app) each(refs []string, verb string, do func(string) error) error {
+	return a.eachOf("transfer", refs, verb, do)
+}
+
+// eachOf runs do on each resource (a transfer, a replication) named; each
+// failure is reported and the command fails at the end.
+func (a *app) eachOf(noun string, refs []string, verb string, do func(string) error) error {
 	failed := 0
 	for _, ref := range refs {
 		if err := do(ref); err != nil {
 			failed++
-			fmt.Fprintf(a.stderr, "Failed to %s transfer with name or ID '%s': %v\n", verb, ref, err)
+			fmt.Fprintf(a.stderr, "Failed to %s %s with name or ID '%s': %v\n", verb, noun, ref, err)
 		}
 	}
 	if failed > 0 {
-		return fmt.Errorf("%d of %d transfers failed to %s", failed, len(refs), verb)
+		return fmt.Errorf("%d of %d %ss failed to %s", failed, len(refs), noun, verb)
 	}
 	return nil
 }

@@ -2,7 +2,7 @@
 Package client is the Go client library of Ferry's REST API (the
 volume-ferry service), in the conventions of gophercloud v2: a
 *gophercloud.ServiceClient built here is passed to the functions of the
-resource packages transfers and services.
+resource packages transfers, replications and services.
 
 The library depends only on the standard library and gophercloud; it never
 imports Ferry's server packages.

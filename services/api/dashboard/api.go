@@ -10,6 +10,7 @@ import (
 	"github.com/gophercloud/gophercloud/v2/pagination"
 
 	"github.com/ferry-project/ferry/services/client"
+	"github.com/ferry-project/ferry/services/client/replications"
 	"github.com/ferry-project/ferry/services/client/services"
 	"github.com/ferry-project/ferry/services/client/transfers"
 )
@@ -22,6 +23,11 @@ type (
 	Event      = transfers.Event
 	Service    = services.Service
 	CreateOpts = transfers.CreateOpts
+
+	Replication = replications.Replication
+	Point       = replications.Point
+	Drill       = replications.DrillInfo
+	ReplEvent   = replications.Event
 )
 
 const serviceType = client.ServiceType
@@ -76,6 +82,54 @@ func listServices(ctx context.Context, sc *gophercloud.ServiceClient) ([]Service
 		return nil, err
 	}
 	return services.ExtractServices(p)
+}
+
+// listReplications returns the project's replications, newest first.
+func listReplications(ctx context.Context, sc *gophercloud.ServiceClient) ([]Replication, error) {
+	var out []Replication
+	pages := 0
+	err := replications.List(sc, replications.ListOpts{Limit: 1000}).EachPage(ctx,
+		func(_ context.Context, p pagination.Page) (bool, error) {
+			rs, err := replications.ExtractReplications(p)
+			if err != nil {
+				return false, err
+			}
+			out = append(out, rs...)
+			pages++
+			return pages < maxListPages, nil
+		})
+	return out, err
+}
+
+func getReplication(ctx context.Context, sc *gophercloud.ServiceClient, id string) (*Replication, error) {
+	return replications.Get(ctx, sc, id).Extract()
+}
+
+func listPoints(ctx context.Context, sc *gophercloud.ServiceClient, id string) ([]Point, error) {
+	return replications.ListPoints(ctx, sc, id).Extract()
+}
+
+func listDrills(ctx context.Context, sc *gophercloud.ServiceClient, id string) ([]Drill, error) {
+	return replications.ListDrills(ctx, sc, id).Extract()
+}
+
+func listReplEvents(ctx context.Context, sc *gophercloud.ServiceClient, id string) ([]ReplEvent, error) {
+	return replications.ListEvents(ctx, sc, id).Extract()
+}
+
+// replicationAction is sync, pause or resume.
+func replicationAction(ctx context.Context, sc *gophercloud.ServiceClient, id, action string) error {
+	switch action {
+	case "sync":
+		return replications.Sync(ctx, sc, id).ExtractErr()
+	case "pause":
+		return replications.Pause(ctx, sc, id).ExtractErr()
+	}
+	return replications.Resume(ctx, sc, id).ExtractErr()
+}
+
+func startDrill(ctx context.Context, sc *gophercloud.ServiceClient, id, point, name string) (*Drill, error) {
+	return replications.Drill(ctx, sc, id, replications.DrillOpts{Point: point, Name: name}).Extract()
 }
 
 func newFerryClient(pc *gophercloud.ProviderClient, endpoint string) *gophercloud.ServiceClient {

@@ -162,6 +162,10 @@ func (h *Handler) routes() {
 	m.HandleFunc("POST "+Prefix+"/project/transfers/create", h.post(h.create))
 	m.HandleFunc("GET "+Prefix+"/project/transfers/{id}", h.get(h.detailPage))
 	m.HandleFunc("POST "+Prefix+"/project/transfers/{id}/{action}", h.post(h.action))
+	m.HandleFunc("GET "+Prefix+"/project/replications", h.get(h.replicationsPage))
+	m.HandleFunc("GET "+Prefix+"/project/replications/data", h.data(h.replicationsData))
+	m.HandleFunc("GET "+Prefix+"/project/replications/{id}", h.get(h.replicationPage))
+	m.HandleFunc("POST "+Prefix+"/project/replications/{id}/{action}", h.post(h.replicationAction))
 	m.HandleFunc("GET "+Prefix+"/admin/services", h.get(h.servicesPage))
 	m.HandleFunc(Prefix+"/", func(w http.ResponseWriter, r *http.Request) {
 		h.errorPage(w, r, h.currentSession(r), http.StatusNotFound, "Page not found", "The page you were looking for does not exist.")

@@ -107,6 +107,9 @@ type fakeAPI struct {
 	mu      sync.Mutex
 	actions []string
 	created []map[string]any
+	// replActions are the replication actions received, "<id> <body>"
+	// (replications_test.go).
+	replActions []string
 }
 
 const transferID = "0b8c5a84-2e6f-4c1e-9d2a-5b8e0c1f7a11"
@@ -170,6 +173,8 @@ func (a *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		a.actions = append(a.actions, strings.TrimSpace(string(b)))
 		a.mu.Unlock()
 		w.WriteHeader(http.StatusAccepted)
+	case strings.HasPrefix(p, "/v1/replications"):
+		a.serveReplications(w, r, user)
 	case r.Method == http.MethodGet && p == "/v1/services":
 		if user != "admin" {
 			fault(w, http.StatusForbidden, "forbidden", "Policy doesn't allow service:get_all to be performed.")

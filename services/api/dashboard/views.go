@@ -62,6 +62,17 @@ var funcs = template.FuncMap{
 	"transient": func(st string) bool { return !terminal(st) },
 	"health":    healthBadge,
 	"load":      loadText,
+	// replications
+	"rbadge":    replBadge,
+	"lag":       lagText,
+	"secs":      secondsText,
+	"rto":       rtoText,
+	"cycles":    cyclesText,
+	"rsource":   replSourceText,
+	"bandwidth": bandwidthText,
+	"canpause":  canPause,
+	"canresume": canResume,
+	"cansync":   canSync,
 }
 
 // healthBadge is the badge class and text of an agent's cluster health.

@@ -19,6 +19,10 @@ Example: list every page of the project's failed transfers
 	}
 	all, err := transfers.ExtractTransfers(pages)
 
+Example: the cycles of a replication (each cycle is a transfer)
+
+	pages, err := transfers.List(sc, transfers.ListOpts{ReplicationID: replicationID}).AllPages(ctx)
+
 Example: cancel, retry, delete, history
 
 	err = transfers.Cancel(ctx, sc, id).ExtractErr()

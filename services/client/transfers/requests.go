@@ -127,6 +127,8 @@ type ListOpts struct {
 	DestinationRegion string `q:"destination_region"`
 	// AllProjects lists every project's transfers (admins only).
 	AllProjects bool `q:"all_projects"`
+	// ReplicationID lists only the cycles of that replication.
+	ReplicationID string `q:"replication_id"`
 }
 
 // ToTransferListQuery formats the options into a query string.

@@ -49,6 +49,9 @@ type Transfer struct {
 	UpdatedAt  time.Time  `json:"updated_at"`
 	StartedAt  *time.Time `json:"started_at"`
 	FinishedAt *time.Time `json:"finished_at"`
+	// ReplicationID is the replication this transfer is a cycle of, else
+	// "" (the server sends null; servers before replications omit it).
+	ReplicationID string `json:"replication_id"`
 }
 
 // Event is one entry of a transfer's history.

@@ -15,6 +15,8 @@ import (
 const (
 	firstID  = "0b7d2a3e-4c1f-4f43-9a55-0d5c1f7e9a01"
 	secondID = "5f2c9d7e-8a4b-4c3d-b1e2-7f6a5d4c3b02"
+	// replicationID: the first transfer is a cycle of it.
+	replicationID = "9a1e7c3d-2b4f-4e6a-8c0d-1f2e3d4c5b06"
 )
 
 // A transfer as ferry-api renders it: nulls where nothing applies.
@@ -38,8 +40,9 @@ var firstJSON = fmt.Sprintf(`{
 	"created_at": "2026-11-25T10:00:00.123456Z",
 	"updated_at": "2026-11-25T10:01:00.000000Z",
 	"started_at": "2026-11-25T10:00:05.500000Z",
-	"finished_at": null
-}`, firstID, firstID)
+	"finished_at": null,
+	"replication_id": %q
+}`, firstID, firstID, replicationID)
 
 var secondJSON = fmt.Sprintf(`{
 	"id": %q,
@@ -61,7 +64,8 @@ var secondJSON = fmt.Sprintf(`{
 	"created_at": "2026-11-24T09:00:00.000000Z",
 	"updated_at": "2026-11-24T09:30:00.000000Z",
 	"started_at": "2026-11-24T09:00:01.000000Z",
-	"finished_at": "2026-11-24T09:30:00.000001Z"
+	"finished_at": "2026-11-24T09:30:00.000001Z",
+	"replication_id": null
 }`, secondID)
 
 func ptr[T any](v T) *T { return &v }
@@ -72,10 +76,11 @@ var firstTransfer = transfers.Transfer{
 	Source:      transfers.Location{Region: "RegionOne", Pool: "volumes", Image: "vol-1", Snapshot: "ferry-" + firstID},
 	Destination: transfers.Location{Region: "RegionTwo", Pool: "volumes", Image: "vol-1"},
 	BytesTotal:  10737418240, BytesTransferred: 2684354560, Progress: 25, RateBytesPerSecond: 104857600,
-	ETASeconds: ptr[int64](77),
-	CreatedAt:  time.Date(2026, 11, 25, 10, 0, 0, 123456000, time.UTC),
-	UpdatedAt:  time.Date(2026, 11, 25, 10, 1, 0, 0, time.UTC),
-	StartedAt:  ptr(time.Date(2026, 11, 25, 10, 0, 5, 500000000, time.UTC)),
+	ETASeconds:    ptr[int64](77),
+	CreatedAt:     time.Date(2026, 11, 25, 10, 0, 0, 123456000, time.UTC),
+	UpdatedAt:     time.Date(2026, 11, 25, 10, 1, 0, 0, time.UTC),
+	StartedAt:     ptr(time.Date(2026, 11, 25, 10, 0, 5, 500000000, time.UTC)),
+	ReplicationID: replicationID,
 }
 
 var secondTransfer = transfers.Transfer{

@@ -3,6 +3,7 @@ package testing
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -139,6 +140,7 @@ func TestListQuery(t *testing.T) {
 		{transfers.ListOpts{AllProjects: false, Status: "queued"}, "?status=queued"},
 		{transfers.ListOpts{Limit: 5, Marker: "m", AllProjects: true}, "?all_projects=true&limit=5&marker=m"},
 		{transfers.ListOpts{SourceRegion: "RegionOne", DestinationRegion: "RegionTwo"}, "?destination_region=RegionTwo&source_region=RegionOne"},
+		{transfers.ListOpts{ReplicationID: "r-1", Limit: 2}, "?limit=2&replication_id=r-1"},
 	} {
 		q, err := tc.opts.ToTransferListQuery()
 		th.AssertNoErr(t, err)
@@ -211,4 +213,23 @@ func TestEvents(t *testing.T) {
 	actual, err := transfers.ListEvents(context.TODO(), fake.ServiceClient(fakeServer), secondID).Extract()
 	th.AssertNoErr(t, err)
 	th.CheckDeepEquals(t, expectedEvents, actual)
+}
+
+// The cycles of a replication: ?replication_id= reaches the server and
+// every transfer listed carries it.
+func TestListByReplication(t *testing.T) {
+	fakeServer := th.SetupHTTP()
+	defer fakeServer.Teardown()
+	fakeServer.Mux.HandleFunc("/transfers", func(w http.ResponseWriter, r *http.Request) {
+		th.TestMethod(t, r, "GET")
+		th.TestFormValues(t, r, map[string]string{"replication_id": replicationID})
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"transfers": [%s]}`, firstJSON)
+	})
+	all, err := transfers.List(fake.ServiceClient(fakeServer), transfers.ListOpts{ReplicationID: replicationID}).AllPages(context.TODO())
+	th.AssertNoErr(t, err)
+	actual, err := transfers.ExtractTransfers(all)
+	th.AssertNoErr(t, err)
+	th.CheckEquals(t, 1, len(actual))
+	th.CheckEquals(t, replicationID, actual[0].ReplicationID)
 }

@@ -1,0 +1,240 @@
+package dashboard
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// --- replications ------------------------------------------------------------
+
+// The replications panel: the project's replications with their lag
+// against their RPO (red when breached), and a replication's details:
+// its points in time, each with a Drill button, its drills and events,
+// and the pause, resume and sync buttons. Every call goes through the API
+// in-process with the session's token, like the transfers panel.
+
+func (h *Handler) replicationsPage(w http.ResponseWriter, r *http.Request, s *session) {
+	ctx, cancel := apiCtx(r)
+	defer cancel()
+	rs, err := listReplications(ctx, h.ferryClient(s, r))
+	if err != nil {
+		h.apiFailed(w, r, s, err)
+		return
+	}
+	h.render(w, r, http.StatusOK, "replications", s, pageData{
+		Title: "Replications", Nav: "replications", Breadcrumbs: []string{"Project", "Volumes", "Replications"},
+		Body: rs,
+	})
+}
+
+// replRow is a replication as the pages' script updates it.
+type replRow struct {
+	ID          string `json:"id"`
+	Status      string `json:"status"`
+	Badge       string `json:"badge"`
+	Lag         string `json:"lag"`
+	RPOBreached bool   `json:"rpo_breached"`
+	PointsCount int    `json:"points_count"`
+	LastSync    string `json:"last_sync_at"`
+	NextRun     string `json:"next_run_at"`
+	LastError   string `json:"last_error"`
+	BytesLast   string `json:"bytes_last_cycle"`
+	Cycles      string `json:"cycles"`
+	CanPause    bool   `json:"can_pause"`
+	CanResume   bool   `json:"can_resume"`
+	CanSync     bool   `json:"can_sync"`
+}
+
+func replRowOf(rp *Replication) replRow {
+	return replRow{
+		ID: rp.ID, Status: rp.Status, Badge: replBadge(rp.Status), Lag: lagText(rp), RPOBreached: rp.RPOBreached,
+		PointsCount: rp.PointsCount, LastSync: whenPtr(rp.LastSyncAt), NextRun: whenPtr(rp.NextRunAt), LastError: rp.LastError,
+		BytesLast: humanBytes(rp.BytesLastCycle), Cycles: cyclesText(rp),
+		CanPause: canPause(rp.Status), CanResume: canResume(rp.Status), CanSync: canSync(rp.Status),
+	}
+}
+
+// replicationsData is the JSON the list (and, with ?id=, the detail page)
+// polls for the live lag.
+func (h *Handler) replicationsData(w http.ResponseWriter, r *http.Request, s *session) {
+	ctx, cancel := apiCtx(r)
+	defer cancel()
+	sc := h.ferryClient(s, r)
+	var rs []Replication
+	if id := r.URL.Query().Get("id"); id != "" {
+		rp, err := getReplication(ctx, sc, id)
+		if err != nil {
+			code, msg := apiError(err)
+			writeJSON(w, code, map[string]string{"error": msg})
+			return
+		}
+		rs = []Replication{*rp}
+	} else {
+		var err error
+		if rs, err = listReplications(ctx, sc); err != nil {
+			code, msg := apiError(err)
+			writeJSON(w, code, map[string]string{"error": msg})
+			return
+		}
+	}
+	rows := make([]replRow, 0, len(rs))
+	for i := range rs {
+		rows = append(rows, replRowOf(&rs[i]))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"replications": rows})
+}
+
+type replicationBody struct {
+	R      *Replication
+	Points []Point
+	Drills []Drill
+	Events []ReplEvent
+}
+
+func (h *Handler) replicationPage(w http.ResponseWriter, r *http.Request, s *session) {
+	ctx, cancel := apiCtx(r)
+	defer cancel()
+	sc := h.ferryClient(s, r)
+	rp, err := getReplication(ctx, sc, r.PathValue("id"))
+	if err != nil {
+		h.apiFailed(w, r, s, err)
+		return
+	}
+	b := replicationBody{R: rp}
+	if b.Points, err = listPoints(ctx, sc, rp.ID); err == nil {
+		if b.Drills, err = listDrills(ctx, sc, rp.ID); err == nil {
+			b.Events, err = listReplEvents(ctx, sc, rp.ID)
+		}
+	}
+	if err != nil {
+		h.apiFailed(w, r, s, err)
+		return
+	}
+	name := rp.Name
+	if name == "" {
+		name = rp.ID
+	}
+	h.render(w, r, http.StatusOK, "replication", s, pageData{
+		Title: "Replication details: " + name, Nav: "replications",
+		Breadcrumbs: []string{"Project", "Volumes", "Replications", name},
+		Body:        b,
+	})
+}
+
+// replicationAction posts sync, pause, resume or drill (the form's point
+// and drill_name) to the API, then returns to the page with a message.
+func (h *Handler) replicationAction(w http.ResponseWriter, r *http.Request, s *session) {
+	id, action := r.PathValue("id"), r.PathValue("action")
+	label := r.PostFormValue("name")
+	if label == "" {
+		label = id
+	}
+	ctx, cancel := apiCtx(r)
+	defer cancel()
+	sc := h.ferryClient(s, r)
+	var (
+		err  error
+		done string
+	)
+	switch action {
+	case "sync":
+		err, done = replicationAction(ctx, sc, id, action), "Cycle requested for replication: "+label
+	case "pause":
+		err, done = replicationAction(ctx, sc, id, action), "Paused replication: "+label
+	case "resume":
+		err, done = replicationAction(ctx, sc, id, action), "Resumed replication: "+label
+	case "drill":
+		point := strings.TrimSpace(r.PostFormValue("point"))
+		var d *Drill
+		if d, err = startDrill(ctx, sc, id, point, strings.TrimSpace(r.PostFormValue("drill_name"))); err == nil {
+			done = fmt.Sprintf("Drill %s started from point %s of replication %s", d.ID, d.Point, label)
+		}
+	default:
+		h.errorPage(w, r, s, http.StatusNotFound, "Page not found", "Unknown action "+action+".")
+		return
+	}
+	if err != nil {
+		code, msg := apiError(err)
+		if code == http.StatusUnauthorized {
+			h.sessions.remove(s.id)
+			h.toLogin(w, r, "", true)
+			return
+		}
+		s.addFlash("error", fmt.Sprintf("Unable to %s replication %s: %s", action, label, msg))
+	} else {
+		s.addFlash("success", done)
+	}
+	back(w, r, Prefix+"/project/replications/"+id)
+}
+
+// --- formatting --------------------------------------------------------------
+
+func replBadge(status string) string {
+	switch status {
+	case "active":
+		return "ok"
+	case "error":
+		return "err"
+	case "paused":
+		return "muted"
+	}
+	return "busy"
+}
+
+// The buttons a status offers; the API decides (409 otherwise).
+func canPause(status string) bool  { return status == "active" }
+func canResume(status string) bool { return status == "paused" || status == "error" }
+func canSync(status string) bool   { return status == "active" }
+
+// lagText is the lag against the RPO: "42s / RPO 15m 00s", or "no point
+// yet / RPO 2m 00s" before the first point.
+func lagText(rp *Replication) string {
+	lag := "no point yet"
+	if d, ok := rp.Lag(); ok {
+		lag = humanDuration(d)
+	}
+	return lag + " / RPO " + humanDuration(time.Duration(rp.RPOSeconds)*time.Second)
+}
+
+func humanDuration(d time.Duration) string {
+	d = d.Round(time.Second)
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm %02ds", int(d.Minutes()), int(d.Seconds())%60)
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh %02dm", int(d.Hours()), int(d.Minutes())%60)
+	}
+	return fmt.Sprintf("%dd %02dh", int(d.Hours())/24, int(d.Hours())%24)
+}
+
+func secondsText(n int) string { return humanDuration(time.Duration(n) * time.Second) }
+
+// rtoText is a drill's time to available, "-" until then.
+func rtoText(d Drill) string {
+	if d.RTOSeconds == nil {
+		return "-"
+	}
+	return humanDuration(time.Duration(*d.RTOSeconds * float64(time.Second)))
+}
+
+func cyclesText(rp *Replication) string {
+	return fmt.Sprintf("%d completed, %d failed, %d skipped", rp.Cycles.Completed, rp.Cycles.Failed, rp.Cycles.Skipped)
+}
+
+func replSourceText(rp *Replication) string {
+	if rp.Source.VolumeID != "" {
+		return "volume " + rp.Source.VolumeID
+	}
+	return rp.Source.Pool + "/" + rp.Source.Image
+}
+
+func bandwidthText(n int64) string {
+	if n <= 0 {
+		return "agents' default"
+	}
+	return humanBytes(n) + "/s"
+}
