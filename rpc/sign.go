@@ -99,7 +99,8 @@ type SigningCaster struct {
 // signs it, and agents verify it).
 func IsAgentCommand(method string) bool {
 	switch method {
-	case MethodTransferStart, MethodTransferCancel, MethodTransferQuery, MethodTransferCleanup:
+	case MethodTransferStart, MethodTransferCancel, MethodTransferQuery, MethodTransferCleanup,
+		MethodReplicationDrill, MethodReplicationCleanup:
 		return true
 	}
 	return false
