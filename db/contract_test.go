@@ -181,7 +181,8 @@ func contractSchema(t *testing.T, url string) {
 		t.Fatalf("CheckCurrent: %v", err)
 	}
 	m := d.gorm.WithContext(ctx).Migrator()
-	for _, model := range []any{&Transfer{}, &TransferEvent{}, &Service{}, &OutboxMessage{}, &Lease{}} {
+	for _, model := range []any{&Transfer{}, &TransferEvent{}, &Service{}, &OutboxMessage{}, &Lease{},
+		&Replication{}, &ReplicationPoint{}, &ReplicationEvent{}, &Drill{}} {
 		stmt := &gorm.Statement{DB: d.gorm}
 		if err := stmt.Parse(model); err != nil {
 			t.Fatal(err)
@@ -196,10 +197,13 @@ func contractSchema(t *testing.T, url string) {
 		}
 	}
 	for table, idx := range map[string][]string{
-		"transfers":       {"idx_transfers_status", "idx_transfers_user_id", "idx_transfers_project_id", "idx_transfers_agent"},
-		"transfer_events": {"idx_transfer_events_transfer_id"},
-		"services":        {"uq_services_binary_host"},
-		"outbox_messages": {"idx_outbox_messages_published_at"},
+		"transfers":          {"idx_transfers_status", "idx_transfers_user_id", "idx_transfers_project_id", "idx_transfers_agent", "idx_transfers_replication_id"},
+		"replications":       {"idx_replications_project_created", "idx_replications_status_next_run", "uq_replications_source_key"},
+		"replication_events": {"idx_replication_events_replication_id", "idx_replication_events_transfer_id"},
+		"replication_drills": {"idx_replication_drills_replication_id", "idx_replication_drills_status"},
+		"transfer_events":    {"idx_transfer_events_transfer_id"},
+		"services":           {"uq_services_binary_host"},
+		"outbox_messages":    {"idx_outbox_messages_published_at"},
 	} {
 		for _, name := range idx {
 			if !m.HasIndex(table, name) {
@@ -235,6 +239,21 @@ func contractMigrations(t *testing.T, url string) {
 
 	// Roll everything back, then forward again.
 	id, err := d.RollbackLast(ctx)
+	if err != nil || id != "0007_replications" {
+		t.Fatalf("RollbackLast = %q, %v", id, err)
+	}
+	for _, table := range []string{"replications", "replication_points", "replication_events", "replication_drills"} {
+		if d.gorm.Migrator().HasTable(table) {
+			t.Errorf("table %s survived the rollback of 0007_replications", table)
+		}
+	}
+	if d.gorm.Migrator().HasColumn("transfers", "replication_id") || d.gorm.Migrator().HasIndex("transfers", "idx_transfers_replication_id") {
+		t.Error("transfers.replication_id or its index survived the rollback of 0007_replications")
+	}
+	if !d.gorm.Migrator().HasColumn("transfers", "cleaned_at") {
+		t.Error("the rollback of 0007_replications dropped an older column")
+	}
+	id, err = d.RollbackLast(ctx)
 	if err != nil || id != "0006_cleanup" {
 		t.Fatalf("RollbackLast = %q, %v", id, err)
 	}
