@@ -151,7 +151,8 @@ func (f *Finalizer) finalize(ctx context.Context, t *db.Transfer) {
 		}
 	}
 	switch {
-	case t.SourceVolumeID == "" && t.SourceBackupID == "":
+	case t.SourceVolumeID == "" && t.SourceBackupID == "", t.ReplicationID != "":
+		// A replication cycle's copy is the replica's point: Ferry's.
 		done(db.StatusCompleted, "nothing to register", "", db.TransferFields{})
 		return
 	case f.Cinder == nil:

@@ -120,8 +120,11 @@ func WithHeartbeatKick(kick func()) StatusOption {
 }
 
 // NeedsFinalizing reports whether a transfer's copy must be registered with
-// Cinder before it is complete.
-func NeedsFinalizing(t *db.Transfer) bool { return t.SourceVolumeID != "" || t.SourceBackupID != "" }
+// Cinder before it is complete. A replication cycle's never is: its copy is
+// the replica's new point, which stays Ferry's.
+func NeedsFinalizing(t *db.Transfer) bool {
+	return (t.SourceVolumeID != "" || t.SourceBackupID != "") && t.ReplicationID == ""
+}
 
 func (h *statusHandler) heartbeat(ctx context.Context, env rpc.Envelope) (any, error) {
 	// Received now: taken before anything else, so that the
@@ -303,10 +306,19 @@ func (a *applier) step(ctx context.Context, to db.Status, msg string, f db.Trans
 		host := a.ev.Host
 		f.Agent = &host
 	}
-	t, err := a.h.db.TransitionTransfer(ctx, a.t.ID, to, db.TransitionOpts{
+	opts := db.TransitionOpts{
 		Message: msg, Error: errMsg, RequestID: a.reqID,
 		ExpectFrom: []db.Status{a.t.Status}, ExpectEpoch: a.ev.Epoch, Fields: f,
-	})
+	}
+	if to == db.StatusCompleted && a.t.ReplicationID != "" && a.ev.Event == rpc.EventCompleted {
+		// The replication's new point: when its source snapshot was
+		// taken, and the older points the destination removed.
+		opts.Cycle = &db.CycleOutcome{Removed: a.ev.Removed}
+		if a.ev.SnapshotTime != nil {
+			opts.Cycle.SnapshotAt = a.ev.SnapshotTime.UTC()
+		}
+	}
+	t, err := a.h.db.TransitionTransfer(ctx, a.t.ID, to, opts)
 	if err != nil {
 		return err
 	}
