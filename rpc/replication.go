@@ -1,5 +1,7 @@
 package rpc
 
+import "context"
+
 // Replication commands (since 1.3): ferry-api → a replication's agents.
 // Both are signed agent commands (IsAgentCommand).
 const (
@@ -58,4 +60,19 @@ type ReplicationCleanup struct {
 	Image         string   `json:"image"`
 	Snapshots     []string `json:"snapshots,omitempty"`
 	RemoveImage   bool     `json:"remove_image,omitempty"`
+}
+
+// MethodNotification marks an outbox row that is an OpenStack notification
+// (an oslo.messaging v2 message, published as it is on the routing key
+// notifications.<priority>), not a Ferry envelope. Since 1.3.
+const MethodNotification = "oslo.notification"
+
+// NotificationTopic is the topic of OpenStack notifications: they are
+// published with the routing key <topic>.<priority> (notifications.info).
+const NotificationTopic = "notifications"
+
+// RawPublisher publishes a body as it is (no Ferry envelope), persistent,
+// and returns once the broker confirmed it (the amqp Transport is one).
+type RawPublisher interface {
+	PublishRaw(ctx context.Context, target Target, body []byte) error
 }
