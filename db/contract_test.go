@@ -161,6 +161,17 @@ func runStoreContract(t *testing.T, newURL func(t *testing.T) string) {
 		{"OutboxConcurrentClaimers", contractOutboxConcurrentClaimers},
 		{"Leases", contractLeases},
 		{"ListRegions", contractListRegions},
+		{"ReplicationCreateGet", contractReplicationCreateGet},
+		{"ReplicationConcurrentCreate", contractReplicationConcurrentCreate},
+		{"ReplicationList", contractReplicationList},
+		{"ReplicationUpdateStatus", contractReplicationUpdateStatus},
+		{"ReplicationStartCycle", contractReplicationStartCycle},
+		{"ReplicationConcurrentStartCycle", contractReplicationConcurrentStartCycle},
+		{"ReplicationCycleOutcome", contractReplicationCycleOutcome},
+		{"ReplicationRPO", contractReplicationRPO},
+		{"ReplicationPrune", contractReplicationPrune},
+		{"ReplicationDelete", contractReplicationDelete},
+		{"ReplicationDrills", contractReplicationDrills},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, newURL(t)) })
@@ -210,6 +221,35 @@ func contractSchema(t *testing.T, url string) {
 				t.Errorf("index %s on %s missing", name, table)
 			}
 		}
+	}
+	// The composite indexes of the listing and of the scheduler, in order.
+	idxs, err := m.GetIndexes("replications")
+	if err != nil {
+		t.Fatalf("GetIndexes(replications): %v", err)
+	}
+	want := map[string][]string{
+		"idx_replications_project_created": {"project_id", "created_at", "id"},
+		"idx_replications_status_next_run": {"status", "next_run_at"},
+		"uq_replications_source_key":       {"source_key"},
+	}
+	for _, ix := range idxs {
+		if cols, ok := want[ix.Name()]; ok {
+			got := ix.Columns()
+			if d.Dialect() == DialectPostgres {
+				// gorm lists PostgreSQL's index columns in table order.
+				got, cols = slices.Sorted(slices.Values(got)), slices.Sorted(slices.Values(cols))
+			}
+			if !slices.Equal(got, cols) {
+				t.Errorf("index %s columns %v, want %v", ix.Name(), ix.Columns(), cols)
+			}
+			if u, _ := ix.Unique(); u != (ix.Name() == "uq_replications_source_key") {
+				t.Errorf("index %s unique %v", ix.Name(), u)
+			}
+			delete(want, ix.Name())
+		}
+	}
+	if len(want) > 0 {
+		t.Errorf("indexes not found by GetIndexes: %v", want)
 	}
 }
 

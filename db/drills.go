@@ -152,11 +152,11 @@ func (d *DB) UpdateDrill(ctx context.Context, id string, f DrillFields) (*Drill,
 			if f.RegisterStartedAt.IsZero() {
 				upd["register_started_at"] = nil
 			} else {
-				upd["register_started_at"] = f.RegisterStartedAt.UTC()
+				upd["register_started_at"] = dbTime(*f.RegisterStartedAt)
 			}
 		}
 		if f.AvailableAt != nil {
-			upd["available_at"] = f.AvailableAt.UTC()
+			upd["available_at"] = dbTime(*f.AvailableAt)
 		}
 		if f.Error != nil {
 			upd["error"] = *f.Error

@@ -51,6 +51,10 @@ func addReplicationEvent(tx *gorm.DB, now time.Time, id string, ev ReplicationEv
 	return nil
 }
 
+// dbTime is t as the databases store it: UTC, in microseconds (MySQL
+// would round a finer time, which could move a due time past its tick).
+func dbTime(t time.Time) time.Time { return t.UTC().Truncate(time.Microsecond) }
+
 // sourceKey identifies a source image across replications (the unique
 // source_key column): a digest, as region, pool and image together exceed
 // what MySQL indexes.
@@ -135,7 +139,7 @@ func prepareNewReplication(r *Replication, now time.Time) error {
 	if r.NextRunAt.IsZero() {
 		r.NextRunAt = now
 	}
-	r.NextRunAt = r.NextRunAt.UTC()
+	r.NextRunAt = dbTime(r.NextRunAt)
 	r.SourceKey = sourceKey(r.SourceRegion, r.SourcePool, r.SourceImage)
 	r.LastSyncAt, r.LastTransferID, r.LastError = nil, "", nil
 	r.BytesLastCycle, r.PointsCount = 0, 0
@@ -338,7 +342,7 @@ func (d *DB) UpdateReplication(ctx context.Context, id string, scope Scope, f Re
 			upd["description"] = *f.Description
 		}
 		if f.NextRunAt != nil {
-			upd["next_run_at"] = f.NextRunAt.UTC()
+			upd["next_run_at"] = dbTime(*f.NextRunAt)
 		}
 		now := d.now()
 		upd["updated_at"] = now
@@ -503,7 +507,7 @@ func (d *DB) DueReplications(ctx context.Context, now time.Time, limit int) ([]R
 	}
 	var out []Replication
 	err := d.gorm.WithContext(ctx).
-		Where("status = ? AND next_run_at <= ?", ReplicationActive, now.UTC()).
+		Where("status = ? AND next_run_at <= ?", ReplicationActive, dbTime(now)).
 		Order("next_run_at ASC").Order("id ASC").Limit(limit).Find(&out).Error
 	if err != nil {
 		return nil, fmt.Errorf("db: due replications: %w", err)
@@ -526,6 +530,7 @@ func (d *DB) StartCycle(ctx context.Context, id string, now, next time.Time, t *
 	if t == nil {
 		return nil, false, fmt.Errorf("db: start cycle of %s: %w: nil transfer", id, ErrInvalidArgument)
 	}
+	now, next = dbTime(now), dbTime(next)
 	if !next.After(now) {
 		return nil, false, fmt.Errorf("db: start cycle of %s: %w: next run %s is not after now %s", id, ErrInvalidArgument, next, now)
 	}
@@ -542,7 +547,7 @@ func (d *DB) StartCycle(ctx context.Context, id string, now, next time.Time, t *
 			return nil // paused meanwhile, or another scheduler was first
 		}
 		ts := d.now()
-		upd := map[string]any{"next_run_at": next.UTC(), "updated_at": ts}
+		upd := map[string]any{"next_run_at": next, "updated_at": ts}
 		if r.LastTransferID != "" {
 			var last Transfer
 			err := tx.Select("id", "status").Where("id = ?", r.LastTransferID).Take(&last).Error
@@ -667,7 +672,7 @@ func (d *DB) applyCycleOutcome(tx *gorm.DB, now time.Time, t *Transfer, to Statu
 		default:
 			at = now
 		}
-		at = at.UTC().Truncate(time.Microsecond)
+		at = dbTime(at)
 		p := ReplicationPoint{
 			ReplicationID: r.ID, Name: t.DestSnapshot, TransferID: t.ID, CreatedAt: at,
 			Digest: t.Digest, Bytes: t.BytesTransferred, Size: t.BytesTotal,
@@ -720,7 +725,7 @@ func (d *DB) SetRPOBreached(ctx context.Context, id string, breached bool, at ti
 		upd := map[string]any{"rpo_breached_at": nil}
 		ev := ReplicationEventInput{Kind: RepEventRPORecovered, Message: msg}
 		if breached {
-			upd["rpo_breached_at"] = at.UTC()
+			upd["rpo_breached_at"] = dbTime(at)
 			ev.Kind = RepEventRPOBreached
 		}
 		if err := tx.Model(&Replication{}).Where("id = ?", id).UpdateColumns(upd).Error; err != nil {
