@@ -51,6 +51,9 @@ type Hooks struct {
 	CleanupMessages func(t *db.Transfer) ([]*db.OutboxMessage, error)
 	// Kick wakes the outbox publisher after a write.
 	Kick func()
+	// KickScheduler wakes the replication scheduler (a new replication,
+	// a sync, a resume); KickDrills the drill runner. nil: none runs.
+	KickScheduler, KickDrills func()
 	// Cinder resolves volume sources; nil: they are not configured (501).
 	Cinder CinderSources
 }
@@ -67,6 +70,15 @@ func (s *Server) routes(r *gin.Engine) {
 	v1.GET("/transfers/:id/events", s.transferEvents)
 	v1.POST("/transfers/:id/action", s.transferAction)
 	v1.DELETE("/transfers/:id", s.deleteTransfer)
+	v1.POST("/replications", s.createReplication)
+	v1.GET("/replications", s.listReplications)
+	v1.GET("/replications/:id", s.showReplication)
+	v1.PUT("/replications/:id", s.updateReplication)
+	v1.DELETE("/replications/:id", s.deleteReplication)
+	v1.GET("/replications/:id/points", s.replicationPoints)
+	v1.GET("/replications/:id/events", s.replicationEvents)
+	v1.GET("/replications/:id/drills", s.replicationDrills)
+	v1.POST("/replications/:id/action", s.replicationAction)
 	v1.GET("/services", s.listServices)
 	// /metrics is for admins here; [api] metrics_listen serves it on an
 	// address of its own instead (and not here).
@@ -278,6 +290,14 @@ func (s *Server) listTransfers(c *gin.Context) {
 			*f.into = v
 		}
 	}
+	if v := c.Query("replication_id"); v != "" {
+		id, ok := CanonicalUUID(v)
+		if !ok {
+			writeError(c, http.StatusBadRequest, fmt.Sprintf("replication_id=%q is not a UUID.", truncate(v, 64)))
+			return
+		}
+		opts.ReplicationID = id
+	}
 	if opts.Marker != "" {
 		id, ok := CanonicalUUID(opts.Marker)
 		if !ok {
@@ -361,6 +381,11 @@ func (s *Server) transferAction(c *gin.Context) {
 	}
 	caller, t, ok := s.transferFor(c, "transfer:"+action)
 	if !ok {
+		return
+	}
+	if action == "retry" && t.ReplicationID != "" {
+		writeError(c, http.StatusConflict, fmt.Sprintf("Transfer %s is a cycle of replication %s: a failed cycle is not retried, the next cycle replaces it (POST /v1/replications/%s/action {\"sync\": null} runs one now).",
+			t.ID, t.ReplicationID, t.ReplicationID))
 		return
 	}
 	rid := requestIDOf(c)

@@ -15,6 +15,7 @@ import (
 	"github.com/ferry-project/ferry/rpc"
 	"github.com/ferry-project/ferry/services/api/auth"
 	"github.com/ferry-project/ferry/services/api/dispatch"
+	"github.com/ferry-project/ferry/services/api/replicate"
 	"github.com/ferry-project/ferry/services/internal/config"
 )
 
@@ -113,6 +114,27 @@ func (s *Server) wire(w Wiring) []loop {
 	}
 	status := dispatch.StatusHandler(s.db, log, dispatch.WithCanceller(signed), dispatch.WithFinalizer(fin.Kick),
 		dispatch.WithAgentUsers(cfg.API.AgentUsers), dispatch.WithHeartbeatKick(redis.Kick))
+	// Continuous replication: the scheduler, the drills, the
+	// notifications (published as they are: OpenStack's envelope, not
+	// Ferry's) and the metrics.
+	notifier := &replicate.Notifier{Host: cfg.Hostname()}
+	if raw, ok := w.Bus.(rpc.RawPublisher); ok {
+		pub.Raw = raw
+	}
+	sched := &replicate.Scheduler{DB: s.db, Notifier: notifier, Tick: secondsDur(cfg.API.ReplicationTick),
+		CycleRetention: time.Duration(cfg.API.CycleRetention) * time.Hour, Owner: pub.Owner, Publish: pub.Kick, Log: log}
+	drills := &replicate.DrillRunner{DB: s.db, Caller: rpc.SigningCaller{Caller: w.Bus, Signer: w.Signer},
+		Flatten: cfg.API.DrillFlatten, Owner: pub.Owner, Log: log}
+	if w.Cinder != nil {
+		drills.Cinder = w.Cinder
+		if vc, ok := w.Cinder.(replicate.VolumeChecker); ok {
+			sched.Volumes = vc
+		}
+	}
+	if s.metrics == nil {
+		s.metrics = newMetrics()
+	}
+	s.metrics.reg.MustRegister(&replicate.Collector{DB: s.db, Log: log})
 	loops := []loop{
 		{"outbox publisher", pub.Run},
 		{"re-dispatcher", redis.Run},
@@ -121,6 +143,8 @@ func (s *Server) wire(w Wiring) []loop {
 		{"status consumer", func(ctx context.Context) error {
 			return w.Bus.Consume(ctx, statusQueue, []string{string(rpc.StatusTarget)}, status)
 		}},
+		{"replication scheduler", sched.Run},
+		{"drill runner", drills.Run},
 	}
 	s.hooks = Hooks{
 		Authenticate: auth.Middleware(auth.NewCache(w.Validator, auth.CacheOptionsFrom(cfg.KeystoneAuthtoken)),
@@ -144,6 +168,8 @@ func (s *Server) wire(w Wiring) []loop {
 		},
 		CleanupMessages: dispatch.CleanupMessages,
 		Kick:            pub.Kick,
+		KickScheduler:   sched.Kick,
+		KickDrills:      drills.Kick,
 	}
 	if w.Cinder != nil {
 		s.hooks.Cinder = w.Cinder
