@@ -678,7 +678,7 @@ func contractReplicationCycleOutcome(t *testing.T, url string) {
 	c1 := start()
 	snap1 := time.Date(2030, 1, 2, 3, 0, 0, 987654321, time.UTC)
 	clock.Advance(time.Second)
-	done := runCycle(t, d, c1, 1<<20, &CycleOutcome{SnapshotAt: snap1})
+	done := runCycle(t, d, c1, 1<<20, &CycleOutcome{SnapshotAt: snap1, Size: 10 << 30})
 	got := mustGetReplication(t, d, r.ID)
 	if got.CyclesCompleted != 1 || got.PointsCount != 1 || got.BytesLastCycle != 1<<20 || got.BytesReplicated != 1<<20 ||
 		got.LastSyncAt == nil || !got.LastSyncAt.Equal(snap1.Truncate(time.Microsecond)) || got.LastError != nil {
@@ -689,7 +689,7 @@ func contractReplicationCycleOutcome(t *testing.T, url string) {
 		t.Fatalf("points = %+v, %v", points, err)
 	}
 	if p := points[0]; p.Name != "ferry-"+c1.ID || p.TransferID != c1.ID || p.Digest != done.Digest || p.Bytes != 1<<20 ||
-		p.Size != 1<<30 || !p.CreatedAt.Equal(snap1.Truncate(time.Microsecond)) || p.CreatedAt.Location() != time.UTC {
+		p.Size != 10<<30 || !p.CreatedAt.Equal(snap1.Truncate(time.Microsecond)) || p.CreatedAt.Location() != time.UTC {
 		t.Errorf("point = %+v", p)
 	}
 	// The same report again is refused and counts nothing twice.
@@ -742,9 +742,21 @@ func contractReplicationCycleOutcome(t *testing.T, url string) {
 	if !slices.Equal(names, wantNames) {
 		t.Errorf("points = %v, want %v", names, wantNames)
 	}
+	for _, p := range points {
+		if p.Name == "ferry-"+c4.ID && (p.Size != 1<<30 || !p.CreatedAt.Equal(snap4.Truncate(time.Microsecond))) {
+			t.Errorf("point of cycle 4 = %+v", p) // no Size reported: bytes_total
+		}
+		if p.Name == "ferry-"+c5.ID && !p.CreatedAt.Equal(*d5.StartedAt) {
+			t.Errorf("point of cycle 5 = %+v, want dated by started_at %v", p, d5.StartedAt)
+		}
+	}
 	kinds := repEventKinds(t, d, r.ID)
-	if countKind(kinds, RepEventCycleCompleted) != 3 || countKind(kinds, RepEventCycleFailed) != 2 {
+	if countKind(kinds, RepEventCycleCompleted) != 3 || countKind(kinds, RepEventCycleFailed) != 2 || countKind(kinds, RepEventPruned) != 1 {
 		t.Errorf("events = %v", kinds)
+	}
+	evs, _ := d.ListReplicationEvents(ctx, r.ID)
+	if last := evs[len(evs)-1]; last.Kind != RepEventPruned || last.TransferID != c5.ID || !strings.Contains(last.Message, "ferry-"+c1.ID) || strings.Contains(last.Message, "not-a-point") {
+		t.Errorf("pruned event = %+v", last)
 	}
 	// A retried failed cycle that completes counts once more.
 	mustTransition(t, d, c2.ID, StatusQueued, TransitionOpts{})

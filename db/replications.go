@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -619,11 +620,15 @@ type CycleOutcome struct {
 	// Removed names the destination snapshots the cycle's finish removed:
 	// their point rows are deleted.
 	Removed []string
+	// Size is the image's size (the point's size); 0: the transfer's
+	// bytes_total.
+	Size int64
 }
 
 // applyCycleOutcome updates the replication of cycle transfer t (as just
 // updated to status to, in tx): a completed cycle adds its point, drops
-// the removed ones and updates the summary; a failed or cancelled one
+// the removed ones (event pruned, when some were points) and updates the
+// summary; a failed or cancelled one
 // counts as failed. It runs once per terminal transition, as part of it.
 func (d *DB) applyCycleOutcome(tx *gorm.DB, now time.Time, t *Transfer, to Status, oc *CycleOutcome) error {
 	if t.ReplicationID == "" || !IsTerminal(to) {
@@ -654,10 +659,13 @@ func (d *DB) applyCycleOutcome(tx *gorm.DB, now time.Time, t *Transfer, to Statu
 		}
 		return addReplicationEvent(tx, now, r.ID, ev)
 	}
-	if len(oc.Removed) > 0 {
-		removed := slices.DeleteFunc(slices.Clone(oc.Removed), func(n string) bool { return n == t.DestSnapshot })
-		if len(removed) > 0 {
-			if err := tx.Where("replication_id = ? AND name IN ?", r.ID, removed).Delete(&ReplicationPoint{}).Error; err != nil {
+	var pruned []string
+	if removed := slices.DeleteFunc(slices.Clone(oc.Removed), func(n string) bool { return n == t.DestSnapshot }); len(removed) > 0 {
+		if err := tx.Model(&ReplicationPoint{}).Where("replication_id = ? AND name IN ?", r.ID, removed).Order("name").Pluck("name", &pruned).Error; err != nil {
+			return fmt.Errorf("removed points: %w", err)
+		}
+		if len(pruned) > 0 {
+			if err := tx.Where("replication_id = ? AND name IN ?", r.ID, pruned).Delete(&ReplicationPoint{}).Error; err != nil {
 				return fmt.Errorf("delete removed points: %w", translate(err))
 			}
 		}
@@ -676,6 +684,9 @@ func (d *DB) applyCycleOutcome(tx *gorm.DB, now time.Time, t *Transfer, to Statu
 		p := ReplicationPoint{
 			ReplicationID: r.ID, Name: t.DestSnapshot, TransferID: t.ID, CreatedAt: at,
 			Digest: t.Digest, Bytes: t.BytesTransferred, Size: t.BytesTotal,
+		}
+		if oc.Size > 0 {
+			p.Size = oc.Size
 		}
 		if err := tx.Clauses(clause.OnConflict{DoNothing: true}).Create(&p).Error; err != nil {
 			return fmt.Errorf("insert point: %w", translate(err))
@@ -699,10 +710,16 @@ func (d *DB) applyCycleOutcome(tx *gorm.DB, now time.Time, t *Transfer, to Statu
 	}
 	ev.Kind = RepEventCycleCompleted
 	ev.Message = fmt.Sprintf("cycle %s completed: %d bytes, point %s", t.ID, t.BytesTransferred, t.DestSnapshot)
-	if len(oc.Removed) > 0 {
-		ev.Message += fmt.Sprintf(", removed %v", oc.Removed)
+	if err := addReplicationEvent(tx, now, r.ID, ev); err != nil {
+		return err
 	}
-	return addReplicationEvent(tx, now, r.ID, ev)
+	if len(pruned) == 0 {
+		return nil
+	}
+	return addReplicationEvent(tx, now, r.ID, ReplicationEventInput{
+		Kind: RepEventPruned, TransferID: t.ID,
+		Message: fmt.Sprintf("retention removed %d points: %s", len(pruned), strings.Join(pruned, ", ")),
+	})
 }
 
 // SetRPOBreached records whether replication id is in breach of its RPO,
