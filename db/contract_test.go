@@ -168,6 +168,7 @@ func runStoreContract(t *testing.T, newURL func(t *testing.T) string) {
 		{"ReplicationStartCycle", contractReplicationStartCycle},
 		{"ReplicationConcurrentStartCycle", contractReplicationConcurrentStartCycle},
 		{"ReplicationCycleOutcome", contractReplicationCycleOutcome},
+		{"ReplicationConcurrentOutcome", contractReplicationConcurrentOutcome},
 		{"ReplicationRPO", contractReplicationRPO},
 		{"ReplicationPrune", contractReplicationPrune},
 		{"ReplicationDelete", contractReplicationDelete},

@@ -1074,3 +1074,104 @@ func contractReplicationDrills(t *testing.T, url string) {
 	}
 	wantErr(t, d.CreateDrill(ctx, &Drill{ReplicationID: r.ID, Point: point}, ReplicationEventInput{}), ErrConflict)
 }
+
+// Duplicate completion reports (two API processes) race each other and
+// the scheduler's next tick: the outcome is applied exactly once, and the
+// tick is either a skip or a start, never an error or a deadlock.
+func contractReplicationConcurrentOutcome(t *testing.T, url string) {
+	ctx := testCtx(t)
+	d1 := openSynced(t, url)
+	d2 := openDB(t, url)
+	r := mustCreateReplication(t, d1, newTestReplication("p1", "volume-race-outcome"))
+	tick := r.NextRunAt
+	startNext := func() *Transfer {
+		t.Helper()
+		s, _, err := d1.StartCycle(ctx, r.ID, tick, tick.Add(time.Minute), cycleTransfer(r), startMsg)
+		tick = tick.Add(time.Minute)
+		if err != nil || s == nil {
+			t.Fatalf("StartCycle: %+v, %v", s, err)
+		}
+		return s
+	}
+	toVerifying := func(c *Transfer, bytes int64) {
+		t.Helper()
+		mustTransition(t, d1, c.ID, StatusAccepted, TransitionOpts{})
+		mustTransition(t, d1, c.ID, StatusPreparing, TransitionOpts{})
+		mustTransition(t, d1, c.ID, StatusTransferring, TransitionOpts{})
+		mustTransition(t, d1, c.ID, StatusVerifying, TransitionOpts{Fields: TransferFields{BytesTransferred: ptr(bytes)}})
+	}
+	cur := startNext()
+	var wantBytes int64
+	const rounds = 6
+	for round := 0; round < rounds; round++ {
+		bytes := int64(1000 + round)
+		wantBytes += bytes
+		toVerifying(cur, bytes)
+		var (
+			wg         sync.WaitGroup
+			mu         sync.Mutex
+			wins       int
+			errs       []error
+			tickResult *Transfer
+			tickSkip   bool
+			tickErr    error
+			start      = make(chan struct{})
+		)
+		for i := 0; i < 4; i++ {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				d := d1
+				if i%2 == 1 {
+					d = d2
+				}
+				<-start
+				_, err := d.TransitionTransfer(ctx, cur.ID, StatusCompleted, TransitionOpts{
+					ExpectFrom: []Status{StatusVerifying},
+					Fields:     TransferFields{DestSnapshot: ptr("ferry-" + cur.ID)},
+					Cycle:      &CycleOutcome{Removed: []string{fmt.Sprintf("ferry-gone-%d", round)}},
+				})
+				mu.Lock()
+				defer mu.Unlock()
+				if err == nil {
+					wins++
+				} else {
+					errs = append(errs, err)
+				}
+			}(i)
+		}
+		wg.Add(1)
+		thisTick := tick
+		go func() {
+			defer wg.Done()
+			<-start
+			tickResult, tickSkip, tickErr = d2.StartCycle(ctx, r.ID, thisTick, thisTick.Add(time.Minute), cycleTransfer(r), startMsg)
+		}()
+		close(start)
+		wg.Wait()
+		tick = tick.Add(time.Minute)
+		if wins != 1 {
+			t.Fatalf("round %d: %d completions applied, want 1 (%v)", round, wins, errs)
+		}
+		for _, err := range errs {
+			if !errors.Is(err, ErrInvalidTransition) && !errors.Is(err, ErrConflict) {
+				t.Errorf("round %d: loser error %v", round, err)
+			}
+		}
+		if tickErr != nil || (tickResult == nil) == !tickSkip {
+			t.Fatalf("round %d: tick = %+v, skipped %v, %v", round, tickResult, tickSkip, tickErr)
+		}
+		got := mustGetReplication(t, d1, r.ID)
+		if got.CyclesCompleted != int64(round+1) || got.BytesReplicated != wantBytes || got.PointsCount != round+1 {
+			t.Fatalf("round %d: summary %+v", round, got)
+		}
+		if tickResult != nil {
+			cur = tickResult
+		} else {
+			cur = startNext()
+		}
+	}
+	if n := countRows(t, d1, &ReplicationEvent{}, "replication_id = ? AND kind = ?", r.ID, RepEventCycleCompleted); n != rounds {
+		t.Errorf("%d cycle_completed events, want %d", n, rounds)
+	}
+}
