@@ -16,6 +16,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/ferry-project/ferry/db"
+	"github.com/ferry-project/ferry/services/api/dispatch"
 )
 
 // Caller is who makes a request, as the authentication middleware found
@@ -51,6 +52,9 @@ type Hooks struct {
 	CleanupMessages func(t *db.Transfer) ([]*db.OutboxMessage, error)
 	// Kick wakes the outbox publisher after a write.
 	Kick func()
+	// EndMessage builds the transfer.end notification of a transfer the
+	// API ends (a cancel of a queued one); nil: none.
+	EndMessage dispatch.EndNotifier
 	// KickScheduler wakes the replication scheduler (a new replication,
 	// a sync, a resume); KickDrills the drill runner. nil: none runs.
 	KickScheduler, KickDrills func()
@@ -402,7 +406,8 @@ func (s *Server) transferAction(c *gin.Context) {
 			// reach an agent: its "accepted" report for a cancelled
 			// transfer must be answered with a cancel (dispatcher).
 			_, err = s.db.TransitionTransfer(ctx, t.ID, db.StatusCancelled, db.TransitionOpts{
-				ExpectFrom: []db.Status{db.StatusQueued}, RequestID: rid, Message: "cancelled by " + caller.UserID})
+				ExpectFrom: []db.Status{db.StatusQueued}, RequestID: rid, Message: "cancelled by " + caller.UserID,
+				Outbox: s.hooks.EndMessage.For(db.StatusCancelled)})
 			break
 		}
 		_, err = s.db.TransitionTransfer(ctx, t.ID, db.StatusCancelling, db.TransitionOpts{

@@ -194,28 +194,45 @@ func TestWiredReplication(t *testing.T) {
 	if code != 200 || !strings.Contains(b, `"name":"ferry-`+st.TransferID+`"`) {
 		t.Errorf("points: %d %s", code, b)
 	}
-	// No more completions: the lag passes the RPO of 3 s.
-	var note struct {
+	// The cycle's end is announced (transfer.end), and, with no more
+	// completions, the lag passing the RPO of 3 s (replication.rpo_breached).
+	type note struct {
+		key         string
 		EventType   string         `json:"event_type"`
 		Priority    string         `json:"priority"`
 		PublisherID string         `json:"publisher_id"`
 		Payload     map[string]any `json:"payload"`
 	}
-	select {
-	case d := <-notes:
-		var env map[string]string
-		if err := json.Unmarshal(d.Body, &env); err != nil || env["oslo.version"] != "2.0" {
-			t.Fatalf("notification %s: %v", d.Body, err)
+	var ended, breached *note
+	for timeout := time.After(30 * time.Second); breached == nil; {
+		select {
+		case d := <-notes:
+			var env map[string]string
+			if err := json.Unmarshal(d.Body, &env); err != nil || env["oslo.version"] != "2.0" {
+				t.Fatalf("notification %s: %v", d.Body, err)
+			}
+			n := &note{key: d.RoutingKey}
+			if err := json.Unmarshal([]byte(env["oslo.message"]), n); err != nil {
+				t.Fatal(err)
+			}
+			switch n.EventType {
+			case "transfer.end":
+				if n.Payload["transfer_id"] == st.TransferID {
+					ended = n
+				}
+			case "replication.rpo_breached":
+				breached = n
+			}
+		case <-timeout:
+			t.Fatalf("no replication.rpo_breached notification (transfer.end: %+v)", ended)
 		}
-		if err := json.Unmarshal([]byte(env["oslo.message"]), &note); err != nil {
-			t.Fatal(err)
-		}
-		if d.RoutingKey != "notifications.warn" || note.EventType != "replication.rpo_breached" || note.Priority != "WARN" ||
-			note.Payload["replication_id"] != id || !strings.HasPrefix(note.PublisherID, "volume-ferry.") {
-			t.Errorf("notification on %s: %+v", d.RoutingKey, note)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("no replication.rpo_breached notification")
+	}
+	if breached.key != "notifications.warn" || breached.Priority != "WARN" || breached.Payload["replication_id"] != id ||
+		!strings.HasPrefix(breached.PublisherID, "volume-ferry.") {
+		t.Errorf("rpo_breached on %s: %+v", breached.key, breached)
+	}
+	if ended == nil || ended.key != "notifications.info" || ended.Payload["status"] != "completed" || ended.Payload["replication_id"] != id {
+		t.Errorf("transfer.end of the cycle: %+v", ended)
 	}
 	code, b = do(admin, "GET", "/v1/replications/"+id, "")
 	if code != 200 || !strings.Contains(b, `"rpo_breached":true`) {

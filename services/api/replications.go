@@ -676,6 +676,7 @@ func (s *Server) cancelCycle(ctx context.Context, r *db.Replication, why, rid st
 	to := db.StatusCancelling
 	if t.Status == db.StatusQueued {
 		to = db.StatusCancelled
+		opts.Outbox = s.hooks.EndMessage.For(to)
 	} else {
 		opts.Outbox = func(nt *db.Transfer) (*db.OutboxMessage, error) { return s.hooks.CancelMessage(ctx, nt) }
 	}

@@ -99,12 +99,19 @@ func (s *Server) wire(w Wiring) []loop {
 	if d, ok := w.Bus.(dispatch.QueueDeclarer); ok {
 		pub.Declarer = d
 	}
-	redis := &dispatch.Redispatcher{DB: s.db, DownAfter: time.Duration(cfg.API.AgentDownTime) * time.Second, Publish: pub.Kick, Log: log,
+	// OpenStack notifications (transfer.end, replication.rpo_*),
+	// published as they are: OpenStack's envelope, not Ferry's.
+	notifier := &replicate.Notifier{Host: cfg.Hostname()}
+	if raw, ok := w.Bus.(rpc.RawPublisher); ok {
+		pub.Raw = raw
+	}
+	endNotify := dispatch.EndNotifier(notifier.TransferEnded)
+	redis := &dispatch.Redispatcher{EndNotify: endNotify, DB: s.db, DownAfter: time.Duration(cfg.API.AgentDownTime) * time.Second, Publish: pub.Kick, Log: log,
 		// A transfer whose agent is gone may have completed: the
 		// destination's agents are asked (signed) before it is re-run.
 		Prober: dispatch.RPCProber{Caller: rpc.SigningCaller{Caller: w.Bus, Signer: w.Signer}}}
 	jan := &dispatch.Janitor{DB: s.db, Grace: time.Duration(cfg.API.CleanupGrace) * time.Second, Publish: pub.Kick, Log: log}
-	fin := &Finalizer{DB: s.db, Log: log, Owner: pub.Owner}
+	fin := &Finalizer{DB: s.db, Log: log, Owner: pub.Owner, EndNotify: endNotify}
 	if w.Cinder != nil {
 		fin.Cinder = w.Cinder
 	}
@@ -113,14 +120,8 @@ func (s *Server) wire(w Wiring) []loop {
 		statusQueue = string(rpc.StatusTarget)
 	}
 	status := dispatch.StatusHandler(s.db, log, dispatch.WithCanceller(signed), dispatch.WithFinalizer(fin.Kick),
-		dispatch.WithAgentUsers(cfg.API.AgentUsers), dispatch.WithHeartbeatKick(redis.Kick))
-	// Continuous replication: the scheduler, the drills, the
-	// notifications (published as they are: OpenStack's envelope, not
-	// Ferry's) and the metrics.
-	notifier := &replicate.Notifier{Host: cfg.Hostname()}
-	if raw, ok := w.Bus.(rpc.RawPublisher); ok {
-		pub.Raw = raw
-	}
+		dispatch.WithAgentUsers(cfg.API.AgentUsers), dispatch.WithHeartbeatKick(redis.Kick), dispatch.WithEndNotifier(endNotify))
+	// Continuous replication: the scheduler, the drills and the metrics.
 	sched := &replicate.Scheduler{DB: s.db, Notifier: notifier, Tick: secondsDur(cfg.API.ReplicationTick),
 		CycleRetention: time.Duration(cfg.API.CycleRetention) * time.Hour, Owner: pub.Owner, Publish: pub.Kick, Log: log}
 	drills := &replicate.DrillRunner{DB: s.db, Caller: rpc.SigningCaller{Caller: w.Bus, Signer: w.Signer},
@@ -168,6 +169,7 @@ func (s *Server) wire(w Wiring) []loop {
 		},
 		CleanupMessages: dispatch.CleanupMessages,
 		Kick:            pub.Kick,
+		EndMessage:      endNotify,
 		KickScheduler:   sched.Kick,
 		KickDrills:      drills.Kick,
 	}

@@ -57,6 +57,8 @@ type statusHandler struct {
 	// agent_users): a report or heartbeat about a region must come from
 	// its user. A region absent from it is not checked.
 	users map[string]string
+	// end builds the transfer.end notification (nil: none).
+	end EndNotifier
 }
 
 // WithAgentUsers makes the handler accept a region's reports and
@@ -101,6 +103,26 @@ func (h *statusHandler) authorize(ctx context.Context, ev *rpc.StatusEvent, t *d
 
 // StatusOption configures StatusHandler.
 type StatusOption func(*statusHandler)
+
+// EndNotifier builds the transfer.end notification of a transfer that just
+// reached completed, error or cancelled (replicate.Notifier.TransferEnded).
+// Every terminal transition ferry-api makes writes it with the transition
+// (TransitionOpts.Outbox), so it is sent once, and only if the transition
+// happened.
+type EndNotifier func(*db.Transfer) (*db.OutboxMessage, error)
+
+// For is the TransitionOpts.Outbox of a transition to status to: n for a
+// terminal status, nil otherwise (or when n is nil).
+func (n EndNotifier) For(to db.Status) func(*db.Transfer) (*db.OutboxMessage, error) {
+	if n == nil || !db.IsTerminal(to) {
+		return nil
+	}
+	return n
+}
+
+// WithEndNotifier makes the handler's terminal transitions carry the
+// transfer.end notification n builds.
+func WithEndNotifier(n EndNotifier) StatusOption { return func(h *statusHandler) { h.end = n } }
 
 // WithCanceller makes the handler answer an agent that reports working on
 // a transfer already cancelled (cancelled while queued, its start already
@@ -318,6 +340,7 @@ func (a *applier) step(ctx context.Context, to db.Status, msg string, f db.Trans
 			opts.Cycle.SnapshotAt = a.ev.SnapshotTime.UTC()
 		}
 	}
+	opts.Outbox = a.h.end.For(to)
 	t, err := a.h.db.TransitionTransfer(ctx, a.t.ID, to, opts)
 	if err != nil {
 		return err
