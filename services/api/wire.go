@@ -106,7 +106,8 @@ func (s *Server) wire(w Wiring) []loop {
 		pub.Raw = raw
 	}
 	endNotify := dispatch.EndNotifier(notifier.TransferEnded)
-	redis := &dispatch.Redispatcher{EndNotify: endNotify, DB: s.db, DownAfter: time.Duration(cfg.API.AgentDownTime) * time.Second, Publish: pub.Kick, Log: log,
+	redis := &dispatch.Redispatcher{DB: s.db, DownAfter: time.Duration(cfg.API.AgentDownTime) * time.Second, Publish: pub.Kick, Log: log,
+		EndNotify: endNotify,
 		// A transfer whose agent is gone may have completed: the
 		// destination's agents are asked (signed) before it is re-run.
 		Prober: dispatch.RPCProber{Caller: rpc.SigningCaller{Caller: w.Bus, Signer: w.Signer}}}
@@ -135,7 +136,10 @@ func (s *Server) wire(w Wiring) []loop {
 	if s.metrics == nil {
 		s.metrics = newMetrics()
 	}
-	s.metrics.reg.MustRegister(&replicate.Collector{DB: s.db, Log: log})
+	// Once per registry (a server wired again keeps its collector).
+	if err := s.metrics.reg.Register(&replicate.Collector{DB: s.db, Log: log}); err != nil {
+		log.Debug("replication metrics already registered", "error", err)
+	}
 	loops := []loop{
 		{"outbox publisher", pub.Run},
 		{"re-dispatcher", redis.Run},
