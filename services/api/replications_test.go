@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"strings"
 	"testing"
@@ -400,5 +401,49 @@ func TestReplicationPagination(t *testing.T) {
 		if code, m := a.do(demo, "GET", "/v1/replications?"+q, ""); code != 400 {
 			t.Errorf("?%s: %d %v", q, code, m)
 		}
+	}
+}
+
+// A replication cycle of a volume is never registered with Cinder: one
+// that reached finalizing (it does not, from agents' reports) is completed
+// with nothing to register, and its end is announced once.
+func TestFinalizerSkipsCycles(t *testing.T) {
+	ctx := context.Background()
+	d := testDB(t)
+	r := &db.Replication{ProjectID: "demo-project", SourceRegion: "RegionOne", SourcePool: "volumes", SourceImage: "volume-v1",
+		SourceVolumeID: "v1", DestRegion: "RegionTwo", DestPool: "volumes", IntervalSeconds: 60, RPOSeconds: 60, KeepLast: 1}
+	if err := d.CreateReplication(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	now := d.Now()
+	tr := &db.Transfer{ProjectID: r.ProjectID, Mode: db.ModeAuto, SourceRegion: "RegionOne", SourcePool: "volumes", SourceImage: "volume-v1",
+		SourceVolumeID: "v1", DestRegion: "RegionTwo", DestPool: "volumes", DestImage: r.DestImage}
+	st, _, err := d.StartCycle(ctx, r.ID, now.Add(time.Second), now.Add(time.Minute), tr, nil)
+	if err != nil || st == nil {
+		t.Fatalf("start cycle: %v %v", st, err)
+	}
+	for _, s := range []db.Status{db.StatusAccepted, db.StatusPreparing, db.StatusTransferring, db.StatusVerifying, db.StatusFinalizing} {
+		if _, err := d.TransitionTransfer(ctx, st.ID, s, db.TransitionOpts{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fc := &fakeCinder{}
+	var ended []string
+	fin := &Finalizer{DB: d, Cinder: fc, Log: slog.New(slog.DiscardHandler), Interval: time.Hour,
+		EndNotify: func(t *db.Transfer) (*db.OutboxMessage, error) {
+			ended = append(ended, string(t.Status))
+			return nil, nil
+		}}
+	fin.finalize(ctx, st)
+	got, err := d.GetTransfer(ctx, st.ID, db.AllProjectsScope())
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs, _ := d.ListEvents(ctx, st.ID)
+	if got.Status != db.StatusCompleted || len(fc.regs) != 0 || evs[len(evs)-1].Message != "nothing to register" {
+		t.Errorf("cycle after finalizing: %s, %d registrations, last event %q", got.Status, len(fc.regs), evs[len(evs)-1].Message)
+	}
+	if len(ended) != 1 || ended[0] != "completed" {
+		t.Errorf("transfer.end built for %v", ended)
 	}
 }
