@@ -36,8 +36,9 @@ import (
 //	1.2  Envelope.signature (signed agent commands), epochs and grants in
 //	     the agent-to-agent calls, TransferCancel.epoch
 //	1.3  replication cycles: TransferStart.replication_id, retain and
-//	     bandwidth_limit; StatusEvent.snapshot_time and removed;
-//	     replication.drill and replication.cleanup
+//	     bandwidth_limit; StatusEvent.snapshot_time and removed (and the
+//	     same in TransferQueryReply); replication.drill and
+//	     replication.cleanup
 const (
 	VersionMajor = 1
 	VersionMinor = 3

@@ -177,6 +177,11 @@ type TransferQueryReply struct {
 	Mode     string `json:"mode,omitempty"`
 	// BytesDone is the copied size (the transfer's bytes_total).
 	BytesDone uint64 `json:"bytes_done,omitempty"`
+	// Removed are the destination snapshots the transfer's finish
+	// removed, SnapshotTime when its source snapshot was taken: what its
+	// completed event carries (since 1.3).
+	Removed      []string   `json:"removed,omitempty"`
+	SnapshotTime *time.Time `json:"snapshot_time,omitempty"`
 }
 
 // MethodTransferCleanup: API → the agents of a failed or cancelled
@@ -193,4 +198,86 @@ type TransferCleanup struct {
 	Epoch       int64    `json:"epoch"`
 	Source      Location `json:"source"`
 	Destination Location `json:"destination"`
+}
+
+// MethodReplicationDrill: API → a replication's destination region's
+// agents (call to agent.<region>): clone a retained point of the replica
+// (a drill, test failover). Since 1.3.
+const MethodReplicationDrill = "replication.drill"
+
+// DrillRequest is replication.drill's body: clone Pool/Image@Snapshot,
+// which must be a verified Ferry point of replication ReplicationID, to
+// ClonePool/CloneName (protecting the snapshot first when needed). An
+// existing clone of that very snapshot under CloneName is success. With
+// Flatten, the clone is flattened in the background afterwards.
+type DrillRequest struct {
+	DrillID       string `json:"drill_id"`
+	ReplicationID string `json:"replication_id"`
+	Pool          string `json:"pool"`
+	Image         string `json:"image"`
+	Snapshot      string `json:"snapshot"`
+	ClonePool     string `json:"clone_pool"`
+	CloneName     string `json:"clone_name"`
+	Flatten       bool   `json:"flatten,omitempty"`
+}
+
+// Validate checks the request's fields.
+func (r DrillRequest) Validate() error {
+	for _, f := range [][2]string{{"drill_id", r.DrillID}, {"replication_id", r.ReplicationID}, {"pool", r.Pool},
+		{"image", r.Image}, {"snapshot", r.Snapshot}, {"clone_pool", r.ClonePool}, {"clone_name", r.CloneName}} {
+		if f[1] == "" {
+			return fmt.Errorf("%w: replication.drill without %s", ErrInvalid, f[0])
+		}
+	}
+	return nil
+}
+
+// DrillReply is replication.drill's reply: the clone's size and RBD id.
+type DrillReply struct {
+	Size    uint64 `json:"size"`
+	ImageID string `json:"image_id"`
+}
+
+// MethodReplicationCleanup: API → the agents of a deleted replication's
+// source and destination regions (cast to agent.<region>): remove Ferry's
+// snapshots (and, on the destination with RemoveImage, the replica).
+// Since 1.3.
+const MethodReplicationCleanup = "replication.cleanup"
+
+// Sides of a ReplicationCleanup.
+const (
+	CleanupSideSource      = "source"
+	CleanupSideDestination = "destination"
+)
+
+// ReplicationCleanup is replication.cleanup's body.
+//
+// Side source: Pool/Image is the source image; the Ferry snapshots named
+// in Snapshots (tagged by Ferry: others stay) are removed, on the image or,
+// when Cinder moved it to the RBD trash, on the trashed image, which is
+// then removed from the trash if it has no snapshot left.
+//
+// Side destination: Pool/Image is the replica (only an image Ferry created
+// for ReplicationID is touched). RemoveImage: the clones of its snapshots
+// (drill volumes) are flattened, then its snapshots and the image are
+// removed. Otherwise (keep_replica) Ferry's snapshots and records go and
+// the image stays, its head equal to the newest point.
+type ReplicationCleanup struct {
+	ReplicationID string   `json:"replication_id"`
+	Side          string   `json:"side"`
+	Pool          string   `json:"pool"`
+	Image         string   `json:"image"`
+	Snapshots     []string `json:"snapshots,omitempty"`
+	RemoveImage   bool     `json:"remove_image,omitempty"`
+}
+
+// Validate checks the request's fields.
+func (r ReplicationCleanup) Validate() error {
+	switch {
+	case r.ReplicationID == "" || r.Pool == "" || r.Image == "":
+		return fmt.Errorf("%w: replication.cleanup needs replication_id, pool and image", ErrInvalid)
+	case r.Side != CleanupSideSource && r.Side != CleanupSideDestination:
+		return fmt.Errorf("%w: replication.cleanup side %q is not source or destination", ErrInvalid, r.Side)
+	}
+	return nil
 }

@@ -118,7 +118,8 @@ func (c SigningCaster) Cast(ctx context.Context, target Target, method string, b
 	return c.Caster.Cast(ctx, target, method, body)
 }
 
-// SigningCaller signs the agent commands that are calls (transfer.query)
+// SigningCaller signs the agent commands that are calls (transfer.query,
+// replication.drill)
 // before the inner Caller sends them.
 type SigningCaller struct {
 	Caller Caller
