@@ -490,7 +490,8 @@ func (r *Redispatcher) completeFromDestination(ctx context.Context, t *db.Transf
 	}
 	h := &statusHandler{db: r.DB, log: log, finalize: r.Finalize, end: r.EndNotify}
 	ev := &rpc.StatusEvent{TransferID: t.ID, Event: rpc.EventCompleted, Epoch: t.Epoch, Region: t.DestRegion,
-		BytesDone: st.BytesDone, BytesTotal: st.BytesDone, Digest: st.Digest, Mode: st.Mode, Snapshot: st.Snapshot}
+		BytesDone: st.BytesDone, BytesTotal: st.BytesDone, Digest: st.Digest, Mode: st.Mode, Snapshot: st.Snapshot,
+		Removed: st.Removed, SnapshotTime: st.SnapshotTime}
 	for range statusAttempts {
 		cur, err := r.DB.GetTransfer(ctx, t.ID, db.AllProjectsScope())
 		if err != nil {
