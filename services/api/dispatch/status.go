@@ -335,7 +335,7 @@ func (a *applier) step(ctx context.Context, to db.Status, msg string, f db.Trans
 	if to == db.StatusCompleted && a.t.ReplicationID != "" && a.ev.Event == rpc.EventCompleted {
 		// The replication's new point: when its source snapshot was
 		// taken, and the older points the destination removed.
-		opts.Cycle = &db.CycleOutcome{Removed: a.ev.Removed}
+		opts.Cycle = &db.CycleOutcome{Removed: a.ev.Removed, Size: clamp(a.ev.BytesTotal)} // the report's total: the image's size
 		if a.ev.SnapshotTime != nil {
 			opts.Cycle.SnapshotAt = a.ev.SnapshotTime.UTC()
 		}

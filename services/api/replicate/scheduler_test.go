@@ -151,7 +151,7 @@ func complete(t *testing.T, d *db.DB, h rpc.Handler, id string, snapAt time.Time
 	ctx := context.Background()
 	for _, ev := range []rpc.StatusEvent{
 		{TransferID: id, Event: rpc.EventAccepted, Epoch: 1},
-		{TransferID: id, Event: rpc.EventCompleted, Epoch: 1, BytesDone: 4096, Digest: "sha256:00", Mode: "full",
+		{TransferID: id, Event: rpc.EventCompleted, Epoch: 1, BytesDone: 4096, BytesTotal: 1 << 30, Digest: "sha256:00", Mode: "full",
 			Snapshot: SnapshotPrefix + id, SnapshotTime: &snapAt, Removed: removed},
 	} {
 		ev.Host, ev.Region, ev.Time = "agent-a", "RegionOne", time.Now()
@@ -252,6 +252,9 @@ func TestSchedulerCycles(t *testing.T) {
 	complete(t, d, h, c3, clk.now(), SnapshotPrefix+c1)
 	if got := pointNames(t, d, r.ID); !slices.Equal(got, []string{SnapshotPrefix + c3, SnapshotPrefix + c2}) {
 		t.Errorf("points after the third cycle: %v", got)
+	}
+	if ps, _ := d.ListPoints(ctx, r.ID); len(ps) == 0 || ps[0].Size != 1<<30 || ps[0].Bytes != 4096 || ps[0].TransferID != c3 {
+		t.Errorf("the newest point %+v: want the image's size 1 GiB and 4096 bytes copied", ps)
 	}
 
 	// A drill being created pins its point: kept although retention
