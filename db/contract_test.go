@@ -161,6 +161,18 @@ func runStoreContract(t *testing.T, newURL func(t *testing.T) string) {
 		{"OutboxConcurrentClaimers", contractOutboxConcurrentClaimers},
 		{"Leases", contractLeases},
 		{"ListRegions", contractListRegions},
+		{"ReplicationCreateGet", contractReplicationCreateGet},
+		{"ReplicationConcurrentCreate", contractReplicationConcurrentCreate},
+		{"ReplicationList", contractReplicationList},
+		{"ReplicationUpdateStatus", contractReplicationUpdateStatus},
+		{"ReplicationStartCycle", contractReplicationStartCycle},
+		{"ReplicationConcurrentStartCycle", contractReplicationConcurrentStartCycle},
+		{"ReplicationCycleOutcome", contractReplicationCycleOutcome},
+		{"ReplicationConcurrentOutcome", contractReplicationConcurrentOutcome},
+		{"ReplicationRPO", contractReplicationRPO},
+		{"ReplicationPrune", contractReplicationPrune},
+		{"ReplicationDelete", contractReplicationDelete},
+		{"ReplicationDrills", contractReplicationDrills},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, newURL(t)) })
@@ -181,7 +193,8 @@ func contractSchema(t *testing.T, url string) {
 		t.Fatalf("CheckCurrent: %v", err)
 	}
 	m := d.gorm.WithContext(ctx).Migrator()
-	for _, model := range []any{&Transfer{}, &TransferEvent{}, &Service{}, &OutboxMessage{}, &Lease{}} {
+	for _, model := range []any{&Transfer{}, &TransferEvent{}, &Service{}, &OutboxMessage{}, &Lease{},
+		&Replication{}, &ReplicationPoint{}, &ReplicationEvent{}, &Drill{}} {
 		stmt := &gorm.Statement{DB: d.gorm}
 		if err := stmt.Parse(model); err != nil {
 			t.Fatal(err)
@@ -196,16 +209,48 @@ func contractSchema(t *testing.T, url string) {
 		}
 	}
 	for table, idx := range map[string][]string{
-		"transfers":       {"idx_transfers_status", "idx_transfers_user_id", "idx_transfers_project_id", "idx_transfers_agent"},
-		"transfer_events": {"idx_transfer_events_transfer_id"},
-		"services":        {"uq_services_binary_host"},
-		"outbox_messages": {"idx_outbox_messages_published_at"},
+		"transfers":          {"idx_transfers_status", "idx_transfers_user_id", "idx_transfers_project_id", "idx_transfers_agent", "idx_transfers_replication_id"},
+		"replications":       {"idx_replications_project_created", "idx_replications_status_next_run", "uq_replications_source_key"},
+		"replication_events": {"idx_replication_events_replication_id", "idx_replication_events_transfer_id"},
+		"replication_drills": {"idx_replication_drills_replication_id", "idx_replication_drills_status"},
+		"transfer_events":    {"idx_transfer_events_transfer_id"},
+		"services":           {"uq_services_binary_host"},
+		"outbox_messages":    {"idx_outbox_messages_published_at"},
 	} {
 		for _, name := range idx {
 			if !m.HasIndex(table, name) {
 				t.Errorf("index %s on %s missing", name, table)
 			}
 		}
+	}
+	// The composite indexes of the listing and of the scheduler, in order.
+	idxs, err := m.GetIndexes("replications")
+	if err != nil {
+		t.Fatalf("GetIndexes(replications): %v", err)
+	}
+	want := map[string][]string{
+		"idx_replications_project_created": {"project_id", "created_at", "id"},
+		"idx_replications_status_next_run": {"status", "next_run_at"},
+		"uq_replications_source_key":       {"source_key"},
+	}
+	for _, ix := range idxs {
+		if cols, ok := want[ix.Name()]; ok {
+			got := ix.Columns()
+			if d.Dialect() == DialectPostgres {
+				// gorm lists PostgreSQL's index columns in table order.
+				got, cols = slices.Sorted(slices.Values(got)), slices.Sorted(slices.Values(cols))
+			}
+			if !slices.Equal(got, cols) {
+				t.Errorf("index %s columns %v, want %v", ix.Name(), ix.Columns(), cols)
+			}
+			if u, _ := ix.Unique(); u != (ix.Name() == "uq_replications_source_key") {
+				t.Errorf("index %s unique %v", ix.Name(), u)
+			}
+			delete(want, ix.Name())
+		}
+	}
+	if len(want) > 0 {
+		t.Errorf("indexes not found by GetIndexes: %v", want)
 	}
 }
 
@@ -235,6 +280,21 @@ func contractMigrations(t *testing.T, url string) {
 
 	// Roll everything back, then forward again.
 	id, err := d.RollbackLast(ctx)
+	if err != nil || id != "0007_replications" {
+		t.Fatalf("RollbackLast = %q, %v", id, err)
+	}
+	for _, table := range []string{"replications", "replication_points", "replication_events", "replication_drills"} {
+		if d.gorm.Migrator().HasTable(table) {
+			t.Errorf("table %s survived the rollback of 0007_replications", table)
+		}
+	}
+	if d.gorm.Migrator().HasColumn("transfers", "replication_id") || d.gorm.Migrator().HasIndex("transfers", "idx_transfers_replication_id") {
+		t.Error("transfers.replication_id or its index survived the rollback of 0007_replications")
+	}
+	if !d.gorm.Migrator().HasColumn("transfers", "cleaned_at") {
+		t.Error("the rollback of 0007_replications dropped an older column")
+	}
+	id, err = d.RollbackLast(ctx)
 	if err != nil || id != "0006_cleanup" {
 		t.Fatalf("RollbackLast = %q, %v", id, err)
 	}

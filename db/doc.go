@@ -4,6 +4,10 @@
 // It is the one place where transfer status transitions are checked (see
 // CanTransition): handlers ask for a transition and the store either records
 // it, together with an event row, or refuses it with ErrInvalidTransition.
+// Replications (replications.go, drills.go) follow the same rule with
+// their own machine (CanTransitionReplication, from db/state), and a
+// replication cycle is a transfer: its outcome is applied to the
+// replication inside the transfer's terminal transition (TransitionOpts.Cycle).
 //
 // Every function that does I/O takes a context.Context first. Failures are
 // reported with the sentinel errors of this package (ErrNotFound, ErrConflict,

@@ -25,6 +25,7 @@ func migrations() []*gormigrate.Migration {
 		migration0004RegisterLedger(),
 		migration0005ServiceLiveness(),
 		migration0006Cleanup(),
+		migration0007Replications(),
 	}
 }
 

@@ -85,6 +85,10 @@ type Transfer struct {
 	// CleanedAt is when the clean-up of a failed or cancelled transfer's
 	// leftovers was sent to its agents (nil: not yet; a retry clears it).
 	CleanedAt *time.Time `gorm:"column:cleaned_at"`
+
+	// ReplicationID is the replication this transfer is a cycle of; ""
+	// for an ordinary transfer. Set by StartCycle.
+	ReplicationID string `gorm:"column:replication_id"`
 }
 
 // TableName implements gorm's tabler.
@@ -217,6 +221,163 @@ func (m *OutboxMessage) AfterFind(*gorm.DB) error {
 	m.PublishedAt = utcPtr(m.PublishedAt)
 	m.LeaseUntil = utcPtr(m.LeaseUntil)
 	return nil
+}
+
+// Replication protects one source image (a Cinder volume's, or an admin's
+// pool/image) in one region into a Ferry-owned replica image in another,
+// with a cycle (a transfer) every interval. All times are UTC.
+type Replication struct {
+	ID          string            `gorm:"column:id;primaryKey"`
+	Name        string            `gorm:"column:name"`
+	Description string            `gorm:"column:description"`
+	ProjectID   string            `gorm:"column:project_id"` // the source volume's project
+	UserID      string            `gorm:"column:user_id"`
+	Status      ReplicationStatus `gorm:"column:status"`
+
+	SourceRegion   string `gorm:"column:source_region"`
+	SourcePool     string `gorm:"column:source_pool"`
+	SourceImage    string `gorm:"column:source_image"`
+	SourceVolumeID string `gorm:"column:source_volume_id"`
+	// SourceKey is set by the store while the replication is not deleting
+	// (see CreateReplication): one live replication per source image.
+	SourceKey *string `gorm:"column:source_key"`
+
+	DestRegion string `gorm:"column:dest_region"`
+	DestPool   string `gorm:"column:dest_pool"`
+	DestImage  string `gorm:"column:dest_image"` // ferry-replica-<id>
+
+	IntervalSeconds int `gorm:"column:interval_seconds"`
+	RPOSeconds      int `gorm:"column:rpo_seconds"`
+	KeepLast        int `gorm:"column:keep_last"`
+	KeepHourly      int `gorm:"column:keep_hourly"`
+	KeepDaily       int `gorm:"column:keep_daily"`
+	// BandwidthLimit is bytes/s for each cycle; 0: the agents' default.
+	BandwidthLimit int64 `gorm:"column:bandwidth_limit"`
+
+	// NextRunAt is when the scheduler next starts a cycle.
+	NextRunAt time.Time `gorm:"column:next_run_at"`
+	// LastSyncAt is the created_at of the newest point (nil: none yet).
+	LastSyncAt *time.Time `gorm:"column:last_sync_at"`
+	// LastTransferID is the newest cycle started ("" before the first).
+	LastTransferID string `gorm:"column:last_transfer_id"`
+	// LastError is the last failure, cleared by a completed cycle.
+	LastError      *string `gorm:"column:last_error"`
+	BytesLastCycle int64   `gorm:"column:bytes_last_cycle"`
+	PointsCount    int     `gorm:"column:points_count"`
+
+	// The history summary, which survives the pruning of cycle transfers.
+	CyclesCompleted int64 `gorm:"column:cycles_completed"`
+	CyclesFailed    int64 `gorm:"column:cycles_failed"`
+	CyclesSkipped   int64 `gorm:"column:cycles_skipped"`
+	BytesReplicated int64 `gorm:"column:bytes_replicated"`
+
+	// RPOBreachedAt is when the replication entered its current RPO
+	// breach; nil when not in breach (SetRPOBreached).
+	RPOBreachedAt *time.Time `gorm:"column:rpo_breached_at"`
+	// KeepReplica: the deletion keeps the replica image.
+	KeepReplica bool `gorm:"column:keep_replica"`
+
+	CreatedAt time.Time `gorm:"column:created_at"`
+	UpdatedAt time.Time `gorm:"column:updated_at"`
+}
+
+// TableName implements gorm's tabler.
+func (Replication) TableName() string { return "replications" }
+
+// AfterFind normalises times read back to UTC.
+func (r *Replication) AfterFind(*gorm.DB) error {
+	r.CreatedAt = r.CreatedAt.UTC()
+	r.UpdatedAt = r.UpdatedAt.UTC()
+	r.NextRunAt = r.NextRunAt.UTC()
+	r.LastSyncAt = utcPtr(r.LastSyncAt)
+	r.RPOBreachedAt = utcPtr(r.RPOBreachedAt)
+	return nil
+}
+
+// ReplicationPoint is one retained snapshot of a replica: Name is the
+// snapshot's (ferry-<transfer id>, like the cycle's), CreatedAt when the
+// source snapshot was taken.
+type ReplicationPoint struct {
+	ReplicationID string    `gorm:"column:replication_id;primaryKey"`
+	Name          string    `gorm:"column:name;primaryKey"`
+	TransferID    string    `gorm:"column:transfer_id"`
+	CreatedAt     time.Time `gorm:"column:created_at"`
+	Digest        string    `gorm:"column:digest"`
+	Bytes         int64     `gorm:"column:bytes"` // the cycle's bytes_transferred
+	Size          int64     `gorm:"column:size"`  // the image's size
+}
+
+// TableName implements gorm's tabler.
+func (ReplicationPoint) TableName() string { return "replication_points" }
+
+// AfterFind normalises times read back to UTC.
+func (p *ReplicationPoint) AfterFind(*gorm.DB) error {
+	p.CreatedAt = p.CreatedAt.UTC()
+	return nil
+}
+
+// ReplicationEvent is one entry of a replication's history.
+type ReplicationEvent struct {
+	ID            int64                `gorm:"column:id;primaryKey;autoIncrement"`
+	ReplicationID string               `gorm:"column:replication_id"`
+	CreatedAt     time.Time            `gorm:"column:created_at"`
+	Kind          ReplicationEventKind `gorm:"column:kind"`
+	Message       string               `gorm:"column:message"`
+	TransferID    string               `gorm:"column:transfer_id"` // the cycle concerned, if any
+	RequestID     string               `gorm:"column:request_id"`
+}
+
+// TableName implements gorm's tabler.
+func (ReplicationEvent) TableName() string { return "replication_events" }
+
+// AfterFind normalises times read back to UTC.
+func (e *ReplicationEvent) AfterFind(*gorm.DB) error {
+	e.CreatedAt = e.CreatedAt.UTC()
+	return nil
+}
+
+// Drill is a DR drill: a clone of one of a replication's points in the
+// destination region (Image, in the replica's pool), registered as a
+// Cinder volume (VolumeID) of the replication's project.
+type Drill struct {
+	ID            string      `gorm:"column:id;primaryKey"`
+	ReplicationID string      `gorm:"column:replication_id"`
+	ProjectID     string      `gorm:"column:project_id"`
+	Name          string      `gorm:"column:name"`
+	Point         string      `gorm:"column:point"` // the point's name
+	Status        DrillStatus `gorm:"column:status"`
+	Image         string      `gorm:"column:image"` // ferry-drill-<id>
+	VolumeID      string      `gorm:"column:volume_id"`
+	// RegisterStartedAt is the Cinder registration's ledger, as for
+	// transfers (Transfer.RegisterStartedAt).
+	RegisterStartedAt *time.Time `gorm:"column:register_started_at"`
+	RequestedAt       time.Time  `gorm:"column:requested_at"`
+	AvailableAt       *time.Time `gorm:"column:available_at"`
+	Error             *string    `gorm:"column:error"`
+	CreatedAt         time.Time  `gorm:"column:created_at"`
+	UpdatedAt         time.Time  `gorm:"column:updated_at"`
+}
+
+// TableName implements gorm's tabler.
+func (Drill) TableName() string { return "replication_drills" }
+
+// AfterFind normalises times read back to UTC.
+func (dr *Drill) AfterFind(*gorm.DB) error {
+	dr.CreatedAt = dr.CreatedAt.UTC()
+	dr.UpdatedAt = dr.UpdatedAt.UTC()
+	dr.RequestedAt = dr.RequestedAt.UTC()
+	dr.RegisterStartedAt = utcPtr(dr.RegisterStartedAt)
+	dr.AvailableAt = utcPtr(dr.AvailableAt)
+	return nil
+}
+
+// RTO is the drill's time to available (requested_at → available_at);
+// ok is false until it is available.
+func (dr *Drill) RTO() (d time.Duration, ok bool) {
+	if dr.AvailableAt == nil {
+		return 0, false
+	}
+	return dr.AvailableAt.Sub(dr.RequestedAt), true
 }
 
 func utcPtr(t *time.Time) *time.Time {

@@ -111,3 +111,67 @@ func eventKindFor(from, to Status) EventKind {
 	}
 	return EventStatus
 }
+
+// ReplicationStatus is a replication's state; its state machine is in
+// package db/state, re-exported here.
+type ReplicationStatus = state.ReplicationStatus
+
+// The replication statuses.
+const (
+	ReplicationActive   = state.ReplicationActive
+	ReplicationPaused   = state.ReplicationPaused
+	ReplicationError    = state.ReplicationError
+	ReplicationDeleting = state.ReplicationDeleting
+)
+
+// CanTransitionReplication reports whether the replication state machine
+// allows from → to.
+func CanTransitionReplication(from, to ReplicationStatus) bool {
+	return state.CanTransitionReplication(from, to)
+}
+
+// ParseReplicationStatus returns the replication status named by s, or an
+// error wrapping ErrInvalidArgument.
+func ParseReplicationStatus(s string) (ReplicationStatus, error) {
+	st, err := state.ParseReplication(s)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrInvalidArgument, err)
+	}
+	return st, nil
+}
+
+// DrillStatus is a DR drill's state (db/state).
+type DrillStatus = state.DrillStatus
+
+// The drill statuses.
+const (
+	DrillCreating  = state.DrillCreating
+	DrillAvailable = state.DrillAvailable
+	DrillError     = state.DrillError
+)
+
+// CanTransitionDrill reports whether a drill may go from → to.
+func CanTransitionDrill(from, to DrillStatus) bool { return state.CanTransitionDrill(from, to) }
+
+// ReplicationEventKind classifies a replication event row.
+type ReplicationEventKind string
+
+// Replication event kinds.
+const (
+	RepEventCreated        ReplicationEventKind = "created"
+	RepEventUpdated        ReplicationEventKind = "updated"
+	RepEventCycleStarted   ReplicationEventKind = "cycle_started"
+	RepEventCycleCompleted ReplicationEventKind = "cycle_completed"
+	RepEventCycleFailed    ReplicationEventKind = "cycle_failed"
+	RepEventCycleSkipped   ReplicationEventKind = "cycle_skipped"
+	RepEventRPOBreached    ReplicationEventKind = "rpo_breached"
+	RepEventRPORecovered   ReplicationEventKind = "rpo_recovered"
+	RepEventPaused         ReplicationEventKind = "paused"
+	RepEventResumed        ReplicationEventKind = "resumed"
+	RepEventError          ReplicationEventKind = "error"
+	RepEventDrill          ReplicationEventKind = "drill"
+	RepEventDrillAvailable ReplicationEventKind = "drill_available"
+	RepEventDrillFailed    ReplicationEventKind = "drill_failed"
+	RepEventDeleting       ReplicationEventKind = "deleting"
+	RepEventPruned         ReplicationEventKind = "pruned"
+)

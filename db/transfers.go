@@ -219,6 +219,7 @@ func prepareNewTransfer(t *Transfer) error {
 		{"destination.backup_id", t.DestBackupID, MaxIDLength},
 		{"owner_project_id", t.OwnerProjectID, MaxIDLength},
 		{"digest", t.Digest, MaxDigestLength},
+		{"replication_id", t.ReplicationID, transferIDLength},
 	} {
 		if utf8.RuneCountInString(f.value) > f.max {
 			return fmt.Errorf("%w: %s longer than %d characters", ErrInvalidArgument, f.name, f.max)
@@ -257,6 +258,9 @@ type ListOpts struct {
 	// SourceRegion and DestRegion, when set, keep transfers from or to
 	// that region.
 	SourceRegion, DestRegion string
+	// ReplicationID, when set, keeps the cycles of that replication
+	// (ListTransfers only).
+	ReplicationID string
 	// Limit is the page size: 0 means DefaultListLimit; at most MaxListLimit.
 	Limit int
 	// Marker is the id of the last transfer of the previous page. It is
@@ -279,30 +283,9 @@ func SortKeys() []string { return slices.Clone(sortKeys) }
 // unknown sort key or direction is ErrInvalidSort; a marker the scope does
 // not see is ErrMarkerNotFound.
 func (d *DB) ListTransfers(ctx context.Context, opts ListOpts) ([]Transfer, bool, error) {
-	key := strings.ToLower(opts.SortKey)
-	if key == "" {
-		key = "created_at"
-	}
-	if !slices.Contains(sortKeys, key) {
-		return nil, false, fmt.Errorf("db: list transfers: %w: unknown sort key %q (want one of %s)",
-			ErrInvalidSort, opts.SortKey, strings.Join(sortKeys, ", "))
-	}
-	desc := true
-	switch strings.ToLower(opts.SortDir) {
-	case "", "desc":
-	case "asc":
-		desc = false
-	default:
-		return nil, false, fmt.Errorf("db: list transfers: %w: unknown sort direction %q (want asc or desc)", ErrInvalidSort, opts.SortDir)
-	}
-	limit := opts.Limit
-	switch {
-	case limit < 0:
-		return nil, false, fmt.Errorf("db: list transfers: %w: negative limit %d", ErrInvalidArgument, limit)
-	case limit == 0:
-		limit = DefaultListLimit
-	case limit > MaxListLimit:
-		limit = MaxListLimit
+	pg, err := parsePage(opts)
+	if err != nil {
+		return nil, false, fmt.Errorf("db: list transfers: %w", err)
 	}
 	statuses := slices.Clone(opts.Statuses)
 	if opts.Status != "" {
@@ -331,8 +314,9 @@ func (d *DB) ListTransfers(ctx context.Context, opts ListOpts) ([]Transfer, bool
 	if opts.DestRegion != "" {
 		q = q.Where("dest_region = ?", opts.DestRegion)
 	}
-	col := clause.Column{Name: key}
-	idCol := clause.Column{Name: "id"}
+	if opts.ReplicationID != "" {
+		q = q.Where("replication_id = ?", opts.ReplicationID)
+	}
 	if opts.Marker != "" {
 		mq, _ := opts.Scope.apply(g.Where("id = ?", opts.Marker))
 		var m Transfer
@@ -342,30 +326,73 @@ func (d *DB) ListTransfers(ctx context.Context, opts ListOpts) ([]Transfer, bool
 			}
 			return nil, false, fmt.Errorf("db: list transfers: marker: %w", err)
 		}
-		op := ">"
-		if desc {
-			op = "<"
-		}
-		if key == "id" {
-			q = q.Where(gorm.Expr("? "+op+" ?", idCol, m.ID))
-		} else {
-			v := sortValue(&m, key)
-			q = q.Where(gorm.Expr("(? "+op+" ?) OR (? = ? AND ? "+op+" ?)", col, v, col, v, idCol, m.ID))
-		}
-	}
-	q = q.Order(clause.OrderByColumn{Column: col, Desc: desc})
-	if key != "id" {
-		q = q.Order(clause.OrderByColumn{Column: idCol, Desc: desc})
+		q = pg.after(q, sortValue(&m, pg.key), m.ID)
 	}
 	var items []Transfer
-	if err := q.Limit(limit + 1).Find(&items).Error; err != nil {
+	if err := pg.order(q).Limit(pg.limit + 1).Find(&items).Error; err != nil {
 		return nil, false, fmt.Errorf("db: list transfers: %w", err)
 	}
-	more := len(items) > limit
+	more := len(items) > pg.limit
 	if more {
-		items = items[:limit]
+		items = items[:pg.limit]
 	}
 	return items, more, nil
+}
+
+// page is a listing's parsed sort and size (ListOpts).
+type page struct {
+	key   string
+	desc  bool
+	limit int
+}
+
+func parsePage(opts ListOpts) (page, error) {
+	pg := page{key: strings.ToLower(opts.SortKey), desc: true, limit: opts.Limit}
+	if pg.key == "" {
+		pg.key = "created_at"
+	}
+	if !slices.Contains(sortKeys, pg.key) {
+		return pg, fmt.Errorf("%w: unknown sort key %q (want one of %s)", ErrInvalidSort, opts.SortKey, strings.Join(sortKeys, ", "))
+	}
+	switch strings.ToLower(opts.SortDir) {
+	case "", "desc":
+	case "asc":
+		pg.desc = false
+	default:
+		return pg, fmt.Errorf("%w: unknown sort direction %q (want asc or desc)", ErrInvalidSort, opts.SortDir)
+	}
+	switch {
+	case pg.limit < 0:
+		return pg, fmt.Errorf("%w: negative limit %d", ErrInvalidArgument, pg.limit)
+	case pg.limit == 0:
+		pg.limit = DefaultListLimit
+	case pg.limit > MaxListLimit:
+		pg.limit = MaxListLimit
+	}
+	return pg, nil
+}
+
+// after keeps the rows that follow the marker row (its sort value v and id)
+// in the page's order.
+func (pg page) after(q *gorm.DB, v any, id string) *gorm.DB {
+	col, idCol := clause.Column{Name: pg.key}, clause.Column{Name: "id"}
+	op := ">"
+	if pg.desc {
+		op = "<"
+	}
+	if pg.key == "id" {
+		return q.Where(gorm.Expr("? "+op+" ?", idCol, id))
+	}
+	return q.Where(gorm.Expr("(? "+op+" ?) OR (? = ? AND ? "+op+" ?)", col, v, col, v, idCol, id))
+}
+
+// order sorts by the page's key, ties broken by id in the same direction.
+func (pg page) order(q *gorm.DB) *gorm.DB {
+	q = q.Order(clause.OrderByColumn{Column: clause.Column{Name: pg.key}, Desc: pg.desc})
+	if pg.key != "id" {
+		q = q.Order(clause.OrderByColumn{Column: clause.Column{Name: "id"}, Desc: pg.desc})
+	}
+	return q
 }
 
 func sortValue(t *Transfer, key string) any {
@@ -478,6 +505,10 @@ type TransitionOpts struct {
 	// (new status and epoch); it is written in the same transaction, so
 	// that a retry or a cancel and its message are never separated.
 	Outbox func(*Transfer) (*OutboxMessage, error)
+	// Cycle is what a replication cycle's completion adds to its
+	// replication (the point's time, the points the finish removed); see
+	// TransitionTransfer. Ignored for other transfers and transitions.
+	Cycle *CycleOutcome
 }
 
 // TransitionTransfer moves transfer id to status to, if the state machine
@@ -493,6 +524,16 @@ type TransitionOpts struct {
 // and on a retry (error → queued) the attempt is bumped and error,
 // started_at and finished_at are cleared. The event's kind is error, retry,
 // requeue or status (see EventKind).
+//
+// A replication cycle (replication_id set) reaching completed, error or
+// cancelled updates its replication in the same transaction, once (a
+// repeated transition is refused): completed inserts the point (named
+// dest_snapshot, created at opts.Cycle.SnapshotAt, else started_at), deletes
+// the points named in opts.Cycle.Removed, and updates last_sync_at (the
+// newest point's time), bytes_last_cycle, bytes_replicated,
+// cycles_completed and points_count, clears last_error, and records the
+// event cycle_completed; error and cancelled count cycles_failed, set
+// last_error and record cycle_failed.
 func (d *DB) TransitionTransfer(ctx context.Context, id string, to Status, opts TransitionOpts) (*Transfer, error) {
 	if !to.Valid() {
 		return nil, fmt.Errorf("db: transition transfer %s: %w: unknown status %q", id, ErrInvalidArgument, to)
@@ -575,6 +616,9 @@ func (d *DB) TransitionTransfer(ctx context.Context, id string, to Status, opts 
 			return fmt.Errorf("insert event: %w", translate(err))
 		}
 		if err := tx.Where("id = ?", id).Take(&out).Error; err != nil {
+			return err
+		}
+		if err := d.applyCycleOutcome(tx, now, &out, to, opts.Cycle); err != nil {
 			return err
 		}
 		if opts.Outbox != nil {

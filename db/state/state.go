@@ -1,9 +1,11 @@
-// Package state is the transfer state machine: the statuses, the legal
-// transitions and what each status means (terminal, active, cancellable,
-// retryable). It is the one place of these rules: the store enforces them
-// (package db re-exports them), the dispatcher walks them, and the CLI and
-// the dashboard read them. It imports the standard library only, so that
-// clients can use it without the database drivers.
+// Package state holds Ferry's state machines: the transfer one (state.go:
+// the statuses, the legal transitions and what each status means:
+// terminal, active, cancellable, retryable), and the replication and DR
+// drill ones (replication.go). It is the one place of these rules: the
+// store enforces them (package db re-exports them), the dispatcher and the
+// replication scheduler walk them, and the CLI and the dashboard read them.
+// It imports the standard library only, so that clients can use it without
+// the database drivers.
 package state
 
 import (

@@ -131,6 +131,9 @@ command_signing_key_file = $F_PKI/signing.key
 cleanup_grace = 20
 # The tests run many transfers of the admin project at once.
 quota_transfers = 100
+# Replications of a few seconds' interval (the e2e test's), scheduled every second.
+replication_tick = 1
+replication_min_interval = 2
 agent_users = $(for r in "${REGIONS[@]}"; do printf '%s%s:%s' "${sep:-}" "$r" "$(ferry_agent_broker_user "$r")"; sep=,; done)
 $(ferry_cinder_conf)
 EOF

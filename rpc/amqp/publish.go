@@ -300,3 +300,26 @@ func (t *Transport) dispatchReplies(deliveries <-chan amqp.Delivery) {
 
 // newID returns 128 random bits as 26 base32 characters.
 func newID() string { return rand.Text() }
+
+// PublishRaw publishes body as it is (an OpenStack notification, which has
+// its own envelope) to target on the exchange, persistent, and returns once
+// the broker confirmed it.
+func (t *Transport) PublishRaw(ctx context.Context, target rpc.Target, body []byte) error {
+	if err := t.begin(); err != nil {
+		return err
+	}
+	defer t.ops.done()
+	msg := amqp.Publishing{
+		ContentType:  "application/json",
+		DeliveryMode: amqp.Persistent,
+		MessageId:    newID(),
+		Timestamp:    time.Now(),
+		AppId:        t.opts.Name,
+		UserId:       t.user,
+		Body:         body,
+	}
+	if err := t.publish(ctx, t.opts.Exchange, string(target), true, msg); err != nil {
+		return fmt.Errorf("rpc publish to %s: %w", target, err)
+	}
+	return nil
+}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ferry-project/ferry/db"
 	"github.com/ferry-project/ferry/services/api/cinder"
+	"github.com/ferry-project/ferry/services/api/dispatch"
 )
 
 // Registrar registers copied images with Cinder (cinder.Service).
@@ -42,6 +43,9 @@ type Finalizer struct {
 	// lease outlives its last renewal (default 3 × Interval).
 	Owner    string
 	LeaseTTL time.Duration
+	// EndNotify builds the transfer.end notification of the transfers it
+	// ends (may be nil).
+	EndNotify dispatch.EndNotifier
 
 	once    sync.Once
 	kick    chan struct{}
@@ -145,13 +149,15 @@ func (f *Finalizer) finalize(ctx context.Context, t *db.Transfer) {
 	done := func(to db.Status, msg, errMsg string, fields db.TransferFields) {
 		_, err := f.DB.TransitionTransfer(context.WithoutCancel(ctx), t.ID, to, db.TransitionOpts{
 			Message: msg, Error: errMsg, ExpectFrom: []db.Status{db.StatusFinalizing}, ExpectEpoch: t.Epoch, Fields: fields,
+			Outbox: f.EndNotify.For(to),
 		})
 		if err != nil {
 			log.Warn("ending a finalization", "status", to, "error", err)
 		}
 	}
 	switch {
-	case t.SourceVolumeID == "" && t.SourceBackupID == "":
+	case t.SourceVolumeID == "" && t.SourceBackupID == "", t.ReplicationID != "":
+		// A replication cycle's copy is the replica's point: Ferry's.
 		done(db.StatusCompleted, "nothing to register", "", db.TransferFields{})
 		return
 	case f.Cinder == nil:

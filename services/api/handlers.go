@@ -16,6 +16,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/ferry-project/ferry/db"
+	"github.com/ferry-project/ferry/services/api/dispatch"
 )
 
 // Caller is who makes a request, as the authentication middleware found
@@ -51,6 +52,12 @@ type Hooks struct {
 	CleanupMessages func(t *db.Transfer) ([]*db.OutboxMessage, error)
 	// Kick wakes the outbox publisher after a write.
 	Kick func()
+	// EndMessage builds the transfer.end notification of a transfer the
+	// API ends (a cancel of a queued one); nil: none.
+	EndMessage dispatch.EndNotifier
+	// KickScheduler wakes the replication scheduler (a new replication,
+	// a sync, a resume); KickDrills the drill runner. nil: none runs.
+	KickScheduler, KickDrills func()
 	// Cinder resolves volume sources; nil: they are not configured (501).
 	Cinder CinderSources
 }
@@ -67,6 +74,15 @@ func (s *Server) routes(r *gin.Engine) {
 	v1.GET("/transfers/:id/events", s.transferEvents)
 	v1.POST("/transfers/:id/action", s.transferAction)
 	v1.DELETE("/transfers/:id", s.deleteTransfer)
+	v1.POST("/replications", s.createReplication)
+	v1.GET("/replications", s.listReplications)
+	v1.GET("/replications/:id", s.showReplication)
+	v1.PUT("/replications/:id", s.updateReplication)
+	v1.DELETE("/replications/:id", s.deleteReplication)
+	v1.GET("/replications/:id/points", s.replicationPoints)
+	v1.GET("/replications/:id/events", s.replicationEvents)
+	v1.GET("/replications/:id/drills", s.replicationDrills)
+	v1.POST("/replications/:id/action", s.replicationAction)
 	v1.GET("/services", s.listServices)
 	// /metrics is for admins here; [api] metrics_listen serves it on an
 	// address of its own instead (and not here).
@@ -278,6 +294,14 @@ func (s *Server) listTransfers(c *gin.Context) {
 			*f.into = v
 		}
 	}
+	if v := c.Query("replication_id"); v != "" {
+		id, ok := CanonicalUUID(v)
+		if !ok {
+			writeError(c, http.StatusBadRequest, fmt.Sprintf("replication_id=%q is not a UUID.", truncate(v, 64)))
+			return
+		}
+		opts.ReplicationID = id
+	}
 	if opts.Marker != "" {
 		id, ok := CanonicalUUID(opts.Marker)
 		if !ok {
@@ -363,6 +387,11 @@ func (s *Server) transferAction(c *gin.Context) {
 	if !ok {
 		return
 	}
+	if action == "retry" && t.ReplicationID != "" {
+		writeError(c, http.StatusConflict, fmt.Sprintf("Transfer %s is a cycle of replication %s: a failed cycle is not retried, the next cycle replaces it (POST /v1/replications/%s/action {\"sync\": null} runs one now).",
+			t.ID, t.ReplicationID, t.ReplicationID))
+		return
+	}
 	rid := requestIDOf(c)
 	ctx := c.Request.Context()
 	var err error
@@ -377,7 +406,8 @@ func (s *Server) transferAction(c *gin.Context) {
 			// reach an agent: its "accepted" report for a cancelled
 			// transfer must be answered with a cancel (dispatcher).
 			_, err = s.db.TransitionTransfer(ctx, t.ID, db.StatusCancelled, db.TransitionOpts{
-				ExpectFrom: []db.Status{db.StatusQueued}, RequestID: rid, Message: "cancelled by " + caller.UserID})
+				ExpectFrom: []db.Status{db.StatusQueued}, RequestID: rid, Message: "cancelled by " + caller.UserID,
+				Outbox: s.hooks.EndMessage.For(db.StatusCancelled)})
 			break
 		}
 		_, err = s.db.TransitionTransfer(ctx, t.ID, db.StatusCancelling, db.TransitionOpts{

@@ -43,11 +43,12 @@ func fakeHooks(kicks *atomic.Int32) Hooks {
 			member := slices.Contains(c.Roles, "member") || admin
 			own := target["project_id"] == c.ProjectID
 			switch rule {
-			case "transfer:create:image_source", "transfer:get_all_projects", "service:get_all":
+			case "transfer:create:image_source", "transfer:get_all_projects", "service:get_all",
+				"replication:create:image_source", "replication:get_all_projects":
 				return admin
-			case "transfer:get", "transfer:get_all", "transfer:events":
+			case "transfer:get", "transfer:get_all", "transfer:events", "replication:get", "replication:get_all":
 				return admin || own
-			case "transfer:create": // the default policy: a member of the token's project
+			case "transfer:create", "replication:create": // the default policy: a member of the token's project
 				return member
 			default:
 				return admin || member && own

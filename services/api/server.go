@@ -32,7 +32,7 @@ import (
 // Microversions served by /v1 (OpenStack-API-Version: volume-ferry 1.x).
 const (
 	MinMicroversion = "1.0"
-	MaxMicroversion = "1.0"
+	MaxMicroversion = "1.1"
 )
 
 // Server holds ferry-api's dependencies.
@@ -214,7 +214,7 @@ func (s *Server) versions(c *gin.Context) {
 		"status":      "CURRENT",
 		"version":     MaxMicroversion,
 		"min_version": MinMicroversion,
-		"updated":     "2026-11-25T00:00:00Z",
+		"updated":     "2026-12-03T00:00:00Z",
 		"links":       []gin.H{{"rel": "self", "href": base + "/v1/"}},
 		"media-types": []gin.H{{"base": "application/json", "type": "application/vnd.openstack.volume-ferry+json;version=1"}},
 	}}})

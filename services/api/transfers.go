@@ -37,6 +37,9 @@ type TransferView struct {
 	UpdatedAt          string       `json:"updated_at"`
 	StartedAt          *string      `json:"started_at"`
 	FinishedAt         *string      `json:"finished_at"`
+	// ReplicationID is the replication this transfer is a cycle of
+	// (null for an ordinary transfer). Since 1.1.
+	ReplicationID *string `json:"replication_id"`
 }
 
 // LocationView is a transfer's source or destination.
@@ -80,6 +83,7 @@ func ViewOf(t *db.Transfer) TransferView {
 		RateBytesPerSecond: t.RateBytesPerSecond, Digest: strPtr(t.Digest), Error: t.Error,
 		CreatedAt: isoTime(t.CreatedAt), UpdatedAt: isoTime(t.UpdatedAt),
 		StartedAt: isoTimePtr(t.StartedAt), FinishedAt: isoTimePtr(t.FinishedAt),
+		ReplicationID: strPtr(t.ReplicationID),
 	}
 	if eta, ok := t.ETASeconds(); ok {
 		v.ETASeconds = &eta

@@ -114,7 +114,7 @@ func TestTransferViewFields(t *testing.T) {
 	}
 	sort.Strings(keys)
 	want := []string{"bytes_total", "bytes_transferred", "created_at", "description", "destination", "digest", "error", "eta_seconds",
-		"finished_at", "id", "mode", "name", "progress", "project_id", "rate_bytes_per_second", "source", "started_at", "status", "updated_at", "user_id"}
+		"finished_at", "id", "mode", "name", "progress", "project_id", "rate_bytes_per_second", "replication_id", "source", "started_at", "status", "updated_at", "user_id"}
 	if !reflect.DeepEqual(keys, want) {
 		t.Errorf("fields %v\nwant   %v", keys, want)
 	}
@@ -124,7 +124,7 @@ func TestTransferViewFields(t *testing.T) {
 			t.Errorf("source lacks %q", k)
 		}
 	}
-	if m["progress"].(float64) != 25 || m["eta_seconds"].(float64) != 15 || m["created_at"] != "2026-11-25T10:00:00.000000Z" || m["finished_at"] != nil || m["error"] != "boom" || src["volume_id"] != nil {
+	if m["progress"].(float64) != 25 || m["eta_seconds"].(float64) != 15 || m["created_at"] != "2026-11-25T10:00:00.000000Z" || m["finished_at"] != nil || m["error"] != "boom" || src["volume_id"] != nil || m["replication_id"] != nil {
 		t.Errorf("values %s", b)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/ferry-project/ferry/rpc"
 	"github.com/ferry-project/ferry/services/api/auth"
 	"github.com/ferry-project/ferry/services/api/dispatch"
+	"github.com/ferry-project/ferry/services/api/replicate"
 	"github.com/ferry-project/ferry/services/internal/config"
 )
 
@@ -98,12 +99,20 @@ func (s *Server) wire(w Wiring) []loop {
 	if d, ok := w.Bus.(dispatch.QueueDeclarer); ok {
 		pub.Declarer = d
 	}
+	// OpenStack notifications (transfer.end, replication.rpo_*),
+	// published as they are: OpenStack's envelope, not Ferry's.
+	notifier := &replicate.Notifier{Host: cfg.Hostname()}
+	if raw, ok := w.Bus.(rpc.RawPublisher); ok {
+		pub.Raw = raw
+	}
+	endNotify := dispatch.EndNotifier(notifier.TransferEnded)
 	redis := &dispatch.Redispatcher{DB: s.db, DownAfter: time.Duration(cfg.API.AgentDownTime) * time.Second, Publish: pub.Kick, Log: log,
+		EndNotify: endNotify,
 		// A transfer whose agent is gone may have completed: the
 		// destination's agents are asked (signed) before it is re-run.
 		Prober: dispatch.RPCProber{Caller: rpc.SigningCaller{Caller: w.Bus, Signer: w.Signer}}}
 	jan := &dispatch.Janitor{DB: s.db, Grace: time.Duration(cfg.API.CleanupGrace) * time.Second, Publish: pub.Kick, Log: log}
-	fin := &Finalizer{DB: s.db, Log: log, Owner: pub.Owner}
+	fin := &Finalizer{DB: s.db, Log: log, Owner: pub.Owner, EndNotify: endNotify}
 	if w.Cinder != nil {
 		fin.Cinder = w.Cinder
 	}
@@ -112,7 +121,25 @@ func (s *Server) wire(w Wiring) []loop {
 		statusQueue = string(rpc.StatusTarget)
 	}
 	status := dispatch.StatusHandler(s.db, log, dispatch.WithCanceller(signed), dispatch.WithFinalizer(fin.Kick),
-		dispatch.WithAgentUsers(cfg.API.AgentUsers), dispatch.WithHeartbeatKick(redis.Kick))
+		dispatch.WithAgentUsers(cfg.API.AgentUsers), dispatch.WithHeartbeatKick(redis.Kick), dispatch.WithEndNotifier(endNotify))
+	// Continuous replication: the scheduler, the drills and the metrics.
+	sched := &replicate.Scheduler{DB: s.db, Notifier: notifier, Tick: secondsDur(cfg.API.ReplicationTick),
+		CycleRetention: time.Duration(cfg.API.CycleRetention) * time.Hour, Owner: pub.Owner, Publish: pub.Kick, Log: log}
+	drills := &replicate.DrillRunner{DB: s.db, Caller: rpc.SigningCaller{Caller: w.Bus, Signer: w.Signer},
+		Flatten: cfg.API.DrillFlatten, Owner: pub.Owner, Log: log}
+	if w.Cinder != nil {
+		drills.Cinder = w.Cinder
+		if vc, ok := w.Cinder.(replicate.VolumeChecker); ok {
+			sched.Volumes = vc
+		}
+	}
+	if s.metrics == nil {
+		s.metrics = newMetrics()
+	}
+	// Once per registry (a server wired again keeps its collector).
+	if err := s.metrics.reg.Register(&replicate.Collector{DB: s.db, Log: log}); err != nil {
+		log.Debug("replication metrics already registered", "error", err)
+	}
 	loops := []loop{
 		{"outbox publisher", pub.Run},
 		{"re-dispatcher", redis.Run},
@@ -121,6 +148,8 @@ func (s *Server) wire(w Wiring) []loop {
 		{"status consumer", func(ctx context.Context) error {
 			return w.Bus.Consume(ctx, statusQueue, []string{string(rpc.StatusTarget)}, status)
 		}},
+		{"replication scheduler", sched.Run},
+		{"drill runner", drills.Run},
 	}
 	s.hooks = Hooks{
 		Authenticate: auth.Middleware(auth.NewCache(w.Validator, auth.CacheOptionsFrom(cfg.KeystoneAuthtoken)),
@@ -144,6 +173,9 @@ func (s *Server) wire(w Wiring) []loop {
 		},
 		CleanupMessages: dispatch.CleanupMessages,
 		Kick:            pub.Kick,
+		EndMessage:      endNotify,
+		KickScheduler:   sched.Kick,
+		KickDrills:      drills.Kick,
 	}
 	if w.Cinder != nil {
 		s.hooks.Cinder = w.Cinder

@@ -35,6 +35,15 @@ type Rule struct {
 //	transfer:cancel:              rule:admin_or_member
 //	transfer:retry:               rule:admin_or_member
 //	transfer:delete:              rule:admin_or_member
+//	replication:create:           rule:admin_or_member
+//	replication:create:image_source: rule:admin_required
+//	replication:get:              rule:admin_or_reader
+//	replication:get_all:          rule:admin_or_reader
+//	replication:get_all_projects: rule:admin_required
+//	replication:update:           rule:admin_or_member
+//	replication:delete:           rule:admin_or_member
+//	replication:action:           rule:admin_or_member
+//	replication:drill:            rule:admin_or_member
 //	service:get_all:              rule:admin_required
 //	metrics:get:                  rule:admin_required
 //
@@ -56,6 +65,15 @@ func DefaultRules() []Rule {
 		{"transfer:cancel", "rule:admin_or_member", "POST /v1/transfers/{id}/action {\"cancel\": null}."},
 		{"transfer:retry", "rule:admin_or_member", "POST /v1/transfers/{id}/action {\"retry\": null}."},
 		{"transfer:delete", "rule:admin_or_member", "DELETE /v1/transfers/{id}: delete a transfer in a terminal state."},
+		{"replication:create", "rule:admin_or_member", "POST /v1/replications: protect a volume continuously in another region."},
+		{"replication:create:image_source", "rule:admin_required", "POST /v1/replications with a raw pool and image as the source (instead of a Cinder volume)."},
+		{"replication:get", "rule:admin_or_reader", "GET /v1/replications/{id}: show a replication, its points, events and drills."},
+		{"replication:get_all", "rule:admin_or_reader", "GET /v1/replications: list the project's replications."},
+		{"replication:get_all_projects", "rule:admin_required", "GET /v1/replications?all_projects=true: list the replications of every project."},
+		{"replication:update", "rule:admin_or_member", "PUT /v1/replications/{id}: change a replication's interval, RPO, retention, bandwidth limit, name or description."},
+		{"replication:delete", "rule:admin_or_member", "DELETE /v1/replications/{id}: stop a replication and remove Ferry's snapshots and (unless keep_replica) the replica."},
+		{"replication:action", "rule:admin_or_member", "POST /v1/replications/{id}/action {\"sync\": null}, {\"pause\": null} or {\"resume\": null}."},
+		{"replication:drill", "rule:admin_or_member", "POST /v1/replications/{id}/action {\"drill\": {...}}: clone a point into a new Cinder volume of the project in the destination region."},
 		{"service:get_all", "rule:admin_required", "GET /v1/services: list Ferry's services and agents."},
 		{"metrics:get", "rule:admin_required", "GET /metrics on the API port: Prometheus metrics (unless [api] metrics_listen serves them on an address of their own)."},
 	}

@@ -681,3 +681,30 @@ func (s *Service) ownerRoleID(ctx context.Context, idc *gophercloud.ServiceClien
 	s.mu.Unlock()
 	return rs[0].ID, nil
 }
+
+// VolumeExists tells whether volume id exists in region, asked as Ferry's
+// service user (admin in the service project: Cinder shows it every
+// project's volumes). A deleted volume is (false, nil); a volume being
+// deleted, or whose deletion failed, still exists.
+func (s *Service) VolumeExists(ctx context.Context, region, id string) (bool, error) {
+	ref, err := pathID("volume", id)
+	if err != nil {
+		return false, err
+	}
+	p, err := s.service(ctx)
+	if err != nil {
+		return false, err
+	}
+	url, err := s.endpoint(ctx, region)
+	if err != nil {
+		return false, err
+	}
+	_, err = volumes.Get(ctx, volumeClient(p, url), ref).Extract()
+	switch {
+	case err == nil:
+		return true, nil
+	case gophercloud.ResponseCodeIs(err, http.StatusNotFound):
+		return false, nil
+	}
+	return false, fmt.Errorf("cinder in %s: volume %s: %w", region, id, err)
+}

@@ -111,10 +111,58 @@ func NewStartMessageWithRequestID(t *db.Transfer, requestID string) (*db.OutboxM
 		},
 		Epoch: epoch,
 		// A Cinder volume's copy becomes a new Cinder volume: no base
-		// snapshot is kept for a next incremental on either side.
-		Ephemeral: t.SourceVolumeID != "",
+		// snapshot is kept for a next incremental on either side. A
+		// replication cycle of a volume keeps its bases: the next cycle
+		// is an incremental.
+		Ephemeral: t.SourceVolumeID != "" && t.ReplicationID == "",
+	}
+	if t.ReplicationID != "" {
+		spec, err := ParseCycleSpec(t.CinderSpec)
+		if err != nil {
+			// Without its retention the destination would keep only the
+			// new snapshot: better no start than lost points.
+			return nil, fmt.Errorf("dispatch: start message of cycle %s: %w", t.ID, err)
+		}
+		body.ReplicationID, body.Retain, body.BandwidthLimit = t.ReplicationID, spec.Retain, spec.BandwidthLimit
 	}
 	return NewOutboxMessage(requestID, rpc.AgentTarget(t.SourceRegion), rpc.MethodTransferStart, body)
+}
+
+// CycleSpec is what a replication cycle's start carries beyond the
+// transfer's columns: the destination points to keep and the bandwidth
+// limit, as the scheduler chose them when it started the cycle. It is kept
+// as JSON in the cycle's cinder_spec (a cycle registers nothing with
+// Cinder), so that a re-dispatched start carries the same ones.
+type CycleSpec struct {
+	Kind           string   `json:"kind"` // "replication_cycle"
+	Retain         []string `json:"retain"`
+	BandwidthLimit int64    `json:"bandwidth_limit,omitempty"`
+}
+
+// CycleSpecKind is CycleSpec.Kind.
+const CycleSpecKind = "replication_cycle"
+
+// Marshal returns the spec as the JSON kept in the cycle transfer.
+func (c CycleSpec) Marshal() *string {
+	c.Kind = CycleSpecKind
+	if c.Retain == nil {
+		c.Retain = []string{}
+	}
+	b, _ := json.Marshal(c)
+	s := string(b)
+	return &s
+}
+
+// ParseCycleSpec reads a cycle transfer's cinder_spec.
+func ParseCycleSpec(s *string) (CycleSpec, error) {
+	var c CycleSpec
+	if s == nil {
+		return c, errors.New("no cycle spec (retention) recorded")
+	}
+	if err := json.Unmarshal([]byte(*s), &c); err != nil || c.Kind != CycleSpecKind {
+		return c, fmt.Errorf("cinder_spec is not a replication cycle spec: %q", *s)
+	}
+	return c, nil
 }
 
 // decodeOutbox returns the target, method, request id and body of a row.

@@ -3,6 +3,7 @@ package dispatch
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/ferry-project/ferry/db"
 	"github.com/ferry-project/ferry/rpc"
@@ -26,6 +27,10 @@ type DestinationState struct {
 	Digest    string
 	Mode      string
 	BytesDone uint64
+	// Removed and SnapshotTime: what a replication cycle's finish removed
+	// and when its source snapshot was taken (agents since 1.3).
+	Removed      []string
+	SnapshotTime *time.Time
 }
 
 // RPCProber asks the destination region's agents with transfer.query (a
@@ -57,5 +62,6 @@ func (p RPCProber) Probe(ctx context.Context, t *db.Transfer) (DestinationState,
 	if err != nil {
 		return DestinationState{}, err
 	}
-	return DestinationState{Complete: rep.Complete, Snapshot: rep.Snapshot, Digest: rep.Digest, Mode: rep.Mode, BytesDone: rep.BytesDone}, nil
+	return DestinationState{Complete: rep.Complete, Snapshot: rep.Snapshot, Digest: rep.Digest, Mode: rep.Mode, BytesDone: rep.BytesDone,
+		Removed: rep.Removed, SnapshotTime: rep.SnapshotTime}, nil
 }

@@ -58,6 +58,10 @@ type Publisher struct {
 	// of that region has started yet) and the cast is tried once more, so
 	// the message waits in the queue instead of in the outbox.
 	Declarer QueueDeclarer
+	// Raw publishes the notification rows (rpc.MethodNotification) as
+	// they are, without Ferry's envelope (the amqp Transport); without
+	// it they are cast like any message.
+	Raw rpc.RawPublisher
 	// Retention is how long published rows are kept (for an operator
 	// looking at what went out); older ones are deleted every PurgeEvery
 	// (default 10 min). 0 keeps them forever.
@@ -258,14 +262,20 @@ func (p *Publisher) publishOne(ctx context.Context, m *db.OutboxMessage, leaseEn
 	if len(sm.Body) > 0 {
 		body = sm.Body
 	}
-	err = p.Caster.Cast(cctx, target, sm.Method, body)
+	send := func() error { return p.Caster.Cast(cctx, target, sm.Method, body) }
+	if sm.Method == rpc.MethodNotification && p.Raw != nil {
+		send = func() error { return p.Raw.PublishRaw(cctx, target, sm.Body) }
+	}
+	err = send()
 	if errors.Is(err, rpc.ErrUnroutable) && p.Declarer != nil {
+		// A notification nobody consumes yet waits in its queue, as
+		// oslo.messaging's notifier declares it.
 		q := string(target)
 		if derr := p.Declarer.DeclareQueue(cctx, q, []string{q}); derr != nil {
 			err = errors.Join(err, derr)
 		} else {
 			p.log().Info("declared the queue of an unroutable target", "target", target, "outbox_id", m.ID)
-			err = p.Caster.Cast(cctx, target, sm.Method, body)
+			err = send()
 		}
 	}
 	cancel()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -633,13 +634,15 @@ func (f *fakeCaller) Call(_ context.Context, target rpc.Target, method string, b
 // maps the reply; a transfer without a destination image is not asked.
 func TestRPCProber(t *testing.T) {
 	tr := &db.Transfer{ID: "t1", Epoch: 3, DestRegion: "RegionTwo", DestPool: "volumes", DestImage: "img"}
-	c := &fakeCaller{reply: rpc.TransferQueryReply{Complete: true, Exists: true, Snapshot: "ferry-t1", Digest: "d", Mode: "full", BytesDone: 9}}
+	at := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	c := &fakeCaller{reply: rpc.TransferQueryReply{Complete: true, Exists: true, Snapshot: "ferry-t1", Digest: "d", Mode: "full", BytesDone: 9,
+		Removed: []string{"ferry-t0"}, SnapshotTime: &at}}
 	st, err := RPCProber{Caller: c}.Probe(testCtx(t), tr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := DestinationState{Complete: true, Snapshot: "ferry-t1", Digest: "d", Mode: "full", BytesDone: 9}
-	if st != want || c.target != rpc.AgentTarget("RegionTwo") || c.method != rpc.MethodTransferQuery {
+	want := DestinationState{Complete: true, Snapshot: "ferry-t1", Digest: "d", Mode: "full", BytesDone: 9, Removed: []string{"ferry-t0"}, SnapshotTime: &at}
+	if !reflect.DeepEqual(st, want) || c.target != rpc.AgentTarget("RegionTwo") || c.method != rpc.MethodTransferQuery {
 		t.Errorf("state %+v to %s %s", st, c.target, c.method)
 	}
 	if q := c.body.(rpc.TransferQuery); q != (rpc.TransferQuery{TransferID: "t1", Epoch: 3, Pool: "volumes", Image: "img"}) {
@@ -651,5 +654,60 @@ func TestRPCProber(t *testing.T) {
 	}
 	if _, err := (RPCProber{Caller: c}).Probe(testCtx(t), &db.Transfer{ID: "t2", DestRegion: "RegionTwo"}); err == nil {
 		t.Error("probed a transfer without a destination image")
+	}
+}
+
+// A replication cycle whose agent is gone and whose completion the
+// destination holds completes (never via the finalizer, though it names a
+// volume) with the point's source time and the points its finish removed,
+// as the lost report would have; its end is announced once.
+func TestDestinationProbeCompletesACycle(t *testing.T) {
+	e := newLiveEnv(t)
+	var ended []string
+	e.r.EndNotify = func(tr *db.Transfer) (*db.OutboxMessage, error) {
+		ended = append(ended, string(tr.Status))
+		return nil, nil
+	}
+	e.r.Finalize = func() { t.Error("the finalizer was kicked for a cycle") }
+	e.beat("agent-a", "RegionOne", "b1", 1)
+	r := &db.Replication{ProjectID: "p1", SourceRegion: "RegionOne", SourcePool: "volumes", SourceImage: "volume-v1", SourceVolumeID: "v1",
+		DestRegion: "RegionTwo", DestPool: "volumes", IntervalSeconds: 60, RPOSeconds: 600, KeepLast: 1}
+	if err := e.d.CreateReplication(e.ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	spec := CycleSpec{Retain: []string{}}.Marshal()
+	now := e.d.Now()
+	tr := &db.Transfer{ProjectID: "p1", Mode: db.ModeAuto, SourceRegion: "RegionOne", SourcePool: "volumes", SourceImage: "volume-v1",
+		SourceVolumeID: "v1", DestRegion: "RegionTwo", DestPool: "volumes", DestImage: r.DestImage, CinderSpec: spec}
+	st, _, err := e.d.StartCycle(e.ctx, r.ID, now, now.Add(time.Minute), tr, func(t *db.Transfer) (*db.OutboxMessage, error) { return NewStartMessage(t) })
+	if err != nil || st == nil {
+		t.Fatalf("start cycle: %v %v", st, err)
+	}
+	for j, s := range []db.Status{db.StatusAccepted, db.StatusPreparing, db.StatusTransferring} {
+		opts := db.TransitionOpts{}
+		if j == 0 {
+			h := "agent-a"
+			opts.Fields.Agent = &h
+		}
+		if _, err := e.d.TransitionTransfer(e.ctx, st.ID, s, opts); err != nil {
+			t.Fatal(err)
+		}
+	}
+	snapAt := now.Add(-3 * time.Second)
+	e.r.Prober = &fakeProber{state: DestinationState{Complete: true, Snapshot: "ferry-" + st.ID, Digest: "blake3-sha256:ab", Mode: "full",
+		BytesDone: 4096, SnapshotTime: &snapAt}}
+	e.clk.Add(time.Minute) // agent-a is down
+	if n := e.sweep(); n != 1 {
+		t.Fatalf("sweep moved %d", n)
+	}
+	if got := get(t, e.d, st.ID); got.Status != db.StatusCompleted {
+		t.Fatalf("cycle %s after the probe", got.Status)
+	}
+	ps, err := e.d.ListPoints(e.ctx, r.ID)
+	if err != nil || len(ps) != 1 || ps[0].Name != "ferry-"+st.ID || !ps[0].CreatedAt.Equal(snapAt) {
+		t.Errorf("points %+v %v, want one taken at %s", ps, err, snapAt)
+	}
+	if len(ended) != 1 || ended[0] != "completed" {
+		t.Errorf("transfer.end built for %v", ended)
 	}
 }

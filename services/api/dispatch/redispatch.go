@@ -75,7 +75,10 @@ type Redispatcher struct {
 	Finalize func()
 	// Publish wakes the outbox publisher (may be nil).
 	Publish func()
-	Log     *slog.Logger
+	// EndNotify builds the transfer.end notification of the transfers it
+	// ends (may be nil).
+	EndNotify EndNotifier
+	Log       *slog.Logger
 
 	once sync.Once
 	kick chan struct{}
@@ -314,9 +317,9 @@ func (r *Redispatcher) orphaned(ctx context.Context, t *db.Transfer, why string)
 		// The new start goes in the same transaction as the move.
 		opts.Outbox = func(nt *db.Transfer) (*db.OutboxMessage, error) { return NewStartMessage(nt) }
 	case db.StatusCancelled:
-		opts.Message = why + ": cancelled"
+		opts.Message, opts.Outbox = why+": cancelled", r.EndNotify.For(to)
 	default:
-		opts.Message, opts.Error = why, why
+		opts.Message, opts.Error, opts.Outbox = why, why, r.EndNotify.For(to)
 	}
 	nt, err := r.DB.TransitionTransfer(ctx, t.ID, to, opts)
 	if errors.Is(err, db.ErrStaleEpoch) || errors.Is(err, db.ErrInvalidTransition) || errors.Is(err, db.ErrConflict) {
@@ -432,7 +435,7 @@ func (r *Redispatcher) republish(ctx context.Context, t *db.Transfer, region str
 	if n >= maxRepublish {
 		msg := fmt.Sprintf("%s, after %d re-published starts: its start is lost or refused (see the agents' logs and the dead-letter queue)", why, n)
 		nt, err = r.DB.TransitionTransfer(ctx, t.ID, db.StatusError, db.TransitionOpts{
-			ExpectFrom: []db.Status{db.StatusQueued}, ExpectEpoch: t.Epoch, Message: msg, Error: msg})
+			ExpectFrom: []db.Status{db.StatusQueued}, ExpectEpoch: t.Epoch, Message: msg, Error: msg, Outbox: r.EndNotify.For(db.StatusError)})
 	} else {
 		nt, err = r.DB.RepublishStart(ctx, t.ID, t.Epoch, fmt.Sprintf("%s: start re-published (%d of %d)", why, n+1, maxRepublish),
 			func(nt *db.Transfer) (*db.OutboxMessage, error) { return NewStartMessage(nt) })
@@ -485,9 +488,10 @@ func (r *Redispatcher) completeFromDestination(ctx context.Context, t *db.Transf
 	if err := r.DB.RecordEvent(ctx, t.ID, db.EventNote, note, ""); err != nil {
 		return false, err
 	}
-	h := &statusHandler{db: r.DB, log: log, finalize: r.Finalize}
+	h := &statusHandler{db: r.DB, log: log, finalize: r.Finalize, end: r.EndNotify}
 	ev := &rpc.StatusEvent{TransferID: t.ID, Event: rpc.EventCompleted, Epoch: t.Epoch, Region: t.DestRegion,
-		BytesDone: st.BytesDone, BytesTotal: st.BytesDone, Digest: st.Digest, Mode: st.Mode, Snapshot: st.Snapshot}
+		BytesDone: st.BytesDone, BytesTotal: st.BytesDone, Digest: st.Digest, Mode: st.Mode, Snapshot: st.Snapshot,
+		Removed: st.Removed, SnapshotTime: st.SnapshotTime}
 	for range statusAttempts {
 		cur, err := r.DB.GetTransfer(ctx, t.ID, db.AllProjectsScope())
 		if err != nil {

@@ -57,6 +57,8 @@ type statusHandler struct {
 	// agent_users): a report or heartbeat about a region must come from
 	// its user. A region absent from it is not checked.
 	users map[string]string
+	// end builds the transfer.end notification (nil: none).
+	end EndNotifier
 }
 
 // WithAgentUsers makes the handler accept a region's reports and
@@ -102,6 +104,26 @@ func (h *statusHandler) authorize(ctx context.Context, ev *rpc.StatusEvent, t *d
 // StatusOption configures StatusHandler.
 type StatusOption func(*statusHandler)
 
+// EndNotifier builds the transfer.end notification of a transfer that just
+// reached completed, error or cancelled (replicate.Notifier.TransferEnded).
+// Every terminal transition ferry-api makes writes it with the transition
+// (TransitionOpts.Outbox), so it is sent once, and only if the transition
+// happened.
+type EndNotifier func(*db.Transfer) (*db.OutboxMessage, error)
+
+// For is the TransitionOpts.Outbox of a transition to status to: n for a
+// terminal status, nil otherwise (or when n is nil).
+func (n EndNotifier) For(to db.Status) func(*db.Transfer) (*db.OutboxMessage, error) {
+	if n == nil || !db.IsTerminal(to) {
+		return nil
+	}
+	return n
+}
+
+// WithEndNotifier makes the handler's terminal transitions carry the
+// transfer.end notification n builds.
+func WithEndNotifier(n EndNotifier) StatusOption { return func(h *statusHandler) { h.end = n } }
+
 // WithCanceller makes the handler answer an agent that reports working on
 // a transfer already cancelled (cancelled while queued, its start already
 // published) with a transfer.cancel to that agent.
@@ -120,8 +142,11 @@ func WithHeartbeatKick(kick func()) StatusOption {
 }
 
 // NeedsFinalizing reports whether a transfer's copy must be registered with
-// Cinder before it is complete.
-func NeedsFinalizing(t *db.Transfer) bool { return t.SourceVolumeID != "" || t.SourceBackupID != "" }
+// Cinder before it is complete. A replication cycle's never is: its copy is
+// the replica's new point, which stays Ferry's.
+func NeedsFinalizing(t *db.Transfer) bool {
+	return (t.SourceVolumeID != "" || t.SourceBackupID != "") && t.ReplicationID == ""
+}
 
 func (h *statusHandler) heartbeat(ctx context.Context, env rpc.Envelope) (any, error) {
 	// Received now: taken before anything else, so that the
@@ -303,10 +328,20 @@ func (a *applier) step(ctx context.Context, to db.Status, msg string, f db.Trans
 		host := a.ev.Host
 		f.Agent = &host
 	}
-	t, err := a.h.db.TransitionTransfer(ctx, a.t.ID, to, db.TransitionOpts{
+	opts := db.TransitionOpts{
 		Message: msg, Error: errMsg, RequestID: a.reqID,
 		ExpectFrom: []db.Status{a.t.Status}, ExpectEpoch: a.ev.Epoch, Fields: f,
-	})
+	}
+	if to == db.StatusCompleted && a.t.ReplicationID != "" && a.ev.Event == rpc.EventCompleted {
+		// The replication's new point: when its source snapshot was
+		// taken, and the older points the destination removed.
+		opts.Cycle = &db.CycleOutcome{Removed: a.ev.Removed, Size: clamp(a.ev.BytesTotal)} // the report's total: the image's size
+		if a.ev.SnapshotTime != nil {
+			opts.Cycle.SnapshotAt = a.ev.SnapshotTime.UTC()
+		}
+	}
+	opts.Outbox = a.h.end.For(to)
+	t, err := a.h.db.TransitionTransfer(ctx, a.t.ID, to, opts)
 	if err != nil {
 		return err
 	}

@@ -389,3 +389,48 @@ func TestStatusReportsOnlyFromTheTransfersAgent(t *testing.T) {
 		}
 	}
 }
+
+// Every terminal transition carries one transfer.end (the notifier's row),
+// written with the transition: none for the steps before, none again for
+// a redelivered completion, one for an error.
+func TestStatusEndNotification(t *testing.T) {
+	d, _ := newDB(t)
+	var ended []string
+	end := EndNotifier(func(tr *db.Transfer) (*db.OutboxMessage, error) {
+		ended = append(ended, tr.ID+":"+string(tr.Status))
+		return NewOutboxMessage("", "notifications.info", rpc.MethodNotification, map[string]string{"transfer_id": tr.ID})
+	})
+	h := StatusHandler(d, quietLog(), WithEndNotifier(end))
+	a, b := createTransfer(t, d, 1), createTransfer(t, d, 2)
+	if _, err := d.ClaimOutbox(testCtx(t), "test", time.Hour, 10); err != nil { // the starts
+		t.Fatal(err)
+	}
+	report(t, h, rpc.StatusEvent{TransferID: a.ID, Event: rpc.EventAccepted, Epoch: 1})
+	report(t, h, rpc.StatusEvent{TransferID: a.ID, Event: rpc.EventProgress, Epoch: 1, BytesDone: 1, BytesTotal: 2})
+	if len(ended) != 0 {
+		t.Fatalf("transfer.end before the end: %v", ended)
+	}
+	done := rpc.StatusEvent{TransferID: a.ID, Event: rpc.EventCompleted, Epoch: 1, BytesDone: 2, Digest: "sha256:00"}
+	report(t, h, done)
+	report(t, h, done) // redelivered
+	report(t, h, rpc.StatusEvent{TransferID: b.ID, Event: rpc.EventError, Epoch: 1, Error: "boom"})
+	if want := []string{a.ID + ":completed", b.ID + ":error"}; !equal(ended, want) {
+		t.Errorf("transfer.end built for %v, want %v", ended, want)
+	}
+	msgs, err := d.ClaimOutbox(testCtx(t), "test", time.Hour, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, m := range msgs {
+		if m.RoutingKey == "notifications.info" {
+			n++
+		}
+	}
+	if n != 2 {
+		t.Errorf("%d notification rows, want 2: %+v", n, msgs)
+	}
+	if (EndNotifier)(nil).For(db.StatusCompleted) != nil || end.For(db.StatusTransferring) != nil || end.For(db.StatusCancelled) == nil {
+		t.Error("EndNotifier.For")
+	}
+}

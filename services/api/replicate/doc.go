@@ -1,0 +1,30 @@
+// Package replicate is ferry-api's side of continuous replication: the
+// schedule (when a replication's next cycle runs), the retention of its
+// points, the scheduler that starts the cycles (each an ordinary transfer
+// with replication_id set), the drill runner, the metrics collector and the
+// notifications.
+//
+// # Schedule
+//
+// A replication runs a cycle every interval. Its next_run_at advances on the
+// grid due, due+interval, …; when the scheduler finds it more than one
+// interval late (ferry-api was down, or the replication was paused), it runs
+// one cycle now and the next one interval later: missed cycles are never
+// made up in a burst. A per-replication jitter (up to 10 % of the interval,
+// the same for a replication every time) spreads replications that would
+// otherwise start together (created in bulk, or catching up together).
+//
+// # Retention
+//
+// Retain chooses the points the destination keeps: keep_last newest ones,
+// the newest point of each of the keep_hourly most recent hours that have
+// one, likewise keep_daily days (UTC), always the newest point, and the
+// pinned ones (a drill's clone still depends on them). The agent removes
+// the others, and never one that has clone children.
+//
+// # Loops
+//
+// Scheduler and DrillRunner are Run(ctx) error loops under database leases,
+// so that of several ferry-api processes exactly one schedules and one runs
+// drills.
+package replicate
