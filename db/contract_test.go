@@ -210,7 +210,7 @@ func contractSchema(t *testing.T, url string) {
 	}
 	for table, idx := range map[string][]string{
 		"transfers":          {"idx_transfers_status", "idx_transfers_user_id", "idx_transfers_project_id", "idx_transfers_agent", "idx_transfers_replication_id"},
-		"replications":       {"idx_replications_project_created", "idx_replications_status_next_run", "uq_replications_source_key"},
+		"replications":       {"idx_replications_project_created", "idx_replications_created", "idx_replications_status_next_run", "uq_replications_source_key"},
 		"replication_events": {"idx_replication_events_replication_id", "idx_replication_events_transfer_id"},
 		"replication_drills": {"idx_replication_drills_replication_id", "idx_replication_drills_status"},
 		"transfer_events":    {"idx_transfer_events_transfer_id"},
@@ -224,12 +224,18 @@ func contractSchema(t *testing.T, url string) {
 		}
 	}
 	// The composite indexes of the listing and of the scheduler, in order.
-	idxs, err := m.GetIndexes("replications")
-	if err != nil {
-		t.Fatalf("GetIndexes(replications): %v", err)
+	var idxs []gorm.Index
+	for _, table := range []string{"replications", "transfers"} {
+		ix, err := m.GetIndexes(table)
+		if err != nil {
+			t.Fatalf("GetIndexes(%s): %v", table, err)
+		}
+		idxs = append(idxs, ix...)
 	}
 	want := map[string][]string{
 		"idx_replications_project_created": {"project_id", "created_at", "id"},
+		"idx_replications_created":         {"created_at", "id"},
+		"idx_transfers_replication_id":     {"replication_id", "created_at", "id"},
 		"idx_replications_status_next_run": {"status", "next_run_at"},
 		"uq_replications_source_key":       {"source_key"},
 	}

@@ -11,16 +11,20 @@ import (
 // copies describe the schema as this migration creates it; never edit them.
 
 // m0007Transfer is the column 0007 adds to transfers: the replication a
-// cycle transfer belongs to ("" for an ordinary transfer).
+// cycle transfer belongs to ("" for an ordinary transfer), indexed with the
+// listing's order (a replication's page of cycles is an index range). ID
+// and CreatedAt exist already; they are here for the index only.
 type m0007Transfer struct {
-	ReplicationID string `gorm:"column:replication_id;type:varchar(36);not null;default:'';index:idx_transfers_replication_id"`
+	ReplicationID string    `gorm:"column:replication_id;type:varchar(36);not null;default:'';index:idx_transfers_replication_id,priority:1"`
+	CreatedAt     time.Time `gorm:"column:created_at;index:idx_transfers_replication_id,priority:2"`
+	ID            string    `gorm:"column:id;index:idx_transfers_replication_id,priority:3"`
 }
 
 func (m0007Transfer) TableName() string { return "transfers" }
 
 // m0007Replication: one source protected into a replica in another region.
 type m0007Replication struct {
-	ID          string `gorm:"column:id;type:varchar(36);primaryKey;not null;index:idx_replications_project_created,priority:3"`
+	ID          string `gorm:"column:id;type:varchar(36);primaryKey;not null;index:idx_replications_project_created,priority:3;index:idx_replications_created,priority:2"`
 	Name        string `gorm:"column:name;type:varchar(255);not null;default:''"`
 	Description string `gorm:"column:description;type:text"`
 	ProjectID   string `gorm:"column:project_id;type:varchar(64);not null;index:idx_replications_project_created,priority:1"`
@@ -62,7 +66,7 @@ type m0007Replication struct {
 	RPOBreachedAt *time.Time `gorm:"column:rpo_breached_at;precision:6"`
 	KeepReplica   bool       `gorm:"column:keep_replica;not null;default:false"`
 
-	CreatedAt time.Time `gorm:"column:created_at;precision:6;not null;index:idx_replications_project_created,priority:2"`
+	CreatedAt time.Time `gorm:"column:created_at;precision:6;not null;index:idx_replications_project_created,priority:2;index:idx_replications_created,priority:1"`
 	UpdatedAt time.Time `gorm:"column:updated_at;precision:6;not null"`
 }
 
@@ -136,7 +140,8 @@ func migration0007Replications() *gormigrate.Migration {
 				}
 			}
 			// idx_replications_project_created (project_id, created_at, id)
-			// is the listing's order, so that a page is an index range;
+			// is the listing's order, so that a page is an index range
+			// (idx_replications_created the same for all projects);
 			// idx_replications_status_next_run serves the scheduler.
 			return m.CreateTable(&m0007Replication{}, &m0007ReplicationPoint{}, &m0007ReplicationEvent{}, &m0007Drill{})
 		},

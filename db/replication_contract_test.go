@@ -902,6 +902,19 @@ func contractReplicationPrune(t *testing.T, url string) {
 	if n, err := d.PruneCycleTransfers(ctx, cutoff, 0); err != nil || n != 0 {
 		t.Errorf("second prune = %d, %v", n, err)
 	}
+	// The failed cycle goes once the garbage collector sent its clean-up.
+	if err := d.MarkCleaned(ctx, failed.ID, *failed.FinishedAt); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := d.PruneCycleTransfers(ctx, cutoff, 0); err != nil || n != 1 {
+		t.Errorf("prune of the cleaned failed cycle = %d, %v", n, err)
+	}
+	if _, err := d.GetTransfer(ctx, failed.ID, AllProjectsScope()); !errors.Is(err, ErrNotFound) {
+		t.Errorf("the cleaned failed cycle was kept: %v", err)
+	}
+	if after := mustGetReplication(t, d, ra.ID); after.CyclesFailed != 1 {
+		t.Errorf("cycles_failed after pruning the failed cycle: %d", after.CyclesFailed)
+	}
 	// Nothing finished before the cutoff: nothing goes.
 	c := cycle(ra, true)
 	if n, err := d.PruneCycleTransfers(ctx, *aLast.FinishedAt, 0); err != nil || n != 0 {

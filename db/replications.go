@@ -772,10 +772,13 @@ func (d *DB) SetRPOBreached(ctx context.Context, id string, breached bool, at ti
 }
 
 // PruneCycleTransfers deletes up to limit (0 or less, or more than
-// MaxListLimit: MaxListLimit) completed cycle transfers that finished
-// before before, oldest first, except each replication's last_transfer_id;
-// their transfer events and the replication events that name them go too.
-// It returns how many transfers went. The replications' summaries are
+// MaxListLimit: MaxListLimit) cycle transfers that finished before before,
+// oldest first, except each replication's last_transfer_id: completed
+// ones, and failed or cancelled ones whose clean-up was sent (cleaned_at;
+// until then the garbage collector still needs the row). A destination
+// that is down fails a cycle every interval: those go too. Their transfer
+// events and the replication events that name them go with them. It
+// returns how many transfers went. The replications' summaries are
 // unchanged.
 func (d *DB) PruneCycleTransfers(ctx context.Context, before time.Time, limit int) (int64, error) {
 	if limit <= 0 || limit > MaxListLimit {
@@ -786,7 +789,8 @@ func (d *DB) PruneCycleTransfers(ctx context.Context, before time.Time, limit in
 		n = 0
 		var ids []string
 		err := tx.Model(&Transfer{}).
-			Where("replication_id <> '' AND status = ? AND finished_at < ?", StatusCompleted, before.UTC()).
+			Where("replication_id <> '' AND finished_at < ?", before.UTC()).
+			Where(tx.Where("status = ?", StatusCompleted).Or("status IN ? AND cleaned_at IS NOT NULL", []Status{StatusError, StatusCancelled})).
 			Where("id NOT IN (?)", tx.Model(&Replication{}).Select("last_transfer_id")).
 			Order("finished_at ASC").Order("id ASC").Limit(limit).Pluck("id", &ids).Error
 		if err != nil || len(ids) == 0 {
@@ -796,7 +800,7 @@ func (d *DB) PruneCycleTransfers(ctx context.Context, before time.Time, limit in
 			return fmt.Errorf("delete replication events: %w", err)
 		}
 		// transfer_events rows go with them (ON DELETE CASCADE).
-		res := tx.Where("id IN ? AND status = ?", ids, StatusCompleted).Delete(&Transfer{})
+		res := tx.Where("id IN ?", ids).Delete(&Transfer{})
 		n = res.RowsAffected
 		return res.Error
 	})
