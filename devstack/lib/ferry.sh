@@ -61,6 +61,11 @@ ferry_broker() {
         run "$L" timeout 60 rabbitmqctl -q set_topic_permissions -p "$F_VHOST" "$u" ferry \
             '^(ferry\.status|agent\..+)$' '^agent\..+$'
     done
+    # ferry-api's notifications (driver messagingv2 below): nothing consumes them on this stack,
+    # so their queues keep the newest 1,000 (an operator bounds them the same way, or lets a
+    # consumer such as Ceilometer read them).
+    run "$L" timeout 60 rabbitmqctl -q set_policy -p "$F_VHOST" --apply-to queues ferry-notifications \
+        '^notifications\.' '{"max-length":1000}'
     touch "$marker"
 }
 
@@ -136,6 +141,11 @@ replication_tick = 1
 replication_min_interval = 2
 agent_users = $(for r in "${REGIONS[@]}"; do printf '%s%s:%s' "${sep:-}" "$r" "$(ferry_agent_broker_user "$r")"; sep=,; done)
 $(ferry_cinder_conf)
+
+[oslo_messaging_notifications]
+# transfer.end, replication.rpo_breached and rpo_recovered on notifications.<priority> (bounded
+# by the broker policy ferry-notifications).
+driver = messagingv2
 EOF
     for r in "${REGIONS[@]}"; do
         port=$(ferry_agent_port "$r")

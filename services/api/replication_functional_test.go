@@ -43,6 +43,7 @@ func TestWiredReplication(t *testing.T) {
 		testenv.Get(t, "FERRY_SERVICE_PASSWORD"), testenv.Get(t, "FERRY_SERVICE_PROJECT")
 	cfg.API.PolicyFile = filepath.Join(t.TempDir(), "absent.yaml")
 	cfg.API.ReplicationTick, cfg.API.ReplicationMinInterval = 1, 2
+	cfg.Notifications.Driver = "messagingv2"
 	store, err := db.Open(ctx, "sqlite:///"+filepath.Join(t.TempDir(), "ferry.sqlite"))
 	if err != nil {
 		t.Fatal(err)

@@ -100,12 +100,17 @@ func (s *Server) wire(w Wiring) []loop {
 		pub.Declarer = d
 	}
 	// OpenStack notifications (transfer.end, replication.rpo_*),
-	// published as they are: OpenStack's envelope, not Ferry's.
-	notifier := &replicate.Notifier{Host: cfg.Hostname()}
+	// published as they are: OpenStack's envelope, not Ferry's; none
+	// unless [oslo_messaging_notifications] driver is messagingv2.
+	var notifier *replicate.Notifier
+	var endNotify dispatch.EndNotifier
+	if cfg.Notifications.Enabled() {
+		notifier = &replicate.Notifier{Host: cfg.Hostname(), Topic: cfg.Notifications.Topics[0]}
+		endNotify = notifier.TransferEnded
+	}
 	if raw, ok := w.Bus.(rpc.RawPublisher); ok {
 		pub.Raw = raw
 	}
-	endNotify := dispatch.EndNotifier(notifier.TransferEnded)
 	redis := &dispatch.Redispatcher{DB: s.db, DownAfter: time.Duration(cfg.API.AgentDownTime) * time.Second, Publish: pub.Kick, Log: log,
 		EndNotify: endNotify,
 		// A transfer whose agent is gone may have completed: the

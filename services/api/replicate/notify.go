@@ -27,6 +27,9 @@ const (
 type Notifier struct {
 	// Host names the publisher: publisher_id is volume-ferry.<Host>.
 	Host string
+	// Topic is [oslo_messaging_notifications] topics' (default
+	// rpc.NotificationTopic).
+	Topic string
 }
 
 // osloMessage is the inner message of an oslo.messaging v2 notification.
@@ -57,7 +60,11 @@ func (n Notifier) Notification(eventType, priority string, payload any, at time.
 	if err != nil {
 		return nil, fmt.Errorf("notification %s: %w", eventType, err)
 	}
-	target := rpc.Target(rpc.NotificationTopic + "." + strings.ToLower(priority))
+	topic := n.Topic
+	if topic == "" {
+		topic = rpc.NotificationTopic
+	}
+	target := rpc.Target(topic + "." + strings.ToLower(priority))
 	return dispatch.NewOutboxMessage("", target, rpc.MethodNotification, osloEnvelope{Version: "2.0", Message: string(inner)})
 }
 

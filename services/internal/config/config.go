@@ -38,7 +38,21 @@ type Config struct {
 	Agent             Agent             `section:"agent"`
 	TLS               TLS               `section:"tls"`
 	Cinder            Cinder            `section:"cinder"`
+	// Notifications is [oslo_messaging_notifications], as in every
+	// OpenStack service.
+	Notifications Notifications `section:"oslo_messaging_notifications"`
 }
+
+// Notifications is the [oslo_messaging_notifications] section of ferry-api:
+// whether OpenStack notifications (transfer.end, replication.rpo_breached,
+// replication.rpo_recovered) are published, and on which topic.
+type Notifications struct {
+	Driver string   `opt:"driver" default:"noop" choices:"messagingv2,noop" help:"messagingv2 publishes OpenStack notifications (oslo.messaging v2 envelopes) on Ferry's exchange with the routing key <topic>.<priority>; noop (the default, as in oslo.messaging) sends none."`
+	Topics []string `opt:"topics" default:"notifications" help:"The topic notifications are published on (one): the routing key is <topic>.info, <topic>.warn or <topic>.error, and a queue of that name is declared when none is bound (bound it with a broker policy, e.g. max-length, if nothing consumes it)."`
+}
+
+// Enabled reports whether notifications are published.
+func (n Notifications) Enabled() bool { return n.Driver == "messagingv2" }
 
 // Cinder is the [cinder] section of ferry-api: how Cinder volumes and
 // backups map to RBD images, per region. Regions missing from volume_pools
@@ -301,6 +315,9 @@ func (c *Config) validate() error {
 		if _, port, err := net.SplitHostPort(a.v); err != nil || port == "" {
 			return &Error{Section: "agent", Option: a.opt, Reason: fmt.Sprintf("%q is not host:port", a.v)}
 		}
+	}
+	if len(c.Notifications.Topics) != 1 || c.Notifications.Topics[0] == "" {
+		return &Error{Section: "oslo_messaging_notifications", Option: "topics", Reason: "exactly one topic is supported"}
 	}
 	for _, p := range c.API.TrustedProxies {
 		if _, err := ParseCIDROrIP(p); err != nil {

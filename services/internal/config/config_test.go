@@ -111,6 +111,8 @@ func TestParseErrorsNameSectionAndOption(t *testing.T) {
 		{"read timeout", "[api]\nread_timeout = 0\n", "[api] read_timeout: 0 is below the minimum 1"},
 		{"cinder timeout", "[cinder]\ntimeout = 0\n", "[cinder] timeout: 0 is below the minimum 1"},
 		{"keystone timeout", "[keystone_authtoken]\nhttp_request_timeout = 601\n", "[keystone_authtoken] http_request_timeout: 601 is above the maximum 600"},
+		{"notification driver", "[oslo_messaging_notifications]\ndriver = log\n", `[oslo_messaging_notifications] driver: "log" is not one of messagingv2, noop`},
+		{"notification topics", "[oslo_messaging_notifications]\ntopics = a,b\n", "[oslo_messaging_notifications] topics: exactly one topic"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
