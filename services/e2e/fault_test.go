@@ -694,12 +694,52 @@ func (s *faultSuite) cephStall(r int, ids []string, p faultParams) {
 	if err := cmd.Wait(); err != nil {
 		s.t.Errorf("ceph stall: %v", err)
 	}
+	recovery := s.cephRecover(p.region)
 	after := s.states(ids)
-	in := s.record(&injection{kind: fCephStall, round: r, detail: fmt.Sprintf("%s osd.0 (pid %d) stopped for %s (transfers before %s, after %s); %s reported down %d times; its ceph_health seen: %s",
-		p.region, pid, faultStall, states, after, host, down, strings.Join(seen, " | "))})
+	in := s.record(&injection{kind: fCephStall, round: r, detail: fmt.Sprintf("%s osd.0 (pid %d) stopped for %s (transfers before %s, after %s); %s reported down %d times; its ceph_health seen: %s; %s",
+		p.region, pid, faultStall, states, after, host, down, strings.Join(seen, " | "), recovery)})
 	if down > 0 {
 		s.fail(fmt.Errorf("round %d: %s was reported down %d times while its OSD was stopped: its heartbeat waited for Ceph", r, host, down), in)
 	}
+}
+
+// cephRecover waits for region's cluster to serve again after the stall:
+// no slow ops, no laggy placement group. A memstore OSD continued after a
+// long SIGSTOP on a loaded machine has been seen keeping laggy PGs and
+// blocked ops for minutes; then it is marked down, which makes it re-peer
+// (what an operator does), and the recovery says so. Ferry's part (errors
+// within ceph_op_timeout, then retries) is what the suite checks.
+func (s *faultSuite) cephRecover(region string) string {
+	conf := testenv.Get(s.t, "CEPH_"+strings.ToUpper(region)+"_CONF")
+	healthy := func() (bool, string) {
+		out, err := exec.Command("timeout", "10", "ceph", "-c", conf, "health", "-f", "json").Output()
+		if err != nil {
+			return false, err.Error()
+		}
+		laggy, err := exec.Command("timeout", "10", "ceph", "-c", conf, "pg", "ls", "laggy", "-f", "json").Output()
+		if err != nil {
+			return false, err.Error()
+		}
+		h := string(out)
+		return !strings.Contains(h, "SLOW_OPS") && !strings.Contains(string(laggy), "pgid"), h
+	}
+	began := time.Now()
+	for time.Since(began) < 45*time.Second {
+		if ok, _ := healthy(); ok {
+			return fmt.Sprintf("the cluster served again %.0f s after the OSD continued", time.Since(began).Seconds())
+		}
+		time.Sleep(time.Second)
+	}
+	_, h := healthy()
+	exec.Command("timeout", "20", "ceph", "-c", conf, "osd", "down", "0").Run()
+	for time.Since(began) < 120*time.Second {
+		if ok, _ := healthy(); ok {
+			return fmt.Sprintf("the OSD kept slow ops or laggy PGs 45 s after it continued (%s): marked down to re-peer, served again after %.0f s", strings.TrimSpace(h), time.Since(began).Seconds())
+		}
+		time.Sleep(time.Second)
+	}
+	s.t.Errorf("ceph stall: %s did not recover within 120 s: %s", region, h)
+	return "no recovery"
 }
 
 // settle waits until every transfer of the round is terminal, retrying
