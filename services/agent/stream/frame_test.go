@@ -59,7 +59,8 @@ func TestReadFrameRejects(t *testing.T) {
 		want error
 	}{
 		{"bad magic", mod(func(b []byte) []byte { b[0] = 'X'; return b }), ErrProtocol},
-		{"bad version", mod(func(b []byte) []byte { b[4] = 2; return b }), ErrProtocol},
+		{"bad version", mod(func(b []byte) []byte { b[4] = 3; return b }), ErrProtocol},
+		{"v1 ack in v2", mod(func(b []byte) []byte { b[4] = 2; return b }), ErrProtocol},
 		{"unknown type", mod(func(b []byte) []byte { b[5] = 99; return b }), ErrProtocol},
 		{"reserved flags", mod(func(b []byte) []byte { b[7] = 1; return b }), ErrProtocol},
 		{"short body", mod(func(b []byte) []byte { binary.BigEndian.PutUint32(b[8:], 4); return b[:16] }), ErrProtocol},

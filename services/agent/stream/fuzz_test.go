@@ -45,7 +45,7 @@ func FuzzChunkValidate(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, body []byte, imageSize, chunkSize uint64) {
 		chunkSize = MinChunkSize + chunkSize%(1<<20)
-		fr, err := parseBody(FrameChunk, body)
+		fr, err := parseBody(1, FrameChunk, body)
 		if err != nil {
 			return
 		}
@@ -164,7 +164,7 @@ func TestWriteFuzzSeeds(t *testing.T) {
 func TestChunkSeedsBehave(t *testing.T) {
 	accept := map[string]bool{"valid": true, "compressed": true, "zero": true}
 	for _, s := range chunkSeeds() {
-		fr, err := parseBody(FrameChunk, s.body)
+		fr, err := parseBody(1, FrameChunk, s.body)
 		if err != nil {
 			t.Fatalf("%s: %v", s.name, err)
 		}

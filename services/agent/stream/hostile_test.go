@@ -220,13 +220,23 @@ type handClient struct {
 	c  *tls.Conn
 	bw *bufio.Writer
 	fr *frameReader
+	v  uint8 // the version negotiated
+}
+
+func (h *handClient) mustWrite(t testing.TB, f Frame) {
+	t.Helper()
+	if err := WriteFrameV(h.bw, h.v, f); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func dialHand(t *testing.T, ts *testServer, pki *testPKI, id, ticket string) *handClient {
 	t.Helper()
 	c := rawConn(t, ts.addr, pki.client)
-	h := &handClient{c: c, bw: bufio.NewWriter(c), fr: newFrameReader(c, 0)}
-	mustWrite(t, h.bw, &Hello{TransferID: id, Ticket: ticket})
+	v := alpnVersion(c.ConnectionState().NegotiatedProtocol)
+	h := &handClient{c: c, bw: bufio.NewWriter(c), fr: newFrameReader(c, 0), v: v}
+	h.fr.version = v
+	h.mustWrite(t, &Hello{TransferID: id, Ticket: ticket})
 	if err := h.bw.Flush(); err != nil {
 		t.Fatal(err)
 	}
@@ -308,7 +318,7 @@ func TestRefusesHostileChunks(t *testing.T) {
 			id := "hostile-" + string(rune('a'+i))
 			prep, dst := hostileSetup(t, ts, id, size)
 			h := dialHand(t, ts, pki, id, prep.Ticket)
-			mustWrite(t, h.bw, tc.frame())
+			h.mustWrite(t, tc.frame())
 			_ = h.bw.Flush()
 			h.expectError(t, tc.want.Error())
 			if err := waitSession(t, prep); !errors.Is(err, tc.want) {
@@ -326,7 +336,7 @@ func TestRefusesOversizedFrameWithoutAllocating(t *testing.T) {
 	prep, dst := hostileSetup(t, ts, "oversized", 1<<20)
 	h := dialHand(t, ts, pki, "oversized", prep.Ticket)
 	var hdr []byte
-	hdr = appendHeader(hdr, FrameChunk, 0)
+	hdr = appendHeaderV(hdr, h.v, FrameChunk, 0)
 	binary.BigEndian.PutUint32(hdr[8:], 0xFFFFFFFF)
 	_, _ = h.c.Write(hdr)
 	h.expectError(t, ErrFrameTooLarge.Error())
@@ -344,7 +354,7 @@ func TestTruncatedStreamEndsSession(t *testing.T) {
 	})
 	payload := make([]byte, 8192)
 	fillRandom(newRand(6), payload)
-	frame := AppendFrame(nil, dataChunk(0, 0, payload))
+	frame := AppendFrameV(nil, ProtocolVersion, dataChunk(0, 0, payload))
 
 	t.Run("closed mid-frame", func(t *testing.T) {
 		prep, dst := hostileSetup(t, ts, "trunc-closed", 1<<20)
@@ -370,7 +380,7 @@ func TestTruncatedStreamEndsSession(t *testing.T) {
 	t.Run("done before all chunks", func(t *testing.T) {
 		prep, dst := hostileSetup(t, ts, "trunc-done", 1<<20)
 		h := dialHand(t, ts, pki, "trunc-done", prep.Ticket)
-		mustWrite(t, h.bw, &Done{TotalChunks: 3})
+		h.mustWrite(t, &Done{TotalChunks: 3})
 		_ = h.bw.Flush()
 		h.expectError(t, ErrIncomplete.Error())
 		if err := waitSession(t, prep); !errors.Is(err, ErrIncomplete) {
@@ -381,8 +391,8 @@ func TestTruncatedStreamEndsSession(t *testing.T) {
 	t.Run("wrong transfer digest", func(t *testing.T) {
 		prep, _ := hostileSetup(t, ts, "trunc-digest", 1<<20)
 		h := dialHand(t, ts, pki, "trunc-digest", prep.Ticket)
-		mustWrite(t, h.bw, dataChunk(0, 0, payload))
-		mustWrite(t, h.bw, &Done{TotalChunks: 1, Digest: [32]byte{9}})
+		h.mustWrite(t, dataChunk(0, 0, payload))
+		h.mustWrite(t, &Done{TotalChunks: 1, Digest: [32]byte{9}})
 		_ = h.bw.Flush()
 		h.expectError(t, ErrDigestMismatch.Error())
 		if err := waitSession(t, prep); !errors.Is(err, ErrDigestMismatch) {

@@ -44,6 +44,9 @@ type pacedWriter struct {
 	lim     *rate.Limiter
 	piece   int
 	timeout time.Duration
+	// flush, when set, runs after every piece (the buffering conn under
+	// TLS sends what the piece's records filled).
+	flush func() error
 }
 
 func (w *pacedWriter) Write(p []byte) (int, error) {
@@ -64,6 +67,11 @@ func (w *pacedWriter) Write(p []byte) (int, error) {
 		n += m
 		if err != nil {
 			return n, err
+		}
+		if w.flush != nil {
+			if err := w.flush(); err != nil {
+				return n, err
+			}
 		}
 	}
 	return n, nil

@@ -90,12 +90,17 @@ func checkResumed(t *testing.T, l *writeLedger, src []byte, extents []Extent, ds
 	}
 }
 
+// resumeWindow keeps the credit small against the 128 MiB image: what a
+// resumed run sends again is bounded by the checkpoint lag plus the chunks
+// in flight, which the window bounds.
+func resumeWindow(c *ServerConfig) { c.Window = 4 << 20 }
+
 // The source agent dies mid-transfer (its context is cancelled); a new
 // prepare supersedes the session and the transfer resumes from the
 // checkpoint.
 func TestResumeAfterSourceKilled(t *testing.T) {
 	pki := newTestPKI(t)
-	ts := startServer(t, pki, nil)
+	ts := startServer(t, pki, resumeWindow)
 	src, extents := denseImage(21, resumeSize)
 	dst := newMemImage(resumeSize)
 	store := &MemCheckpointStore{}
@@ -127,7 +132,7 @@ func TestResumeAfterSourceKilled(t *testing.T) {
 // a new agent prepares from the checkpoint in the image metadata.
 func TestResumeAfterDestinationKilled(t *testing.T) {
 	pki := newTestPKI(t)
-	fast := func(c *ServerConfig) { c.CheckpointBytes = 1 << 20 }
+	fast := func(c *ServerConfig) { resumeWindow(c); c.CheckpointBytes = 1 << 20 }
 	tsA := startServer(t, pki, fast)
 	src, extents := denseImage(22, resumeSize)
 	dst := newMemImage(resumeSize)
