@@ -461,6 +461,7 @@ func newDelayConn(c net.Conn, d time.Duration) *delayConn {
 }
 
 func (c *delayConn) pump() {
+	defer c.Conn.Close()
 	for p := range c.q {
 		if w := time.Until(p.at); w > 0 {
 			time.Sleep(w)
@@ -486,14 +487,24 @@ func (c *delayConn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// Write deadlines would hit the delayed writes of the pump, not the
+// Write that queued them (tls.Conn sets one to now after its close_notify):
+// they are ignored.
+func (c *delayConn) SetWriteDeadline(time.Time) error { return nil }
+
+func (c *delayConn) SetDeadline(t time.Time) error { return c.Conn.SetReadDeadline(t) }
+
+// Close lets what was written arrive (the pump closes the connection
+// after the last delayed write).
 func (c *delayConn) Close() error {
 	c.mu.Lock()
-	if !c.closed {
-		c.closed = true
-		close(c.q)
+	defer c.mu.Unlock()
+	if c.closed {
+		return net.ErrClosed
 	}
-	c.mu.Unlock()
-	return c.Conn.Close()
+	c.closed = true
+	close(c.q)
+	return nil
 }
 
 // delayListener delays what the destination writes (acks, HelloOK).
@@ -504,8 +515,8 @@ type delayListener struct {
 
 func (l delayListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+	if err != nil || l.d == 0 {
+		return c, err
 	}
 	return newDelayConn(c, l.d), nil
 }
