@@ -405,9 +405,9 @@ type v1Slot struct {
 }
 
 type v1Job struct {
-	frame Chunk
-	v1Slot  int  // -1: no buffer held
-	sent  bool // written to a connection at least once
+	frame  Chunk
+	v1Slot int  // -1: no buffer held
+	sent   bool // written to a connection at least once
 }
 
 func (s *v1Sender) runStream(ctx context.Context, idx uint32) error {
@@ -671,4 +671,3 @@ func (s *v1Sender) allZero(b []byte) bool {
 	}
 	return true
 }
-

@@ -23,7 +23,7 @@ type job struct {
 	// writing: a connection is writing the frame now; its buffer is
 	// released after the write even if an ack comes first.
 	writing bool
-	idx   int // in the ready heap, -1 when not there
+	idx     int // in the ready heap, -1 when not there
 }
 
 func frameCost(c *Chunk) uint64 { return HeaderLen + ChunkFixedLen + uint64(len(c.Payload)) }

@@ -133,8 +133,8 @@ func (a *ackState) frame(window uint64) *Acks {
 type writerState struct {
 	work chan *wjob
 
-	mu          sync.Mutex
-	writing     map[uint64][32]byte
+	mu      sync.Mutex
+	writing map[uint64][32]byte
 	// drained is closed (and replaced) whenever writing becomes empty.
 	drained     chan struct{}
 	outstanding uint64
