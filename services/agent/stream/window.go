@@ -4,9 +4,8 @@ import (
 	"container/heap"
 	"context"
 	"fmt"
-	"time"
-
 	"sync"
+	"time"
 )
 
 // job is one prepared chunk: read, zero-checked, hashed and (maybe)
