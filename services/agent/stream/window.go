@@ -146,12 +146,13 @@ func (w *window) finishPlan(total uint64) {
 	w.broadcast()
 }
 
-// acquire reserves n bytes of read-ahead budget (n alone may exceed it
-// when nothing else is held).
+// acquire reserves n bytes of buffer budget (n alone may exceed it when
+// nothing else is held). Buffers are held until acknowledged, so the
+// budget is the read-ahead's plus the credit in use (v2).
 func (w *window) acquire(ctx context.Context, n uint64) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for w.budgetUsed > 0 && w.budgetUsed+n > w.budget {
+	for w.budgetUsed > 0 && w.budgetUsed+n > w.budget+min(w.credit, w.limit) {
 		if err := w.wait(ctx, nil, nil); err != nil {
 			return err
 		}
