@@ -420,10 +420,7 @@ func TestDestinationEnforcesCredit(t *testing.T) {
 	ts := startServer(t, pki, func(c *ServerConfig) { c.Window = 64 << 10; c.Writers = 1 })
 	prep, dst := hostileSetup(t, ts, "greedy", 1<<20)
 	dst.setHook(func(off, n uint64) { <-blocked })
-	h := dialHand(t, ts, pki, "greedy", prep.Ticket)
-	if h.v != 2 {
-		t.Fatalf("negotiated v%d", h.v)
-	}
+	h := dialHand(t, ts, pki, 2, "greedy", prep.Ticket)
 	payload := make([]byte, 32<<10)
 	fillRandom(newRand(3), payload)
 	for i := range 8 { // 256 KiB against 64 KiB of credit, nothing acknowledged

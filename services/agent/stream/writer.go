@@ -215,6 +215,9 @@ func (s *Session) failDst(c *dstConn, err error) {
 	}
 	c.failed.Store(true)
 	_ = c.write(&ErrorFrame{Reason: err.Error()})
+	// The reader lets go now (it may be waiting for a frame); the caller
+	// closes the connection gracefully, as v1 does.
+	c.ic.stopReading()
 	s.fail(c.stream, err)
 }
 
