@@ -28,8 +28,8 @@ func getBuf(n int) []byte {
 	if c >= len(bufPools) {
 		return make([]byte, n)
 	}
-	if b, ok := bufPools[c].Get().([]byte); ok {
-		return b[:n]
+	if b, ok := bufPools[c].Get().(*[]byte); ok {
+		return (*b)[:n]
 	}
 	return make([]byte, n, 1<<(c+minBufShift))
 }
@@ -41,6 +41,7 @@ func putBuf(b []byte) {
 		return
 	}
 	if k := bits.Len(uint(c)) - 1 - minBufShift; k < len(bufPools) {
-		bufPools[k].Put(b[:0]) //nolint:staticcheck // a slice header, not worth a pointer
+		b = b[:0]
+		bufPools[k].Put(&b)
 	}
 }
