@@ -61,11 +61,13 @@
 //
 // The source offers the ALPN names "ferry-stream/2" and "ferry-stream/1";
 // the destination picks the first of its own list the source offered, so
-// the connection runs the highest version both speak (a v1 agent offers
-// and accepts "ferry-stream/1" only; no ALPN at all means v1). Every frame
-// of the connection, the Hello first, carries that version in its header,
-// and a frame of another version is a protocol error (but an Error frame,
-// readable in any version, since a refusal may precede the Hello). v2 is
+// the negotiated version is the highest both speak (a v1 agent offers and
+// accepts "ferry-stream/1" only; no ALPN at all means v1). The Hello's
+// header carries the version the source speaks on the connection: the
+// negotiated one (as Send does) or an older one, never a newer one. Every
+// later frame of the connection carries that version, and a frame of
+// another version is a protocol error (but an Error frame, readable in any
+// version, since a refusal may precede the Hello). v2 is
 // the default; v1 is spoken for one release so that agents can be
 // upgraded one at a time (SendRequest.MaxVersion and
 // ServerConfig.MaxVersion pin v1).

@@ -417,11 +417,10 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 		log.Warn("connection refused", "reason", reason)
 		return
 	}
-	version := alpnVersion(tc.ConnectionState().NegotiatedProtocol)
+	negotiated := alpnVersion(tc.ConnectionState().NegotiatedProtocol)
 	ic := &idleConn{Conn: tc, timeout: s.cfg.IdleTimeout}
 	bw := bufio.NewWriterSize(ic, 4<<10)
 	fr := newFrameReader(ic, 0)
-	fr.version = version
 	f, err := fr.next()
 	if timedOut() {
 		log.Warn("connection refused", "reason", "no hello within the handshake timeout")
@@ -436,6 +435,14 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 		s.refuse(log, bw, protoErrorf("expected hello, got %s", f.Type()))
 		return
 	}
+	// The connection speaks the Hello's version: the one ALPN negotiated
+	// (the highest both sides speak) or an older one, never a newer one.
+	version := fr.got
+	if version > negotiated {
+		s.refuse(log, bw, protoErrorf("hello in v%d on a connection that negotiated v%d", version, negotiated))
+		return
+	}
+	fr.version = version
 	log = log.With("transfer_id", hello.TransferID, "stream", hello.Stream, "peer", peerName(tc))
 	sess, err := s.authorize(hello, tc)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -519,3 +520,51 @@ func (l delayListener) Accept() (net.Conn, error) {
 }
 
 var _ io.Writer = (*delayConn)(nil)
+
+// The Hello's version decides: a client that negotiated v2 may still speak
+// v1 (a hand-made v1 client with today's TLS config), but one that
+// negotiated v1 cannot speak v2.
+func TestHelloVersionAtMostNegotiated(t *testing.T) {
+	pki := newTestPKI(t)
+	ts := startServer(t, pki, nil)
+	src := make([]byte, 64<<10)
+	fillRandom(newRand(4), src)
+	for _, tc := range []struct {
+		name         string
+		alpn, speaks int
+		ok           bool
+	}{
+		{"v1 hello after v2 negotiated", 2, 1, true},
+		{"v2 hello after v1 negotiated", 1, 2, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := fmt.Sprintf("hello-%d-%d", tc.alpn, tc.speaks)
+			prep, dst := hostileSetup(t, ts, id, len(src))
+			cfg := pki.client.Clone()
+			cfg.NextProtos = offeredALPN(tc.alpn)
+			c := rawConn(t, ts.addr, cfg)
+			h := &handClient{c: c, bw: bufio.NewWriter(c), fr: newFrameReader(c, 0), v: uint8(tc.speaks)}
+			h.mustWrite(t, &Hello{TransferID: id, Ticket: prep.Ticket})
+			_ = h.bw.Flush()
+			f, err := h.fr.next()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tc.ok {
+				if e, isErr := f.(*ErrorFrame); !isErr || !strings.Contains(e.Reason, "negotiated v1") {
+					t.Fatalf("got %#v, want a refusal", f)
+				}
+				assertNoWrites(t, dst)
+				return
+			}
+			if _, isOK := f.(*HelloOK); !isOK || h.fr.got != 1 {
+				t.Fatalf("got %#v in v%d", f, h.fr.got)
+			}
+			h.mustWrite(t, dataChunk(0, 0, src))
+			_ = h.bw.Flush()
+			if f, err := h.fr.next(); err != nil || f.(*Ack).Seq != 0 {
+				t.Fatalf("got %#v, %v; want the v1 ack", f, err)
+			}
+		})
+	}
+}
