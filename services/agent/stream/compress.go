@@ -57,7 +57,12 @@ func compressChunk(enc *zstd.Encoder, data []byte) []byte {
 		putBuf(out)
 		return nil
 	}
-	return comp
+	// The bound rounds up to a size class twice the chunk's: keep the
+	// payload in a buffer of its own size until it is acknowledged.
+	fit := getBuf(len(comp))
+	copy(fit, comp)
+	putBuf(out)
+	return fit
 }
 
 // encoderWindow is the smallest power-of-two zstd window holding a chunk.
