@@ -568,3 +568,41 @@ func TestHelloVersionAtMostNegotiated(t *testing.T) {
 		})
 	}
 }
+
+// ackState, fed seqs in any order, always renders a frame the decoder
+// accepts, holds exactly the seqs added, and folds them into the
+// watermark once contiguous.
+func TestAckStateAnyOrder(t *testing.T) {
+	rng := newRand(11)
+	for round := range 50 {
+		start := uint64(rng.IntN(100))
+		n := 1 + rng.IntN(300)
+		perm := rng.Perm(n)
+		a := ackState{next: start}
+		added := map[uint64]bool{}
+		for i, p := range perm {
+			seq := start + uint64(p)
+			a.add(seq)
+			added[seq] = true
+			if i%7 == 0 {
+				a.add(seq) // a resend: no change
+			}
+			f := a.frame(1)
+			back, err := ReadFrame(bytes.NewReader(AppendFrameV(nil, 2, f)), 0)
+			if err != nil {
+				t.Fatalf("round %d: %v for %+v", round, err, f)
+			}
+			if got := back.(*Acks); got.Watermark != a.next || len(got.Ranges) != min(len(a.ranges), MaxAckRanges) {
+				t.Fatalf("round %d: decoded %+v from %+v", round, got, a)
+			}
+			for probe := start; probe < start+uint64(n); probe++ {
+				if a.has(probe) != added[probe] {
+					t.Fatalf("round %d: has(%d) = %v after adding %v", round, probe, a.has(probe), perm[:i+1])
+				}
+			}
+		}
+		if a.next != start+uint64(n) || len(a.ranges) != 0 {
+			t.Fatalf("round %d: all added, watermark %d (want %d), ranges %v", round, a.next, start+uint64(n), a.ranges)
+		}
+	}
+}
