@@ -437,15 +437,20 @@ func TestDestinationEnforcesCredit(t *testing.T) {
 
 // delayConn adds latency to every write of a connection, like a WAN link
 // (one way): what is written is delivered d later, in order, with no cap
-// on the rate.
+// on the rate. At most delayBuffer bytes wait at once (a socket buffer: a
+// writer blocks beyond it, as it would on a real link).
 type delayConn struct {
 	net.Conn
 	d      time.Duration
 	mu     sync.Mutex
+	room   *sync.Cond
+	queued int
 	q      chan delayed
 	closed bool
 	err    error
 }
+
+const delayBuffer = 4 << 20
 
 type delayed struct {
 	at time.Time
@@ -454,6 +459,7 @@ type delayed struct {
 
 func newDelayConn(c net.Conn, d time.Duration) *delayConn {
 	dc := &delayConn{Conn: c, d: d, q: make(chan delayed, 1<<16)}
+	dc.room = sync.NewCond(&dc.mu)
 	go dc.pump()
 	return dc
 }
@@ -464,11 +470,14 @@ func (c *delayConn) pump() {
 		if w := time.Until(p.at); w > 0 {
 			time.Sleep(w)
 		}
-		if _, err := c.Conn.Write(p.b); err != nil {
-			c.mu.Lock()
+		_, err := c.Conn.Write(p.b)
+		c.mu.Lock()
+		if err != nil {
 			c.err = err
-			c.mu.Unlock()
 		}
+		c.queued -= len(p.b)
+		c.room.Broadcast()
+		c.mu.Unlock()
 	}
 }
 
@@ -478,9 +487,16 @@ func (c *delayConn) Write(p []byte) (int, error) {
 	if c.err != nil {
 		return 0, c.err
 	}
+	for c.queued > 0 && c.queued+len(p) > delayBuffer && c.err == nil && !c.closed {
+		c.room.Wait()
+	}
+	if c.err != nil {
+		return 0, c.err
+	}
 	if c.closed {
 		return 0, net.ErrClosed
 	}
+	c.queued += len(p)
 	c.q <- delayed{at: time.Now().Add(c.d), b: bytes.Clone(p)}
 	return len(p), nil
 }
@@ -502,6 +518,7 @@ func (c *delayConn) Close() error {
 	}
 	c.closed = true
 	close(c.q)
+	c.room.Broadcast()
 	return nil
 }
 
