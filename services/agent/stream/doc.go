@@ -156,7 +156,7 @@
 // A v2 connection's reader reads each chunk into a pooled buffer and
 // claims it: a chunk already written is acknowledged again, one being
 // written is dropped (its ack follows), and a source whose unacknowledged
-// chunks exceed twice its credit breaks the protocol. Claimed chunks go to
+// chunks exceed twice its credit plus one chunk breaks the protocol. Claimed chunks go to
 // the session's pool of Writers (default 16) that each verify
 // (chunkChecker: bounds, decompression, digest) and write one chunk, fold
 // its digest and kick the acks. Done waits for the writers to drain
@@ -208,9 +208,9 @@
 // The source holds at most the window in flight plus ReadAhead ×
 // ChunkSize read ahead (with the defaults 64 + 64 MiB), and one zstd
 // encoder per read-ahead worker. The destination holds, per session, what
-// the credit lets in (the window; twice that is refused), one frame being
-// read per connection, one zstd decoder per writer, and at most
-// MaxPending held digests. Memory does not depend on the image size.
+// the credit lets in (the window; beyond twice that plus a chunk is
+// refused), one frame being read per connection, one zstd decoder (and
+// decode buffer) per writer, and at most MaxPending held digests. Memory does not depend on the image size.
 // BandwidthLimit is one token bucket shared by all streams (bytes on the
 // wire per second). Cancelling Send's context closes its connections and
 // stops it within moments.

@@ -422,9 +422,12 @@ func TestDestinationEnforcesCredit(t *testing.T) {
 	prep, dst := hostileSetup(t, ts, "greedy", 1<<20)
 	dst.setHook(func(off, n uint64) { <-blocked })
 	h := dialHand(t, ts, pki, 2, "greedy", prep.Ticket)
-	payload := make([]byte, 32<<10)
+	payload := make([]byte, 60<<10)
 	fillRandom(newRand(3), payload)
-	for i := range 8 { // 256 KiB against 64 KiB of credit, nothing acknowledged
+	// 4 × 60 KiB against 64 KiB of credit (the limit is twice that plus a
+	// chunk), nothing acknowledged: one chunk is being written, two wait
+	// for a writer, the fourth is refused.
+	for i := range 4 {
 		h.mustWrite(t, dataChunk(uint64(i), uint64(i)*(64<<10), payload))
 	}
 	_ = h.bw.Flush()

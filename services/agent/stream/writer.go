@@ -221,10 +221,18 @@ func (s *Session) failDst(c *dstConn, err error) {
 	s.fail(c.stream, err)
 }
 
+// creditLimit is what a session lets in unacknowledged before it calls the
+// source greedy: twice the window (chunks of a dropped connection may still
+// be in the writers while their resends arrive) plus one whole chunk (a
+// chunk alone may exceed the window).
+func (s *Session) creditLimit() uint64 {
+	return 2*s.srv.cfg.Window + HeaderLen + ChunkFixedLen + s.chunkSize
+}
+
 // submit claims a received chunk and queues it for the writers. A chunk
 // already written is acknowledged again; one being written is dropped (its
-// ack follows its write). Credit beyond twice the grant is a protocol
-// error: the source ignores its window.
+// ack follows its write). Credit beyond creditLimit is a protocol error:
+// the source ignores its window.
 func (s *Session) submit(c *dstConn, ch *Chunk, body []byte) error {
 	known, err := s.folder.known(ch.Seq, ch.Digest)
 	if err != nil {
@@ -251,7 +259,7 @@ func (s *Session) submit(c *dstConn, ch *Chunk, body []byte) error {
 		}
 		return nil
 	}
-	if s.ws.outstanding > 0 && s.ws.outstanding+cost > 2*s.srv.cfg.Window {
+	if s.ws.outstanding > 0 && s.ws.outstanding+cost > s.creditLimit() {
 		s.ws.mu.Unlock()
 		putBuf(body)
 		return protoErrorf("chunk seq %d exceeds the credit: %d bytes unacknowledged, window %d", ch.Seq, s.ws.outstanding, s.srv.cfg.Window)
