@@ -49,7 +49,7 @@ type srcConn struct {
 	pipeline int
 
 	inflight     map[uint64]*job
-	order        []uint64 // seqs in the order sent (v1 acks follow it)
+	order        []uint64 // v1: seqs in the order sent (acks follow it)
 	err          error
 	lastProgress time.Time
 	progress     bool

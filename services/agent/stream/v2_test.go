@@ -626,3 +626,29 @@ func TestAckStateAnyOrder(t *testing.T) {
 		}
 	}
 }
+
+// A destination that takes chunks and never acknowledges them makes the
+// source drop the connection after IOTimeout, and give up after its
+// retries, instead of waiting forever.
+func TestMissingAcksTimeOut(t *testing.T) {
+	pki := newTestPKI(t)
+	hd := startHandDest(t, pki, 1<<20)
+	start := time.Now()
+	done, _ := sendToHand(t, pki, hd, 8, func(r *SendRequest) {
+		r.Streams = 1
+		r.IOTimeout = 300 * time.Millisecond
+		r.Retry = RetryPolicy{MaxAttempts: 1, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 10 * time.Millisecond}
+	})
+	// hd never acknowledges (its chunk channel holds what arrives).
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "no ack for seq 0") {
+			t.Fatalf("err = %v, want a missing ack", err)
+		}
+		if el := time.Since(start); el < 600*time.Millisecond {
+			t.Fatalf("gave up after %v: both attempts should have waited IOTimeout", el)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("send waits forever for acks")
+	}
+}

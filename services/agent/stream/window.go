@@ -245,7 +245,9 @@ func (w *window) take(c *srcConn) (j *job, done bool) {
 		c.lastProgress = time.Now()
 	}
 	c.inflight[j.frame.Seq] = j
-	c.order = append(c.order, j.frame.Seq)
+	if c.version == 1 {
+		c.order = append(c.order, j.frame.Seq)
+	}
 	if c.version >= 2 {
 		w.used += j.cost
 		w.stats.noteInFlight(w.used)
@@ -289,7 +291,7 @@ func (w *window) next(ctx context.Context, c *srcConn, flush func() error, timeo
 		if len(c.inflight) > 0 {
 			left := timeout - time.Since(c.lastProgress)
 			if left <= 0 {
-				return nil, fmt.Errorf("no ack for seq %d within %v", c.order[0], timeout)
+				return nil, fmt.Errorf("no ack for seq %d within %v", lowest(c.inflight), timeout)
 			}
 			if timer == nil {
 				timer = time.NewTimer(left)
@@ -314,6 +316,18 @@ func (w *window) wrote(j *job) {
 		putBuf(j.buf)
 		j.buf = nil
 	}
+}
+
+// lowest is the lowest seq of a connection's chunks in flight.
+func lowest(inflight map[uint64]*job) uint64 {
+	first := true
+	var low uint64
+	for seq := range inflight {
+		if first || seq < low {
+			low, first = seq, false
+		}
+	}
+	return low
 }
 
 // ackOne marks seq acknowledged (the caller holds mu). A seq not planned
