@@ -66,7 +66,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Agent, err
 	if err != nil {
 		return fail(err)
 	}
-	ag.ln, err = net.Listen("tcp", a.DataListen)
+	// Accepted data connections inherit the listener's congestion control.
+	lc := net.ListenConfig{Control: stream.CongestionControl(a.TCPCongestion)}
+	ag.ln, err = lc.Listen(context.Background(), "tcp", a.DataListen)
 	if err != nil {
 		return fail(fmt.Errorf("[agent] data_listen: %w", err))
 	}
@@ -129,6 +131,7 @@ func newSource(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Agen
 		ChunkSize:      uint64(a.ChunkSize),
 		Compression:    comp,
 		BandwidthLimit: int64(a.BandwidthLimit),
+		Congestion:     a.TCPCongestion,
 		Sealer:         sealer,
 		ClientTLS: func(name string) (*tls.Config, error) {
 			return stream.ClientTLSConfig(t.CAFile, t.CertFile, t.KeyFile, name)

@@ -81,7 +81,11 @@ type SendRequest struct {
 	Window uint64
 	// MaxVersion is the highest protocol version offered (default
 	// ProtocolVersion); 1 speaks v1 only.
-	MaxVersion  int
+	MaxVersion int
+	// Congestion is the TCP congestion control algorithm of the data
+	// connections when Dial is nil ([agent] tcp_congestion: bbr where
+	// the kernel offers it, cubic otherwise; "" the kernel's default).
+	Congestion  string
 	Compression Compression
 	// BandwidthLimit caps the bytes per second of all streams together
 	// (token bucket); 0 means unlimited.
@@ -186,7 +190,7 @@ func (r *SendRequest) prepare() error {
 		}
 	}
 	if r.Dial == nil {
-		d := &net.Dialer{Timeout: r.IOTimeout, KeepAlive: 30 * time.Second}
+		d := &net.Dialer{Timeout: r.IOTimeout, KeepAlive: 30 * time.Second, Control: CongestionControl(r.Congestion)}
 		r.Dial = d.DialContext
 	}
 	return nil

@@ -62,6 +62,9 @@ type Options struct {
 	ChunkSize      uint64
 	Compression    stream.Compression
 	BandwidthLimit int64
+	// Congestion is the data connections' TCP congestion control
+	// ([agent] tcp_congestion; see stream.SendRequest.Congestion).
+	Congestion string
 	// ClientTLS builds the client TLS config for a destination name.
 	ClientTLS func(serverName string) (*tls.Config, error)
 	Progress  func(stream.Progress)
@@ -266,7 +269,8 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 		Source: &sourceImage{img: img, size: info.Size}, Extents: extents,
 		ChunkSize: prep.ChunkSize, Streams: s.opts.Streams, Compression: s.opts.Compression,
 		BandwidthLimit: EffectiveLimit(s.opts.BandwidthLimit, job.BandwidthLimit), ResumeFrom: resume, Retry: s.opts.Retry,
-		Progress: s.opts.Progress, Logger: log,
+		Congestion: s.opts.Congestion,
+		Progress:   s.opts.Progress, Logger: log,
 	})
 	if err != nil {
 		s.abort(dest, job, err)
