@@ -203,6 +203,20 @@ func TestDemotePreservesDivergentHead(t *testing.T) {
 		t.Errorf("the refused demote changed the metadata: %v, was %v", md, mdBefore)
 	}
 
+	// preserve_as naming an image that is not Ferry's copy: refused.
+	foreign := "ferry-foreign-" + r.id
+	if err := h.src.CreateImage(ctx, h.pool, foreign, rbd.ImageSpec{Size: 1 << 20, Order: 22}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { removeWithClones(t, h.src, h.pool, foreign) })
+	req.PreserveAs = foreign
+	if _, err := rev.dest.Demote(ctx, req); !errors.Is(err, rpc.ErrConflict) {
+		t.Fatalf("demote preserving into another image: %v", err)
+	}
+	if sha := testenv.ExportSHA(t, h.srcConf, h.pool+"/"+r.name); sha != head {
+		t.Fatal("the refused demote changed the head")
+	}
+
 	req.PreserveAs = "ferry-preserved-" + r.id
 	t.Cleanup(func() { removeWithClones(t, h.src, h.pool, req.PreserveAs) })
 	dem, err := rev.dest.Demote(ctx, req)
@@ -381,5 +395,71 @@ func TestPromoteDemoteSafety(t *testing.T) {
 	bad.ReplicationID = "other"
 	if _, err := rev.dest.Demote(ctx, bad); !errors.Is(err, rpc.ErrConflict) {
 		t.Errorf("demote for another replication: %v", err)
+	}
+}
+
+// A demote interrupted after the clone of the head (not yet flattened,
+// the image not rolled back) resumes: the copy is flattened, verified
+// and kept, the temporary snapshot goes, then the rollback.
+func TestDemoteResumesAnInterruptedPreserve(t *testing.T) {
+	h := newHarness(t, Options{})
+	ctx := ctxT(t)
+	r := newReplication(h, 8<<20)
+	writeRandom(t, r.img, 0, 2<<20)
+	p := r.cycle(ctx).Snapshot
+	prom, err := h.dest.Promote(ctx, rpc.PromoteRequest{ReplicationID: r.id, Pool: h.pool, Image: r.replica, Point: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRandom(t, r.img, 4<<20, 1<<20)
+	req := rpc.DemoteRequest{ReplicationID: r.id, Pool: h.pool, Image: r.name, Point: p, Peer: peerOf(prom), PreserveAs: "ferry-preserved-" + r.id}
+	t.Cleanup(func() { removeWithClones(t, h.src, h.pool, req.PreserveAs) })
+	// What the interrupted run left: the temporary snapshot, protected,
+	// and its clone marked as Ferry's copy.
+	tmp := preserveSnapshot(req.PreserveAs)
+	if err := r.img.CreateSnapshot(tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.img.ProtectSnapshot(tmp); err != nil {
+		t.Fatal(err)
+	}
+	info, err := r.img.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.closeImg()
+	head := testenv.ExportSHA(t, h.srcConf, h.pool+"/"+r.name)
+	if err := h.src.Clone(ctx, h.pool, r.name, tmp, h.pool, req.PreserveAs); err != nil {
+		t.Fatal(err)
+	}
+	c, err := h.src.OpenImage(ctx, h.pool, req.PreserveAs, "", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range map[string]string{MetaOwner: OwnerValue, MetaPreservedFrom: h.pool + "/" + r.name, MetaPreservedFromID: info.ID, MetaReplication: r.id} {
+		if err := c.SetMetadata(k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Close()
+
+	dem, err := h.reverse().dest.Demote(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dem.Preserved != req.PreserveAs || !dem.RolledBack {
+		t.Errorf("demote: %+v", dem)
+	}
+	if sha := testenv.ExportSHA(t, h.srcConf, h.pool+"/"+req.PreserveAs); sha != head {
+		t.Errorf("preserved copy sha256 %s, the head was %s", sha, head)
+	}
+	if out, err := exec.Command("rbd", "-c", h.srcConf, "info", h.pool+"/"+req.PreserveAs).CombinedOutput(); err != nil || strings.Contains(string(out), "parent:") {
+		t.Errorf("the copy is not flattened: %s %v", out, err)
+	}
+	if snaps := snapshotsOf(t, h.src, h.pool, r.name); !slices.Equal(snaps, []string{p}) {
+		t.Errorf("A's snapshots %v, want [%s]", snaps, p)
+	}
+	if sha := testenv.ExportSHA(t, h.srcConf, h.pool+"/"+r.name); sha != r.sha[p] {
+		t.Errorf("A's head sha256 %s, the point %s", sha, r.sha[p])
 	}
 }
