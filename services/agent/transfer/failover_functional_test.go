@@ -396,6 +396,25 @@ func TestPromoteDemoteSafety(t *testing.T) {
 	if _, err := rev.dest.Demote(ctx, bad); !errors.Is(err, rpc.ErrConflict) {
 		t.Errorf("demote for another replication: %v", err)
 	}
+
+	// Forced to an older point: the primary is rolled back to it (the
+	// newer point stays as a snapshot) and marked there.
+	q = preq
+	q.Point, q.Force = c1.Snapshot, true
+	forced, err := h.dest.Promote(ctx, q)
+	if err != nil || !forced.RolledBack || forced.Digest != c1.Digest {
+		t.Fatalf("forced promote to %s: %+v, %v", c1.Snapshot, forced, err)
+	}
+	if sha := testenv.ExportSHA(t, h.dstConf, h.pool+"/"+r.replica); sha != r.sha[c1.Snapshot] {
+		t.Errorf("the forced promote left the head at sha256 %s, the point is %s", sha, r.sha[c1.Snapshot])
+	}
+	if snaps := snapshotsOf(t, h.dst, h.pool, r.replica); !slices.Contains(snaps, p) {
+		t.Errorf("the newer point %s is gone: %v", p, snaps)
+	}
+	q.Force = false
+	if again, err := h.dest.Promote(ctx, q); err != nil || again != forced {
+		t.Errorf("repeat of the forced promote: %+v, %v; want %+v", again, err, forced)
+	}
 }
 
 // A demote interrupted after the clone of the head (not yet flattened,
