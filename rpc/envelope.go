@@ -37,8 +37,8 @@ import (
 //	     the agent-to-agent calls, TransferCancel.epoch
 //	1.3  replication cycles: TransferStart.replication_id, retain and
 //	     bandwidth_limit; StatusEvent.snapshot_time and removed (and the
-//	     same in TransferQueryReply); replication.drill and
-//	     replication.cleanup
+//	     same in TransferQueryReply); replication.drill,
+//	     replication.cleanup, replication.promote and replication.demote
 const (
 	VersionMajor = 1
 	VersionMinor = 3

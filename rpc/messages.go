@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -280,4 +281,114 @@ func (r ReplicationCleanup) Validate() error {
 		return fmt.Errorf("%w: replication.cleanup side %q is not source or destination", ErrInvalid, r.Side)
 	}
 	return nil
+}
+
+// MethodReplicationPromote: API → a region's agents (call to
+// agent.<region>): make that region's image of a replication the primary
+// at a retained point (failover, failback). Since 1.3.
+const MethodReplicationPromote = "replication.promote"
+
+// MethodReplicationDemote: API → a region's agents (call to
+// agent.<region>): make that region's image the destination of the new
+// primary (PeerImage) at their common point, preserving a divergent head
+// aside first when asked. Since 1.3.
+const MethodReplicationDemote = "replication.demote"
+
+// PromoteRequest is replication.promote's body: Pool/Image, Ferry's image
+// of replication ReplicationID, becomes the primary at Point (a verified
+// point of it), its head rolled back to Point when it differs. A repeat
+// with the same Point answers the same; another Point while the image is
+// primary is refused unless Force.
+type PromoteRequest struct {
+	ReplicationID string `json:"replication_id"`
+	Pool          string `json:"pool"`
+	Image         string `json:"image"`
+	Point         string `json:"point"`
+	Force         bool   `json:"force,omitempty"`
+}
+
+// Validate checks the request's fields.
+func (r PromoteRequest) Validate() error {
+	return requireNames("replication.promote", [][2]string{{"replication_id", r.ReplicationID}, {"pool", r.Pool},
+		{"image", r.Image}, {"point", r.Point}})
+}
+
+// PromoteReply is replication.promote's reply: the promoted image's
+// identity (FSID, RBD id, pool/image name), the snapshot id of Point on it
+// (what the demoted side's record binds to), its size and recorded
+// digest, and whether the head was rolled back to Point.
+type PromoteReply struct {
+	FSID       string `json:"fsid"`
+	ImageID    string `json:"image_id"`
+	Name       string `json:"name"`
+	SnapID     uint64 `json:"snap_id"`
+	Size       uint64 `json:"size"`
+	Digest     string `json:"digest,omitempty"`
+	RolledBack bool   `json:"rolled_back,omitempty"`
+}
+
+// PeerImage is the new primary as a demoted image records it: its source.
+type PeerImage struct {
+	FSID    string `json:"fsid"`
+	ImageID string `json:"image_id"`
+	Name    string `json:"name"`
+	SnapID  uint64 `json:"snap_id"`
+	Digest  string `json:"digest,omitempty"`
+}
+
+// DemoteRequest is replication.demote's body: Pool/Image, which holds
+// Point (a Ferry snapshot of ReplicationID on it), becomes a Ferry
+// destination of Peer, its head rolled back to Point. A head that differs
+// from Point is refused unless PreserveAs names the image (in Pool) to
+// copy it to first.
+type DemoteRequest struct {
+	ReplicationID string    `json:"replication_id"`
+	Pool          string    `json:"pool"`
+	Image         string    `json:"image"`
+	Point         string    `json:"point"`
+	Peer          PeerImage `json:"peer"`
+	PreserveAs    string    `json:"preserve_as,omitempty"`
+}
+
+// Validate checks the request's fields.
+func (r DemoteRequest) Validate() error {
+	if err := requireNames("replication.demote", [][2]string{{"replication_id", r.ReplicationID}, {"pool", r.Pool},
+		{"image", r.Image}, {"point", r.Point}, {"peer.fsid", r.Peer.FSID}, {"peer.image_id", r.Peer.ImageID}, {"peer.name", r.Peer.Name}}); err != nil {
+		return err
+	}
+	switch {
+	case r.Peer.SnapID == 0:
+		return fmt.Errorf("%w: replication.demote without peer.snap_id", ErrInvalid)
+	case r.PreserveAs != "" && (!rbdName(r.PreserveAs) || r.PreserveAs == r.Image):
+		return fmt.Errorf("%w: replication.demote preserve_as %q is not another image's name", ErrInvalid, r.PreserveAs)
+	}
+	return nil
+}
+
+// DemoteReply is replication.demote's reply: the image the divergent head
+// was copied to (empty: none) and its allocated bytes, whether the head
+// was rolled back, and the snapshot id of Point on the demoted image.
+type DemoteReply struct {
+	Preserved      string `json:"preserved,omitempty"`
+	PreservedBytes uint64 `json:"preserved_bytes,omitempty"`
+	RolledBack     bool   `json:"rolled_back,omitempty"`
+	SnapID         uint64 `json:"snap_id"`
+}
+
+// requireNames checks that each field is set and an RBD name (no '/', '@'
+// or NUL; the peer's name is pool/image and only needs to be set).
+func requireNames(method string, fields [][2]string) error {
+	for _, f := range fields {
+		switch {
+		case f[1] == "":
+			return fmt.Errorf("%w: %s without %s", ErrInvalid, method, f[0])
+		case f[0] != "peer.name" && f[0] != "peer.fsid" && f[0] != "peer.image_id" && !rbdName(f[1]):
+			return fmt.Errorf("%w: %s %s %q is not an RBD name", ErrInvalid, method, f[0], f[1])
+		}
+	}
+	return nil
+}
+
+func rbdName(s string) bool {
+	return s != "" && len(s) <= 255 && !strings.ContainsAny(s, "/@\x00")
 }

@@ -74,3 +74,64 @@ func TestReplicationBodiesValidate(t *testing.T) {
 		}
 	}
 }
+
+// Promote and demote are signed agent commands, and their bodies refuse
+// what an agent could not act on.
+func TestFailoverCommands(t *testing.T) {
+	for _, m := range []string{MethodReplicationPromote, MethodReplicationDemote} {
+		if !IsAgentCommand(m) {
+			t.Errorf("%s is not an agent command", m)
+		}
+	}
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	rc := &recordingCaster{}
+	c := SigningCaster{Caster: rc, Signer: NewSigner(priv, time.Hour)}
+	dem := DemoteRequest{ReplicationID: "r", Pool: "volumes", Image: "volume-1", Point: "ferry-t",
+		Peer: PeerImage{FSID: "f", ImageID: "i", Name: "volumes/ferry-replica-r", SnapID: 7, Digest: "d"}}
+	if err := c.Cast(context.Background(), AgentTarget("R1"), MethodReplicationDemote, dem); err != nil {
+		t.Fatal(err)
+	}
+	if err := NewVerifier(pub).VerifyEnvelope(rc.envs[0]); err != nil {
+		t.Errorf("demote does not verify: %v", err)
+	}
+	var back DemoteRequest
+	if err := rc.envs[0].DecodeBody(&back); err != nil || back != dem {
+		t.Errorf("demote body %+v, %v", back, err)
+	}
+
+	okP := PromoteRequest{ReplicationID: "r", Pool: "p", Image: "i", Point: "ferry-t"}
+	for _, c := range []struct {
+		req  PromoteRequest
+		want bool
+	}{
+		{okP, true},
+		{PromoteRequest{ReplicationID: "r", Pool: "p", Image: "i", Point: "ferry-t", Force: true}, true},
+		{PromoteRequest{Pool: "p", Image: "i", Point: "ferry-t"}, false},
+		{PromoteRequest{ReplicationID: "r", Pool: "p", Image: "i"}, false},
+		{PromoteRequest{ReplicationID: "r", Pool: "p", Image: "i@x", Point: "ferry-t"}, false},
+		{PromoteRequest{ReplicationID: "r", Pool: "a/b", Image: "i", Point: "ferry-t"}, false},
+	} {
+		if err := c.req.Validate(); (err == nil) != c.want || err != nil && !errors.Is(err, ErrInvalid) {
+			t.Errorf("promote %+v: %v", c.req, err)
+		}
+	}
+	mod := func(f func(*DemoteRequest)) DemoteRequest { d := dem; f(&d); return d }
+	for _, c := range []struct {
+		req  DemoteRequest
+		want bool
+	}{
+		{dem, true},
+		{mod(func(d *DemoteRequest) { d.PreserveAs = "ferry-preserved-1" }), true},
+		{mod(func(d *DemoteRequest) { d.PreserveAs = d.Image }), false},
+		{mod(func(d *DemoteRequest) { d.PreserveAs = "p/x" }), false},
+		{mod(func(d *DemoteRequest) { d.Peer.SnapID = 0 }), false},
+		{mod(func(d *DemoteRequest) { d.Peer.ImageID = "" }), false},
+		{mod(func(d *DemoteRequest) { d.Peer.FSID = "" }), false},
+		{mod(func(d *DemoteRequest) { d.Point = "" }), false},
+		{mod(func(d *DemoteRequest) { d.Point = "a@b" }), false},
+	} {
+		if err := c.req.Validate(); (err == nil) != c.want || err != nil && !errors.Is(err, ErrInvalid) {
+			t.Errorf("demote %+v: %v", c.req, err)
+		}
+	}
+}

@@ -100,7 +100,7 @@ type SigningCaster struct {
 func IsAgentCommand(method string) bool {
 	switch method {
 	case MethodTransferStart, MethodTransferCancel, MethodTransferQuery, MethodTransferCleanup,
-		MethodReplicationDrill, MethodReplicationCleanup:
+		MethodReplicationDrill, MethodReplicationCleanup, MethodReplicationPromote, MethodReplicationDemote:
 		return true
 	}
 	return false
@@ -119,8 +119,7 @@ func (c SigningCaster) Cast(ctx context.Context, target Target, method string, b
 }
 
 // SigningCaller signs the agent commands that are calls (transfer.query,
-// replication.drill)
-// before the inner Caller sends them.
+// replication.drill, replication.promote, replication.demote) before the inner Caller sends them.
 type SigningCaller struct {
 	Caller Caller
 	Signer *Signer

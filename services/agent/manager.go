@@ -63,8 +63,8 @@ func (a *Agent) handlers(r *runner) (shared, own *rpc.Mux) {
 }
 
 // replicationHandlers serve ferry-api's replication commands (signed): a
-// drill's clone of a retained point at the destination, and the clean-up
-// of a deleted replication on either side.
+// drill's clone of a retained point at the destination, the clean-up of a
+// deleted replication on either side, and failover's promote and demote.
 func (a *Agent) replicationHandlers(mux *rpc.Mux) {
 	mux.Handle(rpc.MethodReplicationDrill, rpc.RequireSigned(a.verifier, func(ctx context.Context, env rpc.Envelope) (any, error) {
 		var req rpc.DrillRequest
@@ -90,6 +90,33 @@ func (a *Agent) replicationHandlers(mux *rpc.Mux) {
 			return nil, err
 		}
 		return nil, a.cleanupReplication(ctx, req)
+	}, a.refusedCommand))
+	// Failover and failback: promote this region's image of a
+	// replication to the primary at a point, or demote it to a
+	// destination of the new primary. Both are idempotent.
+	mux.Handle(rpc.MethodReplicationPromote, rpc.RequireSigned(a.verifier, func(ctx context.Context, env rpc.Envelope) (any, error) {
+		var req rpc.PromoteRequest
+		if err := env.DecodeBody(&req); err != nil {
+			return nil, err
+		}
+		rep, err := a.Dest.Promote(ctx, req)
+		if err != nil {
+			a.log.Warn("promote refused", "replication_id", req.ReplicationID, "image", req.Pool+"/"+req.Image, "point", req.Point, "error", err)
+			return nil, err
+		}
+		return rep, nil
+	}, a.refusedCommand))
+	mux.Handle(rpc.MethodReplicationDemote, rpc.RequireSigned(a.verifier, func(ctx context.Context, env rpc.Envelope) (any, error) {
+		var req rpc.DemoteRequest
+		if err := env.DecodeBody(&req); err != nil {
+			return nil, err
+		}
+		rep, err := a.Dest.Demote(ctx, req)
+		if err != nil {
+			a.log.Warn("demote refused", "replication_id", req.ReplicationID, "image", req.Pool+"/"+req.Image, "point", req.Point, "error", err)
+			return nil, err
+		}
+		return rep, nil
 	}, a.refusedCommand))
 }
 

@@ -286,6 +286,11 @@ func (d *Dest) view(img *rbd.Image, imageID string, info rbd.Info, created bool,
 		return nil, err
 	}
 	v := &destView{Created: created, Size: info.Size, Snaps: snaps, Records: d.records(imageID, md, snaps)}
+	if _, v.Primary = md[MetaPrimary]; v.Primary {
+		if m := d.marker(imageID, md); m != nil {
+			v.PrimaryPoint = m.Point
+		}
+	}
 	var w writingState
 	if s, ok := md[MetaWriting]; ok {
 		if err := d.cfg.Sealer.Open(kindWriting, imageID, s, &w); err == nil {
@@ -743,6 +748,9 @@ func (d *Dest) Cleanup(ctx context.Context, transferID, pool, image string) (Cle
 	}
 	if md[MetaOwner] != OwnerValue {
 		return CleanupResult{}, fmt.Errorf("%w: %s", ErrNotOwned, name)
+	}
+	if _, ok := md[MetaPrimary]; ok {
+		return CleanupResult{}, fmt.Errorf("%w: %s is the primary of its replication: left in place", ErrConflict, name)
 	}
 	info, err := img.Info()
 	if err != nil {

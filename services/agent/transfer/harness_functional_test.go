@@ -37,6 +37,8 @@ type harness struct {
 	serverAddr string
 	// Each region's state key.
 	srcSealer, dstSealer *Sealer
+	// dir holds the test CA and the agents' certificates.
+	dir string
 }
 
 func testSealer(t *testing.T) *Sealer {
@@ -70,6 +72,7 @@ func newHarness(t *testing.T, opts Options) *harness {
 	h.dst = connect(t, "REGIONTWO")
 
 	dir := t.TempDir()
+	h.dir = dir
 	if _, _, err := pki.InitCA(dir, pki.CAOptions{}); err != nil {
 		t.Fatal(err)
 	}

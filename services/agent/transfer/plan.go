@@ -29,6 +29,11 @@ type destView struct {
 	// (records of other transfers), zero when unknown.
 	Granted   time.Time
 	GrantedBy string
+	// Primary: the image carries a primary marker (promoted: the source
+	// of its replication now), verified or not; PrimaryPoint is the
+	// verified marker's point.
+	Primary      bool
+	PrimaryPoint string
 }
 
 type checkpointState int
@@ -94,6 +99,11 @@ type destPlan struct {
 // planPrepare decides what a prepare does with the destination as found.
 // It is pure: every refusal comes from here, before anything is written.
 func planPrepare(req *PrepareRequest, v *destView) (destPlan, error) {
+	// A promoted image is written by its users, never by a transfer.
+	if v.Primary {
+		return destPlan{}, fmt.Errorf("%w: the image is the primary of its replication (promoted at %q); Ferry does not write it",
+			ErrConflict, v.PrimaryPoint)
+	}
 	// A grant older than a copy of another transfer the destination holds
 	// is a replay of a superseded transfer: nothing to do.
 	if g := req.granted(); !g.IsZero() && g.Before(v.Granted) && v.GrantedBy != req.TransferID {

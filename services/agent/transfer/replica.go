@@ -293,6 +293,11 @@ func (d *Dest) CleanupReplica(ctx context.Context, req rpc.ReplicationCleanup) (
 	if md, err = img.Metadata(); err != nil {
 		return ReplicaCleanupResult{}, err
 	}
+	if _, ok := md[MetaPrimary]; ok {
+		// Promoted (failed over): the image is the primary now, its
+		// users' data; neither removed nor rolled back.
+		return ReplicaCleanupResult{}, fmt.Errorf("%w: %s is the primary of replication %s: left in place", ErrConflict, name, req.ReplicationID)
+	}
 	snaps, err := img.Snapshots()
 	if err != nil {
 		return ReplicaCleanupResult{}, err

@@ -9,7 +9,9 @@
 // replication cycle (ReplicationID) keeps the retained points at the
 // destination besides the new one; replica.go has what a replication needs
 // besides its cycles: drills (clones of a point) and the clean-up of both
-// sides.
+// sides; failover.go has failover's promote (the replica becomes the
+// primary, refusing every prepare) and demote (the old source becomes a
+// destination of it, a divergent head copied aside first).
 //
 // It joins services/agent/rbd (Ceph) and services/agent/stream (the wire);
 // the Preparer interface is how the source reaches the destination: a
