@@ -62,7 +62,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Agent, err
 		return fail(fmt.Errorf("[tls]: %w", err))
 	}
 	ag.server, err = stream.NewServer(stream.ServerConfig{TLSConfig: serverTLS, Logger: ag.log,
-		MaxSessions: a.MaxSessions, MaxConnections: a.MaxDataConnections})
+		MaxSessions: a.MaxSessions, MaxConnections: a.MaxDataConnections, Window: uint64(a.StreamWindow)})
 	if err != nil {
 		return fail(err)
 	}

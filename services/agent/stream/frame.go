@@ -11,8 +11,13 @@ import (
 
 // Wire constants. All integers are big-endian.
 const (
-	// ProtocolVersion is the only version this package speaks.
-	ProtocolVersion = 1
+	// ProtocolVersion is the highest version this package speaks and the
+	// one it prefers; MinProtocolVersion is the oldest it still speaks (v1
+	// stays for one release, so that agents can be upgraded one by one).
+	ProtocolVersion    = 2
+	MinProtocolVersion = 1
+	// MaxAckRanges bounds the selective ranges of one v2 Acks frame.
+	MaxAckRanges = 60
 	// HeaderLen is the fixed frame header: magic[4] version[1] type[1]
 	// flags[2] body-length[4].
 	HeaderLen = 12
@@ -41,6 +46,7 @@ const (
 	FrameDone    FrameType = 5 // source → destination, on the control connection
 	FrameDoneOK  FrameType = 6 // destination → source, transfer committed
 	FrameError   FrameType = 7 // either way, then the connection closes
+	FrameAcks    FrameType = 8 // v2: destination → source, watermark, selective ranges and credit
 )
 
 func (t FrameType) String() string {
@@ -59,6 +65,8 @@ func (t FrameType) String() string {
 		return "done-ok"
 	case FrameError:
 		return "error"
+	case FrameAcks:
+		return "acks"
 	}
 	return fmt.Sprintf("frame(%d)", uint8(t))
 }
@@ -74,12 +82,12 @@ const (
 
 const chunkFlagCompressed = 0x01
 
-// Frame is one protocol frame: *Hello, *HelloOK, *Chunk, *Ack, *Done,
-// *DoneOK or *ErrorFrame.
+// Frame is one protocol frame: *Hello, *HelloOK, *Chunk, *Ack, *Acks,
+// *Done, *DoneOK or *ErrorFrame.
 type Frame interface {
 	Type() FrameType
-	// appendBody appends the encoded body (without header).
-	appendBody(b []byte) []byte
+	// appendBody appends the body (without header) as version encodes it.
+	appendBody(b []byte, version uint8) []byte
 }
 
 // Hello opens every connection: it names the transfer and presents the
@@ -91,10 +99,16 @@ type Hello struct {
 }
 
 // HelloOK accepts a connection; it repeats the session's chunk size and the
-// destination's contiguous watermark.
+// destination's contiguous watermark. In v2 it also grants the credit
+// window (Window: bytes of chunk frames the source may have unacknowledged
+// in the whole session) and MaxAhead (how far beyond the watermark a seq
+// may run: the out-of-order digests the destination holds). v1 carries
+// neither; they decode as zero.
 type HelloOK struct {
 	ChunkSize uint64
 	Watermark uint64
+	Window    uint64
+	MaxAhead  uint32
 }
 
 // Chunk is one range of the image. Zero chunks carry no payload. When
@@ -114,6 +128,20 @@ type Chunk struct {
 type Ack struct {
 	Seq uint64
 }
+
+// Acks (v2) reports what the destination has written: every seq below
+// Watermark, plus the half-open Ranges [start, end) above it (sorted,
+// disjoint, not touching the watermark or each other), and renews the
+// credit Window. It may come on any connection of the session and covers
+// chunks sent on any of them.
+type Acks struct {
+	Watermark uint64
+	Window    uint64
+	Ranges    []SeqRange
+}
+
+// SeqRange is a half-open range of chunk sequence numbers.
+type SeqRange struct{ Start, End uint64 }
 
 // Done ends a transfer: the number of chunks and the transfer digest (raw
 // sha256 over the ordered chunk digests).
@@ -138,11 +166,12 @@ func (*Hello) Type() FrameType      { return FrameHello }
 func (*HelloOK) Type() FrameType    { return FrameHelloOK }
 func (*Chunk) Type() FrameType      { return FrameChunk }
 func (*Ack) Type() FrameType        { return FrameAck }
+func (*Acks) Type() FrameType       { return FrameAcks }
 func (*Done) Type() FrameType       { return FrameDone }
 func (*DoneOK) Type() FrameType     { return FrameDoneOK }
 func (*ErrorFrame) Type() FrameType { return FrameError }
 
-func (f *Hello) appendBody(b []byte) []byte {
+func (f *Hello) appendBody(b []byte, _ uint8) []byte {
 	b = binary.BigEndian.AppendUint32(b, f.Stream)
 	b = append(b, byte(len(f.TransferID)))
 	b = append(b, f.TransferID...)
@@ -150,9 +179,14 @@ func (f *Hello) appendBody(b []byte) []byte {
 	return append(b, f.Ticket...)
 }
 
-func (f *HelloOK) appendBody(b []byte) []byte {
+func (f *HelloOK) appendBody(b []byte, version uint8) []byte {
 	b = binary.BigEndian.AppendUint64(b, f.ChunkSize)
-	return binary.BigEndian.AppendUint64(b, f.Watermark)
+	b = binary.BigEndian.AppendUint64(b, f.Watermark)
+	if version >= 2 {
+		b = binary.BigEndian.AppendUint64(b, f.Window)
+		b = binary.BigEndian.AppendUint32(b, f.MaxAhead)
+	}
+	return b
 }
 
 func (f *Chunk) appendFixed(b []byte) []byte {
@@ -168,24 +202,35 @@ func (f *Chunk) appendFixed(b []byte) []byte {
 	return append(b, f.Digest[:]...)
 }
 
-func (f *Chunk) appendBody(b []byte) []byte {
+func (f *Chunk) appendBody(b []byte, _ uint8) []byte {
 	return append(f.appendFixed(b), f.Payload...)
 }
 
-func (f *Ack) appendBody(b []byte) []byte { return binary.BigEndian.AppendUint64(b, f.Seq) }
+func (f *Ack) appendBody(b []byte, _ uint8) []byte { return binary.BigEndian.AppendUint64(b, f.Seq) }
 
-func (f *Done) appendBody(b []byte) []byte {
+func (f *Acks) appendBody(b []byte, _ uint8) []byte {
+	b = binary.BigEndian.AppendUint64(b, f.Watermark)
+	b = binary.BigEndian.AppendUint64(b, f.Window)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(f.Ranges)))
+	for _, r := range f.Ranges {
+		b = binary.BigEndian.AppendUint64(b, r.Start)
+		b = binary.BigEndian.AppendUint64(b, r.End)
+	}
+	return b
+}
+
+func (f *Done) appendBody(b []byte, _ uint8) []byte {
 	b = binary.BigEndian.AppendUint64(b, f.TotalChunks)
 	return append(b, f.Digest[:]...)
 }
 
-func (f *DoneOK) appendBody(b []byte) []byte {
+func (f *DoneOK) appendBody(b []byte, _ uint8) []byte {
 	b = binary.BigEndian.AppendUint64(b, f.TotalChunks)
 	b = append(b, f.Digest[:]...)
 	return binary.BigEndian.AppendUint64(b, f.BytesWritten)
 }
 
-func (f *ErrorFrame) appendBody(b []byte) []byte {
+func (f *ErrorFrame) appendBody(b []byte, _ uint8) []byte {
 	r := f.Reason
 	if len(r) > MaxReasonLen {
 		r = r[:MaxReasonLen]
@@ -195,28 +240,39 @@ func (f *ErrorFrame) appendBody(b []byte) []byte {
 }
 
 func appendHeader(b []byte, t FrameType, bodyLen int) []byte {
+	return appendHeaderV(b, 1, t, bodyLen)
+}
+
+func appendHeaderV(b []byte, version uint8, t FrameType, bodyLen int) []byte {
 	b = append(b, frameMagic[:]...)
-	b = append(b, ProtocolVersion, byte(t), 0, 0)
+	b = append(b, version, byte(t), 0, 0)
 	return binary.BigEndian.AppendUint32(b, uint32(bodyLen))
 }
 
-// AppendFrame appends the complete encoding of f to b.
-func AppendFrame(b []byte, f Frame) []byte {
+// AppendFrame appends the complete v1 encoding of f to b.
+func AppendFrame(b []byte, f Frame) []byte { return AppendFrameV(b, 1, f) }
+
+// AppendFrameV appends the complete encoding of f in protocol version to b.
+func AppendFrameV(b []byte, version uint8, f Frame) []byte {
 	start := len(b)
-	b = appendHeader(b, f.Type(), 0)
-	b = f.appendBody(b)
+	b = appendHeaderV(b, version, f.Type(), 0)
+	b = f.appendBody(b, version)
 	binary.BigEndian.PutUint32(b[start+8:], uint32(len(b)-start-HeaderLen))
 	return b
 }
 
-// WriteFrame writes f to w. A chunk's payload is written without copying it.
-func WriteFrame(w io.Writer, f Frame) error {
-	if err := checkEncodable(f); err != nil {
+// WriteFrame writes f to w in v1. A chunk's payload is written without
+// copying it.
+func WriteFrame(w io.Writer, f Frame) error { return WriteFrameV(w, 1, f) }
+
+// WriteFrameV writes f to w in protocol version.
+func WriteFrameV(w io.Writer, version uint8, f Frame) error {
+	if err := checkEncodable(version, f); err != nil {
 		return err
 	}
 	if c, ok := f.(*Chunk); ok {
 		var scratch [HeaderLen + ChunkFixedLen]byte
-		b := appendHeader(scratch[:0], FrameChunk, ChunkFixedLen+len(c.Payload))
+		b := appendHeaderV(scratch[:0], version, FrameChunk, ChunkFixedLen+len(c.Payload))
 		b = c.appendFixed(b)
 		if _, err := w.Write(b); err != nil {
 			return err
@@ -229,12 +285,19 @@ func WriteFrame(w io.Writer, f Frame) error {
 		return nil
 	}
 	var scratch [128]byte
-	_, err := w.Write(AppendFrame(scratch[:0], f))
+	_, err := w.Write(AppendFrameV(scratch[:0], version, f))
 	return err
 }
 
-func checkEncodable(f Frame) error {
+func checkEncodable(version uint8, f Frame) error {
+	if !knownType(version, f.Type()) {
+		return protoErrorf("%s frame does not exist in v%d", f.Type(), version)
+	}
 	switch f := f.(type) {
+	case *Acks:
+		if len(f.Ranges) > MaxAckRanges {
+			return protoErrorf("acks with %d ranges", len(f.Ranges))
+		}
 	case *Hello:
 		if len(f.TransferID) > MaxIDLen || len(f.Ticket) > MaxIDLen {
 			return protoErrorf("hello field longer than %d bytes", MaxIDLen)
@@ -247,7 +310,20 @@ func checkEncodable(f Frame) error {
 	return nil
 }
 
-// ReadFrame reads one frame from r. maxPayload bounds a chunk's payload; every
+// knownType tells whether frame type t exists in version.
+func knownType(version uint8, t FrameType) bool {
+	switch t {
+	case FrameHello, FrameHelloOK, FrameChunk, FrameDone, FrameDoneOK, FrameError:
+		return version >= MinProtocolVersion && version <= ProtocolVersion
+	case FrameAck:
+		return version == 1
+	case FrameAcks:
+		return version == 2
+	}
+	return false
+}
+
+// ReadFrame reads one frame of any supported version from r. maxPayload bounds a chunk's payload; every
 // other frame is bounded by MaxControlBody. The declared length is checked
 // against these bounds before anything is allocated, so ReadFrame allocates
 // at most maxPayload+ChunkFixedLen bytes for the body. It never panics on any
@@ -259,13 +335,21 @@ func ReadFrame(r io.Reader, maxPayload int) (Frame, error) {
 }
 
 // frameReader reads frames reusing one body buffer: a Chunk's Payload
-// aliases it and is valid until the next call.
+// aliases it and is valid until the next call. With alloc set, each chunk
+// body is allocated by it instead (the caller owns it). version 0 accepts
+// any supported version and records the last one read in got; otherwise a
+// frame of another version is a protocol error.
 type frameReader struct {
 	r          io.Reader
 	maxPayload int
 	reuse      bool
 	buf        []byte
 	hdr        [HeaderLen]byte
+	version    uint8
+	got        uint8
+	alloc      func(n int) []byte
+	// allocated is the body alloc gave the last chunk.
+	allocated []byte
 }
 
 func newFrameReader(r io.Reader, maxPayload int) *frameReader {
@@ -289,10 +373,14 @@ func (fr *frameReader) next() (Frame, error) {
 	if [4]byte(h[0:4]) != frameMagic {
 		return nil, protoErrorf("bad magic %q", h[0:4])
 	}
-	if h[4] != ProtocolVersion {
-		return nil, protoErrorf("unsupported protocol version %d", h[4])
-	}
+	v := h[4]
 	t := FrameType(h[5])
+	// An Error frame is read in any supported version: a peer refuses in
+	// v1 before it understood the version.
+	if v < MinProtocolVersion || v > ProtocolVersion || (fr.version != 0 && v != fr.version && t != FrameError) {
+		return nil, protoErrorf("unsupported protocol version %d", v)
+	}
+	fr.got = v
 	if h[6] != 0 || h[7] != 0 {
 		return nil, protoErrorf("reserved header flags set")
 	}
@@ -301,15 +389,19 @@ func (fr *frameReader) next() (Frame, error) {
 	switch t {
 	case FrameChunk:
 		limit = ChunkFixedLen + uint64(max(fr.maxPayload, 0))
-	case FrameHello, FrameHelloOK, FrameAck, FrameDone, FrameDoneOK, FrameError:
 	default:
-		return nil, protoErrorf("unknown frame type %d", uint8(t))
+		if !knownType(v, t) {
+			return nil, protoErrorf("unknown frame type %d in v%d", uint8(t), v)
+		}
 	}
 	if bodyLen > limit {
 		return nil, fmt.Errorf("%w: %s body of %d bytes, limit %d", ErrFrameTooLarge, t, bodyLen, limit)
 	}
 	var body []byte
-	if fr.reuse && uint64(cap(fr.buf)) >= bodyLen {
+	if t == FrameChunk && fr.alloc != nil {
+		body = fr.alloc(int(bodyLen))
+		fr.allocated = body
+	} else if fr.reuse && uint64(cap(fr.buf)) >= bodyLen {
 		body = fr.buf[:bodyLen]
 	} else {
 		body = make([]byte, bodyLen)
@@ -318,12 +410,15 @@ func (fr *frameReader) next() (Frame, error) {
 		}
 	}
 	if n, err := io.ReadFull(fr.r, body); err != nil {
+		if t == FrameChunk && fr.alloc != nil {
+			putBuf(body)
+		}
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return nil, fmt.Errorf("%w: %s body cut after %d of %d bytes", ErrTruncated, t, n, bodyLen)
 		}
 		return nil, err
 	}
-	return parseBody(t, body)
+	return parseBody(v, t, body)
 }
 
 // cursor decodes a body; any short read sets bad.
@@ -381,7 +476,7 @@ func (c *cursor) str(n int) string {
 	return string(c.take(n))
 }
 
-func parseBody(t FrameType, body []byte) (Frame, error) {
+func parseBody(version uint8, t FrameType, body []byte) (Frame, error) {
 	c := &cursor{b: body}
 	var f Frame
 	switch t {
@@ -394,7 +489,11 @@ func parseBody(t FrameType, body []byte) (Frame, error) {
 		}
 		f = h
 	case FrameHelloOK:
-		f = &HelloOK{ChunkSize: c.u64(), Watermark: c.u64()}
+		h := &HelloOK{ChunkSize: c.u64(), Watermark: c.u64()}
+		if version >= 2 {
+			h.Window, h.MaxAhead = c.u64(), c.u32()
+		}
+		f = h
 	case FrameChunk:
 		ch := &Chunk{Seq: c.u64(), Offset: c.u64(), Length: c.u64(), Kind: ChunkKind(c.u8())}
 		flags := c.u8()
@@ -414,6 +513,25 @@ func parseBody(t FrameType, body []byte) (Frame, error) {
 		f = ch
 	case FrameAck:
 		f = &Ack{Seq: c.u64()}
+	case FrameAcks:
+		a := &Acks{Watermark: c.u64(), Window: c.u64()}
+		n := int(c.u16())
+		if n > MaxAckRanges {
+			return nil, protoErrorf("acks with %d ranges", n)
+		}
+		prev := a.Watermark
+		for i := 0; i < n && !c.bad; i++ {
+			r := SeqRange{Start: c.u64(), End: c.u64()}
+			if c.bad {
+				break
+			}
+			if r.Start <= prev || r.End <= r.Start {
+				return nil, protoErrorf("acks: range [%d, %d) not sorted above %d", r.Start, r.End, prev)
+			}
+			prev = r.End
+			a.Ranges = append(a.Ranges, r)
+		}
+		f = a
 	case FrameDone:
 		f = &Done{TotalChunks: c.u64(), Digest: c.digest()}
 	case FrameDoneOK:

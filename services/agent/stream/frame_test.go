@@ -27,6 +27,71 @@ func sampleFrames() []Frame {
 	}
 }
 
+// sampleFramesV2 are the frames whose v2 encoding differs from v1's or
+// that exist in v2 only.
+func sampleFramesV2() []Frame {
+	return []Frame{
+		&HelloOK{ChunkSize: 4 << 20, Watermark: 17, Window: 64 << 20, MaxAhead: 4096},
+		&Acks{Watermark: 9, Window: 64 << 20},
+		&Acks{Watermark: 9, Window: 1 << 20, Ranges: []SeqRange{{Start: 11, End: 12}, {Start: 14, End: 40}}},
+	}
+}
+
+// v2 frames round-trip in v2; the frames of the other version are refused.
+func TestFrameRoundTripV2(t *testing.T) {
+	for _, f := range append(sampleFramesV2(), sampleFrames()...) {
+		enc := AppendFrameV(nil, 2, f)
+		if _, ok := f.(*Ack); ok {
+			if _, err := ReadFrame(bytes.NewReader(enc), 1<<20); !errors.Is(err, ErrProtocol) {
+				t.Fatalf("a v1 ack in v2: %v", err)
+			}
+			continue
+		}
+		var buf bytes.Buffer
+		if err := WriteFrameV(&buf, 2, f); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(buf.Bytes(), enc) {
+			t.Fatalf("%s: WriteFrameV and AppendFrameV differ", f.Type())
+		}
+		fr := &frameReader{r: &buf, maxPayload: 1 << 20, version: 2}
+		got, err := fr.next()
+		if err != nil || !reflect.DeepEqual(got, f) {
+			t.Fatalf("%s: got %#v, %v", f.Type(), got, err)
+		}
+	}
+	if err := WriteFrameV(io.Discard, 1, &Acks{Watermark: 1, Window: 1}); !errors.Is(err, ErrProtocol) {
+		t.Fatalf("acks written in v1: %v", err)
+	}
+	// A reader bound to v2 refuses v1 frames but an Error frame.
+	fr := &frameReader{r: bytes.NewReader(AppendFrame(nil, &Done{TotalChunks: 1})), version: 2}
+	if _, err := fr.next(); !errors.Is(err, ErrProtocol) {
+		t.Fatalf("v1 done read by a v2 reader: %v", err)
+	}
+	fr = &frameReader{r: bytes.NewReader(AppendFrame(nil, &ErrorFrame{Reason: "no"})), version: 2}
+	if f, err := fr.next(); err != nil || f.(*ErrorFrame).Reason != "no" {
+		t.Fatalf("v1 error read by a v2 reader: %v", err)
+	}
+	bad := []*Acks{
+		{Watermark: 5, Window: 1, Ranges: []SeqRange{{Start: 5, End: 6}}},                        // touches the watermark
+		{Watermark: 5, Window: 1, Ranges: []SeqRange{{Start: 7, End: 7}}},                        // empty
+		{Watermark: 5, Window: 1, Ranges: []SeqRange{{Start: 9, End: 12}, {Start: 12, End: 14}}}, // touching
+		{Watermark: 5, Window: 1, Ranges: []SeqRange{{Start: 9, End: 12}, {Start: 7, End: 8}}},   // unsorted
+	}
+	for _, a := range bad {
+		if _, err := ReadFrame(bytes.NewReader(AppendFrameV(nil, 2, a)), 0); !errors.Is(err, ErrProtocol) {
+			t.Errorf("%+v accepted: %v", a, err)
+		}
+	}
+	many := &Acks{Watermark: 0, Window: 1}
+	for i := range MaxAckRanges + 1 {
+		many.Ranges = append(many.Ranges, SeqRange{Start: uint64(2*i + 1), End: uint64(2*i + 2)})
+	}
+	if err := WriteFrameV(io.Discard, 2, many); !errors.Is(err, ErrProtocol) {
+		t.Fatalf("%d ranges written: %v", len(many.Ranges), err)
+	}
+}
+
 func TestFrameRoundTrip(t *testing.T) {
 	for _, f := range sampleFrames() {
 		var buf bytes.Buffer
@@ -59,7 +124,8 @@ func TestReadFrameRejects(t *testing.T) {
 		want error
 	}{
 		{"bad magic", mod(func(b []byte) []byte { b[0] = 'X'; return b }), ErrProtocol},
-		{"bad version", mod(func(b []byte) []byte { b[4] = 2; return b }), ErrProtocol},
+		{"bad version", mod(func(b []byte) []byte { b[4] = 3; return b }), ErrProtocol},
+		{"v1 ack in v2", mod(func(b []byte) []byte { b[4] = 2; return b }), ErrProtocol},
 		{"unknown type", mod(func(b []byte) []byte { b[5] = 99; return b }), ErrProtocol},
 		{"reserved flags", mod(func(b []byte) []byte { b[7] = 1; return b }), ErrProtocol},
 		{"short body", mod(func(b []byte) []byte { binary.BigEndian.PutUint32(b[8:], 4); return b[:16] }), ErrProtocol},

@@ -20,12 +20,16 @@ func FuzzReadFrame(f *testing.F) {
 	for _, fr := range sampleFrames() {
 		f.Add(AppendFrame(nil, fr))
 	}
+	for _, fr := range sampleFramesV2() {
+		f.Add(AppendFrameV(nil, 2, fr))
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		fr, err := ReadFrame(bytes.NewReader(data), fuzzMaxPayload)
+		rd := &frameReader{r: bytes.NewReader(data), maxPayload: fuzzMaxPayload}
+		fr, err := rd.next()
 		if err != nil {
 			return
 		}
-		enc := AppendFrame(nil, fr)
+		enc := AppendFrameV(nil, rd.got, fr)
 		if len(enc) > len(data) || !bytes.Equal(enc, data[:len(enc)]) {
 			t.Fatalf("re-encoding differs:\n in  %x\n out %x", data, enc)
 		}
@@ -45,7 +49,7 @@ func FuzzChunkValidate(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, body []byte, imageSize, chunkSize uint64) {
 		chunkSize = MinChunkSize + chunkSize%(1<<20)
-		fr, err := parseBody(FrameChunk, body)
+		fr, err := parseBody(1, FrameChunk, body)
 		if err != nil {
 			return
 		}
@@ -144,6 +148,15 @@ func TestWriteFuzzSeeds(t *testing.T) {
 	for _, fr := range sampleFrames() {
 		write("FuzzReadFrame", "valid-"+fr.Type().String()+fmt.Sprint(len(AppendFrame(nil, fr))), bs(AppendFrame(nil, fr)))
 	}
+	for _, fr := range sampleFramesV2() {
+		write("FuzzReadFrame", "v2-"+fr.Type().String()+fmt.Sprint(len(AppendFrameV(nil, 2, fr))), bs(AppendFrameV(nil, 2, fr)))
+	}
+	unsorted := AppendFrameV(nil, 2, &Acks{Watermark: 5, Window: 1, Ranges: []SeqRange{{Start: 9, End: 12}}})
+	unsorted[HeaderLen+18+7] = 4 // the range starts below the watermark
+	write("FuzzReadFrame", "v2-acks-range-below-watermark", bs(unsorted))
+	ackV2 := AppendFrame(nil, &Ack{Seq: 1})
+	ackV2[4] = 2
+	write("FuzzReadFrame", "v1-ack-as-v2", bs(ackV2))
 	hello := AppendFrame(nil, &Hello{TransferID: "t", Ticket: "x"})
 	oversized := appendHeader(nil, FrameChunk, 0)
 	oversized[8], oversized[9], oversized[10], oversized[11] = 0xff, 0xff, 0xff, 0xff
@@ -164,7 +177,7 @@ func TestWriteFuzzSeeds(t *testing.T) {
 func TestChunkSeedsBehave(t *testing.T) {
 	accept := map[string]bool{"valid": true, "compressed": true, "zero": true}
 	for _, s := range chunkSeeds() {
-		fr, err := parseBody(FrameChunk, s.body)
+		fr, err := parseBody(1, FrameChunk, s.body)
 		if err != nil {
 			t.Fatalf("%s: %v", s.name, err)
 		}

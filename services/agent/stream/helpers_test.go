@@ -438,11 +438,4 @@ func rawConn(t testing.TB, addr string, cfg *tls.Config) *tls.Conn {
 	return c
 }
 
-func mustWrite(t testing.TB, w io.Writer, f Frame) {
-	t.Helper()
-	if err := WriteFrame(w, f); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func newRand(seed uint64) *mrand.Rand { return mrand.New(mrand.NewPCG(seed, ^seed)) }

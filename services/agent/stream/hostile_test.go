@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -220,13 +221,37 @@ type handClient struct {
 	c  *tls.Conn
 	bw *bufio.Writer
 	fr *frameReader
+	v  uint8 // the version negotiated
 }
 
-func dialHand(t *testing.T, ts *testServer, pki *testPKI, id, ticket string) *handClient {
+func (h *handClient) mustWrite(t testing.TB, f Frame) {
 	t.Helper()
-	c := rawConn(t, ts.addr, pki.client)
-	h := &handClient{c: c, bw: bufio.NewWriter(c), fr: newFrameReader(c, 0)}
-	mustWrite(t, h.bw, &Hello{TransferID: id, Ticket: ticket})
+	if err := WriteFrameV(h.bw, h.v, f); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// versions runs f for each protocol version, as a subtest.
+func versions(t *testing.T, f func(t *testing.T, v int)) {
+	for v := MinProtocolVersion; v <= ProtocolVersion; v++ {
+		t.Run(fmt.Sprintf("v%d", v), func(t *testing.T) { f(t, v) })
+	}
+}
+
+// dialHand connects offering protocol versions up to maxVersion and sends
+// a valid Hello in the version negotiated, which must be maxVersion.
+func dialHand(t *testing.T, ts *testServer, pki *testPKI, maxVersion int, id, ticket string) *handClient {
+	t.Helper()
+	cfg := pki.client.Clone()
+	cfg.NextProtos = offeredALPN(maxVersion)
+	c := rawConn(t, ts.addr, cfg)
+	v := alpnVersion(c.ConnectionState().NegotiatedProtocol)
+	if int(v) != maxVersion {
+		t.Fatalf("negotiated v%d, offered up to v%d", v, maxVersion)
+	}
+	h := &handClient{c: c, bw: bufio.NewWriter(c), fr: newFrameReader(c, 0), v: v}
+	h.fr.version = v
+	h.mustWrite(t, &Hello{TransferID: id, Ticket: ticket})
 	if err := h.bw.Flush(); err != nil {
 		t.Fatal(err)
 	}
@@ -303,30 +328,37 @@ func TestRefusesHostileChunks(t *testing.T) {
 		}, ErrInvalidChunk},
 		{"seq far ahead", func() *Chunk { return dataChunk(1<<40, 0, payload) }, ErrInvalidChunk},
 	}
-	for i, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			id := "hostile-" + string(rune('a'+i))
-			prep, dst := hostileSetup(t, ts, id, size)
-			h := dialHand(t, ts, pki, id, prep.Ticket)
-			mustWrite(t, h.bw, tc.frame())
-			_ = h.bw.Flush()
-			h.expectError(t, tc.want.Error())
-			if err := waitSession(t, prep); !errors.Is(err, tc.want) {
-				t.Fatalf("session ended with %v, want %v", err, tc.want)
-			}
-			assertNoWrites(t, dst)
-			ts.log.waitFor(t, `msg="session failed" transfer_id=`+id+" image=volumes/"+id+" stream=0 reason=", time.Second)
-		})
-	}
+	versions(t, func(t *testing.T, v int) {
+		for i, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				id := fmt.Sprintf("hostile-v%d-%c", v, 'a'+i)
+				prep, dst := hostileSetup(t, ts, id, size)
+				h := dialHand(t, ts, pki, v, id, prep.Ticket)
+				h.mustWrite(t, tc.frame())
+				_ = h.bw.Flush()
+				h.expectError(t, tc.want.Error())
+				if err := waitSession(t, prep); !errors.Is(err, tc.want) {
+					t.Fatalf("session ended with %v, want %v", err, tc.want)
+				}
+				assertNoWrites(t, dst)
+				ts.log.waitFor(t, `msg="session failed" transfer_id=`+id+" image=volumes/"+id+" stream=0 reason=", time.Second)
+			})
+		}
+	})
 }
 
 func TestRefusesOversizedFrameWithoutAllocating(t *testing.T) {
 	pki := newTestPKI(t)
 	ts := startServer(t, pki, nil)
-	prep, dst := hostileSetup(t, ts, "oversized", 1<<20)
-	h := dialHand(t, ts, pki, "oversized", prep.Ticket)
+	versions(t, func(t *testing.T, v int) { refuseOversized(t, ts, pki, v) })
+}
+
+func refuseOversized(t *testing.T, ts *testServer, pki *testPKI, v int) {
+	id := fmt.Sprintf("oversized-v%d", v)
+	prep, dst := hostileSetup(t, ts, id, 1<<20)
+	h := dialHand(t, ts, pki, v, id, prep.Ticket)
 	var hdr []byte
-	hdr = appendHeader(hdr, FrameChunk, 0)
+	hdr = appendHeaderV(hdr, h.v, FrameChunk, 0)
 	binary.BigEndian.PutUint32(hdr[8:], 0xFFFFFFFF)
 	_, _ = h.c.Write(hdr)
 	h.expectError(t, ErrFrameTooLarge.Error())
@@ -342,13 +374,18 @@ func TestTruncatedStreamEndsSession(t *testing.T) {
 		c.TicketTTL = 300 * time.Millisecond
 		c.IdleTimeout = 300 * time.Millisecond
 	})
+	versions(t, func(t *testing.T, v int) { truncated(t, ts, pki, v) })
+}
+
+func truncated(t *testing.T, ts *testServer, pki *testPKI, v int) {
 	payload := make([]byte, 8192)
 	fillRandom(newRand(6), payload)
-	frame := AppendFrame(nil, dataChunk(0, 0, payload))
+	frame := AppendFrameV(nil, uint8(v), dataChunk(0, 0, payload))
+	sfx := fmt.Sprintf("-v%d", v)
 
 	t.Run("closed mid-frame", func(t *testing.T) {
-		prep, dst := hostileSetup(t, ts, "trunc-closed", 1<<20)
-		h := dialHand(t, ts, pki, "trunc-closed", prep.Ticket)
+		prep, dst := hostileSetup(t, ts, "trunc-closed"+sfx, 1<<20)
+		h := dialHand(t, ts, pki, v, "trunc-closed"+sfx, prep.Ticket)
 		_, _ = h.c.Write(frame[:len(frame)/2])
 		h.c.Close()
 		if err := waitSession(t, prep); !errors.Is(err, ErrTicketExpired) {
@@ -358,8 +395,8 @@ func TestTruncatedStreamEndsSession(t *testing.T) {
 		ts.log.waitFor(t, "truncated", time.Second)
 	})
 	t.Run("stalled mid-frame", func(t *testing.T) {
-		prep, dst := hostileSetup(t, ts, "trunc-stalled", 1<<20)
-		h := dialHand(t, ts, pki, "trunc-stalled", prep.Ticket)
+		prep, dst := hostileSetup(t, ts, "trunc-stalled"+sfx, 1<<20)
+		h := dialHand(t, ts, pki, v, "trunc-stalled"+sfx, prep.Ticket)
 		_, _ = h.c.Write(frame[:len(frame)/2]) // and never the rest
 		if err := waitSession(t, prep); !errors.Is(err, ErrTicketExpired) {
 			t.Fatalf("session: %v", err)
@@ -368,9 +405,9 @@ func TestTruncatedStreamEndsSession(t *testing.T) {
 		ts.log.waitFor(t, "i/o timeout", time.Second)
 	})
 	t.Run("done before all chunks", func(t *testing.T) {
-		prep, dst := hostileSetup(t, ts, "trunc-done", 1<<20)
-		h := dialHand(t, ts, pki, "trunc-done", prep.Ticket)
-		mustWrite(t, h.bw, &Done{TotalChunks: 3})
+		prep, dst := hostileSetup(t, ts, "trunc-done"+sfx, 1<<20)
+		h := dialHand(t, ts, pki, v, "trunc-done"+sfx, prep.Ticket)
+		h.mustWrite(t, &Done{TotalChunks: 3})
 		_ = h.bw.Flush()
 		h.expectError(t, ErrIncomplete.Error())
 		if err := waitSession(t, prep); !errors.Is(err, ErrIncomplete) {
@@ -379,10 +416,10 @@ func TestTruncatedStreamEndsSession(t *testing.T) {
 		assertNoWrites(t, dst)
 	})
 	t.Run("wrong transfer digest", func(t *testing.T) {
-		prep, _ := hostileSetup(t, ts, "trunc-digest", 1<<20)
-		h := dialHand(t, ts, pki, "trunc-digest", prep.Ticket)
-		mustWrite(t, h.bw, dataChunk(0, 0, payload))
-		mustWrite(t, h.bw, &Done{TotalChunks: 1, Digest: [32]byte{9}})
+		prep, _ := hostileSetup(t, ts, "trunc-digest"+sfx, 1<<20)
+		h := dialHand(t, ts, pki, v, "trunc-digest"+sfx, prep.Ticket)
+		h.mustWrite(t, dataChunk(0, 0, payload))
+		h.mustWrite(t, &Done{TotalChunks: 1, Digest: [32]byte{9}})
 		_ = h.bw.Flush()
 		h.expectError(t, ErrDigestMismatch.Error())
 		if err := waitSession(t, prep); !errors.Is(err, ErrDigestMismatch) {

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -16,9 +18,21 @@ import (
 type idleConn struct {
 	net.Conn
 	timeout time.Duration
+	// stopped: reads fail at once (the connection failed the session and
+	// its reader must let go; see stopReading).
+	stopped atomic.Bool
+}
+
+// stopReading makes the pending and every later Read fail now.
+func (c *idleConn) stopReading() {
+	c.stopped.Store(true)
+	_ = c.Conn.SetReadDeadline(time.Now())
 }
 
 func (c *idleConn) Read(p []byte) (int, error) {
+	if c.stopped.Load() {
+		return 0, os.ErrDeadlineExceeded
+	}
 	if c.timeout > 0 {
 		if err := c.Conn.SetReadDeadline(time.Now().Add(c.timeout)); err != nil {
 			return 0, err
@@ -44,6 +58,9 @@ type pacedWriter struct {
 	lim     *rate.Limiter
 	piece   int
 	timeout time.Duration
+	// flush, when set, runs after every piece (the buffering conn under
+	// TLS sends what the piece's records filled).
+	flush func() error
 }
 
 func (w *pacedWriter) Write(p []byte) (int, error) {
@@ -64,6 +81,11 @@ func (w *pacedWriter) Write(p []byte) (int, error) {
 		n += m
 		if err != nil {
 			return n, err
+		}
+		if w.flush != nil {
+			if err := w.flush(); err != nil {
+				return n, err
+			}
 		}
 	}
 	return n, nil

@@ -19,8 +19,8 @@ const (
 	DefaultTicketTTL          = 5 * time.Minute
 	DefaultHandshakeTimeout   = 10 * time.Second
 	DefaultIdleTimeout        = 60 * time.Second
-	DefaultCheckpointInterval = time.Second
-	DefaultCheckpointBytes    = 256 << 20
+	DefaultCheckpointInterval = 5 * time.Second
+	DefaultCheckpointBytes    = 1 << 30
 	DefaultMaxStreams         = MaxStreams + 8 // the sender's maximum, its control connection and stragglers
 	DefaultMaxPending         = 4096
 	DefaultMaxSessions        = 32
@@ -58,6 +58,15 @@ type ServerConfig struct {
 	// its Hello is authorized, then chunks of the session's size.
 	MaxSessions    int
 	MaxConnections int
+	// Window is the credit a session grants v2 sources (default
+	// DefaultWindow): bytes of chunk frames unacknowledged at once, which
+	// bounds what the destination buffers for its writers.
+	Window uint64
+	// Writers is the chunks a session verifies and writes at once (v2).
+	Writers int
+	// MaxVersion is the highest protocol version served (default
+	// ProtocolVersion); 1 serves v1 only.
+	MaxVersion int
 }
 
 func (c *ServerConfig) applyDefaults() {
@@ -94,6 +103,16 @@ func (c *ServerConfig) applyDefaults() {
 	if c.MaxConnections <= 0 {
 		c.MaxConnections = DefaultMaxConnections
 	}
+	if c.Window == 0 {
+		c.Window = DefaultWindow
+	}
+	if c.Writers <= 0 {
+		c.Writers = DefaultWriters
+	}
+	c.Writers = min(c.Writers, MaxWriters)
+	if c.MaxVersion <= 0 || c.MaxVersion > ProtocolVersion {
+		c.MaxVersion = ProtocolVersion
+	}
 }
 
 // Server is the destination agent's data port: it prepares sessions, accepts
@@ -128,6 +147,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		return nil, errors.New("stream: server TLS config must require TLS 1.3")
 	}
 	cfg.applyDefaults()
+	cfg.TLSConfig = cfg.TLSConfig.Clone()
+	cfg.TLSConfig.NextProtos = offeredALPN(cfg.MaxVersion)
 	return &Server{
 		cfg:      cfg,
 		log:      cfg.Logger,
@@ -181,6 +202,11 @@ func (s *Server) PrepareSession(ctx context.Context, req PrepareRequest) (Prepar
 	}
 	if err := checkChunkSize(req.ChunkSize); err != nil {
 		return PrepareResponse{}, fmt.Errorf("stream: prepare: %w", err)
+	}
+	// librbd's cache starts writethrough and switches to writeback at the
+	// first flush: flush once before any chunk is written.
+	if err := req.Image.Flush(); err != nil {
+		return PrepareResponse{}, fmt.Errorf("stream: prepare: first flush: %w", err)
 	}
 	log := s.log.With("transfer_id", req.TransferID, "image", req.ImageName)
 
@@ -331,7 +357,7 @@ func (s *Server) endedReason(transferID string) (string, bool) {
 // Serve accepts TLS connections on ln until ctx is done, then closes ln,
 // waits for its connections to end and returns nil. Sessions outlive Serve.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	tln := tls.NewListener(ln, s.cfg.TLSConfig)
+	tln := tls.NewListener(bufListener{ln}, s.cfg.TLSConfig)
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	var wg sync.WaitGroup
@@ -391,6 +417,7 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 		log.Warn("connection refused", "reason", reason)
 		return
 	}
+	negotiated := alpnVersion(tc.ConnectionState().NegotiatedProtocol)
 	ic := &idleConn{Conn: tc, timeout: s.cfg.IdleTimeout}
 	bw := bufio.NewWriterSize(ic, 4<<10)
 	fr := newFrameReader(ic, 0)
@@ -408,27 +435,42 @@ func (s *Server) handleConn(ctx context.Context, c net.Conn) {
 		s.refuse(log, bw, protoErrorf("expected hello, got %s", f.Type()))
 		return
 	}
+	// The connection speaks the Hello's version: the one ALPN negotiated
+	// (the highest both sides speak) or an older one, never a newer one.
+	version := fr.got
+	if version > negotiated {
+		s.refuse(log, bw, protoErrorf("hello in v%d on a connection that negotiated v%d", version, negotiated))
+		return
+	}
+	fr.version = version
 	log = log.With("transfer_id", hello.TransferID, "stream", hello.Stream, "peer", peerName(tc))
 	sess, err := s.authorize(hello, tc)
 	if err != nil {
-		s.refuse(log, bw, err)
+		s.refuseV(log, bw, version, err)
 		return
 	}
-	linger := sess.serveConn(ctx, hello.Stream, ic, fr, bw, log)
+	linger := sess.serveConn(ctx, version, hello.Stream, ic, fr, bw, log)
 	sess.detach()
 	if linger {
 		lingerClose(tc)
 	}
 }
 
-// refuse logs why a connection is refused and tells the peer.
+// refuse logs why a connection is refused and tells the peer (in v1,
+// which every version reads, before a Hello is understood).
 func (s *Server) refuse(log *slog.Logger, bw *bufio.Writer, err error) {
-	log.Warn("connection refused", "reason", err.Error())
-	sendError(bw, err)
+	s.refuseV(log, bw, 1, err)
 }
 
-func sendError(bw *bufio.Writer, err error) {
-	if WriteFrame(bw, &ErrorFrame{Reason: err.Error()}) == nil {
+func (s *Server) refuseV(log *slog.Logger, bw *bufio.Writer, version uint8, err error) {
+	log.Warn("connection refused", "reason", err.Error())
+	sendErrorV(bw, version, err)
+}
+
+func sendError(bw *bufio.Writer, err error) { sendErrorV(bw, 1, err) }
+
+func sendErrorV(bw *bufio.Writer, version uint8, err error) {
+	if WriteFrameV(bw, version, &ErrorFrame{Reason: err.Error()}) == nil {
 		_ = bw.Flush()
 	}
 }

@@ -59,6 +59,8 @@ type Session struct {
 
 	commitMu     sync.Mutex
 	bytesWritten atomic.Uint64
+
+	ws writerState
 }
 
 func newSession(srv *Server, req PrepareRequest, ticket string, folder *digestFolder, resume Checkpoint, log *slog.Logger) *Session {
@@ -82,11 +84,13 @@ func newSession(srv *Server, req PrepareRequest, ticket string, folder *digestFo
 		savedW:     resume.Watermark,
 	}
 	sess.savedBytes.Store(resume.BytesDone)
+	sess.ws.acks.next = resume.Watermark
 	return sess
 }
 
 // start runs the checkpoint and expiry loops and the finisher.
 func (s *Session) start() {
+	s.startWriters(s.srv.cfg.Writers)
 	s.wg.Add(2)
 	go s.checkpointLoop()
 	go s.expiryLoop()
@@ -269,10 +273,19 @@ func (s *Session) saveCheckpoint(ctx context.Context, complete bool) error {
 	return nil
 }
 
-// serveConn runs the chunk loop of one accepted connection. It returns
-// true when it failed the session and the connection should be closed
-// gracefully (see lingerClose) rather than at once.
-func (s *Session) serveConn(ctx context.Context, stream uint32, ic *idleConn, fr *frameReader, bw *bufio.Writer, log *slog.Logger) (linger bool) {
+// serveConn runs the chunk loop of one accepted connection in its
+// version. It returns true when it failed the session and the connection
+// should be closed gracefully (see lingerClose) rather than at once.
+func (s *Session) serveConn(ctx context.Context, version uint8, stream uint32, ic *idleConn, fr *frameReader, bw *bufio.Writer, log *slog.Logger) (linger bool) {
+	if version >= 2 {
+		return s.serveConnV2(ctx, stream, ic, fr, bw, log)
+	}
+	return s.serveConnV1(ctx, stream, ic, fr, bw, log)
+}
+
+// serveConnV1 runs a v1 connection: each chunk is verified, written and
+// acknowledged in turn.
+func (s *Session) serveConnV1(ctx context.Context, stream uint32, ic *idleConn, fr *frameReader, bw *bufio.Writer, log *slog.Logger) (linger bool) {
 	stop := context.AfterFunc(s.ctx, func() { ic.Close() })
 	defer stop()
 	fr.maxPayload = int(s.chunkSize)
@@ -379,6 +392,9 @@ func (s *Session) writeChunk(cc *chunkChecker, c *Chunk) error {
 	if err != nil {
 		return err
 	}
+	s.ws.mu.Lock()
+	s.ws.acks.add(c.Seq)
+	s.ws.mu.Unlock()
 	if folded > 0 && bytes-s.savedBytes.Load() >= s.srv.cfg.CheckpointBytes {
 		select {
 		case s.ckptKick <- struct{}{}:

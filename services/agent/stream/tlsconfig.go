@@ -10,10 +10,6 @@ import (
 	"github.com/ferry-project/ferry/services/internal/pki"
 )
 
-// ALPN is the application protocol both sides negotiate, so a data port is
-// never mistaken for another TLS service.
-const ALPN = "ferry-stream/1"
-
 // ServerTLSConfig builds the destination's config from PEM files: TLS 1.3
 // only, and a client certificate signed by the CA in caFile is required.
 func ServerTLSConfig(caFile, certFile, keyFile string) (*tls.Config, error) {
@@ -46,7 +42,7 @@ func ServerTLSConfigPEM(caPEM, certPEM, keyPEM []byte) (*tls.Config, error) {
 		Certificates: []tls.Certificate{cert},
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 		ClientCAs:    pool,
-		NextProtos:   []string{ALPN},
+		NextProtos:   offeredALPN(ProtocolVersion),
 	}, nil
 }
 
@@ -64,7 +60,7 @@ func ClientTLSConfigPEM(caPEM, certPEM, keyPEM []byte, serverName string) (*tls.
 		Certificates: []tls.Certificate{cert},
 		RootCAs:      pool,
 		ServerName:   serverName,
-		NextProtos:   []string{ALPN},
+		NextProtos:   offeredALPN(ProtocolVersion),
 	}, nil
 }
 

@@ -147,6 +147,7 @@ type Agent struct {
 	Streams              int      `opt:"streams" default:"4" min:"1" max:"32" help:"Parallel TLS streams per transfer (the data stream's maximum is 32)."`
 	ChunkSize            Size     `opt:"chunk_size" default:"4M" min:"65536" max:"67108864" help:"Size of a data chunk on the wire (about the RBD object size). Accepts K, M, G suffixes."`
 	BandwidthLimit       Size     `opt:"bandwidth_limit" default:"0" min:"0" help:"Bytes per second a transfer may send (token bucket); 0 means no limit. Accepts K, M, G suffixes."`
+	StreamWindow         Size     `opt:"stream_window" default:"64M" min:"1048576" max:"1073741824" help:"Credit a destination session grants its source (protocol v2): bytes of chunks sent and not yet acknowledged at once, whatever the streams. It bounds what this agent buffers per transfer it receives; a path's bandwidth-delay product needs at least this much to be filled. Accepts K, M, G suffixes."`
 	Compression          string   `opt:"compression" default:"none" choices:"none,zstd" help:"Compression of data chunks on the wire."`
 	MaxTransfers         int      `opt:"max_transfers" default:"2" min:"1" max:"256" help:"Transfers this agent runs at once; the rest stay queued."`
 	HeartbeatInterval    int      `opt:"heartbeat_interval" default:"10" min:"1" max:"3600" help:"Seconds between heartbeats to ferry-api."`

@@ -1,16 +1,17 @@
 package stream
 
+// This file is the v1 sender as it shipped (client.go before protocol v2),
+// renamed, so that the mixed-version tests run a real v1 source against a
+// v2 destination. Only the shared declarations were removed and the ALPN
+// pinned to what a v1 agent offered.
+
 import (
 	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
-	"io"
-	"iter"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"slices"
 	"sync"
@@ -22,218 +23,15 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// Sender defaults.
-const (
-	DefaultStreams          = 4
-	MaxStreams              = 32
-	DefaultPipeline         = 2
-	DefaultIOTimeout        = 60 * time.Second
-	DefaultProgressInterval = 2 * time.Second
-)
-
-// Compression selects the chunk payload encoding.
-type Compression uint8
-
-// Compressions.
-const (
-	CompressionNone Compression = iota
-	CompressionZstd
-)
-
-// ParseCompression parses the configuration value "none" (or "") or "zstd".
-func ParseCompression(s string) (Compression, error) {
-	switch s {
-	case "", "none":
-		return CompressionNone, nil
-	case "zstd":
-		return CompressionZstd, nil
-	}
-	return 0, fmt.Errorf("stream: unknown compression %q (want none or zstd)", s)
-}
-
-func (c Compression) String() string {
-	if c == CompressionZstd {
-		return "zstd"
-	}
-	return "none"
-}
-
-// RetryPolicy governs reconnects of a dropped stream: exponential backoff
-// with jitter, at most MaxAttempts consecutive failures without an ack in
-// between.
-type RetryPolicy struct {
-	MaxAttempts    int           // default 8
-	InitialBackoff time.Duration // default 250ms
-	MaxBackoff     time.Duration // default 15s
-}
-
-func (p *RetryPolicy) applyDefaults() {
-	if p.MaxAttempts <= 0 {
-		p.MaxAttempts = 8
-	}
-	if p.InitialBackoff <= 0 {
-		p.InitialBackoff = 250 * time.Millisecond
-	}
-	if p.MaxBackoff <= 0 {
-		p.MaxBackoff = 15 * time.Second
-	}
-}
-
-// backoff is the delay before attempt n (1-based): doubling from
-// InitialBackoff up to MaxBackoff, with the upper half jittered.
-func (p RetryPolicy) backoff(n int) time.Duration {
-	d := p.MaxBackoff
-	if n-1 < 30 {
-		d = min(p.InitialBackoff<<(n-1), p.MaxBackoff)
-	}
-	return d/2 + rand.N(d/2+1)
-}
-
-// Progress is reported every ProgressInterval and once at the end.
-type Progress struct {
-	// BytesDone is image bytes acknowledged by the destination, including
-	// those the resume checkpoint already covered.
-	BytesDone uint64
-	// BytesSent is payload bytes put on the wire by this run.
-	BytesSent uint64
-	// ChunksDone is chunks acknowledged in this run.
-	ChunksDone uint64
-	// BytesTotal is the image bytes of all the extents to send (the
-	// BytesDone of the end); 0 when the extents come from ExtentIter.
-	BytesTotal uint64
-	// BytesPerSecond is the BytesDone rate over the last interval.
-	BytesPerSecond float64
-	Elapsed        time.Duration
-}
-
-// SendRequest describes one run of the source side of a transfer.
-type SendRequest struct {
-	// Addr is the destination's data port (host:port).
-	Addr string
-	// TLSConfig is required; build it with ClientTLSConfig.
-	TLSConfig *tls.Config
-	// Dial opens the TCP connection; nil uses a net.Dialer.
-	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
-
-	TransferID string
-	Ticket     string
-
-	Source SourceImage
-	// Extents lists what to send in offset order; ExtentIter, when set,
-	// is used instead. Either must give the same list on every run of the
-	// transfer, since chunk numbering derives from it.
-	Extents    []Extent
-	ExtentIter iter.Seq2[Extent, error]
-
-	ChunkSize uint64 // default DefaultChunkSize; must match the session
-	Streams   int    // parallel connections, default 4
-	// Pipeline is the number of unacknowledged chunks per stream (default
-	// 2). Memory is about Streams × Pipeline × ChunkSize (×2 with zstd).
-	Pipeline    int
-	Compression Compression
-	// BandwidthLimit caps the bytes per second of all streams together
-	// (token bucket); 0 means unlimited.
-	BandwidthLimit int64
-	// ResumeFrom is the destination's checkpoint from PrepareSession;
-	// chunks below its watermark are skipped and the digest resumes from
-	// its state. nil starts from the beginning.
-	ResumeFrom *Checkpoint
-	Retry      RetryPolicy
-	// IOTimeout fails a connection that accepts no byte, or returns no
-	// ack for a sent chunk, for this long. Default 60s.
-	IOTimeout        time.Duration
-	Progress         func(Progress)
-	ProgressInterval time.Duration
-	Logger           *slog.Logger
-}
-
-// Result accounts for one Send.
-type Result struct {
-	// Digest is the transfer digest "blake3-sha256:<hex>", equal on both sides.
-	Digest      string
-	TotalChunks uint64
-	// SkippedChunks were below the resume watermark.
-	SkippedChunks uint64
-	// ChunksSent were acknowledged in this run; ZeroChunks of them carried
-	// no payload.
-	ChunksSent uint64
-	ZeroChunks uint64
-	// BytesRead from the source.
-	BytesRead uint64
-	// BytesSent is payload put on the wire, resends included.
-	BytesSent uint64
-	// BytesDone is image bytes covered by the transfer, all runs included.
-	BytesDone uint64
-	// ResentChunks were sent again after a reconnect.
-	ResentChunks uint64
-	Reconnects   uint64
-	Duration     time.Duration
-	// Destination is the destination's confirmation.
-	Destination DoneOK
-}
-
-func (r *SendRequest) prepare() error {
-	if r.ChunkSize == 0 {
-		r.ChunkSize = DefaultChunkSize
-	}
-	if r.Streams <= 0 {
-		r.Streams = DefaultStreams
-	}
-	if r.Pipeline <= 0 {
-		r.Pipeline = DefaultPipeline
-	}
-	if r.IOTimeout <= 0 {
-		r.IOTimeout = DefaultIOTimeout
-	}
-	if r.ProgressInterval <= 0 {
-		r.ProgressInterval = DefaultProgressInterval
-	}
-	if r.Logger == nil {
-		r.Logger = slog.Default()
-	}
-	r.Retry.applyDefaults()
-	switch {
-	case r.Addr == "":
-		return errors.New("stream: send: no destination address")
-	case r.TLSConfig == nil:
-		return errors.New("stream: send: TLS config is required")
-	case r.TransferID == "" || len(r.TransferID) > MaxIDLen:
-		return fmt.Errorf("stream: send: transfer id must have 1..%d bytes", MaxIDLen)
-	case r.Ticket == "" || len(r.Ticket) > MaxIDLen:
-		return errors.New("stream: send: no usable ticket")
-	case r.Source == nil:
-		return errors.New("stream: send: no source image")
-	case r.Streams > MaxStreams:
-		return fmt.Errorf("stream: send: at most %d streams", MaxStreams)
-	case r.Pipeline > 64:
-		return errors.New("stream: send: pipeline deeper than 64")
-	case r.Compression != CompressionNone && r.Compression != CompressionZstd:
-		return fmt.Errorf("stream: send: unknown compression %d", r.Compression)
-	}
-	if err := checkChunkSize(r.ChunkSize); err != nil {
-		return fmt.Errorf("stream: send: %w", err)
-	}
-	if r.ResumeFrom != nil {
-		if err := r.ResumeFrom.usableFor(r.TransferID, r.ChunkSize); err != nil {
-			return fmt.Errorf("stream: send: resume: %w", err)
-		}
-	}
-	if r.Dial == nil {
-		d := &net.Dialer{Timeout: r.IOTimeout, KeepAlive: 30 * time.Second}
-		r.Dial = d.DialContext
-	}
-	return nil
-}
-
-// sender is the state of one Send.
-type sender struct {
+// v1Sender is the state of one Send.
+type v1Sender struct {
 	req      SendRequest
 	log      *slog.Logger
 	tls      *tls.Config
 	limiter  *rate.Limiter
 	piece    int
 	folder   *digestFolder
-	acks     *ackWindow
+	acks     *v1AckWindow
 	window   uint64
 	resumeW  uint64
 	baseDone uint64
@@ -251,12 +49,12 @@ type sender struct {
 // compresses them, sends them over Streams TLS connections that each
 // present the ticket, retries dropped connections, and finally sends Done
 // and checks the destination's digest against its own.
-func Send(ctx context.Context, req SendRequest) (Result, error) {
+func sendV1(ctx context.Context, req SendRequest) (Result, error) {
 	start := time.Now()
 	if err := req.prepare(); err != nil {
 		return Result{}, err
 	}
-	s, err := newSender(req)
+	s, err := newV1Sender(req)
 	if err != nil {
 		return Result{}, err
 	}
@@ -300,13 +98,13 @@ func Send(ctx context.Context, req SendRequest) (Result, error) {
 	return res, nil
 }
 
-func newSender(req SendRequest) (*sender, error) {
-	s := &sender{
+func newV1Sender(req SendRequest) (*v1Sender, error) {
+	s := &v1Sender{
 		req:     req,
 		log:     req.Logger.With("transfer_id", req.TransferID),
 		limiter: newLimiter(req.BandwidthLimit),
 		piece:   1 << 20,
-		acks:    newAckWindow(0),
+		acks:    newV1AckWindow(0),
 		window:  uint64(req.Streams * req.Pipeline * 4),
 		jobs:    make(chan ChunkSpec),
 		zeros:   make([]byte, 64<<10),
@@ -320,14 +118,12 @@ func newSender(req SendRequest) (*sender, error) {
 		}
 	}
 	s.tls = req.TLSConfig.Clone()
-	if len(s.tls.NextProtos) == 0 {
-		s.tls.NextProtos = []string{ALPN}
-	}
+	s.tls.NextProtos = []string{ALPN} // what a v1 agent's ClientTLSConfig offered
 	var state []byte
 	if cp := req.ResumeFrom; cp != nil {
 		s.resumeW, s.baseDone, state = cp.Watermark, cp.BytesDone, cp.DigestState
 	}
-	s.acks = newAckWindow(s.resumeW)
+	s.acks = newV1AckWindow(s.resumeW)
 	var err error
 	s.folder, err = newDigestFolder(s.resumeW, s.baseDone, state, int(s.window)+1)
 	if err != nil {
@@ -336,7 +132,7 @@ func newSender(req SendRequest) (*sender, error) {
 	return s, nil
 }
 
-func (s *sender) result(start time.Time) Result {
+func (s *v1Sender) result(start time.Time) Result {
 	return Result{
 		TotalChunks:   s.total,
 		SkippedChunks: min(s.resumeW, s.total),
@@ -351,7 +147,7 @@ func (s *sender) result(start time.Time) Result {
 	}
 }
 
-func (s *sender) progress(start time.Time, prevDone uint64, dt time.Duration) Progress {
+func (s *v1Sender) progress(start time.Time, prevDone uint64, dt time.Duration) Progress {
 	p := Progress{
 		BytesDone:  s.baseDone + s.bytesAcked.Load(),
 		BytesSent:  s.bytesSent.Load(),
@@ -367,7 +163,7 @@ func (s *sender) progress(start time.Time, prevDone uint64, dt time.Duration) Pr
 
 // reportProgress calls the Progress callback every ProgressInterval until
 // the returned stop function is called.
-func (s *sender) reportProgress(start time.Time) (stop func()) {
+func (s *v1Sender) reportProgress(start time.Time) (stop func()) {
 	if s.req.Progress == nil {
 		return func() {}
 	}
@@ -394,7 +190,7 @@ func (s *sender) reportProgress(start time.Time) (stop func()) {
 // dispatch plans the chunks and hands those at or above the resume
 // watermark to the streams, never more than window ahead of the oldest
 // unacknowledged one, which bounds what both sides hold out of order.
-func (s *sender) dispatch(ctx context.Context) error {
+func (s *v1Sender) dispatch(ctx context.Context) error {
 	defer close(s.jobs)
 	extents := s.req.ExtentIter
 	if extents == nil {
@@ -422,19 +218,19 @@ func (s *sender) dispatch(ctx context.Context) error {
 	return nil
 }
 
-// ackWindow tracks the contiguous acknowledged watermark.
-type ackWindow struct {
+// v1AckWindow tracks the contiguous acknowledged watermark.
+type v1AckWindow struct {
 	mu      sync.Mutex
 	next    uint64
 	acked   map[uint64]struct{}
 	changed chan struct{}
 }
 
-func newAckWindow(start uint64) *ackWindow {
-	return &ackWindow{next: start, acked: make(map[uint64]struct{}), changed: make(chan struct{})}
+func newV1AckWindow(start uint64) *v1AckWindow {
+	return &v1AckWindow{next: start, acked: make(map[uint64]struct{}), changed: make(chan struct{})}
 }
 
-func (a *ackWindow) ack(seq uint64) {
+func (a *v1AckWindow) ack(seq uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if seq < a.next {
@@ -457,7 +253,7 @@ func (a *ackWindow) ack(seq uint64) {
 }
 
 // waitBelow waits until seq < watermark + window.
-func (a *ackWindow) waitBelow(ctx context.Context, seq, window uint64) error {
+func (a *v1AckWindow) waitBelow(ctx context.Context, seq, window uint64) error {
 	for {
 		a.mu.Lock()
 		ok, ch := seq < a.next+window, a.changed
@@ -473,15 +269,15 @@ func (a *ackWindow) waitBelow(ctx context.Context, seq, window uint64) error {
 	}
 }
 
-// clientConn is one verified connection whose Hello was accepted.
-type clientConn struct {
+// v1ClientConn is one verified connection whose Hello was accepted.
+type v1ClientConn struct {
 	conn net.Conn
 	fr   *frameReader
 	bw   *bufio.Writer
 }
 
 // connect dials, completes TLS and exchanges Hello/HelloOK.
-func (s *sender) connect(ctx context.Context, stream uint32) (*clientConn, error) {
+func (s *v1Sender) connect(ctx context.Context, stream uint32) (*v1ClientConn, error) {
 	raw, err := s.req.Dial(ctx, "tcp", s.req.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", s.req.Addr, err)
@@ -495,7 +291,7 @@ func (s *sender) connect(ctx context.Context, stream uint32) (*clientConn, error
 	}
 	stop := context.AfterFunc(hctx, func() { tc.Close() })
 	defer stop()
-	c := &clientConn{
+	c := &v1ClientConn{
 		conn: tc,
 		fr:   newFrameReader(tc, 0),
 		bw:   bufio.NewWriterSize(&pacedWriter{ctx: ctx, conn: tc, lim: s.limiter, piece: s.piece, timeout: s.req.IOTimeout}, 64<<10),
@@ -517,11 +313,11 @@ func (s *sender) connect(ctx context.Context, stream uint32) (*clientConn, error
 	case *HelloOK:
 		if f.ChunkSize != s.req.ChunkSize {
 			tc.Close()
-			return nil, protoErrorf("destination session uses chunk size %d, sender %d", f.ChunkSize, s.req.ChunkSize)
+			return nil, protoErrorf("destination session uses chunk size %d, v1Sender %d", f.ChunkSize, s.req.ChunkSize)
 		}
 		if f.Watermark < s.resumeW {
 			tc.Close()
-			return nil, permanent(fmt.Errorf("%w: destination holds %d chunks, the sender would skip %d",
+			return nil, permanent(fmt.Errorf("%w: destination holds %d chunks, the v1Sender would skip %d",
 				ErrCheckpoint, f.Watermark, s.resumeW))
 		}
 		return c, nil
@@ -536,7 +332,7 @@ func (s *sender) connect(ctx context.Context, stream uint32) (*clientConn, error
 
 // commit sends Done on a control connection and waits for DoneOK. It
 // retries transport failures; a refusal is final.
-func (s *sender) commit(ctx context.Context, d Done) (DoneOK, error) {
+func (s *v1Sender) commit(ctx context.Context, d Done) (DoneOK, error) {
 	for attempt := 1; ; attempt++ {
 		ok, err := s.tryCommit(ctx, d)
 		if err == nil {
@@ -553,7 +349,7 @@ func (s *sender) commit(ctx context.Context, d Done) (DoneOK, error) {
 	}
 }
 
-func (s *sender) tryCommit(ctx context.Context, d Done) (DoneOK, error) {
+func (s *v1Sender) tryCommit(ctx context.Context, d Done) (DoneOK, error) {
 	c, err := s.connect(ctx, uint32(s.req.Streams))
 	if err != nil {
 		return DoneOK{}, err
@@ -587,39 +383,39 @@ func (s *sender) tryCommit(ctx context.Context, d Done) (DoneOK, error) {
 	}
 }
 
-// streamWorker owns one stream: its connection, its buffers and the chunks
+// v1StreamWorker owns one stream: its connection, its buffers and the chunks
 // sent on it but not yet acknowledged.
-type streamWorker struct {
-	s         *sender
+type v1StreamWorker struct {
+	s         *v1Sender
 	idx       uint32
 	log       *slog.Logger
-	slots     []slot
+	slots     []v1Slot
 	free      []int
-	unacked   []*job
+	unacked   []*v1Job
 	exhausted bool
 	progress  bool
 	hasher    *chunkHasher
 	enc       *zstd.Encoder
 }
 
-// slot is one chunk's memory: the data read and its compressed form.
-type slot struct {
+// v1Slot is one chunk's memory: the data read and its compressed form.
+type v1Slot struct {
 	data []byte
 	comp []byte
 }
 
-type job struct {
-	frame Chunk
-	slot  int  // -1: no buffer held
-	sent  bool // written to a connection at least once
+type v1Job struct {
+	frame  Chunk
+	v1Slot int  // -1: no buffer held
+	sent   bool // written to a connection at least once
 }
 
-func (s *sender) runStream(ctx context.Context, idx uint32) error {
-	w := &streamWorker{
+func (s *v1Sender) runStream(ctx context.Context, idx uint32) error {
+	w := &v1StreamWorker{
 		s:      s,
 		idx:    idx,
 		log:    s.log.With("stream", idx),
-		slots:  make([]slot, s.req.Pipeline),
+		slots:  make([]v1Slot, s.req.Pipeline),
 		hasher: newChunkHasher(),
 	}
 	for i := range w.slots {
@@ -681,9 +477,9 @@ func (s *sender) runStream(ctx context.Context, idx uint32) error {
 	}
 }
 
-// runConn connects and sends until every job is acknowledged (nil) or the
+// runConn connects and sends until every v1Job is acknowledged (nil) or the
 // connection fails. Unacknowledged chunks stay queued for the next one.
-func (w *streamWorker) runConn(ctx context.Context) (err error) {
+func (w *v1StreamWorker) runConn(ctx context.Context) (err error) {
 	s := w.s
 	c, err := s.connect(ctx, w.idx)
 	if err != nil {
@@ -793,7 +589,7 @@ func (w *streamWorker) runConn(ctx context.Context) (err error) {
 	}
 }
 
-func (w *streamWorker) write(c *clientConn, j *job) error {
+func (w *v1StreamWorker) write(c *v1ClientConn, j *v1Job) error {
 	j.sent = true
 	if err := WriteFrame(c.bw, &j.frame); err != nil {
 		return err
@@ -805,7 +601,7 @@ func (w *streamWorker) write(c *clientConn, j *job) error {
 	return nil
 }
 
-func (w *streamWorker) acked(j *job) {
+func (w *v1StreamWorker) acked(j *v1Job) {
 	s := w.s
 	s.acks.ack(j.frame.Seq)
 	s.chunksAcked.Add(1)
@@ -813,16 +609,16 @@ func (w *streamWorker) acked(j *job) {
 	if j.frame.Kind == KindZero {
 		s.zeroChunks.Add(1)
 	}
-	if j.slot >= 0 {
-		w.free = append(w.free, j.slot)
+	if j.v1Slot >= 0 {
+		w.free = append(w.free, j.v1Slot)
 	}
 	w.progress = true
 }
 
 // prepare reads, checks for zeros, hashes and compresses one chunk.
-func (w *streamWorker) prepare(spec ChunkSpec) (*job, error) {
+func (w *v1StreamWorker) prepare(spec ChunkSpec) (*v1Job, error) {
 	s := w.s
-	j := &job{slot: -1, frame: Chunk{Seq: spec.Seq, Offset: spec.Offset, Length: spec.Length, Kind: KindZero}}
+	j := &v1Job{v1Slot: -1, frame: Chunk{Seq: spec.Seq, Offset: spec.Offset, Length: spec.Length, Kind: KindZero}}
 	var data []byte
 	if !spec.Zero {
 		si := w.free[len(w.free)-1]
@@ -841,14 +637,14 @@ func (w *streamWorker) prepare(spec ChunkSpec) (*job, error) {
 			w.free = append(w.free, si)
 			data = nil
 		} else {
-			j.slot = si
+			j.v1Slot = si
 			j.frame.Kind = KindData
 			j.frame.Payload = data
 		}
 	}
 	j.frame.Digest = w.hasher.digest(spec.Offset, spec.Length, j.frame.Kind, data)
 	if data != nil && w.enc != nil {
-		sl := &w.slots[j.slot]
+		sl := &w.slots[j.v1Slot]
 		if sl.comp == nil {
 			sl.comp = make([]byte, 0, w.enc.MaxEncodedSize(int(s.req.ChunkSize)))
 		}
@@ -865,16 +661,7 @@ func (w *streamWorker) prepare(spec ChunkSpec) (*job, error) {
 	return j, nil
 }
 
-// encoderWindow is the smallest power-of-two zstd window holding a chunk.
-func encoderWindow(chunkSize uint64) int {
-	w := zstd.MinWindowSize
-	for uint64(w) < chunkSize && w < zstd.MaxWindowSize {
-		w <<= 1
-	}
-	return w
-}
-
-func (s *sender) allZero(b []byte) bool {
+func (s *v1Sender) allZero(b []byte) bool {
 	for len(b) > 0 {
 		n := min(len(b), len(s.zeros))
 		if !bytes.Equal(b[:n], s.zeros[:n]) {
@@ -883,25 +670,4 @@ func (s *sender) allZero(b []byte) bool {
 		b = b[n:]
 	}
 	return true
-}
-
-// readFull reads exactly len(buf) bytes at off.
-func readFull(src SourceImage, buf []byte, off uint64) error {
-	for n := 0; n < len(buf); {
-		m, err := src.ReadAt(buf[n:], int64(off)+int64(n))
-		n += m
-		if n == len(buf) {
-			return nil
-		}
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				return io.ErrUnexpectedEOF
-			}
-			return err
-		}
-		if m == 0 {
-			return io.ErrNoProgress
-		}
-	}
-	return nil
 }
