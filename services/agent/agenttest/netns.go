@@ -45,6 +45,7 @@ type Node struct {
 	// node's end (named "wan" in the node's namespace).
 	WanDev, Dev string
 	index       int
+	host        string // the host end of the node's host veth
 }
 
 const netPrefix = "ferrynet-"
@@ -74,6 +75,7 @@ func NewNet(t testing.TB, names ...string) *Net {
 		n.ip("netns", "add", nd.NS)
 		// The host link: 127.0.0.1 only.
 		host := fmt.Sprintf("fn%dh%d", os.Getpid()%100000, i)
+		nd.host = host
 		hostIP := fmt.Sprintf("10.251.%d.%d", n.id, 4*i+1)
 		nodeIP := fmt.Sprintf("10.251.%d.%d", n.id, 4*i+2)
 		n.ip("link", "add", host, "type", "veth", "peer", "name", "host", "netns", nd.NS)
@@ -173,6 +175,11 @@ func run(t testing.TB, name string, args ...string) {
 // go with them).
 func (n *Net) remove() {
 	for _, name := range n.order {
+		// A socket still closing (its FIN lost with the wan namespace)
+		// keeps its namespace, and so the host veth, alive until it gives
+		// up: destroy the sockets, and the host end at once.
+		exec.Command("ip", "netns", "exec", n.nodes[name].NS, "ss", "-K").Run()
+		exec.Command("ip", "link", "del", n.nodes[name].host).Run()
 		exec.Command("ip", "netns", "del", n.nodes[name].NS).Run()
 	}
 	exec.Command("ip", "netns", "del", n.Wan).Run()
