@@ -48,6 +48,8 @@ type wanPath struct {
 	rate     string
 	rttMS    int
 	src, dst net.IP
+	// delayPid is the delay line's process (its CPU is the path's cost).
+	delayPid int
 }
 
 func newWANPath(t *testing.T, rate string, rttMS int) *wanPath {
@@ -66,6 +68,7 @@ func newWANPath(t *testing.T, rate string, rttMS int) *wanPath {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dl.Process.Kill(); dl.Wait() })
+	w.delayPid = dl.Process.Pid
 	ready := make(chan bool, 1)
 	go func() {
 		sc := bufio.NewScanner(out)
@@ -185,26 +188,47 @@ func (w *wanPath) sampleSS() *ssSampler {
 	return s
 }
 
-var limitedRe = regexp.MustCompile(`(busy|rwnd_limited|sndbuf_limited):\d+ms(?:\(([\d.]+)%\))?`)
+var (
+	limitedRe = regexp.MustCompile(`(busy|rwnd_limited|sndbuf_limited):\d+ms(?:\(([\d.]+)%\))?`)
+	cwndRe    = regexp.MustCompile(`\bcwnd:(\d+)`)
+)
 
-// finish stops the sampler, writes its samples to file and returns the
-// share of busy time each connection was limited by the receiver's window
-// and by the send buffer (averaged over the connections of the last
-// sample that had data).
-func (s *ssSampler) finish(t *testing.T, file string) (rwnd, sndbuf float64) {
+// ssFigures attribute a case's stalls: the share of busy time the
+// connections were limited by the receiver's window and by the send
+// buffer (tcp_info's chronos, averaged over the connections of the last
+// sample), the share of connection samples whose last delivery-rate
+// sample was app-limited (Ferry had nothing ready to send), and the mean
+// congestion window (packets); busy time limited by none of these was
+// limited by cwnd.
+type ssFigures struct {
+	rwnd, sndbuf, app, cwnd float64
+}
+
+// finish stops the sampler, writes its samples to file and returns its
+// figures.
+func (s *ssSampler) finish(t *testing.T, file string) ssFigures {
 	close(s.stop)
 	<-s.done
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	os.WriteFile(file, []byte(strings.Join(s.samples, "\n")), 0o644)
+	var f ssFigures
+	var conns, app, cwnd float64
+	last := false
 	for i := len(s.samples) - 1; i >= 0; i-- {
-		var r, b float64
-		conns := 0
+		var r, b, n float64
 		for _, line := range strings.Split(s.samples[i], "\n") {
 			if !strings.Contains(line, "busy:") {
 				continue
 			}
-			conns++
+			n++
+			if strings.Contains(line, " app_limited") {
+				app++
+			}
+			if m := cwndRe.FindStringSubmatch(line); m != nil {
+				v, _ := strconv.ParseFloat(m[1], 64)
+				cwnd += v
+			}
 			for _, m := range limitedRe.FindAllStringSubmatch(line, -1) {
 				v, _ := strconv.ParseFloat(m[2], 64)
 				switch m[1] {
@@ -215,14 +239,19 @@ func (s *ssSampler) finish(t *testing.T, file string) (rwnd, sndbuf float64) {
 				}
 			}
 		}
-		if conns > 0 {
-			if len(s.samples) > 2 {
-				t.Logf("ss -tin, mid-run sample:\n%s", s.samples[len(s.samples)/2])
-			}
-			return r / float64(conns), b / float64(conns)
+		conns += n
+		if n > 0 && !last {
+			last = true
+			f.rwnd, f.sndbuf = r/n, b/n
 		}
 	}
-	return 0, 0
+	if conns > 0 {
+		f.app, f.cwnd = app/conns, cwnd/conns
+	}
+	if len(s.samples) > 2 {
+		t.Logf("ss -tin, mid-run sample:\n%s", s.samples[len(s.samples)/2])
+	}
+	return f
 }
 
 // cpuSeconds is a process's user+system CPU time.
@@ -356,10 +385,10 @@ func benchWAN(t *testing.T, col *collector) {
 
 	run := func(sub string, args ...string) agent.HarnessResult {
 		ss := w.sampleSS()
-		dcpu := cpuSeconds(dstPid)
+		dcpu, lcpu := cpuSeconds(dstPid), cpuSeconds(w.delayPid)
 		res, scpu := wanTransfer(t, h, w, srcConf, args...)
-		dcpu = cpuSeconds(dstPid) - dcpu
-		rwnd, sndbuf := ss.finish(t, filepath.Join(dir, "wan-ss-"+sub+".txt"))
+		dcpu, lcpu = cpuSeconds(dstPid)-dcpu, cpuSeconds(w.delayPid)-lcpu
+		ssf := ss.finish(t, filepath.Join(dir, "wan-ss-"+sub+".txt"))
 		send := res.Phases["send"]
 		fill := 0.0
 		if send > 0 {
@@ -367,16 +396,19 @@ func benchWAN(t *testing.T, col *collector) {
 		}
 		gib := float64(res.BytesSent) / (1 << 30)
 		drss := agenttest.PeakRSS(dstPid)
-		t.Logf("%s: %.2f s (send %.2f s), %d MiB sent, link fill %.0f%%, CPU-s/GiB source %.2f destination %.2f, peak RSS source %d MiB destination %d MiB, ss: rwnd_limited %.0f%% sndbuf_limited %.0f%%, phases %v",
-			sub, res.Seconds, send, res.BytesSent>>20, fill*100, scpu/gib, dcpu/gib, res.PeakRSSBytes>>20, drss>>20, rwnd, sndbuf, res.Phases)
+		t.Logf("%s: %.2f s (send %.2f s), %d MiB sent, link fill %.0f%%, CPU-s/GiB source %.2f destination %.2f (delay line %.2f), peak RSS source %d MiB destination %d MiB, ss: rwnd_limited %.1f%% sndbuf_limited %.1f%% of busy time, app_limited in %.0f%% of samples, mean cwnd %.0f, phases %v",
+			sub, res.Seconds, send, res.BytesSent>>20, fill*100, scpu/gib, dcpu/gib, lcpu/gib, res.PeakRSSBytes>>20, drss>>20, ssf.rwnd, ssf.sndbuf, ssf.app*100, ssf.cwnd, res.Phases)
 		cn := caseName + "_" + sub
 		col.add(Record{Case: cn, Metric: "link_fill", Value: fill, Unit: "send-phase bytes/s ÷ iperf3 ceiling"})
 		col.add(Record{Case: cn, Metric: "source_cpu_per_gib", Value: scpu / gib, Unit: "CPU-s/GiB"})
 		col.add(Record{Case: cn, Metric: "dest_cpu_per_gib", Value: dcpu / gib, Unit: "CPU-s/GiB"})
+		col.add(Record{Case: cn, Metric: "delay_line_cpu_per_gib", Value: lcpu / gib, Unit: "CPU-s/GiB"})
 		col.add(Record{Case: cn, Metric: "source_peak_rss", Value: float64(res.PeakRSSBytes), Unit: "bytes"})
 		col.add(Record{Case: cn, Metric: "dest_peak_rss", Value: float64(drss), Unit: "bytes"})
-		col.add(Record{Case: cn, Metric: "ss_rwnd_limited", Value: rwnd, Unit: "% of busy time"})
-		col.add(Record{Case: cn, Metric: "ss_sndbuf_limited", Value: sndbuf, Unit: "% of busy time"})
+		col.add(Record{Case: cn, Metric: "ss_rwnd_limited", Value: ssf.rwnd, Unit: "% of busy time"})
+		col.add(Record{Case: cn, Metric: "ss_sndbuf_limited", Value: ssf.sndbuf, Unit: "% of busy time"})
+		col.add(Record{Case: cn, Metric: "ss_app_limited", Value: ssf.app, Unit: "share of connection samples"})
+		col.add(Record{Case: cn, Metric: "ss_mean_cwnd", Value: ssf.cwnd, Unit: "packets"})
 		if res.PeakRSSBytes > 256<<20 || drss > 256<<20 {
 			t.Errorf("%s: agent peak RSS above 256 MiB (source %d MiB, destination %d MiB)", sub, res.PeakRSSBytes>>20, drss>>20)
 		}
