@@ -4,7 +4,9 @@
 // RBD images today, on the local stack's clusters: `./tox-like-ci -e bench`.
 // Each case gets a fresh pair of clusters (memstore keeps data in RAM and
 // never gives it back); each figure is the median of Runs runs, Ferry and
-// its baselines interleaved in the same run. Results go to
+// its baselines interleaved in the same run. The wan case (wan_test.go)
+// is one run over an emulated inter-region path, on the clusters as they
+// are. Results go to
 // .bench/results.json and a table on stdout.
 package bench
 

@@ -200,8 +200,12 @@ var (
 // sample was app-limited (Ferry had nothing ready to send), and the mean
 // congestion window (packets); busy time limited by none of these was
 // limited by cwnd.
+//
+// busy is the connections' mean busy time (ms, tcp_info's busy chrono:
+// data queued or in flight); the rest of the send phase they had nothing
+// to send, i.e. were limited by the application.
 type ssFigures struct {
-	rwnd, sndbuf, app, cwnd float64
+	rwnd, sndbuf, app, cwnd, busy float64
 }
 
 // finish stops the sampler, writes its samples to file and returns its
@@ -216,7 +220,7 @@ func (s *ssSampler) finish(t *testing.T, file string) ssFigures {
 	var conns, app, cwnd float64
 	last := false
 	for i := len(s.samples) - 1; i >= 0; i-- {
-		var r, b, n float64
+		var r, b, n, busy float64
 		for _, line := range strings.Split(s.samples[i], "\n") {
 			if !strings.Contains(line, "busy:") {
 				continue
@@ -232,6 +236,9 @@ func (s *ssSampler) finish(t *testing.T, file string) ssFigures {
 			for _, m := range limitedRe.FindAllStringSubmatch(line, -1) {
 				v, _ := strconv.ParseFloat(m[2], 64)
 				switch m[1] {
+				case "busy":
+					v, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimPrefix(m[0], "busy:"), "ms"), 64)
+					busy += v
 				case "rwnd_limited":
 					r += v
 				case "sndbuf_limited":
@@ -242,7 +249,7 @@ func (s *ssSampler) finish(t *testing.T, file string) ssFigures {
 		conns += n
 		if n > 0 && !last {
 			last = true
-			f.rwnd, f.sndbuf = r/n, b/n
+			f.rwnd, f.sndbuf, f.busy = r/n, b/n, busy/n
 		}
 	}
 	if conns > 0 {
@@ -396,8 +403,8 @@ func benchWAN(t *testing.T, col *collector) {
 		}
 		gib := float64(res.BytesSent) / (1 << 30)
 		drss := agenttest.PeakRSS(dstPid)
-		t.Logf("%s: %.2f s (send %.2f s), %d MiB sent, link fill %.0f%%, CPU-s/GiB source %.2f destination %.2f (delay line %.2f), peak RSS source %d MiB destination %d MiB, ss: rwnd_limited %.1f%% sndbuf_limited %.1f%% of busy time, app_limited in %.0f%% of samples, mean cwnd %.0f, phases %v",
-			sub, res.Seconds, send, res.BytesSent>>20, fill*100, scpu/gib, dcpu/gib, lcpu/gib, res.PeakRSSBytes>>20, drss>>20, ssf.rwnd, ssf.sndbuf, ssf.app*100, ssf.cwnd, res.Phases)
+		t.Logf("%s: %.2f s (send %.2f s), %d MiB sent, link fill %.0f%%, CPU-s/GiB source %.2f destination %.2f (delay line %.2f), peak RSS source %d MiB destination %d MiB, ss: rwnd_limited %.1f%% sndbuf_limited %.1f%% of busy time, app_limited in %.0f%% of samples, mean cwnd %.0f, busy %.0f%% of the send phase, phases %v",
+			sub, res.Seconds, send, res.BytesSent>>20, fill*100, scpu/gib, dcpu/gib, lcpu/gib, res.PeakRSSBytes>>20, drss>>20, ssf.rwnd, ssf.sndbuf, ssf.app*100, ssf.cwnd, ssf.busy/10/max(send, 1e-9), res.Phases)
 		cn := caseName + "_" + sub
 		col.add(Record{Case: cn, Metric: "link_fill", Value: fill, Unit: "send-phase bytes/s ÷ iperf3 ceiling"})
 		col.add(Record{Case: cn, Metric: "source_cpu_per_gib", Value: scpu / gib, Unit: "CPU-s/GiB"})
@@ -409,6 +416,9 @@ func benchWAN(t *testing.T, col *collector) {
 		col.add(Record{Case: cn, Metric: "ss_sndbuf_limited", Value: ssf.sndbuf, Unit: "% of busy time"})
 		col.add(Record{Case: cn, Metric: "ss_app_limited", Value: ssf.app, Unit: "share of connection samples"})
 		col.add(Record{Case: cn, Metric: "ss_mean_cwnd", Value: ssf.cwnd, Unit: "packets"})
+		if send > 0 {
+			col.add(Record{Case: cn, Metric: "ss_busy_share", Value: ssf.busy / 1000 / send, Unit: "connection busy time ÷ send phase (the rest: nothing to send)"})
+		}
 		if res.PeakRSSBytes > 256<<20 || drss > 256<<20 {
 			t.Errorf("%s: agent peak RSS above 256 MiB (source %d MiB, destination %d MiB)", sub, res.PeakRSSBytes>>20, drss>>20)
 		}
