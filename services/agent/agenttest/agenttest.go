@@ -48,6 +48,18 @@ type Harness struct {
 	ChunkSize string
 	// SigningKey is the test's ferry-api signing key (harness grants).
 	SigningKey string
+	// Command, when set, makes the command that runs the agent binary
+	// for the named agent (src, dst-a, …): e.g. Net.Command, to run it in
+	// a network namespace.
+	Command func(agent, bin string, args ...string) *exec.Cmd
+}
+
+// command is the command that runs the agent binary as agent.
+func (h *Harness) command(agent string, args ...string) *exec.Cmd {
+	if h.Command != nil {
+		return h.Command(agent, h.Bin, args...)
+	}
+	return exec.Command(h.Bin, args...)
 }
 
 var buildOnce struct {
@@ -174,7 +186,7 @@ func (h *Harness) StartDest(name string, extra ...string) *exec.Cmd {
 func (h *Harness) Start(name, region, clusterKey string, extra ...string) *exec.Cmd {
 	h.t.Helper()
 	conf := h.Config(name, region, clusterKey, extra...)
-	cmd := exec.Command(h.Bin, "--config-file", conf)
+	cmd := h.command(name, "--config-file", conf)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -227,7 +239,7 @@ func (h *Harness) waitQueue(queue string, logs func() string) {
 // transfer runs `ferry-agent transfer` (the source) to completion.
 func (h *Harness) Transfer(conf string, args ...string) (agent.HarnessResult, error) {
 	h.t.Helper()
-	cmd := exec.Command(h.Bin, append([]string{"transfer", "--config-file", conf, "--dest-region", h.DstRegion, "--timeout", "3m",
+	cmd := h.command(strings.TrimSuffix(filepath.Base(conf), ".conf"), append([]string{"transfer", "--config-file", conf, "--dest-region", h.DstRegion, "--timeout", "3m",
 		"--signing-key", h.SigningKey}, args...)...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
