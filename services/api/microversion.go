@@ -12,7 +12,8 @@ import (
 // microversion negotiates OpenStack-API-Version: volume-ferry X.Y, as the
 // OpenStack API guidelines say: absent means the minimum, "latest" the
 // maximum, a version outside [min, max] is 406 Not Acceptable, a malformed
-// one 400. The answer names the version served, and responses vary on it.
+// one 400. The answer names the version served, and responses vary on it;
+// handlers ask atLeast which version they serve.
 func microversion() gin.HandlerFunc {
 	minMaj, minMin, _ := parseMicroversion(MinMicroversion)
 	maxMaj, maxMin, _ := parseMicroversion(MaxMicroversion)
@@ -41,8 +42,40 @@ func microversion() gin.HandlerFunc {
 				served = fmt.Sprintf("%d.%d", maj, minor)
 			}
 		}
+		c.Set(servedKey, served)
 		c.Header("OpenStack-API-Version", ServiceType+" "+served)
 		c.Header("Vary", "OpenStack-API-Version")
+		c.Next()
+	}
+}
+
+// servedKey is the gin context key of the microversion a request is served at.
+const servedKey = "microversion"
+
+// atLeast tells whether the request is served at version v or later. A
+// request that was not negotiated (outside /v1) is served at the minimum.
+func atLeast(c *gin.Context, v string) bool {
+	served := c.GetString(servedKey)
+	if served == "" {
+		served = MinMicroversion
+	}
+	sMaj, sMin, err1 := parseMicroversion(served)
+	vMaj, vMin, err2 := parseMicroversion(v)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	return sMaj > vMaj || (sMaj == vMaj && sMin >= vMin)
+}
+
+// since hides what version v introduced from requests at older versions:
+// they get the 404 of a path that does not exist, before authentication,
+// as the router's own 404 is.
+func since(v string) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		if !atLeast(c, v) {
+			writeError(c, http.StatusNotFound, notFoundMessage)
+			return
+		}
 		c.Next()
 	}
 }

@@ -177,7 +177,7 @@ func (s *Server) Router() http.Handler {
 	r.GET("/healthcheck", s.healthcheck)
 	s.routes(r)
 	r.NoRoute(func(c *gin.Context) {
-		writeError(c, http.StatusNotFound, "The resource could not be found.")
+		writeError(c, http.StatusNotFound, notFoundMessage)
 	})
 	r.NoMethod(func(c *gin.Context) {
 		writeError(c, http.StatusMethodNotAllowed, fmt.Sprintf("The method %s is not allowed for this resource (allowed: %s).",
