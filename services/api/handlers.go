@@ -75,7 +75,7 @@ func (s *Server) routes(r *gin.Engine) {
 	v1.POST("/transfers/:id/action", s.transferAction)
 	v1.DELETE("/transfers/:id", s.deleteTransfer)
 	// Replications are since 1.1: an older request sees no such path.
-	rep := r.Group("/v1/replications", microversion(), since("1.1"), s.hooks.Authenticate, jsonBody())
+	rep := r.Group(replicationsPath, microversion(), since(replicationsSince), s.hooks.Authenticate, jsonBody())
 	rep.POST("", s.createReplication)
 	rep.GET("", s.listReplications)
 	rep.GET("/:id", s.showReplication)

@@ -85,6 +85,33 @@ func TestReplicationsSince11(t *testing.T) {
 	}
 }
 
+// A method /v1/replications does not have is a 405 with Allow from 1.1,
+// the 404 of an unknown path below (no Allow telling the path exists).
+func TestReplicationsWrongMethodSince11(t *testing.T) {
+	a, _ := newReplicationAPITest(t)
+	for _, tc := range []struct {
+		version string
+		code    int
+		allow   string
+	}{{"", 404, ""}, {"volume-ferry 1.0", 404, ""}, {"volume-ferry 1.1", 405, "GET, POST"}, {"volume-ferry latest", 405, "GET, POST"},
+		{"volume-ferry 9.9", 405, "GET, POST"}} { // an unacceptable version changes nothing of the router's answer
+		hdr := append([]string{}, who...)
+		if tc.version != "" {
+			hdr = append(hdr, "OpenStack-API-Version", tc.version)
+		}
+		for _, path := range []string{"/v1/replications", "/v1/replications/" + uid("r") + "/action"} {
+			allow := tc.allow
+			if allow != "" && path != "/v1/replications" {
+				allow = "POST"
+			}
+			resp, b := raw(t, "PATCH", a.url+path, "{}", hdr...)
+			if resp.StatusCode != tc.code || !isFault(b, tc.code) || resp.Header.Get("Allow") != allow {
+				t.Errorf("%q PATCH %s: %d Allow %q %s, want %d Allow %q", tc.version, path, resp.StatusCode, resp.Header.Get("Allow"), b, tc.code, allow)
+			}
+		}
+	}
+}
+
 // A transfer's replication_id, and the ?replication_id= filter, are since
 // 1.1; at 1.0 the filter is an unknown parameter, ignored as any other.
 func TestTransferReplicationIDSince11(t *testing.T) {
