@@ -190,6 +190,9 @@ func TestTransferReplicationIDSince11(t *testing.T) {
 			t.Errorf("at %s: filtered list %d %v", v, code, m)
 		}
 		code, m = a.do(demo, "GET", "/v1/transfers", "")
+		if code != 200 || len(ids(m)) < 2 {
+			t.Errorf("at %s: list %d %v", v, code, m)
+		}
 		for id, tr := range ids(m) {
 			if rv, ok := tr["replication_id"]; !ok || (id != cycle.ID && rv != nil) {
 				t.Errorf("at %s: listed %s: replication_id %v (present %v)", v, id, rv, ok)
