@@ -75,6 +75,10 @@ func writeError(c *gin.Context, code int, message string) {
 	c.AbortWithStatusJSON(code, gin.H{name: gin.H{"code": code, "message": message}})
 }
 
+// notFoundMessage is the 404 of a path that does not exist (at the
+// request's microversion).
+const notFoundMessage = "The resource could not be found."
+
 // internalError is the 500's message: no details, they are in the log.
 const internalError = "The server has either erred or is incapable of performing the requested operation."
 

@@ -74,15 +74,17 @@ func (s *Server) routes(r *gin.Engine) {
 	v1.GET("/transfers/:id/events", s.transferEvents)
 	v1.POST("/transfers/:id/action", s.transferAction)
 	v1.DELETE("/transfers/:id", s.deleteTransfer)
-	v1.POST("/replications", s.createReplication)
-	v1.GET("/replications", s.listReplications)
-	v1.GET("/replications/:id", s.showReplication)
-	v1.PUT("/replications/:id", s.updateReplication)
-	v1.DELETE("/replications/:id", s.deleteReplication)
-	v1.GET("/replications/:id/points", s.replicationPoints)
-	v1.GET("/replications/:id/events", s.replicationEvents)
-	v1.GET("/replications/:id/drills", s.replicationDrills)
-	v1.POST("/replications/:id/action", s.replicationAction)
+	// Replications are since 1.1: an older request sees no such path.
+	rep := r.Group(replicationsPath, microversion(), since(replicationsSince), s.hooks.Authenticate, jsonBody())
+	rep.POST("", s.createReplication)
+	rep.GET("", s.listReplications)
+	rep.GET("/:id", s.showReplication)
+	rep.PUT("/:id", s.updateReplication)
+	rep.DELETE("/:id", s.deleteReplication)
+	rep.GET("/:id/points", s.replicationPoints)
+	rep.GET("/:id/events", s.replicationEvents)
+	rep.GET("/:id/drills", s.replicationDrills)
+	rep.POST("/:id/action", s.replicationAction)
 	v1.GET("/services", s.listServices)
 	// /metrics is for admins here; [api] metrics_listen serves it on an
 	// address of its own instead (and not here).
@@ -186,7 +188,7 @@ func (s *Server) createTransfer(c *gin.Context) {
 		return
 	}
 	s.hooks.Kick()
-	c.JSON(http.StatusAccepted, gin.H{"transfer": ViewOf(t)})
+	c.JSON(http.StatusAccepted, gin.H{"transfer": transferView(c, t)})
 }
 
 // knownSize is what a new transfer will copy at most, when the API knows
@@ -294,7 +296,9 @@ func (s *Server) listTransfers(c *gin.Context) {
 			*f.into = v
 		}
 	}
-	if v := c.Query("replication_id"); v != "" {
+	// replication_id is a filter since 1.1; before, an unknown parameter
+	// is ignored, as any other.
+	if v := c.Query("replication_id"); v != "" && atLeast(c, "1.1") {
 		id, ok := CanonicalUUID(v)
 		if !ok {
 			writeError(c, http.StatusBadRequest, fmt.Sprintf("replication_id=%q is not a UUID.", truncate(v, 64)))
@@ -315,9 +319,9 @@ func (s *Server) listTransfers(c *gin.Context) {
 		s.dbError(c, err, "Transfer")
 		return
 	}
-	views := make([]TransferView, 0, len(items))
+	views := make([]any, 0, len(items))
 	for i := range items {
-		views = append(views, ViewOf(&items[i]))
+		views = append(views, transferView(c, &items[i]))
 	}
 	body := gin.H{"transfers": views}
 	if more && len(items) > 0 {
@@ -342,7 +346,7 @@ func (s *Server) showTransfer(c *gin.Context) {
 	if !ok {
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{"transfer": ViewOf(t)})
+	c.JSON(http.StatusOK, gin.H{"transfer": transferView(c, t)})
 }
 
 func (s *Server) transferEvents(c *gin.Context) {

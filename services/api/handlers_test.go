@@ -71,6 +71,8 @@ type apiTest struct {
 	url   string
 	db    *db.DB
 	kicks atomic.Int32
+	// version is the microversion do asks for ("": none, so 1.0).
+	version string
 }
 
 // testDB is a migrated SQLite database of the test's own.
@@ -117,6 +119,9 @@ func (a *apiTest) do(who [3]string, method, path, body string) (int, map[string]
 		req.Header.Set("X-Test-User", who[0])
 		req.Header.Set("X-Test-Project", who[1])
 		req.Header.Set("X-Test-Roles", who[2])
+	}
+	if a.version != "" {
+		req.Header.Set("OpenStack-API-Version", "volume-ferry "+a.version)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

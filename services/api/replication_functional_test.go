@@ -123,6 +123,7 @@ func TestWiredReplication(t *testing.T) {
 	do := func(token, method, path, body string) (int, string) {
 		req, _ := http.NewRequestWithContext(ctx, method, ts.URL+path, strings.NewReader(body))
 		req.Header.Set("X-Auth-Token", token)
+		req.Header.Set("OpenStack-API-Version", "volume-ferry 1.1") // replications are since 1.1
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)

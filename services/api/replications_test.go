@@ -21,6 +21,7 @@ func newReplicationAPITest(t *testing.T) (*apiTest, *fakeCinder) {
 		"alt": {Spec: cinder.VolumeSpec{Kind: "volume", ID: uid("alt"), Name: "alt's", SizeGiB: 1, ProjectID: "alt-project"}, Pool: "volumes", Image: "volume-" + uid("alt")},
 	}}
 	a := newCinderAPITest(t, fc)
+	a.version = "1.1" // replications are since 1.1
 	return a, fc
 }
 

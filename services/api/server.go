@@ -177,9 +177,14 @@ func (s *Server) Router() http.Handler {
 	r.GET("/healthcheck", s.healthcheck)
 	s.routes(r)
 	r.NoRoute(func(c *gin.Context) {
-		writeError(c, http.StatusNotFound, "The resource could not be found.")
+		writeError(c, http.StatusNotFound, notFoundMessage)
 	})
 	r.NoMethod(func(c *gin.Context) {
+		if hiddenPath(c) {
+			c.Writer.Header().Del("Allow")
+			writeError(c, http.StatusNotFound, notFoundMessage)
+			return
+		}
 		writeError(c, http.StatusMethodNotAllowed, fmt.Sprintf("The method %s is not allowed for this resource (allowed: %s).",
 			c.Request.Method, c.Writer.Header().Get("Allow")))
 	})

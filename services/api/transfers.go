@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
 
 	"github.com/ferry-project/ferry/db"
@@ -40,6 +41,23 @@ type TransferView struct {
 	// ReplicationID is the replication this transfer is a cycle of
 	// (null for an ordinary transfer). Since 1.1.
 	ReplicationID *string `json:"replication_id"`
+}
+
+// transferView is a transfer as the request's microversion shows it:
+// replication_id is a field since 1.1.
+func transferView(c *gin.Context, t *db.Transfer) any {
+	v := ViewOf(t)
+	if atLeast(c, "1.1") {
+		return v
+	}
+	return transferView10{TransferView: v}
+}
+
+// transferView10 is a transfer at 1.0: its nil ReplicationID, shallower
+// than the embedded one, hides replication_id.
+type transferView10 struct {
+	TransferView
+	ReplicationID *string `json:"replication_id,omitempty"`
 }
 
 // LocationView is a transfer's source or destination.

@@ -38,6 +38,12 @@ type app struct {
 	stdout, stderr io.Writer
 }
 
+// APIVersion is the microversion the CLI was written for, sent on every
+// request as OpenStack-API-Version: volume-ferry 1.1, as the openstack CLI
+// sends the version it knows (1.1 adds replications and a transfer's
+// replication_id).
+const APIVersion = "1.1"
+
 // connect authenticates and finds Ferry's endpoint in the catalog for the
 // cloud's region.
 func (a *app) connect(ctx context.Context) (*gophercloud.ServiceClient, gophercloud.EndpointOpts, error) {
@@ -53,6 +59,7 @@ func (a *app) connect(ctx context.Context) (*gophercloud.ServiceClient, gophercl
 	if err != nil {
 		return nil, eo, err
 	}
+	sc.Microversion = APIVersion
 	return sc, eo, nil
 }
 

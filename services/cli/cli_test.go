@@ -32,6 +32,8 @@ type fakeCloud struct {
 	creates  []map[string]any
 	requests []string
 	queries  []string
+	// versions are the requests' OpenStack-API-Version headers.
+	versions []string
 	// services is GET /v1/services' answer; nil: 403.
 	services []map[string]any
 	// repl is the fake replications API (replication_test.go).
@@ -101,6 +103,7 @@ func (fc *fakeCloud) serveAPI(w http.ResponseWriter, r *http.Request) {
 	defer fc.mu.Unlock()
 	fc.requests = append(fc.requests, r.Method+" "+r.URL.Path)
 	fc.queries = append(fc.queries, r.URL.RawQuery)
+	fc.versions = append(fc.versions, r.Header.Get("OpenStack-API-Version"))
 	if r.Header.Get("X-Auth-Token") != "tok-demo" {
 		fault(w, 401, "unauthorized", "The request you have made requires authentication.")
 		return
@@ -113,6 +116,8 @@ func (fc *fakeCloud) serveAPI(w http.ResponseWriter, r *http.Request) {
 	path := strings.TrimPrefix(r.URL.Path, "/v1/")
 	parts := strings.Split(path, "/")
 	switch {
+	case parts[0] == "replications" && r.Header.Get("OpenStack-API-Version") != "volume-ferry 1.1":
+		fault(w, 404, "itemNotFound", "The resource could not be found.") // since 1.1
 	case parts[0] == "replications":
 		fc.serveReplications(w, r, parts, reply)
 	case path == "services" && r.Method == http.MethodGet && fc.services != nil:
@@ -221,6 +226,31 @@ func run(t *testing.T, getenv func(string) string, args ...string) (int, string,
 		code = 1
 	}
 	return code, stdout.String(), stderr.String()
+}
+
+// Every request says the version the CLI was written for, like the
+// openstack CLI.
+func TestEveryRequestSendsTheMicroversion(t *testing.T) {
+	fc := newFakeCloud(t)
+	fc.services = []map[string]any{}
+	for _, args := range [][]string{
+		{"transfer", "create", "--pool", "volumes", "--image", "img1", "--destination-region", "RegionTwo", "--name", "t1"},
+		{"transfer", "list"}, {"transfer", "show", "t1"}, {"replication", "list"}, {"service", "list"},
+	} {
+		if code, _, errOut := run(t, fc.env(), args...); code != 0 {
+			t.Fatalf("%v: %d %s", args, code, errOut)
+		}
+	}
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	if len(fc.versions) < 5 {
+		t.Fatalf("%d requests", len(fc.versions))
+	}
+	for i, v := range fc.versions {
+		if v != "volume-ferry "+APIVersion {
+			t.Errorf("%s: OpenStack-API-Version %q, want volume-ferry %s", fc.requests[i], v, APIVersion)
+		}
+	}
 }
 
 func TestCreateSendsTheAPIBodyAndPrintsTheObject(t *testing.T) {

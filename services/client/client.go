@@ -3,6 +3,7 @@ package client
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/gophercloud/gophercloud/v2"
@@ -50,4 +51,42 @@ func NewFerryV1WithEndpoint(pc *gophercloud.ProviderClient, endpoint string) *go
 		ResourceBase:   base,
 		Type:           ServiceType,
 	}
+}
+
+// WithMicroversion returns sc if it asks for microversion v or later,
+// else a copy of it that asks for v (sc itself is not changed): what a
+// call needs that only exists since v. An empty sc.Microversion asks for
+// none (the server's minimum, 1.0); one that is not of the form X.Y is
+// taken as older than v.
+func WithMicroversion(sc *gophercloud.ServiceClient, v string) *gophercloud.ServiceClient {
+	if sc == nil || MicroversionAtLeast(sc.Microversion, v) {
+		return sc
+	}
+	c := *sc
+	c.Microversion = v
+	if c.Type == "" { // built by hand: the header names no service without it
+		c.Type = ServiceType
+	}
+	return &c
+}
+
+// MicroversionAtLeast tells whether microversion have ("1.1", "latest"; ""
+// is none) is v or later.
+func MicroversionAtLeast(have, v string) bool {
+	if strings.EqualFold(have, "latest") {
+		return true
+	}
+	hMaj, hMin, ok1 := parseMicroversion(have)
+	vMaj, vMin, ok2 := parseMicroversion(v)
+	if !ok1 || !ok2 {
+		return false
+	}
+	return hMaj > vMaj || (hMaj == vMaj && hMin >= vMin)
+}
+
+func parseMicroversion(v string) (major, minor int, ok bool) {
+	a, b, found := strings.Cut(v, ".")
+	major, err1 := strconv.Atoi(a)
+	minor, err2 := strconv.Atoi(b)
+	return major, minor, found && err1 == nil && err2 == nil && major >= 0 && minor >= 0
 }

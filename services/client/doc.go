@@ -17,12 +17,20 @@ Example: a client from the catalog of an authenticated provider
 	if err != nil {
 		panic(err)
 	}
-	sc.Microversion = "1.0" // sends OpenStack-API-Version: volume-ferry 1.0
+	sc.Microversion = "1.1" // sends OpenStack-API-Version: volume-ferry 1.1
 
 	t, err := transfers.Create(ctx, sc, transfers.CreateOpts{
 		Source:      transfers.SourceOpts{Region: "RegionOne", Pool: "volumes", Image: "volume-1"},
 		Destination: transfers.DestinationOpts{Region: "RegionTwo"},
 	}).Extract()
+
+Microversions: an empty sc.Microversion sends no header, which the server
+serves at 1.0. Version 1.1 adds replications and a transfer's
+ReplicationID (and the ListOpts.ReplicationID filter): the replications
+package's functions, and transfers.List with a ReplicationID, ask for
+"1.1" themselves when sc.Microversion is empty or older (WithMicroversion),
+without changing sc; set sc.Microversion = "1.1" to see ReplicationID in
+every transfer.
 
 Example: a client for a known URL (no catalog)
 

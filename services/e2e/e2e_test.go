@@ -37,6 +37,10 @@ type client struct {
 	token string
 }
 
+// apiVersion is the microversion the tests speak (1.1: replications, a
+// transfer's replication_id), sent on every request.
+const apiVersion = "volume-ferry 1.1"
+
 func (c *client) do(method, path, body string) (int, map[string]any) {
 	c.t.Helper()
 	req, err := http.NewRequest(method, c.url+path, strings.NewReader(body))
@@ -45,6 +49,7 @@ func (c *client) do(method, path, body string) (int, map[string]any) {
 	}
 	req.Header.Set("X-Auth-Token", c.token)
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("OpenStack-API-Version", apiVersion)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		c.t.Fatal(err)

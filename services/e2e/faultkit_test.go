@@ -410,6 +410,7 @@ func (c *client) get(path string) (map[string]any, error) {
 		return nil, err
 	}
 	req.Header.Set("X-Auth-Token", c.token)
+	req.Header.Set("OpenStack-API-Version", apiVersion)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return nil, err

@@ -133,8 +133,15 @@ func startDrill(ctx context.Context, sc *gophercloud.ServiceClient, id, point, n
 }
 
 func newFerryClient(pc *gophercloud.ProviderClient, endpoint string) *gophercloud.ServiceClient {
-	return client.NewFerryV1WithEndpoint(pc, endpoint)
+	sc := client.NewFerryV1WithEndpoint(pc, endpoint)
+	sc.Microversion = apiVersion
+	return sc
 }
+
+// apiVersion is the microversion the dashboard asks for on every call:
+// the one it was written for (1.1: replications, a transfer's
+// replication_id).
+const apiVersion = "1.1"
 
 // apiError is what the user is told about a failed API call: the API's
 // own message (its OpenStack error body) and the status code. The API is

@@ -110,6 +110,14 @@ type fakeAPI struct {
 	// replActions are the replication actions received, "<id> <body>"
 	// (replications_test.go).
 	replActions []string
+	// versions are the calls' OpenStack-API-Version headers, "<path> <header>".
+	versions []string
+}
+
+// served11 tells whether a call is served at microversion 1.1 (the
+// dashboard's): what the API shows only from 1.1 on needs it.
+func served11(r *http.Request) bool {
+	return r.Header.Get("OpenStack-API-Version") == "volume-ferry 1.1"
 }
 
 const transferID = "0b8c5a84-2e6f-4c1e-9d2a-5b8e0c1f7a11"
@@ -133,9 +141,14 @@ func (a *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fault(w, http.StatusUnauthorized, "unauthorized", "Authentication required.")
 		return
 	}
+	a.mu.Lock()
+	a.versions = append(a.versions, r.URL.Path+" "+r.Header.Get("OpenStack-API-Version"))
+	a.mu.Unlock()
 	w.Header().Set("Content-Type", "application/json")
 	p := r.URL.Path
 	switch {
+	case strings.HasPrefix(p, "/v1/replications") && !served11(r):
+		fault(w, http.StatusNotFound, "itemNotFound", "The resource could not be found.") // since 1.1
 	case r.Method == http.MethodGet && p == "/v1/transfers":
 		// The API filters on the source region (the fixture's is RegionOne).
 		if sr := r.URL.Query().Get("source_region"); sr != "" && sr != "RegionOne" {

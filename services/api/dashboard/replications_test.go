@@ -288,7 +288,7 @@ func TestTransferDetailLinksItsReplication(t *testing.T) {
 		t.Fatal("fixture changed")
 	}
 	h, err := New(Options{AuthURL: r.h.opts.AuthURL, API: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if req.URL.Path == "/v1/transfers/"+transferID {
+		if req.URL.Path == "/v1/transfers/"+transferID && served11(req) { // replication_id is since 1.1
 			w.Header().Set("Content-Type", "application/json")
 			io.WriteString(w, `{"transfer": `+cycleJSON+`}`)
 			return
@@ -306,5 +306,29 @@ func TestTransferDetailLinksItsReplication(t *testing.T) {
 	_, page = b2.do("GET", "/dashboard/project/transfers/"+transferID, nil)
 	if !strings.Contains(page, `href="/dashboard/project/replications/`+replOK+`" id="replication-link"`) {
 		t.Errorf("no link to the replication:\n%s", page)
+	}
+}
+
+// Every call the dashboard makes to the API asks for the microversion it
+// was written for.
+func TestEveryAPICallSendsTheMicroversion(t *testing.T) {
+	r := newRig(t, time.Hour)
+	b := r.browser()
+	b.mustLogin("admin")
+	for _, p := range []string{"/dashboard/project/transfers/data", "/dashboard/project/transfers/" + transferID,
+		"/dashboard/project/replications/data", "/dashboard/project/replications/" + replOK, "/dashboard/admin/services"} {
+		if resp, page := b.do("GET", p, nil); resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: %d %s", p, resp.StatusCode, page)
+		}
+	}
+	r.api.mu.Lock()
+	defer r.api.mu.Unlock()
+	if len(r.api.versions) < 5 {
+		t.Fatalf("%d API calls: %v", len(r.api.versions), r.api.versions)
+	}
+	for _, v := range r.api.versions {
+		if !strings.HasSuffix(v, " volume-ferry "+apiVersion) {
+			t.Errorf("call %q, want OpenStack-API-Version: volume-ferry %s", v, apiVersion)
+		}
 	}
 }

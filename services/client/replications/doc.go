@@ -6,6 +6,10 @@ another region, as a Ferry-owned replica with retained points in time
 drills). Each cycle is an ordinary transfer, listed by the transfers
 package with ListOpts.ReplicationID.
 
+Replications are since microversion 1.1 (Microversion): the functions
+need sc.Microversion >= "1.1" and, when it is empty or older, ask for 1.1
+on their own requests without changing sc.
+
 Example: protect a volume every 5 minutes with a 15-minute RPO
 
 	r, err := replications.Create(ctx, sc, replications.CreateOpts{

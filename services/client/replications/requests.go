@@ -8,7 +8,15 @@ import (
 
 	"github.com/gophercloud/gophercloud/v2"
 	"github.com/gophercloud/gophercloud/v2/pagination"
+
+	ferry "github.com/ferry-project/ferry/services/client"
 )
+
+// Microversion is the API version that introduced replications: every
+// function of this package needs sc.Microversion >= "1.1", and asks for it
+// on its requests when sc.Microversion is empty or older (sc is not
+// changed). A server before 1.1 answers 404.
+const Microversion = "1.1"
 
 // ErrInvalidSource is wrapped by the error of a create whose source does
 // not name exactly one of a volume, or a pool and an image. No request is
@@ -104,6 +112,7 @@ func (s SourceOpts) validate() error {
 // the result is the new replication; its first cycle (a full copy) is
 // scheduled at once.
 func Create(ctx context.Context, client *gophercloud.ServiceClient, opts CreateOptsBuilder) (r CreateResult) {
+	client = ferry.WithMicroversion(client, Microversion)
 	b, err := opts.ToReplicationCreateMap()
 	if err != nil {
 		r.Err = err
@@ -118,6 +127,7 @@ func Create(ctx context.Context, client *gophercloud.ServiceClient, opts CreateO
 
 // Get shows a replication (GET /v1/replications/{id}).
 func Get(ctx context.Context, client *gophercloud.ServiceClient, id string) (r GetResult) {
+	client = ferry.WithMicroversion(client, Microversion)
 	resp, err := client.Get(ctx, getURL(client, id), &r.Body, &gophercloud.RequestOpts{
 		OkCodes: []int{http.StatusOK},
 	})
@@ -153,6 +163,7 @@ func (opts ListOpts) ToReplicationListQuery() (string, error) {
 // List pages through the replications (GET /v1/replications), following
 // the replications_links "next" links.
 func List(client *gophercloud.ServiceClient, opts ListOptsBuilder) pagination.Pager {
+	client = ferry.WithMicroversion(client, Microversion)
 	url := listURL(client)
 	if opts != nil {
 		query, err := opts.ToReplicationListQuery()
@@ -193,6 +204,7 @@ func (opts UpdateOpts) ToReplicationUpdateMap() (map[string]any, error) {
 // limit, name or description (PUT /v1/replications/{id}); the result is
 // the updated replication.
 func Update(ctx context.Context, client *gophercloud.ServiceClient, id string, opts UpdateOptsBuilder) (r UpdateResult) {
+	client = ferry.WithMicroversion(client, Microversion)
 	b, err := opts.ToReplicationUpdateMap()
 	if err != nil {
 		r.Err = err
@@ -230,6 +242,7 @@ func (opts DeleteOpts) ToReplicationDeleteQuery() (string, error) {
 // goes to deleting while Ferry removes its snapshots on both sides and,
 // unless opts keeps it, the replica. opts may be nil.
 func Delete(ctx context.Context, client *gophercloud.ServiceClient, id string, opts DeleteOptsBuilder) (r DeleteResult) {
+	client = ferry.WithMicroversion(client, Microversion)
 	url := deleteURL(client, id)
 	if opts != nil {
 		q, err := opts.ToReplicationDeleteQuery()
@@ -247,6 +260,7 @@ func Delete(ctx context.Context, client *gophercloud.ServiceClient, id string, o
 }
 
 func action(ctx context.Context, client *gophercloud.ServiceClient, id, name string) (r ActionResult) {
+	client = ferry.WithMicroversion(client, Microversion)
 	b := map[string]any{name: nil}
 	resp, err := client.Post(ctx, actionURL(client, id), b, nil, &gophercloud.RequestOpts{
 		OkCodes: []int{http.StatusAccepted},
@@ -301,6 +315,7 @@ func (opts DrillOpts) ToReplicationDrillMap() (map[string]any, error) {
 // (POST /v1/replications/{id}/action {"drill": {...}}, 202). The result
 // is the drill, in creating; ListDrills follows it to available.
 func Drill(ctx context.Context, client *gophercloud.ServiceClient, id string, opts DrillOptsBuilder) (r DrillResult) {
+	client = ferry.WithMicroversion(client, Microversion)
 	b, err := opts.ToReplicationDrillMap()
 	if err != nil {
 		r.Err = err
@@ -316,6 +331,7 @@ func Drill(ctx context.Context, client *gophercloud.ServiceClient, id string, op
 // ListPoints returns the retained points of the replica (GET
 // /v1/replications/{id}/points), newest first.
 func ListPoints(ctx context.Context, client *gophercloud.ServiceClient, id string) (r PointsResult) {
+	client = ferry.WithMicroversion(client, Microversion)
 	resp, err := client.Get(ctx, pointsURL(client, id), &r.Body, &gophercloud.RequestOpts{
 		OkCodes: []int{http.StatusOK},
 	})
@@ -326,6 +342,7 @@ func ListPoints(ctx context.Context, client *gophercloud.ServiceClient, id strin
 // ListEvents returns a replication's history (GET
 // /v1/replications/{id}/events): cycles, skips, errors, breaches, drills.
 func ListEvents(ctx context.Context, client *gophercloud.ServiceClient, id string) (r EventsResult) {
+	client = ferry.WithMicroversion(client, Microversion)
 	resp, err := client.Get(ctx, eventsURL(client, id), &r.Body, &gophercloud.RequestOpts{
 		OkCodes: []int{http.StatusOK},
 	})
@@ -336,6 +353,7 @@ func ListEvents(ctx context.Context, client *gophercloud.ServiceClient, id strin
 // ListDrills returns a replication's drills (GET
 // /v1/replications/{id}/drills).
 func ListDrills(ctx context.Context, client *gophercloud.ServiceClient, id string) (r DrillsResult) {
+	client = ferry.WithMicroversion(client, Microversion)
 	resp, err := client.Get(ctx, drillsURL(client, id), &r.Body, &gophercloud.RequestOpts{
 		OkCodes: []int{http.StatusOK},
 	})

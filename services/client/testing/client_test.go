@@ -13,6 +13,7 @@ import (
 	th "github.com/gophercloud/gophercloud/v2/testhelper"
 
 	"github.com/ferry-project/ferry/services/client"
+	"github.com/ferry-project/ferry/services/client/replications"
 	"github.com/ferry-project/ferry/services/client/transfers"
 )
 
@@ -103,4 +104,53 @@ func TestMicroversionHeader(t *testing.T) {
 	sc.Microversion = "1.0"
 	th.AssertNoErr(t, transfers.Cancel(context.TODO(), sc, "x").ExtractErr())
 	th.CheckDeepEquals(t, []string{"", "volume-ferry 1.0"}, got)
+}
+
+// The replications package asks for 1.1 when sc asks for less (none, or
+// 1.0) and keeps what sc asks for otherwise; sc itself is not changed.
+// transfers.List asks for 1.1 only with a ReplicationID filter.
+func TestReplicationsNeedMicroversion11(t *testing.T) {
+	fakeServer := th.SetupHTTP()
+	defer fakeServer.Teardown()
+	var got []string
+	fakeServer.Mux.HandleFunc("/v1/replications/x/action", func(w http.ResponseWriter, r *http.Request) {
+		got = append(got, r.Header.Get("OpenStack-API-Version"))
+		w.WriteHeader(http.StatusAccepted)
+	})
+	fakeServer.Mux.HandleFunc("/v1/transfers", func(w http.ResponseWriter, r *http.Request) {
+		got = append(got, r.Header.Get("OpenStack-API-Version"))
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"transfers": []}`))
+	})
+	sc := client.NewFerryV1WithEndpoint(&gophercloud.ProviderClient{TokenID: "token"}, fakeServer.Server.URL)
+	for _, v := range []string{"", "1.0", "1.1", "latest", "1.12"} {
+		sc.Microversion = v
+		th.AssertNoErr(t, replications.Pause(context.TODO(), sc, "x").ExtractErr())
+		th.CheckEquals(t, v, sc.Microversion)
+	}
+	sc.Microversion = ""
+	for _, o := range []transfers.ListOpts{{}, {ReplicationID: "r"}} {
+		_, err := transfers.List(sc, o).AllPages(context.TODO())
+		th.AssertNoErr(t, err)
+	}
+	th.CheckDeepEquals(t, []string{"volume-ferry 1.1", "volume-ferry 1.1", "volume-ferry 1.1", "volume-ferry latest", "volume-ferry 1.12",
+		"", "volume-ferry 1.1"}, got)
+
+	// A ServiceClient built by hand (no Type) still names the service.
+	hand := &gophercloud.ServiceClient{ProviderClient: &gophercloud.ProviderClient{TokenID: "token"}, Endpoint: fakeServer.Server.URL + "/v1/"}
+	got = nil
+	th.AssertNoErr(t, replications.Sync(context.TODO(), hand, "x").ExtractErr())
+	th.CheckDeepEquals(t, []string{"volume-ferry 1.1"}, got)
+}
+
+func TestMicroversionAtLeast(t *testing.T) {
+	for _, tc := range []struct {
+		have, v string
+		want    bool
+	}{
+		{"", "1.1", false}, {"1.0", "1.1", false}, {"1.1", "1.1", true}, {"1.2", "1.1", true},
+		{"1.10", "1.9", true}, {"1.9", "1.10", false}, {"2.0", "1.1", true}, {"latest", "1.1", true}, {"x", "1.1", false},
+	} {
+		th.CheckEquals(t, tc.want, client.MicroversionAtLeast(tc.have, tc.v))
+	}
 }

@@ -8,6 +8,8 @@ import (
 
 	"github.com/gophercloud/gophercloud/v2"
 	"github.com/gophercloud/gophercloud/v2/pagination"
+
+	ferry "github.com/ferry-project/ferry/services/client"
 )
 
 // ErrInvalidSource is wrapped by the error of a create whose source does
@@ -104,6 +106,10 @@ func Get(ctx context.Context, client *gophercloud.ServiceClient, id string) (r G
 	return
 }
 
+// ReplicationMicroversion is the API version that introduced a transfer's
+// ReplicationID and the ListOpts.ReplicationID filter.
+const ReplicationMicroversion = "1.1"
+
 // ListOptsBuilder allows extensions to add parameters to List.
 type ListOptsBuilder interface {
 	ToTransferListQuery() (string, error)
@@ -127,7 +133,9 @@ type ListOpts struct {
 	DestinationRegion string `q:"destination_region"`
 	// AllProjects lists every project's transfers (admins only).
 	AllProjects bool `q:"all_projects"`
-	// ReplicationID lists only the cycles of that replication.
+	// ReplicationID lists only the cycles of that replication (since
+	// microversion 1.1, which List then asks for; an older server would
+	// ignore the filter).
 	ReplicationID string `q:"replication_id"`
 }
 
@@ -143,6 +151,9 @@ func (opts ListOpts) ToTransferListQuery() (string, error) {
 // List pages through the transfers (GET /v1/transfers), following the
 // transfers_links "next" links.
 func List(client *gophercloud.ServiceClient, opts ListOptsBuilder) pagination.Pager {
+	if o, ok := opts.(ListOpts); ok && o.ReplicationID != "" {
+		client = ferry.WithMicroversion(client, ReplicationMicroversion)
+	}
 	url := listURL(client)
 	if opts != nil {
 		query, err := opts.ToTransferListQuery()

@@ -50,7 +50,8 @@ type Transfer struct {
 	StartedAt  *time.Time `json:"started_at"`
 	FinishedAt *time.Time `json:"finished_at"`
 	// ReplicationID is the replication this transfer is a cycle of, else
-	// "" (the server sends null; servers before replications omit it).
+	// "" (the server sends null; it omits the field below microversion
+	// 1.1, ReplicationMicroversion: set sc.Microversion to see it).
 	ReplicationID string `json:"replication_id"`
 }
 

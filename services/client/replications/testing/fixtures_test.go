@@ -127,6 +127,7 @@ func HandleCreateSuccessfully(t *testing.T, fakeServer th.FakeServer) {
 	fakeServer.Mux.HandleFunc("/replications", func(w http.ResponseWriter, r *http.Request) {
 		th.TestMethod(t, r, "POST")
 		th.TestHeader(t, r, "X-Auth-Token", fake.TokenID)
+		th.TestHeader(t, r, "OpenStack-API-Version", "volume-ferry 1.1")
 		th.TestHeader(t, r, "Content-Type", "application/json")
 		th.TestHeader(t, r, "Accept", "application/json")
 		th.TestJSONRequest(t, r, createRequest)
@@ -140,6 +141,7 @@ func HandleGetSuccessfully(t *testing.T, fakeServer th.FakeServer, id, body stri
 	fakeServer.Mux.HandleFunc("/replications/"+id, func(w http.ResponseWriter, r *http.Request) {
 		th.TestMethod(t, r, "GET")
 		th.TestHeader(t, r, "X-Auth-Token", fake.TokenID)
+		th.TestHeader(t, r, "OpenStack-API-Version", "volume-ferry 1.1")
 		w.Header().Set("Content-Type", "application/json")
 		fmt.Fprintf(w, `{"replication": %s}`, body)
 	})
@@ -151,6 +153,7 @@ func HandleListTwoPages(t *testing.T, fakeServer th.FakeServer) {
 	fakeServer.Mux.HandleFunc("/replications", func(w http.ResponseWriter, r *http.Request) {
 		th.TestMethod(t, r, "GET")
 		th.TestHeader(t, r, "X-Auth-Token", fake.TokenID)
+		th.TestHeader(t, r, "OpenStack-API-Version", "volume-ferry 1.1")
 		w.Header().Set("Content-Type", "application/json")
 		switch marker := r.URL.Query().Get("marker"); marker {
 		case "":
@@ -171,6 +174,7 @@ func HandleUpdate(t *testing.T, fakeServer th.FakeServer, request string) {
 	fakeServer.Mux.HandleFunc("/replications/"+firstID, func(w http.ResponseWriter, r *http.Request) {
 		th.TestMethod(t, r, "PUT")
 		th.TestHeader(t, r, "X-Auth-Token", fake.TokenID)
+		th.TestHeader(t, r, "OpenStack-API-Version", "volume-ferry 1.1")
 		th.TestJSONRequest(t, r, request)
 		w.Header().Set("Content-Type", "application/json")
 		fmt.Fprintf(w, `{"replication": %s}`, firstJSON)
@@ -183,6 +187,7 @@ func HandleDelete(t *testing.T, fakeServer th.FakeServer, want string) {
 	fakeServer.Mux.HandleFunc("/replications/"+secondID, func(w http.ResponseWriter, r *http.Request) {
 		th.TestMethod(t, r, "DELETE")
 		th.TestHeader(t, r, "X-Auth-Token", fake.TokenID)
+		th.TestHeader(t, r, "OpenStack-API-Version", "volume-ferry 1.1")
 		if want == "" {
 			th.CheckEquals(t, "", r.URL.RawQuery)
 		} else {
@@ -196,6 +201,7 @@ func HandleAction(t *testing.T, fakeServer th.FakeServer, id, body string) {
 	fakeServer.Mux.HandleFunc("/replications/"+id+"/action", func(w http.ResponseWriter, r *http.Request) {
 		th.TestMethod(t, r, "POST")
 		th.TestHeader(t, r, "X-Auth-Token", fake.TokenID)
+		th.TestHeader(t, r, "OpenStack-API-Version", "volume-ferry 1.1")
 		th.TestJSONRequest(t, r, body)
 		w.WriteHeader(http.StatusAccepted)
 	})
@@ -225,6 +231,7 @@ func HandleDrill(t *testing.T, fakeServer th.FakeServer, request string) {
 	fakeServer.Mux.HandleFunc("/replications/"+firstID+"/action", func(w http.ResponseWriter, r *http.Request) {
 		th.TestMethod(t, r, "POST")
 		th.TestHeader(t, r, "X-Auth-Token", fake.TokenID)
+		th.TestHeader(t, r, "OpenStack-API-Version", "volume-ferry 1.1")
 		th.TestJSONRequest(t, r, request)
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusAccepted)
@@ -236,6 +243,7 @@ func HandleSubresource(t *testing.T, fakeServer th.FakeServer, sub, body string)
 	fakeServer.Mux.HandleFunc("/replications/"+firstID+"/"+sub, func(w http.ResponseWriter, r *http.Request) {
 		th.TestMethod(t, r, "GET")
 		th.TestHeader(t, r, "X-Auth-Token", fake.TokenID)
+		th.TestHeader(t, r, "OpenStack-API-Version", "volume-ferry 1.1")
 		w.Header().Set("Content-Type", "application/json")
 		fmt.Fprint(w, body)
 	})

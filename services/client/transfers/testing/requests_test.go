@@ -223,6 +223,7 @@ func TestListByReplication(t *testing.T) {
 	fakeServer.Mux.HandleFunc("/transfers", func(w http.ResponseWriter, r *http.Request) {
 		th.TestMethod(t, r, "GET")
 		th.TestFormValues(t, r, map[string]string{"replication_id": replicationID})
+		th.TestHeader(t, r, "OpenStack-API-Version", "volume-ferry 1.1") // the filter is since 1.1
 		w.Header().Set("Content-Type", "application/json")
 		fmt.Fprintf(w, `{"transfers": [%s]}`, firstJSON)
 	})
