@@ -8,6 +8,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"runtime/debug"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -252,6 +254,7 @@ func (a *Agent) connector() transfer.Connector {
 
 // Run is ferry-agent's body.
 func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	applyMemoryLimit(cfg.Agent, log)
 	a, err := New(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -277,4 +280,14 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	}
 	return daemon.Main("ferry-agent", "Ferry's region agent: reads and writes RBD images in this region's Ceph cluster and streams them to other regions' agents over mutual TLS.",
 		args, stderr, (*config.Config).ForAgent, Run)
+}
+
+// applyMemoryLimit sets the Go heap's soft limit from [agent] memory_limit,
+// unless GOMEMLIMIT (the runtime's own setting) is given.
+func applyMemoryLimit(a config.Agent, log *slog.Logger) {
+	if a.MemoryLimit <= 0 || os.Getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	debug.SetMemoryLimit(int64(a.MemoryLimit))
+	log.Debug("go heap soft limit", "memory_limit", int64(a.MemoryLimit))
 }

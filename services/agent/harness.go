@@ -117,6 +117,7 @@ func transferMain(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer closer.Close()
+	applyMemoryLimit(cfg.Agent, log)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if *timeout > 0 {
