@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	crand "crypto/rand"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -543,4 +544,128 @@ func TestReplicationSourceDeleted(t *testing.T) {
 	}
 	trash, _ := exec.Command("rbd", "-c", one, "trash", "ls", "volumes").Output()
 	t.Errorf("after delete: replica present=%v, RegionOne trash %s", exec.Command("rbd", "-c", two, "info", replica).Run() == nil, trash)
+}
+
+// The ferry CLI drives a replication of demo's volume on the stack:
+// create, show (lag against the RPO), points, a drill of the newest point
+// by "latest", pause and resume, set, events, and delete; reader and alt
+// are refused with one clear line.
+func TestCLIReplication(t *testing.T) {
+	if os.Getenv("FERRY_STACK_CINDER") == "0" {
+		t.Skip("FERRY_STACK_CINDER=0: the stack runs without Cinder")
+	}
+	two := testenv.Get(t, "CEPH_REGIONTWO_CONF")
+	cloud := func(user string) []string {
+		return cliEnv(map[string]string{"OS_CLIENT_CONFIG_FILE": testenv.Get(t, "OS_CLIENT_CONFIG_FILE"), "OS_CLOUD": user})
+	}
+	demo := cloud("demo")
+	vol := oscVolume(t, "demo", "RegionOne", 1)
+	name := fmt.Sprintf("e2e-cli-repl-%d", time.Now().UnixNano())
+
+	if r := runCLI(t, cloud("reader"), "replication", "create", "--volume", vol, "--destination-region", "RegionTwo",
+		"--interval", "3", "--rpo", "1m", "--name", name); r.code == 0 || !strings.Contains(r.stderr, "HTTP 403") {
+		t.Errorf("reader creates a replication: exit %d %q", r.code, r.stderr)
+	}
+	r := runCLI(t, demo, "replication", "create", "--volume", vol, "--destination-region", "RegionTwo",
+		"--interval", "3", "--rpo", "1m", "--keep-last", "2", "--name", name, "-f", "json")
+	if r.code != 0 {
+		t.Fatalf("replication create: exit %d: %s", r.code, r.stderr)
+	}
+	var created map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &created); err != nil {
+		t.Fatal(err)
+	}
+	id := created["id"].(string)
+	deleted := false
+	t.Cleanup(func() {
+		if !deleted {
+			runCLI(t, demo, "replication", "delete", id)
+		}
+	})
+	if created["interval_seconds"] != float64(3) || created["rpo_seconds"] != float64(60) {
+		t.Errorf("created: %v", created)
+	}
+	// Two points, then show by name.
+	deadline := time.Now().Add(2 * time.Minute)
+	var shown map[string]any
+	for time.Now().Before(deadline) {
+		r = runCLI(t, demo, "replication", "show", name, "-f", "json")
+		if r.code == 0 && json.Unmarshal([]byte(r.stdout), &shown) == nil && num(shown, "points_count") >= 2 {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	if num(shown, "points_count") < 2 {
+		t.Fatalf("replication show: no two points: %v", shown)
+	}
+	if r = runCLI(t, demo, "replication", "show", name); r.code != 0 || !strings.Contains(r.stdout, "RPO 1m0s") {
+		t.Errorf("replication show (table) does not give the lag against the RPO: %q", r.stdout)
+	}
+	if r = runCLI(t, demo, "replication", "points", name, "-f", "value", "-c", "name"); r.code != 0 || strings.Count(r.stdout, "ferry-") < 2 {
+		t.Errorf("replication points: %q", r.stdout)
+	}
+	if r = runCLI(t, cloud("alt"), "replication", "show", id); r.code == 0 || !strings.Contains(r.stderr, "HTTP 404") {
+		t.Errorf("alt shows demo's replication: exit %d %q", r.code, r.stderr)
+	}
+
+	// A drill of the newest point: a volume of demo's project in RegionTwo.
+	r = runCLI(t, demo, "replication", "drill", name, "latest", "--name", name+"-drill", "-f", "json")
+	if r.code != 0 {
+		t.Fatalf("replication drill: exit %d: %s", r.code, r.stderr)
+	}
+	var drill map[string]any
+	deadline = time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		r = runCLI(t, demo, "replication", "drills", name, "-f", "json")
+		var ds []map[string]any
+		if r.code == 0 && json.Unmarshal([]byte(r.stdout), &ds) == nil && len(ds) == 1 && ds[0]["status"] != "creating" {
+			drill = ds[0]
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	if drill == nil || drill["status"] != "available" {
+		t.Fatalf("drill: %v", drill)
+	}
+	drillVol := drill["volume_id"].(string)
+	t.Cleanup(func() { osc(t, "admin", "RegionTwo", "volume", "delete", "--force", drillVol) })
+	if st := mustOSC(t, "demo", "RegionTwo", "volume", "show", drillVol, "-f", "value", "-c", "status"); st != "available" {
+		t.Errorf("drill volume %s is %s", drillVol, st)
+	}
+
+	// Pause, set, resume, events.
+	if r = runCLI(t, demo, "replication", "pause", name); r.code != 0 {
+		t.Errorf("pause: %s", r.stderr)
+	}
+	if r = runCLI(t, demo, "replication", "set", name, "--rpo", "2m", "--keep-last", "3"); r.code != 0 {
+		t.Errorf("set: %s", r.stderr)
+	}
+	r = runCLI(t, demo, "replication", "show", name, "-f", "json", "-c", "status", "-c", "rpo_seconds", "-c", "retention")
+	if !strings.Contains(r.stdout, `"paused"`) || !strings.Contains(r.stdout, "120") || !strings.Contains(r.stdout, `"keep_last": 3`) {
+		t.Errorf("after pause and set: %s", r.stdout)
+	}
+	if r = runCLI(t, demo, "replication", "resume", name); r.code != 0 {
+		t.Errorf("resume: %s", r.stderr)
+	}
+	if r = runCLI(t, demo, "replication", "events", name, "-f", "value", "-c", "kind"); !strings.Contains(r.stdout, "paused") || !strings.Contains(r.stdout, "drill") {
+		t.Errorf("events: %q", r.stdout)
+	}
+	if r = runCLI(t, demo, "transfer", "list", "--replication", id, "-f", "value", "-c", "id"); r.code != 0 || strings.Count(r.stdout, "\n") < 2 {
+		t.Errorf("transfer list --replication: %q", r.stdout)
+	}
+
+	// Delete: the replica goes.
+	replica := fmt.Sprintf("%s/%s", shown["destination"].(map[string]any)["pool"], shown["destination"].(map[string]any)["image"])
+	if r = runCLI(t, demo, "replication", "delete", name); r.code != 0 {
+		t.Fatalf("delete: %s", r.stderr)
+	}
+	deleted = true
+	deadline = time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		if exec.Command("rbd", "-c", two, "info", replica).Run() != nil && runCLI(t, demo, "replication", "show", id).code != 0 {
+			return
+		}
+		time.Sleep(time.Second)
+	}
+	t.Errorf("the replica %s or the replication stayed after delete", replica)
 }
