@@ -411,5 +411,60 @@ func TestDashboard(t *testing.T) {
 			t.Errorf("alt opening admin's transfer: %q", msg)
 		}
 	})
+	// A member of demo sees a replication with its lag against the RPO and
+	// its points, and drills the newest point from the detail page.
+	t.Run("MemberReplicationDrill", func(t *testing.T) {
+		if os.Getenv("FERRY_STACK_CINDER") == "0" {
+			t.Skip("FERRY_STACK_CINDER=0: the stack runs without Cinder")
+		}
+		demo := &client{t: t, url: api, token: token(t, "demo")}
+		vol := oscVolume(t, "demo", "RegionOne", 1)
+		name := fmt.Sprintf("dash-repl-%d", time.Now().Unix())
+		code, m := demo.do("POST", "/v1/replications", fmt.Sprintf(`{"replication": {"name": %q, "source": {"region": "RegionOne", "volume_id": %q},
+			"destination": {"region": "RegionTwo"}, "interval_seconds": 600, "rpo_seconds": 900, "retention": {"keep_last": 2}}}`, name, vol))
+		if code != 202 {
+			t.Fatalf("create replication: %d %v", code, m)
+		}
+		r := &replication{c: demo, id: m["replication"].(map[string]any)["id"].(string)}
+		t.Cleanup(func() { demo.do("DELETE", "/v1/replications/"+r.id, "") })
+		r.waitFor("a first point", 2*time.Minute, func(v map[string]any) bool { return num(v, "points_count") >= 1 })
+		point := r.points()[0].Name
+
+		b := newBrowser(t)
+		b.login("demo", "demo")
+		b.do("replications", chromedp.Navigate(b.base+"/project/replications"), chromedp.WaitVisible(chromedp.CSS(`#replications tr[data-id="`+r.id+`"]`)))
+		row := eval[string](b, `document.querySelector('#replications tr[data-id="`+r.id+`"]').textContent`)
+		if !strings.Contains(row, name) || !strings.Contains(row, "RPO") {
+			t.Errorf("replications row: %q", row)
+		}
+		shots["replications"] = b.shot("replications")
+		b.do("replication detail", chromedp.Navigate(b.base+"/project/replications/"+r.id), chromedp.WaitVisible(chromedp.CSS("#points")))
+		if pts := eval[string](b, `document.getElementById("points").textContent`); !strings.Contains(pts, point) {
+			t.Errorf("the points table lacks %s: %q", point, pts)
+		}
+		b.do("drill "+point,
+			chromedp.SendKeys(chromedp.CSS(`#points input[name="drill_name"]`), name+"-drill"),
+			chromedp.Click(chromedp.CSS(`#points .drill-form button`)),
+			chromedp.WaitVisible(chromedp.CSS("#drills")))
+		var drill map[string]any
+		deadline := time.Now().Add(2 * time.Minute)
+		for time.Now().Before(deadline) && (drill == nil || drill["status"] == "creating") {
+			time.Sleep(time.Second)
+			_, dm := demo.do("GET", "/v1/replications/"+r.id+"/drills", "")
+			if ds, _ := dm["drills"].([]any); len(ds) == 1 {
+				drill = ds[0].(map[string]any)
+			}
+		}
+		if drill == nil || drill["status"] != "available" || drill["name"] != name+"-drill" || drill["point"] != point {
+			t.Fatalf("the dashboard's drill: %v", drill)
+		}
+		vid := drill["volume_id"].(string)
+		t.Cleanup(func() { osc(t, "admin", "RegionTwo", "volume", "delete", "--force", vid) })
+		b.do("detail after the drill", chromedp.Navigate(b.base+"/project/replications/"+r.id), chromedp.WaitVisible(chromedp.CSS("#drills")))
+		if txt := eval[string](b, `document.getElementById("drills").textContent`); !strings.Contains(txt, vid) || !strings.Contains(txt, "available") {
+			t.Errorf("drills table: %q", txt)
+		}
+		shots["replication"] = b.shot("replication")
+	})
 	t.Logf("dashboard browser test: %.1f s; screenshots: %v", time.Since(start).Seconds(), shots)
 }
