@@ -240,6 +240,12 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 	mode := ModeFull
 	if prep.Base != "" {
 		mode = ModeIncremental
+		if job.Snapshot == "" {
+			if err := s.recordBase(ctx, cluster, job, snap, prep.Base); err != nil {
+				// Only the clean-up of a missed completion depends on it.
+				log.Warn("recording the base in the snapshot's tag", "base", prep.Base, "error", err)
+			}
+		}
 	}
 	log = log.With("mode", mode, "base", prep.Base, "snapshot", snap)
 
@@ -332,14 +338,14 @@ func (s *Source) afterVerified(ctx context.Context, cluster *rbd.Cluster, job Jo
 	if base == "" || base == res.Snapshot {
 		return res
 	}
-	if tid, ok := strings.CutPrefix(base, SnapshotPrefix); ok {
-		s.markDone(ctx, cluster, job, tid, log)
+	removed, err := s.removeSuperseded(ctx, cluster, job, base, log)
+	if err != nil {
+		log.Warn("removing the old source base", "base", base, "removed", removed, "error", err)
 	}
-	if err := s.removeSnapshot(ctx, cluster, job, base); err != nil {
-		log.Warn("removing the old source base", "base", base, "error", err)
-	} else {
-		res.Removed = []string{base}
+	if len(removed) > 1 {
+		log.Info("removed older bases left by completions this agent did not see", "removed", removed[1:])
 	}
+	res.Removed = removed
 	return res
 }
 
@@ -487,30 +493,94 @@ func (s *Source) done(img *rbd.Image, tid string) (bool, error) {
 // tagged reports whether Ferry took the source snapshot name (its tag
 // verifies and names the snapshot's id).
 func (s *Source) tagged(img *rbd.Image, name string) (bool, error) {
+	_, ok, err := s.tagOf(img, name)
+	return ok, err
+}
+
+// tagOf returns snapshot name's verified Ferry tag; ok is false when the
+// snapshot is absent or its tag is missing, forged or of another snapshot.
+func (s *Source) tagOf(img *rbd.Image, name string) (tag sourceSnapTag, ok bool, err error) {
 	info, err := img.Info()
 	if err != nil {
-		return false, err
+		return tag, false, err
 	}
 	md, err := img.Metadata()
 	if err != nil {
-		return false, err
+		return tag, false, err
 	}
-	text, ok := md[MetaSourceSnapPrefix+name]
-	if !ok {
-		return false, nil
+	text, found := md[MetaSourceSnapPrefix+name]
+	if !found {
+		return tag, false, nil
 	}
 	id, err := snapshotID(img, name)
 	if errors.Is(err, rbd.ErrNotFound) {
-		return false, nil
+		return tag, false, nil
 	}
 	if err != nil {
-		return false, err
+		return tag, false, err
 	}
-	var t sourceSnapTag
-	if s.opts.Sealer.Open(kindSourceSnap, info.ID, text, &t) != nil {
-		return false, nil
+	if s.opts.Sealer.Open(kindSourceSnap, info.ID, text, &tag) != nil {
+		return sourceSnapTag{}, false, nil
 	}
-	return t.Snapshot == name && t.SnapID == id, nil
+	return tag, tag.Snapshot == name && tag.SnapID == id, nil
+}
+
+// recordBase re-seals the tag of snapshot snap (Ferry's, taken for this
+// transfer) with the base the destination chose (see sourceSnapTag.Base).
+func (s *Source) recordBase(ctx context.Context, cluster *rbd.Cluster, job Job, snap, base string) error {
+	img, err := cluster.OpenImage(ctx, job.Pool, job.Image, "", false)
+	if err != nil {
+		return err
+	}
+	defer img.Close()
+	tag, ok, err := s.tagOf(img, snap)
+	if err != nil || !ok || tag.Base == base {
+		return err
+	}
+	info, err := img.Info()
+	if err != nil {
+		return err
+	}
+	tag.Base = base
+	v, err := s.opts.Sealer.Seal(kindSourceSnap, info.ID, tag)
+	if err != nil {
+		return err
+	}
+	return img.SetMetadata(MetaSourceSnapPrefix+snap, v)
+}
+
+// maxBaseChain bounds how far back removeSuperseded follows recorded bases.
+const maxBaseChain = 16
+
+// removeSuperseded removes base, the snapshot a verified transfer was
+// diffed from, and then the chain of bases recorded below it that are
+// still there (each tagged by Ferry; see sourceSnapTag.Base). It returns
+// the snapshots removed.
+func (s *Source) removeSuperseded(ctx context.Context, cluster *rbd.Cluster, job Job, base string, log *slog.Logger) ([]string, error) {
+	img, err := cluster.OpenImage(ctx, job.Pool, job.Image, "", false)
+	if err != nil {
+		return nil, err
+	}
+	defer img.Close()
+	var removed []string
+	for name, i := base, 0; name != "" && i < maxBaseChain; i++ {
+		tag, ok, err := s.tagOf(img, name)
+		if err != nil {
+			return removed, err
+		}
+		if !ok && i > 0 {
+			break // gone already, or not Ferry's: the chain ends here
+		}
+		if tid, isOurs := strings.CutPrefix(name, SnapshotPrefix); isOurs {
+			s.markDone(ctx, cluster, job, tid, log)
+		}
+		if err := s.removeTagged(img, name); err != nil {
+			return removed, err
+		}
+		removed = append(removed, name)
+		name = tag.Base
+	}
+	return removed, nil
 }
 
 // extents lists what to send: the diff from base, or every allocated

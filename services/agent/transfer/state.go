@@ -191,4 +191,11 @@ type sourceSnapTag struct {
 	Snapshot   string `json:"snapshot"`
 	SnapID     uint64 `json:"snap_id"`
 	TransferID string `json:"transfer_id"`
+	// Base is the snapshot the transfer that took this one was diffed
+	// from (recorded once the destination chose it): when a later
+	// transfer removes this snapshot as its superseded base, Base goes
+	// too if it is still there, so a completion this agent never saw
+	// (reported from the destination's state after a crash) leaves no
+	// snapshot behind.
+	Base string `json:"base,omitempty"`
 }

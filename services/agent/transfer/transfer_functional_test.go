@@ -292,3 +292,61 @@ func TestResumeAfterInterruption(t *testing.T) {
 	}
 	t.Logf("interrupted at %d MiB; second run sent %d MiB, re-sent %d KiB", first>>20, r.Stream.BytesSent>>20, resent>>10)
 }
+
+// lostFinish is a destination whose finish completes but whose answer
+// never reaches the source (an agent killed mid-finish, a dropped call):
+// the transfer is complete, as ferry-api learns from the destination's
+// state, and the source never ran its clean-up.
+type lostFinish struct{ *Dest }
+
+func (l lostFinish) Finish(ctx context.Context, req FinishRequest) (FinishResponse, error) {
+	if _, err := l.Dest.Finish(ctx, req); err != nil {
+		return FinishResponse{}, err
+	}
+	return FinishResponse{}, errors.New("the finish's answer was lost")
+}
+
+// A completion the source never saw leaves its superseded base behind;
+// the next verified transfer removes it with its own base (the chain of
+// bases recorded in the source tags), so the source again keeps only the
+// newest snapshot.
+func TestMissedCompletionBaseRemovedLater(t *testing.T) {
+	h := newHarness(t, Options{})
+	ctx := ctxT(t)
+	name := uniq("xfer-missed")
+	img := h.newImage(name, 16<<20)
+	writeRandom(t, img, 0, 2<<20)
+	r1, err := h.source.Run(ctx, Job{TransferID: "t1-" + name, Pool: h.pool, Image: name}, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRandom(t, img, 4<<20, 256<<10)
+	if _, err := h.source.Run(ctx, Job{TransferID: "t2-" + name, Pool: h.pool, Image: name}, lostFinish{h.dest}); err == nil {
+		t.Fatal("a lost finish answer was not an error at the source")
+	}
+	s2 := SnapshotPrefix + "t2-" + name
+	if snaps := snapshotsOf(t, h.src, h.pool, name); !slices.Equal(snaps, []string{r1.Snapshot, s2}) {
+		t.Fatalf("source snapshots after the lost finish: %v, want %s and %s", snaps, r1.Snapshot, s2)
+	}
+	writeRandom(t, img, 8<<20, 128<<10)
+	r3, err := h.source.Run(ctx, Job{TransferID: "t3-" + name, Pool: h.pool, Image: name}, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r3.Mode != ModeIncremental || r3.Base != s2 {
+		t.Errorf("third run %s from %q, want incremental from %s", r3.Mode, r3.Base, s2)
+	}
+	if !slices.Equal(r3.Removed, []string{s2, r1.Snapshot}) {
+		t.Errorf("third run removed %v, want %s then the missed %s", r3.Removed, s2, r1.Snapshot)
+	}
+	h.sameImage(name, r3.Snapshot)
+	for _, c := range []*rbd.Cluster{h.src, h.dst} {
+		if snaps := snapshotsOf(t, c, h.pool, name); !slices.Equal(snaps, []string{r3.Snapshot}) {
+			t.Errorf("snapshots after the third run: %v, want only %s", snaps, r3.Snapshot)
+		}
+	}
+	// The replayed start of the missed transfer is refused (its done-tag).
+	if _, err := h.source.Run(ctx, Job{TransferID: "t1-" + name, Pool: h.pool, Image: name}, h.dest); !errors.Is(err, ErrConflict) {
+		t.Errorf("a replayed start of t1 after its snapshot was removed: %v", err)
+	}
+}
