@@ -230,7 +230,10 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 		log.Info("already complete at the destination", "digest", prep.Digest, "snapshot", snap)
 		res := Result{Digest: prep.Digest, Mode: prep.Mode, Snapshot: snap, SourceSnapshot: snap, BytesTotal: info.Size, Ephemeral: job.Ephemeral,
 			Phases: phases, SnapshotTime: snapTime, DestRemoved: prep.Removed}
-		return s.afterVerified(ctx, cluster, job, res, "", closeImg, log), nil
+		// The run that copied it may have ended before its clean-up (an
+		// answer lost, an agent killed): its base, recorded in the
+		// snapshot's tag, is superseded now.
+		return s.afterVerified(ctx, cluster, job, res, s.recordedBase(ctx, cluster, job, snap), closeImg, log), nil
 	}
 	if prep.Base != "" && !slices.ContainsFunc(bases, func(b SnapRef) bool { return b.Name == prep.Base }) {
 		err := fmt.Errorf("destination chose base %q, which the source does not have", prep.Base)
@@ -547,6 +550,21 @@ func (s *Source) recordBase(ctx context.Context, cluster *rbd.Cluster, job Job, 
 		return err
 	}
 	return img.SetMetadata(MetaSourceSnapPrefix+snap, v)
+}
+
+// recordedBase is the base recorded in snapshot snap's tag ("" when none
+// or when it cannot be read: then nothing more is removed).
+func (s *Source) recordedBase(ctx context.Context, cluster *rbd.Cluster, job Job, snap string) string {
+	img, err := cluster.OpenImage(ctx, job.Pool, job.Image, "", true)
+	if err != nil {
+		return ""
+	}
+	defer img.Close()
+	tag, ok, err := s.tagOf(img, snap)
+	if err != nil || !ok {
+		return ""
+	}
+	return tag.Base
 }
 
 // maxBaseChain bounds how far back removeSuperseded follows recorded bases.

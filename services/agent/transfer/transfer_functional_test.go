@@ -328,6 +328,24 @@ func TestMissedCompletionBaseRemovedLater(t *testing.T) {
 	if snaps := snapshotsOf(t, h.src, h.pool, name); !slices.Equal(snaps, []string{r1.Snapshot, s2}) {
 		t.Fatalf("source snapshots after the lost finish: %v, want %s and %s", snaps, r1.Snapshot, s2)
 	}
+	// A retry of t2: the destination answers that it holds the copy; the
+	// source removes the base t2 was diffed from (recorded in its tag).
+	r2, err := h.source.Run(ctx, Job{TransferID: "t2-" + name, Pool: h.pool, Image: name}, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(r2.Removed, []string{r1.Snapshot}) {
+		t.Errorf("the retry answered done removed %v, want %s", r2.Removed, r1.Snapshot)
+	}
+	if snaps := snapshotsOf(t, h.src, h.pool, name); !slices.Equal(snaps, []string{s2}) {
+		t.Errorf("source snapshots after the retry: %v, want only %s", snaps, s2)
+	}
+	// Lost again, and this time no retry: t3 removes t2's base chain.
+	writeRandom(t, img, 6<<20, 64<<10)
+	if _, err := h.source.Run(ctx, Job{TransferID: "t2b-" + name, Pool: h.pool, Image: name}, lostFinish{h.dest}); err == nil {
+		t.Fatal("a lost finish answer was not an error at the source")
+	}
+	r1, s2 = r2, SnapshotPrefix+"t2b-"+name
 	writeRandom(t, img, 8<<20, 128<<10)
 	r3, err := h.source.Run(ctx, Job{TransferID: "t3-" + name, Pool: h.pool, Image: name}, h.dest)
 	if err != nil {
