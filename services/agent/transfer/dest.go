@@ -159,9 +159,14 @@ func (d *Dest) Prepare(ctx context.Context, req PrepareRequest) (PrepareResponse
 	resp := PrepareResponse{Endpoint: d.cfg.Endpoint, ServerName: d.cfg.ServerName, Base: plan.Base, Created: created, Ephemeral: req.Ephemeral}
 	switch plan.Kind {
 	case planDone:
+		removed := plan.Removed
+		if more := d.finishRemoval(job, view, req); len(more) > 0 {
+			removed = append(slices.Clip(removed), more...)
+			log.Info("prepared: already complete; removed what its interrupted seal left", "removed", more)
+		}
 		d.release(job)
 		log.Info("prepared: already complete", "digest", plan.Digest)
-		resp.Done, resp.Digest, resp.Mode, resp.Base, resp.Removed = true, plan.Digest, plan.Mode, "", plan.Removed
+		resp.Done, resp.Digest, resp.Mode, resp.Base, resp.Removed = true, plan.Digest, plan.Mode, "", removed
 		return resp, nil
 	case planSeal:
 		job.w = *view.Writing
@@ -521,6 +526,32 @@ func (d *Dest) seal(job *destJob) (FinishResponse, error) {
 		}
 	}
 	return fin, nil
+}
+
+// finishRemoval runs the last step of a seal that was interrupted after
+// the record was written (an agent killed there): when the request's
+// snapshot is the newest one Ferry recorded on the image, the other Ferry
+// snapshots go as the seal would have removed them (Retain kept for a
+// replication cycle). A prepare of an older transfer removes nothing.
+func (d *Dest) finishRemoval(job *destJob, view *destView, req PrepareRequest) []string {
+	rec, ok := view.Records[req.Snapshot]
+	if req.Ephemeral || !ok {
+		return nil
+	}
+	for _, r := range view.Records {
+		if r.SnapID > rec.SnapID {
+			return nil
+		}
+	}
+	keep := []string{req.Snapshot}
+	if req.ReplicationID != "" {
+		keep = append(keep, req.Retain...)
+	}
+	removed, err := d.removeOldSnapshots(job, keep)
+	if err != nil {
+		d.log.Warn("removing old snapshots", "transfer_id", job.id, "image", job.name, "error", err)
+	}
+	return removed
 }
 
 // putRecord seals rec as the record of its snapshot.
