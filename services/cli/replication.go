@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"strconv"
 	"strings"
 	"time"
@@ -474,58 +473,15 @@ func (a *app) replicationDrill() *cobra.Command {
 // findReplication gets a replication by id, or else by name when exactly
 // one replication has that name (the openstack CLI's find_resource).
 func findReplication(ctx context.Context, sc *gophercloud.ServiceClient, ref string) (*replications.Replication, map[string]any, error) {
-	r := replications.Get(ctx, sc, ref)
-	if r.Err == nil {
-		return extractReplication(r.Result)
-	}
-	if !gophercloud.ResponseCodeIs(r.Err, http.StatusNotFound) {
-		return nil, nil, apiError(r.Err)
-	}
-	var found []map[string]any
-	err := replications.List(sc, replications.ListOpts{}).EachPage(ctx, func(_ context.Context, page pagination.Page) (bool, error) {
-		items, err := rawList(page.GetBody(), "replications")
-		if err != nil {
-			return false, err
-		}
-		for _, it := range items {
-			if it["name"] == ref {
-				found = append(found, it)
-			}
-		}
-		return true, nil
-	})
-	if err != nil {
-		return nil, nil, apiError(err)
-	}
-	switch len(found) {
-	case 0:
-		return nil, nil, apiError(r.Err) // the API's 404
-	case 1:
-		id, _ := found[0]["id"].(string)
-		r := replications.Get(ctx, sc, id)
-		if r.Err != nil {
-			return nil, nil, apiError(r.Err)
-		}
-		return extractReplication(r.Result)
-	}
-	return nil, nil, fmt.Errorf("more than one replication is named '%s': use its ID", ref)
+	return findResource[replications.Replication](ctx, ref, "replication",
+		func(ctx context.Context, id string) gophercloud.Result { return replications.Get(ctx, sc, id).Result },
+		replications.List(sc, replications.ListOpts{}))
 }
 
 // extractReplication returns a result's replication both typed and as the
 // API's raw object.
 func extractReplication(r gophercloud.Result) (*replications.Replication, map[string]any, error) {
-	var s struct {
-		Replication replications.Replication `json:"replication"`
-	}
-	if err := r.ExtractInto(&s); err != nil {
-		return nil, nil, fmt.Errorf("unexpected answer from the API: %w", err)
-	}
-	body, _ := r.Body.(map[string]any)
-	raw, ok := body["replication"].(map[string]any)
-	if !ok {
-		return nil, nil, errors.New("unexpected answer from the API: no replication object")
-	}
-	return &s.Replication, raw, nil
+	return extractResource[replications.Replication](r, "replication")
 }
 
 // replicationObject orders a replication's fields; in a table or as

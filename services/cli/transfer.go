@@ -314,16 +314,32 @@ func (a *app) eachOf(noun string, refs []string, verb string, do func(string) er
 // findTransfer gets a transfer by id, or else by name when exactly one
 // transfer has that name (the openstack CLI's find_resource).
 func findTransfer(ctx context.Context, sc *gophercloud.ServiceClient, ref string) (*transfers.Transfer, map[string]any, error) {
-	r := transfers.Get(ctx, sc, ref)
+	return findResource[transfers.Transfer](ctx, ref, "transfer",
+		func(ctx context.Context, id string) gophercloud.Result { return transfers.Get(ctx, sc, id).Result },
+		transfers.List(sc, transfers.ListOpts{}))
+}
+
+// extractTransfer returns a result's transfer both typed and as the API's
+// raw object.
+func extractTransfer(r gophercloud.Result) (*transfers.Transfer, map[string]any, error) {
+	return extractResource[transfers.Transfer](r, "transfer")
+}
+
+// findResource gets a resource (noun: its JSON key, e.g. "transfer") by
+// id, or else by name when exactly one of pages has that name (the
+// openstack CLI's find_resource); a name that is nobody's is the API's
+// 404 for the id.
+func findResource[T any](ctx context.Context, ref, noun string, get func(context.Context, string) gophercloud.Result, pages pagination.Pager) (*T, map[string]any, error) {
+	r := get(ctx, ref)
 	if r.Err == nil {
-		return extractTransfer(r.Result)
+		return extractResource[T](r, noun)
 	}
 	if !gophercloud.ResponseCodeIs(r.Err, http.StatusNotFound) {
 		return nil, nil, apiError(r.Err)
 	}
 	var found []map[string]any
-	err := transfers.List(sc, transfers.ListOpts{}).EachPage(ctx, func(_ context.Context, page pagination.Page) (bool, error) {
-		items, err := rawList(page.GetBody(), "transfers")
+	err := pages.EachPage(ctx, func(_ context.Context, page pagination.Page) (bool, error) {
+		items, err := rawList(page.GetBody(), noun+"s")
 		if err != nil {
 			return false, err
 		}
@@ -342,30 +358,28 @@ func findTransfer(ctx context.Context, sc *gophercloud.ServiceClient, ref string
 		return nil, nil, apiError(r.Err) // the API's 404
 	case 1:
 		id, _ := found[0]["id"].(string)
-		r := transfers.Get(ctx, sc, id)
+		r := get(ctx, id)
 		if r.Err != nil {
 			return nil, nil, apiError(r.Err)
 		}
-		return extractTransfer(r.Result)
+		return extractResource[T](r, noun)
 	}
-	return nil, nil, fmt.Errorf("more than one transfer is named '%s': use its ID", ref)
+	return nil, nil, fmt.Errorf("more than one %s is named '%s': use its ID", noun, ref)
 }
 
-// extractTransfer returns a result's transfer both typed and as the API's
-// raw object.
-func extractTransfer(r gophercloud.Result) (*transfers.Transfer, map[string]any, error) {
-	var s struct {
-		Transfer transfers.Transfer `json:"transfer"`
-	}
-	if err := r.ExtractInto(&s); err != nil {
+// extractResource returns a result's object under key both typed and as
+// the API's raw object.
+func extractResource[T any](r gophercloud.Result, key string) (*T, map[string]any, error) {
+	var typed T
+	if err := r.ExtractIntoStructPtr(&typed, key); err != nil {
 		return nil, nil, fmt.Errorf("unexpected answer from the API: %w", err)
 	}
 	body, _ := r.Body.(map[string]any)
-	raw, ok := body["transfer"].(map[string]any)
+	raw, ok := body[key].(map[string]any)
 	if !ok {
-		return nil, nil, errors.New("unexpected answer from the API: no transfer object")
+		return nil, nil, fmt.Errorf("unexpected answer from the API: no %s object", key)
 	}
-	return &s.Transfer, raw, nil
+	return &typed, raw, nil
 }
 
 func rawList(body any, key string) ([]map[string]any, error) {
