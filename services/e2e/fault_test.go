@@ -172,12 +172,12 @@ func (s *faultSuite) roundErrorf(r int, format string, args ...any) {
 	s.mu.Lock()
 	s.roundBad[r] = true
 	s.mu.Unlock()
-	s.t.Errorf("round %d: "+format, append([]any{r}, args...)...)
+	s.errorf("round %d: "+format, append([]any{r}, args...)...)
 }
 
 // fail marks injections as not survived, with the reason (a test error).
 func (s *faultSuite) fail(err error, ins ...*injection) {
-	s.t.Error(err)
+	s.errorf("%v", err)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, in := range ins {
@@ -185,6 +185,18 @@ func (s *faultSuite) fail(err error, ins ...*injection) {
 			in.failed = err
 		}
 	}
+}
+
+// errorf and fatalf fail the test with a "FAULT: " line, which
+// tox-like-ci's e2e summary shows (the CI output keeps only the tail).
+func (s *faultSuite) errorf(format string, args ...any) {
+	s.t.Helper()
+	s.t.Errorf("FAULT: "+format, args...)
+}
+
+func (s *faultSuite) fatalf(format string, args ...any) {
+	s.t.Helper()
+	s.t.Fatalf("FAULT: "+format, args...)
 }
 
 func (s *faultSuite) note(format string, args ...any) {
@@ -279,7 +291,7 @@ func (s *faultSuite) waitAgentsUp(d time.Duration) {
 			return
 		}
 		if time.Now().After(deadline) {
-			s.t.Fatalf("the stack's agents are not both up: %v %v", err, m)
+			s.fatalf("the stack's agents are not both up: %v %v", err, m)
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
@@ -303,7 +315,7 @@ func (s *faultSuite) makeImages() {
 		}
 		f := filepath.Join(dir, name)
 		if err := os.WriteFile(f, buf, 0o600); err != nil {
-			s.t.Fatal(err)
+			s.fatalf("%v", err)
 		}
 		rbd(s.t, s.one, "import", "--no-progress", f, "volumes/"+name)
 		os.Remove(f)
@@ -325,7 +337,7 @@ func (s *faultSuite) submit(r int) []string {
 	for i, img := range s.images {
 		code, m := s.admin.do("POST", "/v1/transfers", fmt.Sprintf(`{"transfer": {"name": "fault-r%d-i%d", "source": {"region": "RegionOne", "pool": "volumes", "image": %q}, "destination": {"region": "RegionTwo"}}}`, r, i, img))
 		if code != 202 {
-			s.t.Fatalf("create: %d %v", code, m)
+			s.fatalf("create: %d %v", code, m)
 		}
 		ids = append(ids, m["transfer"].(map[string]any)["id"].(string))
 	}
@@ -651,14 +663,14 @@ func (s *faultSuite) cephStall(r int, ids []string, p faultParams) {
 	time.Sleep(p.delay)
 	pid, err := pidOf(filepath.Join(s.pidDir, "ceph-"+p.region+"-osd.0.pid"))
 	if err != nil {
-		s.t.Errorf("ceph stall: %v", err)
+		s.errorf("ceph stall: %v", err)
 		return
 	}
 	states := s.states(ids)
 	cmd := exec.Command("sh", "-c", fmt.Sprintf("kill -STOP %d && sleep %d; kill -CONT %d", pid, int(faultStall.Seconds()), pid))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		s.t.Errorf("ceph stall: %v", err)
+		s.errorf("ceph stall: %v", err)
 		return
 	}
 	began := time.Now()
@@ -692,7 +704,7 @@ func (s *faultSuite) cephStall(r int, ids []string, p faultParams) {
 		}
 	}
 	if err := cmd.Wait(); err != nil {
-		s.t.Errorf("ceph stall: %v", err)
+		s.errorf("ceph stall: %v", err)
 	}
 	recovery := s.cephRecover(p.region)
 	after := s.states(ids)
@@ -751,7 +763,7 @@ func (s *faultSuite) cephRecover(region string) string {
 		}
 		time.Sleep(time.Second)
 	}
-	s.t.Errorf("ceph stall: %s did not recover within 120 s: %s", region, h)
+	s.errorf("ceph stall: %s did not recover within 120 s: %s", region, h)
 	return "no recovery"
 }
 
@@ -772,7 +784,7 @@ func (s *faultSuite) settle(r int, ids []string) map[string]map[string]any {
 				}
 			}
 			s.roundBad[r] = true
-			s.t.Fatalf("round %d: transfers still not completed after %s: %v", r, faultSettleMax, stuck)
+			s.fatalf("round %d: transfers still not completed after %s: %v", r, faultSettleMax, stuck)
 		}
 		for _, id := range ids {
 			if final[id] != nil {
@@ -789,7 +801,7 @@ func (s *faultSuite) settle(r int, ids []string) map[string]map[string]any {
 			case "error":
 				if attempts[id] >= faultRetries {
 					s.roundBad[r] = true
-					s.t.Fatalf("round %d: transfer %s still fails after %d retries: %v", r, id, faultRetries, tr["error"])
+					s.fatalf("round %d: transfer %s still fails after %d retries: %v", r, id, faultRetries, tr["error"])
 				}
 				attempts[id]++
 				s.retries[r]++
@@ -888,14 +900,14 @@ func (s *faultSuite) afterRound(r int, ids []string) {
 		}
 		m := ms[len(ms)-1]
 		if err := publish(s.guest, m.key, m.pub, ""); err != nil {
-			s.t.Errorf("round %d: %v", r, err)
+			s.errorf("round %d: %v", r, err)
 			continue
 		}
 		k := map[string]faultKind{rpc.MethodTransferStart: fDupStart, rpc.MethodTransferPrepare: fDupPrepare}[method]
 		post = append(post, s.record(&injection{kind: k, round: r, detail: fmt.Sprintf("%s of %s (epoch %d) again after it completed", method, short(id), m.epoch)}))
 	}
 	if n, err := s.replayReports(ids); err != nil {
-		s.t.Errorf("round %d: %v", r, err)
+		s.errorf("round %d: %v", r, err)
 	} else if n > 0 {
 		post = append(post, s.record(&injection{kind: fReorder, round: r, detail: fmt.Sprintf("%d real reports of the round again, newest first, after it completed", n)}))
 	}
@@ -936,7 +948,7 @@ func (s *faultSuite) afterRound(r int, ids []string) {
 	}
 	replayed := time.Now()
 	if err := publish(s.guest, m.key, p, ""); err != nil {
-		s.t.Errorf("round %d: %v", r, err)
+		s.errorf("round %d: %v", r, err)
 		return
 	}
 	in := s.record(&injection{kind: kind, round: r, detail: fmt.Sprintf("%s of the previous round's %s (epoch %d) of volumes/%s again %s after the original (%s), once %s completed",
@@ -1006,7 +1018,7 @@ func (s *faultSuite) finalChecks() {
 	for _, id := range s.all {
 		_, m := s.admin.do("GET", "/v1/transfers/"+id, "")
 		if st := m["transfer"].(map[string]any)["status"]; st != "completed" {
-			s.t.Errorf("transfer %s ends %v", id, st)
+			s.errorf("transfer %s ends %v", id, st)
 		}
 	}
 	last := len(s.byRound) - 1
@@ -1019,7 +1031,7 @@ func (s *faultSuite) finalChecks() {
 			for _, side := range []struct{ name, conf string }{{"RegionOne", s.one}, {"RegionTwo", s.two}} {
 				got, err := ferrySnaps(side.conf, "volumes/"+img)
 				if err != nil || !slices.Equal(got, want) {
-					s.t.Errorf("policy: volumes/%s in %s has Ferry snapshots %v (err %v), want exactly %v", img, side.name, got, err, want)
+					s.errorf("policy: volumes/%s in %s has Ferry snapshots %v (err %v), want exactly %v", img, side.name, got, err, want)
 				}
 			}
 		}
@@ -1027,7 +1039,7 @@ func (s *faultSuite) finalChecks() {
 	for _, f := range s.forged {
 		for _, conf := range []string{s.one, s.two} {
 			if imageExists(conf, "volumes/"+f) {
-				s.t.Errorf("forged destination volumes/%s exists", f)
+				s.errorf("forged destination volumes/%s exists", f)
 			}
 		}
 	}
@@ -1041,7 +1053,7 @@ func (s *faultSuite) summary(took time.Duration) {
 		ok := !s.roundBad[in.round] && in.failed == nil
 		if ok && in.check != nil {
 			if err := in.check(); err != nil {
-				s.t.Errorf("round %d: %s not survived: %v", in.round, faultNames[in.kind], err)
+				s.errorf("round %d: %s not survived: %v", in.round, faultNames[in.kind], err)
 				ok = false
 			}
 		}
@@ -1057,7 +1069,7 @@ func (s *faultSuite) summary(took time.Duration) {
 		fmt.Fprintf(&b, "  %-40s %8d %8d\n", faultNames[k], injected[k], survived[k])
 		total += injected[k]
 		if injected[k] == 0 {
-			s.t.Errorf("no %s was injected", faultNames[k])
+			s.errorf("no %s was injected", faultNames[k])
 		}
 	}
 	fmt.Fprintf(&b, "  %-40s %8d\n", "total", total)
@@ -1090,15 +1102,15 @@ func (s *faultSuite) cleanup() {
 	}
 	s.t.Logf("images still held (%v): restarting agent-RegionTwo", failed)
 	if err := killAgent(s.pidDir, "RegionTwo", syscall.SIGTERM); err != nil {
-		s.t.Errorf("cleanup: %v", err)
+		s.errorf("cleanup: %v", err)
 	}
 	if _, err := stackUp(); err != nil {
-		s.t.Errorf("cleanup: %v", err)
+		s.errorf("cleanup: %v", err)
 	}
 	for _, f := range failed {
 		conf, n, _ := strings.Cut(f, " ")
 		if err := removeImage(conf, "volumes/"+n, 60*time.Second); err != nil {
-			s.t.Errorf("cleanup: %v", err)
+			s.errorf("cleanup: %v", err)
 		}
 	}
 }
