@@ -173,6 +173,9 @@ func runStoreContract(t *testing.T, newURL func(t *testing.T) string) {
 		{"ReplicationPrune", contractReplicationPrune},
 		{"ReplicationDelete", contractReplicationDelete},
 		{"ReplicationDrills", contractReplicationDrills},
+		{"FailoverPlanned", contractFailoverPlanned},
+		{"FailoverUnplannedUndo", contractFailoverUnplannedUndo},
+		{"FailoverConcurrentStart", contractFailoverConcurrentStart},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, newURL(t)) })
