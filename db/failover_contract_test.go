@@ -355,6 +355,19 @@ func contractFailoverUnplannedUndo(t *testing.T, url string) {
 		t.Fatalf("%d failovers after refused requests", n)
 	}
 
+	// A cycle region A's outage left running.
+	cur := mustGetReplication(t, d, r.ID)
+	stale := cycleTransfer(cur)
+	if _, err := d.SetReplicationStatus(ctx, r.ID, AllProjectsScope(), ReplicationActive, nil, ReplicationEventInput{}); err != nil {
+		t.Fatal(err)
+	}
+	if s, _, err := d.StartCycle(ctx, r.ID, cur.NextRunAt, cur.NextRunAt.Add(time.Minute), stale, nil); err != nil || s == nil {
+		t.Fatalf("StartCycle: %+v, %v", s, err)
+	}
+	mustTransition(t, d, stale.ID, StatusAccepted, TransitionOpts{})
+	if _, err := d.SetReplicationStatus(ctx, r.ID, AllProjectsScope(), ReplicationError, nil, ReplicationEventInput{Message: "region A is down"}); err != nil {
+		t.Fatal(err)
+	}
 	f := newTestFailover(r, false)
 	f.RequestedPoint, f.Point = "latest", point
 	mustStartFailover(t, d, f, ReplicationFailingOver, ReplicationActive, ReplicationPaused, ReplicationError)
@@ -385,6 +398,16 @@ func contractFailoverUnplannedUndo(t *testing.T, url string) {
 	wantErr(t, err, ErrConflict)
 	_, err = d.DeleteReplication(ctx, r.ID, AllProjectsScope(), false, nil)
 	wantErr(t, err, ErrConflict)
+	// The stale cycle ends after the flip: no point, no count.
+	before := mustGetReplication(t, d, r.ID)
+	runCycle(t, d, stale, 100, nil)
+	after := mustGetReplication(t, d, r.ID)
+	if after.PointsCount != 1 || after.CyclesCompleted != before.CyclesCompleted || after.BytesReplicated != before.BytesReplicated {
+		t.Errorf("a stale cycle changed the flipped replication: %+v", after)
+	}
+	if ps, _ := d.ListPoints(ctx, r.ID); len(ps) != 1 || ps[0].Name != point {
+		t.Errorf("points after a stale cycle = %+v", ps)
+	}
 	// A second flip is refused by the machine.
 	_, err = d.FlipReplication(ctx, f.ID, Flip{To: ReplicationFailedOver, KeepPoint: point,
 		Source: FlipSide{Region: "a", Pool: "b", Image: "c"}, Dest: FlipSide{Region: "a", Pool: "b", Image: "d"}}, ReplicationEventInput{})

@@ -667,7 +667,9 @@ type CycleOutcome struct {
 // updated to status to, in tx): a completed cycle adds its point, drops
 // the removed ones (event pruned, when some were points) and updates the
 // summary; a failed or cancelled one
-// counts as failed. It runs once per terminal transition, as part of it.
+// counts as failed. A cycle into another destination than the
+// replication's (one that ended after a flip) only records an event. It
+// runs once per terminal transition, as part of it.
 func (d *DB) applyCycleOutcome(tx *gorm.DB, now time.Time, t *Transfer, to Status, oc *CycleOutcome) error {
 	if t.ReplicationID == "" || !IsTerminal(to) {
 		return nil
@@ -678,6 +680,14 @@ func (d *DB) applyCycleOutcome(tx *gorm.DB, now time.Time, t *Transfer, to Statu
 		return nil // the replication was deleted meanwhile
 	} else if err != nil {
 		return err
+	}
+	if t.DestRegion != r.DestRegion || t.DestPool != r.DestPool || t.DestImage != r.DestImage {
+		// A cycle of the direction before a flip (an unplanned failover
+		// left it running): its snapshot is no point of the replica.
+		return addReplicationEvent(tx, now, r.ID, ReplicationEventInput{
+			Kind: RepEventCycleFailed, TransferID: t.ID,
+			Message: fmt.Sprintf("cycle %s %s after the replication was flipped: ignored", t.ID, to),
+		})
 	}
 	if oc == nil {
 		oc = &CycleOutcome{}
