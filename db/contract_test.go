@@ -173,6 +173,9 @@ func runStoreContract(t *testing.T, newURL func(t *testing.T) string) {
 		{"ReplicationPrune", contractReplicationPrune},
 		{"ReplicationDelete", contractReplicationDelete},
 		{"ReplicationDrills", contractReplicationDrills},
+		{"FailoverPlanned", contractFailoverPlanned},
+		{"FailoverUnplannedUndo", contractFailoverUnplannedUndo},
+		{"FailoverConcurrentStart", contractFailoverConcurrentStart},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, newURL(t)) })
@@ -194,7 +197,7 @@ func contractSchema(t *testing.T, url string) {
 	}
 	m := d.gorm.WithContext(ctx).Migrator()
 	for _, model := range []any{&Transfer{}, &TransferEvent{}, &Service{}, &OutboxMessage{}, &Lease{},
-		&Replication{}, &ReplicationPoint{}, &ReplicationEvent{}, &Drill{}} {
+		&Replication{}, &ReplicationPoint{}, &ReplicationEvent{}, &Drill{}, &Failover{}} {
 		stmt := &gorm.Statement{DB: d.gorm}
 		if err := stmt.Parse(model); err != nil {
 			t.Fatal(err)
@@ -209,13 +212,14 @@ func contractSchema(t *testing.T, url string) {
 		}
 	}
 	for table, idx := range map[string][]string{
-		"transfers":          {"idx_transfers_status", "idx_transfers_user_id", "idx_transfers_project_id", "idx_transfers_agent", "idx_transfers_replication_id"},
-		"replications":       {"idx_replications_project_created", "idx_replications_created", "idx_replications_status_next_run", "uq_replications_source_key"},
-		"replication_events": {"idx_replication_events_replication_id", "idx_replication_events_transfer_id"},
-		"replication_drills": {"idx_replication_drills_replication_id", "idx_replication_drills_status"},
-		"transfer_events":    {"idx_transfer_events_transfer_id"},
-		"services":           {"uq_services_binary_host"},
-		"outbox_messages":    {"idx_outbox_messages_published_at"},
+		"transfers":             {"idx_transfers_status", "idx_transfers_user_id", "idx_transfers_project_id", "idx_transfers_agent", "idx_transfers_replication_id"},
+		"replications":          {"idx_replications_project_created", "idx_replications_created", "idx_replications_status_next_run", "uq_replications_source_key"},
+		"replication_events":    {"idx_replication_events_replication_id", "idx_replication_events_transfer_id"},
+		"replication_drills":    {"idx_replication_drills_replication_id", "idx_replication_drills_status"},
+		"replication_failovers": {"idx_replication_failovers_replication", "idx_replication_failovers_status"},
+		"transfer_events":       {"idx_transfer_events_transfer_id"},
+		"services":              {"uq_services_binary_host"},
+		"outbox_messages":       {"idx_outbox_messages_published_at"},
 	} {
 		for _, name := range idx {
 			if !m.HasIndex(table, name) {
@@ -225,7 +229,7 @@ func contractSchema(t *testing.T, url string) {
 	}
 	// The composite indexes of the listing and of the scheduler, in order.
 	var idxs []gorm.Index
-	for _, table := range []string{"replications", "transfers"} {
+	for _, table := range []string{"replications", "transfers", "replication_failovers"} {
 		ix, err := m.GetIndexes(table)
 		if err != nil {
 			t.Fatalf("GetIndexes(%s): %v", table, err)
@@ -233,11 +237,12 @@ func contractSchema(t *testing.T, url string) {
 		idxs = append(idxs, ix...)
 	}
 	want := map[string][]string{
-		"idx_replications_project_created": {"project_id", "created_at", "id"},
-		"idx_replications_created":         {"created_at", "id"},
-		"idx_transfers_replication_id":     {"replication_id", "created_at", "id"},
-		"idx_replications_status_next_run": {"status", "next_run_at"},
-		"uq_replications_source_key":       {"source_key"},
+		"idx_replications_project_created":      {"project_id", "created_at", "id"},
+		"idx_replications_created":              {"created_at", "id"},
+		"idx_transfers_replication_id":          {"replication_id", "created_at", "id"},
+		"idx_replications_status_next_run":      {"status", "next_run_at"},
+		"uq_replications_source_key":            {"source_key"},
+		"idx_replication_failovers_replication": {"replication_id", "created_at", "id"},
 	}
 	for _, ix := range idxs {
 		if cols, ok := want[ix.Name()]; ok {
@@ -286,6 +291,26 @@ func contractMigrations(t *testing.T, url string) {
 
 	// Roll everything back, then forward again.
 	id, err := d.RollbackLast(ctx)
+	if err != nil || id != "0008_failovers" {
+		t.Fatalf("RollbackLast = %q, %v", id, err)
+	}
+	if d.gorm.Migrator().HasTable("replication_failovers") {
+		t.Error("table replication_failovers survived the rollback of 0008_failovers")
+	}
+	for _, col := range []string{"failover_id", "dest_volume_id"} {
+		if d.gorm.Migrator().HasColumn("replications", col) {
+			t.Errorf("column replications.%s survived the rollback of 0008_failovers", col)
+		}
+	}
+	for _, idx := range []string{"idx_replications_project_created", "idx_replications_status_next_run", "uq_replications_source_key"} {
+		if !d.gorm.Migrator().HasIndex("replications", idx) {
+			t.Errorf("the rollback of 0008_failovers dropped the index %s", idx)
+		}
+	}
+	if !d.gorm.Migrator().HasColumn("replications", "keep_replica") {
+		t.Error("the rollback of 0008_failovers dropped an older column")
+	}
+	id, err = d.RollbackLast(ctx)
 	if err != nil || id != "0007_replications" {
 		t.Fatalf("RollbackLast = %q, %v", id, err)
 	}

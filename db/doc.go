@@ -8,6 +8,10 @@
 // their own machine (CanTransitionReplication, from db/state), and a
 // replication cycle is a transfer: its outcome is applied to the
 // replication inside the transfer's terminal transition (TransitionOpts.Cycle).
+// A failover or failback (failovers.go) is a row of its own that holds its
+// replication (failover_id) from StartFailover until FlipReplication or
+// FinishFailover lets go: meanwhile no ordinary cycle starts and the
+// replication's other changes are ErrConflict.
 //
 // Every function that does I/O takes a context.Context first. Failures are
 // reported with the sentinel errors of this package (ErrNotFound, ErrConflict,

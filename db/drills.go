@@ -18,7 +18,8 @@ const DrillImagePrefix = "ferry-drill-"
 // transaction. The store sets the id (unless a UUID is given), project
 // (the replication's), status, image (ferry-drill-<id> unless set) and
 // times (requested_at now). An unknown replication or point is
-// ErrNotFound; a deleting replication is ErrConflict.
+// ErrNotFound; a deleting replication, or one failing over or back, is
+// ErrConflict.
 func (d *DB) CreateDrill(ctx context.Context, dr *Drill, ev ReplicationEventInput) error {
 	if dr == nil {
 		return fmt.Errorf("db: create drill: %w: nil drill", ErrInvalidArgument)
@@ -59,6 +60,9 @@ func (d *DB) CreateDrill(ctx context.Context, dr *Drill, ev ReplicationEventInpu
 		}
 		if r.Status == ReplicationDeleting {
 			return fmt.Errorf("%w: replication is deleting", ErrConflict)
+		}
+		if r.Status.InFailover() {
+			return fmt.Errorf("%w: a %s of replication %s runs: its points change", ErrConflict, r.Status, r.ID)
 		}
 		var n int64
 		if err := tx.Model(&ReplicationPoint{}).Where("replication_id = ? AND name = ?", r.ID, dr.Point).Count(&n).Error; err != nil {

@@ -26,6 +26,7 @@ func migrations() []*gormigrate.Migration {
 		migration0005ServiceLiveness(),
 		migration0006Cleanup(),
 		migration0007Replications(),
+		migration0008Failovers(),
 	}
 }
 

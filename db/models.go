@@ -245,6 +245,16 @@ type Replication struct {
 	DestRegion string `gorm:"column:dest_region"`
 	DestPool   string `gorm:"column:dest_pool"`
 	DestImage  string `gorm:"column:dest_image"` // ferry-replica-<id>
+	// DestVolumeID is the Cinder volume the destination image is: "" while
+	// it is Ferry's replica; after a failover, the original source volume
+	// (its image is then the one cycles write).
+	DestVolumeID string `gorm:"column:dest_volume_id"`
+
+	// FailoverID is the failover or failback under way (nil when none):
+	// while it is set no ordinary cycle starts, and no other failover,
+	// status change or deletion is accepted. An unplanned failover keeps
+	// it after its flip, until region A's image is demoted.
+	FailoverID *string `gorm:"column:failover_id"`
 
 	IntervalSeconds int `gorm:"column:interval_seconds"`
 	RPOSeconds      int `gorm:"column:rpo_seconds"`
@@ -378,6 +388,104 @@ func (dr *Drill) RTO() (d time.Duration, ok bool) {
 		return 0, false
 	}
 	return dr.AvailableAt.Sub(dr.RequestedAt), true
+}
+
+// FailoverKind says which way a Failover goes.
+type FailoverKind string
+
+// The failover kinds.
+const (
+	// FailoverKindFailover: the replica becomes the primary (status
+	// failing_over, then failed_over).
+	FailoverKindFailover FailoverKind = "failover"
+	// FailoverKindFailback: back to the original direction (status
+	// failing_back, then active).
+	FailoverKindFailback FailoverKind = "failback"
+)
+
+// Failover is one failover or failback of a replication: a resumable
+// workflow whose runner records each step once it is done (Step), and
+// what the steps learnt on the way. From is the replication's source when
+// it started, To its destination (the image that becomes the primary).
+// All times are UTC.
+type Failover struct {
+	ID            string       `gorm:"column:id;primaryKey"`
+	ReplicationID string       `gorm:"column:replication_id"`
+	ProjectID     string       `gorm:"column:project_id"` // the replication's
+	UserID        string       `gorm:"column:user_id"`
+	RequestID     string       `gorm:"column:request_id"`
+	Kind          FailoverKind `gorm:"column:kind"`
+	// Planned: the source is quiesced and a final cycle runs; else
+	// (unplanned) a retained point is promoted as it is.
+	Planned bool `gorm:"column:planned"`
+	// Force: an attached volume does not stop it.
+	Force bool `gorm:"column:force"`
+
+	// RequestedPoint is what the request named ("", a point name or
+	// "latest"); Point the point it resolved to (the one promoted).
+	RequestedPoint string `gorm:"column:requested_point"`
+	Point          string `gorm:"column:point"`
+	// Step is the last step done ("" before the first).
+	Step   string         `gorm:"column:step"`
+	Status FailoverStatus `gorm:"column:status"`
+	Error  *string        `gorm:"column:error"`
+	// FinalTransferID is the final cycle's transfer (StartFinalCycle).
+	FinalTransferID string `gorm:"column:final_transfer_id"`
+
+	FromRegion   string `gorm:"column:from_region"`
+	FromPool     string `gorm:"column:from_pool"`
+	FromImage    string `gorm:"column:from_image"`
+	FromVolumeID string `gorm:"column:from_volume_id"`
+	ToRegion     string `gorm:"column:to_region"`
+	ToPool       string `gorm:"column:to_pool"`
+	ToImage      string `gorm:"column:to_image"`
+	// ToVolumeID is the Cinder volume To is, once registered (a
+	// failback's: the original volume, from the start).
+	ToVolumeID string `gorm:"column:to_volume_id"`
+
+	// Spec is the source volume's Cinder spec (JSON), read when the
+	// failover was requested; Peer is JSON the runner keeps about the
+	// other side (the API's).
+	Spec string `gorm:"column:spec"`
+	Peer string `gorm:"column:peer"`
+	// Preserved names the image an unplanned failover's demote preserved
+	// region A's divergent data as ("" when none), PreservedBytes its
+	// size.
+	Preserved      string `gorm:"column:preserved"`
+	PreservedBytes int64  `gorm:"column:preserved_bytes"`
+
+	// RegisterStartedAt is the Cinder registration's ledger, as for
+	// drills.
+	RegisterStartedAt *time.Time `gorm:"column:register_started_at"`
+	RequestedAt       time.Time  `gorm:"column:requested_at"`
+	// AvailableAt is when the promoted volume was available in Cinder.
+	AvailableAt *time.Time `gorm:"column:available_at"`
+	FinishedAt  *time.Time `gorm:"column:finished_at"`
+	CreatedAt   time.Time  `gorm:"column:created_at"`
+	UpdatedAt   time.Time  `gorm:"column:updated_at"`
+}
+
+// TableName implements gorm's tabler.
+func (Failover) TableName() string { return "replication_failovers" }
+
+// AfterFind normalises times read back to UTC.
+func (f *Failover) AfterFind(*gorm.DB) error {
+	f.CreatedAt = f.CreatedAt.UTC()
+	f.UpdatedAt = f.UpdatedAt.UTC()
+	f.RequestedAt = f.RequestedAt.UTC()
+	f.RegisterStartedAt = utcPtr(f.RegisterStartedAt)
+	f.AvailableAt = utcPtr(f.AvailableAt)
+	f.FinishedAt = utcPtr(f.FinishedAt)
+	return nil
+}
+
+// RTO is the failover's recovery time: requested_at → available_at (the
+// promoted volume available in Cinder); ok is false until then.
+func (f *Failover) RTO() (d time.Duration, ok bool) {
+	if f.AvailableAt == nil {
+		return 0, false
+	}
+	return f.AvailableAt.Sub(f.RequestedAt), true
 }
 
 func utcPtr(t *time.Time) *time.Time {

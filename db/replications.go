@@ -146,6 +146,7 @@ func prepareNewReplication(r *Replication, now time.Time) error {
 	r.BytesLastCycle, r.PointsCount = 0, 0
 	r.CyclesCompleted, r.CyclesFailed, r.CyclesSkipped, r.BytesReplicated = 0, 0, 0, 0
 	r.RPOBreachedAt, r.KeepReplica = nil, false
+	r.FailoverID, r.DestVolumeID = nil, ""
 	r.CreatedAt, r.UpdatedAt = now, now
 	return nil
 }
@@ -381,10 +382,13 @@ func defaultStatusEvent(to ReplicationStatus) ReplicationEventKind {
 // (CanTransitionReplication) allows it, else ErrInvalidTransition; it
 // records ev (its kind defaults to paused, resumed or error after to) and
 // returns the replication as updated. Entering error stores ev.Message as
-// last_error. Deleting is DeleteReplication's (ErrInvalidArgument here).
+// last_error. Deleting is DeleteReplication's, and the failover statuses
+// are the failover functions' (StartFailover, FlipReplication,
+// FinishFailover): ErrInvalidArgument here. While a failover runs
+// (failover_id set) it is ErrConflict.
 func (d *DB) SetReplicationStatus(ctx context.Context, id string, scope Scope, to ReplicationStatus, expectFrom []ReplicationStatus, ev ReplicationEventInput) (*Replication, error) {
-	if !to.Valid() || to == ReplicationDeleting {
-		return nil, fmt.Errorf("db: set replication %s status: %w: cannot set %q here (deleting is DeleteReplication)", id, ErrInvalidArgument, to)
+	if !to.Valid() || to == ReplicationDeleting || to.InFailover() || to == ReplicationFailedOver {
+		return nil, fmt.Errorf("db: set replication %s status: %w: cannot set %q here (deleting is DeleteReplication, the failover statuses the failover functions')", id, ErrInvalidArgument, to)
 	}
 	if ev.Kind == "" {
 		ev.Kind = defaultStatusEvent(to)
@@ -402,6 +406,9 @@ func (d *DB) SetReplicationStatus(ctx context.Context, id string, scope Scope, t
 		if err := q.Take(&cur).Error; err != nil {
 			return translate(err)
 		}
+		if err := failoverRunning(&cur); err != nil {
+			return err
+		}
 		if len(expectFrom) > 0 && !slices.Contains(expectFrom, cur.Status) {
 			return fmt.Errorf("%w: %s → %s: replication is %s, expected %v", ErrInvalidTransition, cur.Status, to, cur.Status, expectFrom)
 		}
@@ -417,7 +424,7 @@ func (d *DB) SetReplicationStatus(ctx context.Context, id string, scope Scope, t
 			}
 			upd["last_error"] = msg
 		}
-		res := tx.Model(&Replication{}).Where("id = ? AND status = ?", id, cur.Status).UpdateColumns(upd)
+		res := tx.Model(&Replication{}).Where("id = ? AND status = ? AND failover_id IS NULL", id, cur.Status).UpdateColumns(upd)
 		if res.Error != nil {
 			return fmt.Errorf("update: %w", translate(res.Error))
 		}
@@ -500,15 +507,16 @@ func (d *DB) ListPoints(ctx context.Context, replicationID string) ([]Replicatio
 }
 
 // DueReplications returns up to limit (at most MaxListLimit; 0 or less:
-// MaxListLimit) active replications whose next_run_at is at or before
-// now, the most overdue first.
+// MaxListLimit) replications whose status schedules cycles (active,
+// failed_over) and that no failover holds (failover_id NULL), whose
+// next_run_at is at or before now, the most overdue first.
 func (d *DB) DueReplications(ctx context.Context, now time.Time, limit int) ([]Replication, error) {
 	if limit <= 0 || limit > MaxListLimit {
 		limit = MaxListLimit
 	}
 	var out []Replication
 	err := d.gorm.WithContext(ctx).
-		Where("status = ? AND next_run_at <= ?", ReplicationActive, dbTime(now)).
+		Where("status IN ? AND failover_id IS NULL AND next_run_at <= ?", scheduledStatuses(), dbTime(now)).
 		Order("next_run_at ASC").Order("id ASC").Limit(limit).Find(&out).Error
 	if err != nil {
 		return nil, fmt.Errorf("db: due replications: %w", err)
@@ -517,10 +525,11 @@ func (d *DB) DueReplications(ctx context.Context, now time.Time, limit int) ([]R
 }
 
 // StartCycle starts the cycle of replication id that was due at now, in
-// one transaction with the replication's row locked. If the replication
-// is no longer active, or its next_run_at is after now already (another
-// scheduler started this cycle), it does nothing and returns (nil, false,
-// nil). Else, if its last cycle transfer is not finished (queued, active
+// one transaction with the replication's row locked. If the replication's
+// status no longer schedules cycles (see ReplicationStatus.Schedules), a
+// failover holds it (failover_id set), or its next_run_at is after now
+// already (another scheduler started this cycle), it does nothing and
+// returns (nil, false, nil). Else, if its last cycle transfer is not finished (queued, active
 // or cancelling: the destination is still being written), it records a
 // skip (cycles_skipped+1, event cycle_skipped) and returns skipped; else
 // it inserts t as CreateTransfer does (replication_id set, project_id the
@@ -544,71 +553,100 @@ func (d *DB) StartCycle(ctx context.Context, id string, now, next time.Time, t *
 		if err := d.lockRow(tx).Where("id = ?", id).Take(&r).Error; err != nil {
 			return translate(err)
 		}
-		if r.Status != ReplicationActive || r.NextRunAt.After(now) {
-			return nil // paused meanwhile, or another scheduler was first
+		if !r.Status.Schedules() || r.FailoverID != nil || r.NextRunAt.After(now) {
+			return nil // paused or failing over meanwhile, or another scheduler was first
 		}
 		ts := d.now()
 		upd := map[string]any{"next_run_at": next, "updated_at": ts}
-		if r.LastTransferID != "" {
-			var last Transfer
-			err := tx.Select("id", "status").Where("id = ?", r.LastTransferID).Take(&last).Error
-			switch {
-			case err == nil && !IsTerminal(last.Status):
-				upd["cycles_skipped"] = gorm.Expr("cycles_skipped + 1")
-				if err := tx.Model(&Replication{}).Where("id = ?", id).UpdateColumns(upd).Error; err != nil {
-					return fmt.Errorf("update: %w", translate(err))
-				}
-				skipped = true
-				return addReplicationEvent(tx, ts, id, ReplicationEventInput{
-					Kind: RepEventCycleSkipped, TransferID: last.ID,
-					Message: fmt.Sprintf("cycle skipped: the previous cycle %s is still %s", last.ID, last.Status),
-				})
-			case err != nil && !errors.Is(err, gorm.ErrRecordNotFound):
-				return err
-			}
-		}
-		t.ReplicationID = id
-		if t.ProjectID == "" {
-			t.ProjectID = r.ProjectID
-		}
-		if err := prepareNewTransfer(t); err != nil {
+		last, err := lastCycleRunning(tx, &r)
+		if err != nil {
 			return err
 		}
-		t.CreatedAt, t.UpdatedAt = ts, ts
-		if err := tx.Create(t).Error; err != nil {
-			return fmt.Errorf("insert transfer: %w", translate(err))
-		}
-		tev := TransferEvent{
-			TransferID: t.ID, CreatedAt: ts, Kind: EventStatus,
-			ToStatus: StatusQueued, Message: "replication " + id + " cycle",
-		}
-		if err := tx.Create(&tev).Error; err != nil {
-			return fmt.Errorf("insert event: %w", translate(err))
-		}
-		if msg != nil {
-			m, err := msg(t)
-			if err != nil {
-				return fmt.Errorf("outbox message: %w", err)
+		if last != nil {
+			upd["cycles_skipped"] = gorm.Expr("cycles_skipped + 1")
+			if err := tx.Model(&Replication{}).Where("id = ?", id).UpdateColumns(upd).Error; err != nil {
+				return fmt.Errorf("update: %w", translate(err))
 			}
-			if m != nil {
-				if err := insertOutbox(tx, ts, m); err != nil {
-					return err
-				}
-			}
+			skipped = true
+			return addReplicationEvent(tx, ts, id, ReplicationEventInput{
+				Kind: RepEventCycleSkipped, TransferID: last.ID,
+				Message: fmt.Sprintf("cycle skipped: the previous cycle %s is still %s", last.ID, last.Status),
+			})
 		}
-		upd["last_transfer_id"] = t.ID
-		if err := tx.Model(&Replication{}).Where("id = ?", id).UpdateColumns(upd).Error; err != nil {
-			return fmt.Errorf("update: %w", translate(err))
+		if err := insertCycle(tx, ts, &r, t, msg, upd, "cycle "+t.ID+" started"); err != nil {
+			return err
 		}
 		started = t
-		return addReplicationEvent(tx, ts, id, ReplicationEventInput{
-			Kind: RepEventCycleStarted, TransferID: t.ID, Message: "cycle " + t.ID + " started",
-		})
+		return nil
 	})
 	if err != nil {
 		return nil, false, fmt.Errorf("db: start cycle of replication %s: %w", id, err)
 	}
 	return started, skipped, nil
+}
+
+// lastCycleRunning returns replication r's last cycle transfer when it is
+// not finished (nil when it is, or when there is none), within tx.
+func lastCycleRunning(tx *gorm.DB, r *Replication) (*Transfer, error) {
+	if r.LastTransferID == "" {
+		return nil, nil
+	}
+	var last Transfer
+	err := tx.Select("id", "status").Where("id = ?", r.LastTransferID).Take(&last).Error
+	switch {
+	case errors.Is(err, gorm.ErrRecordNotFound):
+		return nil, nil
+	case err != nil:
+		return nil, err
+	case IsTerminal(last.Status):
+		return nil, nil
+	}
+	return &last, nil
+}
+
+// insertCycle inserts t as a cycle of replication r within tx, as
+// CreateTransfer does (replication_id set, project_id the replication's
+// when empty), with its queued event, the outbox message msg(t) builds
+// (when msg is not nil and returns one) and the replication event
+// cycle_started (message startMsg); it updates the replication with upd
+// plus last_transfer_id.
+func insertCycle(tx *gorm.DB, ts time.Time, r *Replication, t *Transfer, msg func(*Transfer) (*OutboxMessage, error), upd map[string]any, startMsg string) error {
+	t.ReplicationID = r.ID
+	if t.ProjectID == "" {
+		t.ProjectID = r.ProjectID
+	}
+	if err := prepareNewTransfer(t); err != nil {
+		return err
+	}
+	t.CreatedAt, t.UpdatedAt = ts, ts
+	if err := tx.Create(t).Error; err != nil {
+		return fmt.Errorf("insert transfer: %w", translate(err))
+	}
+	tev := TransferEvent{
+		TransferID: t.ID, CreatedAt: ts, Kind: EventStatus,
+		ToStatus: StatusQueued, Message: "replication " + r.ID + " cycle",
+	}
+	if err := tx.Create(&tev).Error; err != nil {
+		return fmt.Errorf("insert event: %w", translate(err))
+	}
+	if msg != nil {
+		m, err := msg(t)
+		if err != nil {
+			return fmt.Errorf("outbox message: %w", err)
+		}
+		if m != nil {
+			if err := insertOutbox(tx, ts, m); err != nil {
+				return err
+			}
+		}
+	}
+	upd["last_transfer_id"] = t.ID
+	if err := tx.Model(&Replication{}).Where("id = ?", r.ID).UpdateColumns(upd).Error; err != nil {
+		return fmt.Errorf("update: %w", translate(err))
+	}
+	return addReplicationEvent(tx, ts, r.ID, ReplicationEventInput{
+		Kind: RepEventCycleStarted, TransferID: t.ID, Message: startMsg,
+	})
 }
 
 // CycleOutcome is what a completed cycle's report adds to its replication
@@ -629,7 +667,9 @@ type CycleOutcome struct {
 // updated to status to, in tx): a completed cycle adds its point, drops
 // the removed ones (event pruned, when some were points) and updates the
 // summary; a failed or cancelled one
-// counts as failed. It runs once per terminal transition, as part of it.
+// counts as failed. A cycle into another destination than the
+// replication's (one that ended after a flip) only records an event. It
+// runs once per terminal transition, as part of it.
 func (d *DB) applyCycleOutcome(tx *gorm.DB, now time.Time, t *Transfer, to Status, oc *CycleOutcome) error {
 	if t.ReplicationID == "" || !IsTerminal(to) {
 		return nil
@@ -640,6 +680,14 @@ func (d *DB) applyCycleOutcome(tx *gorm.DB, now time.Time, t *Transfer, to Statu
 		return nil // the replication was deleted meanwhile
 	} else if err != nil {
 		return err
+	}
+	if t.DestRegion != r.DestRegion || t.DestPool != r.DestPool || t.DestImage != r.DestImage {
+		// A cycle of the direction before a flip (an unplanned failover
+		// left it running): its snapshot is no point of the replica.
+		return addReplicationEvent(tx, now, r.ID, ReplicationEventInput{
+			Kind: RepEventCycleFailed, TransferID: t.ID,
+			Message: fmt.Sprintf("cycle %s %s after the replication was flipped: ignored", t.ID, to),
+		})
 	}
 	if oc == nil {
 		oc = &CycleOutcome{}
@@ -825,8 +873,12 @@ func (d *DB) ReplicationStats(ctx context.Context) ([]Replication, error) {
 // the event deleting, and writes the clean-up messages cleanup builds from
 // it and its points (when cleanup is not nil) to the outbox, in one
 // transaction; it returns the replication as updated. A replication that
-// is deleting already is ErrInvalidTransition. Its rows stay until
-// FinishDeleteReplication. A running cycle is not cancelled here.
+// is deleting already is ErrInvalidTransition; one a failover holds
+// (failing_over, failing_back, or failover_id set) is ErrConflict. A
+// replication whose destination is a Cinder volume (failed over:
+// dest_volume_id set, the original volume) keeps it whatever keepReplica
+// says. Its rows stay until FinishDeleteReplication. A running cycle is
+// not cancelled here.
 func (d *DB) DeleteReplication(ctx context.Context, id string, scope Scope, keepReplica bool, cleanup func(*Replication, []ReplicationPoint) ([]*OutboxMessage, error)) (*Replication, error) {
 	var out Replication
 	err := d.inTx(ctx, func(tx *gorm.DB) error {
@@ -838,11 +890,17 @@ func (d *DB) DeleteReplication(ctx context.Context, id string, scope Scope, keep
 		if err := q.Take(&cur).Error; err != nil {
 			return translate(err)
 		}
+		if err := failoverRunning(&cur); err != nil {
+			return err
+		}
 		if !CanTransitionReplication(cur.Status, ReplicationDeleting) {
 			return fmt.Errorf("%w: replication is %s already", ErrInvalidTransition, cur.Status)
 		}
+		if cur.Status == ReplicationFailedOver || cur.DestVolumeID != "" {
+			keepReplica = true // the destination is the original volume
+		}
 		now := d.now()
-		res := tx.Model(&Replication{}).Where("id = ? AND status = ?", id, cur.Status).UpdateColumns(map[string]any{
+		res := tx.Model(&Replication{}).Where("id = ? AND status = ? AND failover_id IS NULL", id, cur.Status).UpdateColumns(map[string]any{
 			"status": ReplicationDeleting, "keep_replica": keepReplica, "source_key": nil, "updated_at": now,
 		})
 		if res.Error != nil {
@@ -852,7 +910,10 @@ func (d *DB) DeleteReplication(ctx context.Context, id string, scope Scope, keep
 			return fmt.Errorf("%w: replication changed concurrently (was %s)", ErrConflict, cur.Status)
 		}
 		msg := "replication deleting; the replica is removed"
-		if keepReplica {
+		switch {
+		case cur.DestVolumeID != "" || cur.Status == ReplicationFailedOver:
+			msg = "replication deleting; the destination (volume " + cur.DestVolumeID + ") is kept"
+		case keepReplica:
 			msg = "replication deleting; the replica is kept"
 		}
 		if err := addReplicationEvent(tx, now, id, ReplicationEventInput{Kind: RepEventDeleting, Message: msg}); err != nil {
@@ -896,8 +957,8 @@ func (d *DB) DeletingReplications(ctx context.Context, limit int) ([]Replication
 }
 
 // FinishDeleteReplication removes a deleting replication's rows: the
-// replication, its points, events and drills (the drills' volumes stay in
-// Cinder). Its cycle transfers stay (with their replication_id), for the
+// replication, its points, events, drills (the drills' volumes stay in
+// Cinder) and failovers. Its cycle transfers stay (with their replication_id), for the
 // transfers' own history and pruning. A replication that is not deleting
 // is ErrConflict; an unknown one ErrNotFound.
 func (d *DB) FinishDeleteReplication(ctx context.Context, id string) error {
@@ -909,7 +970,7 @@ func (d *DB) FinishDeleteReplication(ctx context.Context, id string) error {
 		if cur.Status != ReplicationDeleting {
 			return fmt.Errorf("%w: replication is %s, not deleting", ErrConflict, cur.Status)
 		}
-		for _, m := range []any{&Drill{}, &ReplicationEvent{}, &ReplicationPoint{}} {
+		for _, m := range []any{&Failover{}, &Drill{}, &ReplicationEvent{}, &ReplicationPoint{}} {
 			if err := tx.Where("replication_id = ?", id).Delete(m).Error; err != nil {
 				return err
 			}

@@ -118,10 +118,13 @@ type ReplicationStatus = state.ReplicationStatus
 
 // The replication statuses.
 const (
-	ReplicationActive   = state.ReplicationActive
-	ReplicationPaused   = state.ReplicationPaused
-	ReplicationError    = state.ReplicationError
-	ReplicationDeleting = state.ReplicationDeleting
+	ReplicationActive      = state.ReplicationActive
+	ReplicationPaused      = state.ReplicationPaused
+	ReplicationError       = state.ReplicationError
+	ReplicationDeleting    = state.ReplicationDeleting
+	ReplicationFailingOver = state.ReplicationFailingOver
+	ReplicationFailedOver  = state.ReplicationFailedOver
+	ReplicationFailingBack = state.ReplicationFailingBack
 )
 
 // CanTransitionReplication reports whether the replication state machine
@@ -153,6 +156,21 @@ const (
 // CanTransitionDrill reports whether a drill may go from → to.
 func CanTransitionDrill(from, to DrillStatus) bool { return state.CanTransitionDrill(from, to) }
 
+// FailoverStatus is a failover's state (db/state).
+type FailoverStatus = state.FailoverStatus
+
+// The failover statuses.
+const (
+	FailoverRunning = state.FailoverRunning
+	FailoverDone    = state.FailoverDone
+	FailoverError   = state.FailoverError
+)
+
+// CanTransitionFailover reports whether a failover may go from → to.
+func CanTransitionFailover(from, to FailoverStatus) bool {
+	return state.CanTransitionFailover(from, to)
+}
+
 // ReplicationEventKind classifies a replication event row.
 type ReplicationEventKind string
 
@@ -174,4 +192,13 @@ const (
 	RepEventDrillFailed    ReplicationEventKind = "drill_failed"
 	RepEventDeleting       ReplicationEventKind = "deleting"
 	RepEventPruned         ReplicationEventKind = "pruned"
+	// The failover events: a failover or failback started, its flip (or
+	// its end, where no flip records it), its failure, and the image an
+	// unplanned failover preserved region A's divergent data as.
+	RepEventFailoverStarted ReplicationEventKind = "failover_started"
+	RepEventFailedOver      ReplicationEventKind = "failed_over"
+	RepEventFailbackStarted ReplicationEventKind = "failback_started"
+	RepEventFailedBack      ReplicationEventKind = "failed_back"
+	RepEventFailoverFailed  ReplicationEventKind = "failover_failed"
+	RepEventPreserved       ReplicationEventKind = "preserved"
 )

@@ -21,32 +21,62 @@ const (
 	// ReplicationDeleting: its clean-up was sent; the rows go once it is
 	// done. Nothing leaves it.
 	ReplicationDeleting ReplicationStatus = "deleting"
+	// ReplicationFailingOver: a failover runs (its failover_id is set);
+	// no cycle starts but the failover's final one, and nothing else may
+	// change the replication until the failover ends.
+	ReplicationFailingOver ReplicationStatus = "failing_over"
+	// ReplicationFailedOver: the replica became the primary; source and
+	// destination are swapped, and cycles copy it back into the original
+	// image (unless the failover still demotes it: failover_id set).
+	ReplicationFailedOver ReplicationStatus = "failed_over"
+	// ReplicationFailingBack: a failback runs (failover_id set), as
+	// failing_over in the other direction.
+	ReplicationFailingBack ReplicationStatus = "failing_back"
 )
 
 // replicationTransitions is the replication state machine. A transition
 // not listed here is refused; a status never moves to itself.
 //
-//	from      allowed to
-//	--------  ---------------------------------------------
-//	active    paused, error, deleting
-//	paused    active (resume), error, deleting
-//	error     active (resume, once the cause is fixed), deleting
-//	deleting  – (terminal: the rows are removed)
+//	from          allowed to
+//	------------  ---------------------------------------------------
+//	active        paused, error, deleting, failing_over
+//	paused        active (resume), error, deleting, failing_over
+//	error         active (resume, once the cause is fixed), deleting,
+//	              failing_over (unplanned only: the API checks)
+//	failing_over  failed_over (the flip), active (undone before the
+//	              promote), error
+//	failed_over   failing_back, deleting (the original volume is kept)
+//	failing_back  active (the flip back), failed_over (undone before the
+//	              promote), error
+//	deleting      – (terminal: the rows are removed)
+//
+// The failover transitions are the failover store functions' (a
+// failover row goes with them); a user's pause or resume never leaves
+// failing_over or failing_back (CanResume).
 func replicationTransitions(from ReplicationStatus) []ReplicationStatus {
 	switch from {
 	case ReplicationActive:
-		return []ReplicationStatus{ReplicationPaused, ReplicationError, ReplicationDeleting}
+		return []ReplicationStatus{ReplicationPaused, ReplicationError, ReplicationDeleting, ReplicationFailingOver}
 	case ReplicationPaused:
-		return []ReplicationStatus{ReplicationActive, ReplicationError, ReplicationDeleting}
+		return []ReplicationStatus{ReplicationActive, ReplicationError, ReplicationDeleting, ReplicationFailingOver}
 	case ReplicationError:
-		return []ReplicationStatus{ReplicationActive, ReplicationDeleting}
+		return []ReplicationStatus{ReplicationActive, ReplicationDeleting, ReplicationFailingOver}
+	case ReplicationFailingOver:
+		return []ReplicationStatus{ReplicationFailedOver, ReplicationActive, ReplicationError}
+	case ReplicationFailedOver:
+		return []ReplicationStatus{ReplicationFailingBack, ReplicationDeleting}
+	case ReplicationFailingBack:
+		return []ReplicationStatus{ReplicationActive, ReplicationFailedOver, ReplicationError}
 	}
 	return nil
 }
 
 // AllReplication lists every replication status.
 func AllReplication() []ReplicationStatus {
-	return []ReplicationStatus{ReplicationActive, ReplicationPaused, ReplicationError, ReplicationDeleting}
+	return []ReplicationStatus{
+		ReplicationActive, ReplicationPaused, ReplicationError, ReplicationDeleting,
+		ReplicationFailingOver, ReplicationFailedOver, ReplicationFailingBack,
+	}
 }
 
 // CanTransitionReplication reports whether the replication state machine
@@ -56,16 +86,43 @@ func CanTransitionReplication(from, to ReplicationStatus) bool {
 }
 
 // Schedules reports whether the scheduler starts cycles of a replication
-// in status s (active only).
-func (s ReplicationStatus) Schedules() bool { return s == ReplicationActive }
+// in status s: active, and failed_over (the cycles copy the new primary
+// back). A replication whose failover_id is set is not scheduled either.
+func (s ReplicationStatus) Schedules() bool {
+	return s == ReplicationActive || s == ReplicationFailedOver
+}
+
+// InFailover reports whether a failover or failback of a replication in
+// status s is under way (failing_over, failing_back).
+func (s ReplicationStatus) InFailover() bool {
+	return s == ReplicationFailingOver || s == ReplicationFailingBack
+}
 
 // CanPause reports whether a user may pause a replication in status s.
 func (s ReplicationStatus) CanPause() bool { return CanTransitionReplication(s, ReplicationPaused) }
 
-// CanResume reports whether a user may resume a replication in status s.
-func (s ReplicationStatus) CanResume() bool { return CanTransitionReplication(s, ReplicationActive) }
+// CanResume reports whether a user may resume a replication in status s
+// (paused or error: leaving failing_over or failing_back for active is
+// the failover's own).
+func (s ReplicationStatus) CanResume() bool {
+	return !s.InFailover() && CanTransitionReplication(s, ReplicationActive)
+}
 
-// CanDelete reports whether a replication in status s may be deleted.
+// CanFailover reports whether a failover may start from status s
+// (active, paused, error; the API allows error for an unplanned one
+// only).
+func (s ReplicationStatus) CanFailover() bool {
+	return CanTransitionReplication(s, ReplicationFailingOver)
+}
+
+// CanFailback reports whether a failback may start from status s
+// (failed_over).
+func (s ReplicationStatus) CanFailback() bool {
+	return CanTransitionReplication(s, ReplicationFailingBack)
+}
+
+// CanDelete reports whether a replication in status s may be deleted (not
+// while a failover or failback runs, nor once deleting).
 func (s ReplicationStatus) CanDelete() bool {
 	return CanTransitionReplication(s, ReplicationDeleting)
 }
@@ -111,3 +168,31 @@ func (s DrillStatus) Valid() bool { return slices.Contains(AllDrill(), s) }
 
 // String returns the status value.
 func (s DrillStatus) String() string { return string(s) }
+
+// FailoverStatus is the state of a failover or failback (a
+// replication_failovers row): running until it is done or failed.
+type FailoverStatus string
+
+// The failover statuses.
+const (
+	FailoverRunning FailoverStatus = "running"
+	FailoverDone    FailoverStatus = "done"
+	FailoverError   FailoverStatus = "error"
+)
+
+// AllFailover lists every failover status.
+func AllFailover() []FailoverStatus {
+	return []FailoverStatus{FailoverRunning, FailoverDone, FailoverError}
+}
+
+// CanTransitionFailover reports whether a failover may go from → to:
+// running → done or error; done and error are final.
+func CanTransitionFailover(from, to FailoverStatus) bool {
+	return from == FailoverRunning && (to == FailoverDone || to == FailoverError)
+}
+
+// Valid reports whether s is one of the known failover statuses.
+func (s FailoverStatus) Valid() bool { return slices.Contains(AllFailover(), s) }
+
+// String returns the status value.
+func (s FailoverStatus) String() string { return string(s) }

@@ -30,9 +30,11 @@ func TestReplicationStateMachineProperties(t *testing.T) {
 				t.Errorf("%s → unknown %q", s, n)
 			}
 		}
-		// Every replication can be deleted, from wherever it is.
-		if s != ReplicationDeleting && !s.CanDelete() {
-			t.Errorf("%s cannot be deleted", s)
+		// Every replication can be deleted, from wherever it is, but
+		// while a failover or failback runs (it ends in a status that
+		// can).
+		if want := s != ReplicationDeleting && !s.InFailover(); s.CanDelete() != want {
+			t.Errorf("%s.CanDelete() = %v", s, s.CanDelete())
 		}
 		if !replicationReach(s)[ReplicationDeleting] {
 			t.Errorf("deleting is unreachable from %s", s)
@@ -41,13 +43,33 @@ func TestReplicationStateMachineProperties(t *testing.T) {
 		if s == ReplicationDeleting && len(replicationTransitions(s)) != 0 {
 			t.Errorf("deleting → %v", replicationTransitions(s))
 		}
-		// Only an active replication is scheduled; every status that is
-		// not active nor deleting can be resumed.
-		if s.Schedules() != (s == ReplicationActive) {
+		// Only an active or failed-over replication is scheduled; a
+		// paused one or one in error can be resumed, nothing else.
+		if s.Schedules() != (s == ReplicationActive || s == ReplicationFailedOver) {
 			t.Errorf("%s.Schedules() = %v", s, s.Schedules())
 		}
-		if want := s != ReplicationActive && s != ReplicationDeleting; s.CanResume() != want {
+		if want := s == ReplicationPaused || s == ReplicationError; s.CanResume() != want {
 			t.Errorf("%s.CanResume() = %v", s, s.CanResume())
+		}
+		// A failover starts from a live replication that is not failed
+		// over; a failback from failed_over only.
+		if want := s == ReplicationActive || s == ReplicationPaused || s == ReplicationError; s.CanFailover() != want {
+			t.Errorf("%s.CanFailover() = %v", s, s.CanFailover())
+		}
+		if s.CanFailback() != (s == ReplicationFailedOver) {
+			t.Errorf("%s.CanFailback() = %v", s, s.CanFailback())
+		}
+		// A failover or failback in flight ends: flipped, undone or in
+		// error, never deleting directly.
+		if s.InFailover() {
+			for _, to := range []ReplicationStatus{ReplicationError} {
+				if !CanTransitionReplication(s, to) {
+					t.Errorf("%s cannot go to %s", s, to)
+				}
+			}
+			if CanTransitionReplication(s, ReplicationDeleting) || CanTransitionReplication(s, ReplicationPaused) {
+				t.Errorf("%s → %v", s, replicationTransitions(s))
+			}
 		}
 		// An error does not unpause a replication: pause only from active.
 		if s.CanPause() != (s == ReplicationActive) {
@@ -83,6 +105,24 @@ func TestReplicationTransitionTable(t *testing.T) {
 		{ReplicationPaused, ReplicationDeleting, true},
 		{ReplicationDeleting, ReplicationActive, false},
 		{ReplicationDeleting, ReplicationError, false},
+		{ReplicationActive, ReplicationFailingOver, true},
+		{ReplicationPaused, ReplicationFailingOver, true},
+		{ReplicationError, ReplicationFailingOver, true},
+		{ReplicationFailingOver, ReplicationFailedOver, true},
+		{ReplicationFailingOver, ReplicationActive, true},
+		{ReplicationFailingOver, ReplicationError, true},
+		{ReplicationFailingOver, ReplicationPaused, false},
+		{ReplicationFailingOver, ReplicationDeleting, false},
+		{ReplicationFailedOver, ReplicationFailingBack, true},
+		{ReplicationFailedOver, ReplicationDeleting, true},
+		{ReplicationFailedOver, ReplicationActive, false},
+		{ReplicationFailedOver, ReplicationPaused, false},
+		{ReplicationFailedOver, ReplicationFailingOver, false},
+		{ReplicationFailingBack, ReplicationActive, true},
+		{ReplicationFailingBack, ReplicationFailedOver, true},
+		{ReplicationFailingBack, ReplicationError, true},
+		{ReplicationFailingBack, ReplicationDeleting, false},
+		{ReplicationDeleting, ReplicationFailingOver, false},
 	}
 	for _, tt := range tests {
 		if got := CanTransitionReplication(tt.from, tt.to); got != tt.want {
@@ -105,8 +145,25 @@ func TestDrillStateMachine(t *testing.T) {
 	}
 }
 
+func TestFailoverStateMachine(t *testing.T) {
+	for _, from := range AllFailover() {
+		for _, to := range AllFailover() {
+			want := from == FailoverRunning && to != FailoverRunning
+			if got := CanTransitionFailover(from, to); got != want {
+				t.Errorf("failover %s → %s = %v, want %v", from, to, got, want)
+			}
+		}
+	}
+	if FailoverStatus("failed").Valid() {
+		t.Error("unknown failover status valid")
+	}
+}
+
 func TestParseReplication(t *testing.T) {
 	if s, err := ParseReplication(" Paused "); err != nil || s != ReplicationPaused {
+		t.Errorf("%q %v", s, err)
+	}
+	if s, err := ParseReplication("FAILED_OVER"); err != nil || s != ReplicationFailedOver {
 		t.Errorf("%q %v", s, err)
 	}
 	for _, in := range []string{"", "queued"} {

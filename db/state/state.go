@@ -1,7 +1,7 @@
 // Package state holds Ferry's state machines: the transfer one (state.go:
 // the statuses, the legal transitions and what each status means:
-// terminal, active, cancellable, retryable), and the replication and DR
-// drill ones (replication.go). It is the one place of these rules: the
+// terminal, active, cancellable, retryable), and the replication, DR
+// drill and failover ones (replication.go). It is the one place of these rules: the
 // store enforces them (package db re-exports them), the dispatcher and the
 // replication scheduler walk them, and the CLI and the dashboard read them.
 // It imports the standard library only, so that clients can use it without

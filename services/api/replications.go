@@ -102,7 +102,7 @@ func ReplicationViewOf(r *db.Replication, now time.Time) ReplicationView {
 		v.LagSeconds = &secs
 	}
 	v.RPOBreached = breached
-	if r.Status == db.ReplicationActive {
+	if r.Status.Schedules() && r.FailoverID == nil {
 		v.NextRunAt = isoTimePtr(&r.NextRunAt)
 	}
 	return v
@@ -649,6 +649,11 @@ func (s *Server) deleteReplication(c *gin.Context) {
 		writeError(c, http.StatusConflict, fmt.Sprintf("Replication %s is being deleted already.", r.ID))
 		return
 	}
+	// Before its cycle is cancelled: a failover's final cycle must run.
+	if r.Status.InFailover() || r.FailoverID != nil {
+		writeError(c, http.StatusConflict, fmt.Sprintf("A failover of replication %s is running.", r.ID))
+		return
+	}
 	ctx := c.Request.Context()
 	// A cycle that still runs is cancelled: the clean-up removes what it
 	// writes.
@@ -723,7 +728,7 @@ func (s *Server) replicationAction(c *gin.Context) {
 	switch action {
 	case "sync":
 		now := s.db.Now()
-		_, err = s.db.UpdateReplication(ctx, r.ID, scope, db.ReplicationFields{NextRunAt: &now, ExpectStatus: []db.ReplicationStatus{db.ReplicationActive}},
+		_, err = s.db.UpdateReplication(ctx, r.ID, scope, db.ReplicationFields{NextRunAt: &now, ExpectStatus: []db.ReplicationStatus{db.ReplicationActive, db.ReplicationFailedOver}},
 			db.ReplicationEventInput{Kind: db.RepEventUpdated, Message: "sync requested by " + caller.UserID, RequestID: rid})
 		if err == nil {
 			s.kickScheduler()

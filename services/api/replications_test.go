@@ -448,3 +448,40 @@ func TestFinalizerSkipsCycles(t *testing.T) {
 		t.Errorf("transfer.end built for %v", ended)
 	}
 }
+
+// TestReplicationDuringFailover: while a failover holds a replication, its
+// deletion is refused before its cycle (the failover's final one) is
+// cancelled, pause and sync are 409, and no next run is shown.
+func TestReplicationDuringFailover(t *testing.T) {
+	a, _ := newReplicationAPITest(t)
+	ctx := context.Background()
+	id := a.createReplication(demo, "v1")["id"].(string)
+	r, err := a.db.GetReplication(ctx, id, db.AllProjectsScope())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cycle := &db.Transfer{SourceRegion: r.SourceRegion, SourcePool: r.SourcePool, SourceImage: r.SourceImage,
+		DestRegion: r.DestRegion, DestPool: r.DestPool, DestImage: r.DestImage}
+	if st, _, err := a.db.StartCycle(ctx, id, r.NextRunAt, r.NextRunAt.Add(time.Minute), cycle, nil); err != nil || st == nil {
+		t.Fatalf("StartCycle: %+v %v", st, err)
+	}
+	if _, err := a.db.StartFailover(ctx, &db.Failover{ReplicationID: id, Planned: true}, db.AllProjectsScope(),
+		db.ReplicationFailingOver, nil, db.ReplicationEventInput{}); err != nil {
+		t.Fatal(err)
+	}
+	if code, m := a.do(demo, "DELETE", "/v1/replications/"+id, ""); code != 409 || !strings.Contains(message(m), "failover") {
+		t.Errorf("delete while failing over: %d %v", code, m)
+	}
+	if tr, err := a.db.GetTransfer(ctx, cycle.ID, db.AllProjectsScope()); err != nil || tr.Status != db.StatusQueued {
+		t.Errorf("the running cycle after a refused delete: %+v %v", tr, err)
+	}
+	for _, body := range []string{`{"pause": null}`, `{"resume": null}`, `{"sync": null}`} {
+		if code, m := a.do(demo, "POST", "/v1/replications/"+id+"/action", body); code != 409 {
+			t.Errorf("%s while failing over: %d %v", body, code, m)
+		}
+	}
+	_, m := a.do(demo, "GET", "/v1/replications/"+id, "")
+	if v := m["replication"].(map[string]any); v["status"] != "failing_over" || v["next_run_at"] != nil {
+		t.Errorf("a failing-over replication: %v", v)
+	}
+}

@@ -173,7 +173,7 @@ func (h *Handler) replicationAction(w http.ResponseWriter, r *http.Request, s *s
 
 func replBadge(status string) string {
 	switch status {
-	case "active":
+	case "active", "failed_over":
 		return "ok"
 	case "error":
 		return "err"
@@ -186,7 +186,7 @@ func replBadge(status string) string {
 // The buttons a status offers; the API decides (409 otherwise).
 func canPause(status string) bool  { return status == "active" }
 func canResume(status string) bool { return status == "paused" || status == "error" }
-func canSync(status string) bool   { return status == "active" }
+func canSync(status string) bool   { return status == "active" || status == "failed_over" }
 
 // lagText is the lag against the RPO: "42s / RPO 15m 00s", or "no point
 // yet / RPO 2m 00s" before the first point.

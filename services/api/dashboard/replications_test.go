@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ferry-project/ferry/db/state"
 )
 
 // Two replications of project demo: db-disk within its RPO with two
@@ -329,6 +331,42 @@ func TestEveryAPICallSendsTheMicroversion(t *testing.T) {
 	for _, v := range r.api.versions {
 		if !strings.HasSuffix(v, " volume-ferry "+apiVersion) {
 			t.Errorf("call %q, want OpenStack-API-Version: volume-ferry %s", v, apiVersion)
+		}
+	}
+}
+
+// TestReplicationStatusButtons: every replication status has a badge and
+// the buttons the API accepts in it.
+func TestReplicationStatusButtons(t *testing.T) {
+	seen := map[string]bool{}
+	for _, tc := range []struct {
+		status              string
+		badge               string
+		pause, resume, sync bool
+	}{
+		{"active", "ok", true, false, true},
+		{"paused", "muted", false, true, false},
+		{"error", "err", false, true, false},
+		{"deleting", "busy", false, false, false},
+		{"failing_over", "busy", false, false, false},
+		{"failed_over", "ok", false, false, true},
+		{"failing_back", "busy", false, false, false},
+	} {
+		seen[tc.status] = true
+		if b := replBadge(tc.status); b != tc.badge {
+			t.Errorf("%s: badge %q, want %q", tc.status, b, tc.badge)
+		}
+		if canPause(tc.status) != tc.pause || canResume(tc.status) != tc.resume || canSync(tc.status) != tc.sync {
+			t.Errorf("%s: pause %v resume %v sync %v", tc.status, canPause(tc.status), canResume(tc.status), canSync(tc.status))
+		}
+		st := state.ReplicationStatus(tc.status)
+		if canPause(tc.status) != st.CanPause() || canResume(tc.status) != st.CanResume() || canSync(tc.status) != st.Schedules() {
+			t.Errorf("%s: the buttons disagree with the state machine", tc.status)
+		}
+	}
+	for _, s := range state.AllReplication() {
+		if !seen[string(s)] {
+			t.Errorf("status %s is not covered", s)
 		}
 	}
 }

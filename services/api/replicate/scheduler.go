@@ -207,11 +207,15 @@ func (s *Scheduler) startOne(ctx context.Context, r *db.Replication) (started, s
 			// Cinder is unreachable: the cycle goes ahead (it fails on
 			// its own if the image is gone).
 			log.Warn("the source volume could not be checked in Cinder", "volume_id", r.SourceVolumeID, "error", err)
+		case !exists && !db.CanTransitionReplication(r.Status, db.ReplicationError):
+			// Failed over: the cycle fails on its own, and says so
+			// (cycle_failed, last_error) at each interval.
+			log.Warn("the source volume of a failed-over replication was deleted in Cinder", "volume_id", r.SourceVolumeID, "status", r.Status)
 		case !exists:
 			msg := fmt.Sprintf("source volume %s was deleted in Cinder (region %s); the replica is kept (%s/%s)",
 				r.SourceVolumeID, r.SourceRegion, r.DestPool, r.DestImage)
 			_, err := s.DB.SetReplicationStatus(ctx, r.ID, db.AllProjectsScope(), db.ReplicationError,
-				[]db.ReplicationStatus{db.ReplicationActive}, db.ReplicationEventInput{Kind: db.RepEventError, Message: msg})
+				[]db.ReplicationStatus{r.Status}, db.ReplicationEventInput{Kind: db.RepEventError, Message: msg})
 			if err != nil && !errors.Is(err, db.ErrInvalidTransition) && !errors.Is(err, db.ErrConflict) {
 				return false, false, err
 			}

@@ -432,3 +432,52 @@ func TestSchedulerCinderUnreachable(t *testing.T) {
 		t.Errorf("status %s", rep.Status)
 	}
 }
+
+// TestSchedulerFailedOver: a failed-over replication's cycles copy the new
+// primary back (source and destination flipped); none starts while a
+// failover holds it; its source volume's deletion cannot move it to error
+// (the machine has no failed_over → error), so the cycle goes ahead and
+// fails on its own.
+func TestSchedulerFailedOver(t *testing.T) {
+	ctx := context.Background()
+	d, clk := newStore(t)
+	vols := &fakeVolumes{}
+	s := &Scheduler{DB: d, Volumes: vols, Tick: time.Second, Owner: "api-1", Log: quiet()}
+	h := dispatch.StatusHandler(d, quiet())
+	r := newReplication(t, d, nil)
+	if res := tick(t, s); res.Started != 1 {
+		t.Fatalf("first tick: %+v", res)
+	}
+	first := getRep(t, d, r.ID).LastTransferID
+	complete(t, d, h, first, clk.now())
+
+	f := &db.Failover{ReplicationID: r.ID, Planned: false}
+	if _, err := d.StartFailover(ctx, f, db.AllProjectsScope(), db.ReplicationFailingOver, nil, db.ReplicationEventInput{}); err != nil {
+		t.Fatal(err)
+	}
+	clk.add(2 * time.Minute)
+	if res := tick(t, s); res.Started != 0 || res.Skipped != 0 {
+		t.Errorf("tick while failing over: %+v", res)
+	}
+	if _, err := d.FlipReplication(ctx, f.ID, db.Flip{
+		To: db.ReplicationFailedOver, KeepPoint: SnapshotPrefix + first, Finish: true,
+		Source: db.FlipSide{Region: "RegionTwo", Pool: "volumes", Image: "volume-vx", VolumeID: "vx"},
+		Dest:   db.FlipSide{Region: "RegionOne", Pool: "volumes", Image: "volume-v1", VolumeID: "v1"},
+	}, db.ReplicationEventInput{}); err != nil {
+		t.Fatal(err)
+	}
+	outbox(t, d)
+	vols.deleted = true
+	if res := tick(t, s); res.Started != 1 {
+		t.Fatalf("tick after the flip: %+v", res)
+	}
+	rep := getRep(t, d, r.ID)
+	if rep.Status != db.ReplicationFailedOver {
+		t.Errorf("status %s after the source's deletion", rep.Status)
+	}
+	st := starts(t, outbox(t, d))
+	if len(st) != 1 || st[0].Source.Region != "RegionTwo" || st[0].Source.Image != "volume-vx" ||
+		st[0].Destination.Region != "RegionOne" || st[0].Destination.Image != "volume-v1" {
+		t.Errorf("reverse cycle starts %+v", st)
+	}
+}

@@ -270,8 +270,8 @@ func action(ctx context.Context, client *gophercloud.ServiceClient, id, name str
 }
 
 // Sync starts a cycle now (POST /v1/replications/{id}/action {"sync":
-// null}, 202); a paused replication, or one in error or deleting, is a
-// 409.
+// null}, 202); a replication that is not active or failed over (paused,
+// in error, deleting, failing over or back) is a 409.
 func Sync(ctx context.Context, client *gophercloud.ServiceClient, id string) (r ActionResult) {
 	return action(ctx, client, id, "sync")
 }

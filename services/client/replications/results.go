@@ -48,7 +48,8 @@ type Replication struct {
 	Description string `json:"description"`
 	ProjectID   string `json:"project_id"`
 	UserID      string `json:"user_id"`
-	// Status: active, paused, error, deleting.
+	// Status: active, paused, error, deleting, failing_over, failed_over,
+	// failing_back.
 	Status          string      `json:"status"`
 	Source          Source      `json:"source"`
 	Destination     Destination `json:"destination"`
@@ -125,7 +126,8 @@ type Event struct {
 	// Kind: created, updated, cycle_started, cycle_completed,
 	// cycle_failed, cycle_skipped, rpo_breached, rpo_recovered, paused,
 	// resumed, error, drill, drill_available, drill_failed, deleting,
-	// pruned.
+	// pruned, failover_started, failed_over, failback_started,
+	// failed_back, failover_failed, preserved.
 	Kind    string `json:"kind"`
 	Message string `json:"message"`
 	// TransferID is the cycle the event is about, if any.
