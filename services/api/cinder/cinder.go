@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -65,6 +66,9 @@ type VolumeSpec struct {
 	// volume_image_metadata (what Nova boots it with).
 	ImageMetadata map[string]string `json:"image_metadata,omitempty"`
 	ProjectID     string            `json:"project_id"`
+	// VolumeType is the source volume's type (its name) in the source
+	// region; a registration takes its type from Registration.VolumeType.
+	VolumeType string `json:"volume_type,omitempty"`
 }
 
 // SourceVolume is a resolved volume source.
@@ -83,6 +87,7 @@ type Service struct {
 
 	svcType, svcName string
 	avail            gophercloud.Availability
+	types            map[config.VolumeTypeRoute]string // [cinder] volume_type_map
 
 	// mu guards the fields below; it is never held across a network call
 	// (the service user's authentication is shared through auth).
@@ -111,8 +116,12 @@ func New(k config.KeystoneAuthtoken, c config.Cinder, log *slog.Logger) (*Servic
 	if err != nil {
 		return nil, err
 	}
+	types, err := c.VolumeTypes()
+	if err != nil {
+		return nil, fmt.Errorf("[cinder] volume_type_map: %w", err)
+	}
 	s := &Service{
-		cfg: c, log: log, svcType: st, svcName: name, avail: iface,
+		cfg: c, log: log, svcType: st, svcName: name, avail: iface, types: types,
 		auth: gophercloud.AuthOptions{
 			IdentityEndpoint: k.AuthURL, Username: k.Username, Password: k.Password,
 			DomainName: k.UserDomainName, AllowReauth: true,
@@ -284,11 +293,29 @@ func (s *Service) ResolveVolume(ctx context.Context, token, callerProject, regio
 	if owner == "" {
 		owner = callerProject
 	}
-	return &SourceVolume{
-		Spec: VolumeSpec{Kind: "volume", ID: v.ID, Name: v.Name, Description: v.Description, SizeGiB: v.Size,
-			Metadata: v.Metadata, Bootable: v.Bootable == "true", ImageMetadata: v.VolumeImageMetadata, ProjectID: owner},
-		Pool: pool, Image: "volume-" + v.ID,
-	}, nil
+	return &SourceVolume{Spec: specOf(v, owner), Pool: pool, Image: "volume-" + v.ID}, nil
+}
+
+// adminMetadataKeys are Cinder's admin metadata that its API shows among a
+// volume's metadata (cinder.api.api_utils.add_visible_admin_metadata): the
+// read-only flag and the mode of the attachment. They are Cinder's, not
+// the owner's, and do not go with the volume.
+var adminMetadataKeys = []string{"readonly", "attached_mode"}
+
+// specOf is what a registration takes from volume v of project owner.
+func specOf(v *volumes.Volume, owner string) VolumeSpec {
+	var md map[string]string
+	for k, val := range v.Metadata {
+		if slices.Contains(adminMetadataKeys, k) {
+			continue
+		}
+		if md == nil {
+			md = map[string]string{}
+		}
+		md[k] = val
+	}
+	return VolumeSpec{Kind: "volume", ID: v.ID, Name: v.Name, Description: v.Description, SizeGiB: v.Size,
+		Metadata: md, Bootable: v.Bootable == "true", ImageMetadata: v.VolumeImageMetadata, ProjectID: owner, VolumeType: v.VolumeType}
 }
 
 // Marshal returns spec as the JSON kept in the transfer.
@@ -312,6 +339,14 @@ type Registration struct {
 	Region     string // destination region
 	Image      string // the copy, in the region's volume pool
 	Spec       VolumeSpec
+	// VolumeType is the new volume's type in Region ("": Cinder's
+	// default type there); Spec.VolumeType is the source region's.
+	VolumeType string
+	// KeepImage: the copy is the only one (a failover's replica). A
+	// volume that fails to register is then unmanaged, never deleted:
+	// once Cinder managed it, the image is the volume's (renamed
+	// volume-<id>) and a delete would remove it.
+	KeepImage bool
 	// ExistingVolumeID is the volume an earlier, interrupted attempt
 	// created (Ferry's ledger: the transfer's destination.volume_id): it
 	// is waited for rather than managed again.
@@ -337,7 +372,8 @@ const clockSkew = 5 * time.Second
 
 // RegisterVolume manages the copied image as a volume of the spec's
 // project and waits until it is available. On failure nothing stays in
-// Cinder; the error says where the copied image is.
+// Cinder (a volume it made is deleted or, with KeepImage, unmanaged); the
+// error says where the copied image is.
 func (s *Service) RegisterVolume(ctx context.Context, r Registration) (string, error) {
 	host := s.cfg.BackendHosts[r.Region]
 	if host == "" {
@@ -380,6 +416,7 @@ func (s *Service) RegisterVolume(ctx context.Context, r Registration) (string, e
 			v, err := manageablevolumes.ManageExisting(ctx, sc, manageablevolumes.ManageExistingOpts{
 				Host: host, Ref: map[string]string{"source-name": r.Image},
 				Name: r.Spec.Name, Description: r.Spec.Description, Bootable: r.Spec.Bootable, Metadata: md,
+				VolumeType: r.VolumeType,
 			}).Extract()
 			if err != nil {
 				return fmt.Errorf("manage-existing of %s: %w", r.Image, err)
@@ -407,7 +444,7 @@ func (s *Service) RegisterVolume(ctx context.Context, r Registration) (string, e
 	})
 	if err != nil {
 		if volumeID != "" {
-			s.discard(ctx, r.Region, r.Spec.ProjectID, volumeID)
+			s.discard(ctx, r.Region, r.Spec.ProjectID, volumeID, r.KeepImage)
 		}
 		return "", fmt.Errorf("registering the copy as a Cinder volume in %s: %w; the copied image is left in region %s, pool %s, as %s (or volume-%s if Cinder renamed it)",
 			r.Region, err, r.Region, s.cfg.VolumePools[r.Region], r.Image, volumeID)
@@ -481,6 +518,11 @@ func (f failedState) Error() string { return string(f) }
 // waitFor polls status (backing off from 250 ms to 2 s) until it answers
 // "available", fails, or [cinder] finalize_timeout passes.
 func (s *Service) waitFor(ctx context.Context, what string, status func(context.Context) (string, error)) error {
+	return s.waitForStatus(ctx, what, "available", status)
+}
+
+// waitForStatus is waitFor for the status want.
+func (s *Service) waitForStatus(ctx context.Context, what, want string, status func(context.Context) (string, error)) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(s.cfg.FinalizeTimeout)*time.Second)
 	defer cancel()
 	delay := 250 * time.Millisecond
@@ -492,12 +534,12 @@ func (s *Service) waitFor(ctx context.Context, what string, status func(context.
 			return err
 		case err != nil && ctx.Err() == nil:
 			return fmt.Errorf("%s: %w", what, err)
-		case err == nil && st == "available":
+		case err == nil && st == want:
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%s not available after %d s: %w", what, s.cfg.FinalizeTimeout, ctx.Err())
+			return fmt.Errorf("%s not %s after %d s: %w", what, want, s.cfg.FinalizeTimeout, ctx.Err())
 		case <-time.After(delay):
 		}
 		delay = min(delay*2, 2*time.Second)
@@ -506,19 +548,30 @@ func (s *Service) waitFor(ctx context.Context, what string, status func(context.
 
 // discard deletes a volume record that failed to become available. The
 // RBD driver renames the image only once manage succeeds, so deleting an
-// error_managing volume leaves the copied image under its own name.
-func (s *Service) discard(ctx context.Context, region, project, id string) {
+// error_managing volume leaves the copied image under its own name. With
+// keepImage the volume is unmanaged instead: a manage that succeeded after
+// all (a wait that timed out, a ledger that failed) made the image the
+// volume's, and the delete of such a volume deletes the image.
+func (s *Service) discard(ctx context.Context, region, project, id string, keepImage bool) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	err := s.asOwner(ctx, region, project, func(ctx context.Context, sc *gophercloud.ServiceClient) error {
-		ref, err := pathID("volume", id)
-		if err != nil {
-			return err
-		}
-		return volumes.Delete(ctx, sc, ref, volumes.DeleteOpts{}).ExtractErr()
-	})
+	ref, err := pathID("volume", id)
+	if err != nil {
+		return
+	}
+	what := "deleting"
+	if keepImage {
+		what = "unmanaging"
+		err = s.asService(ctx, region, func(ctx context.Context, sc *gophercloud.ServiceClient) error {
+			return volumes.Unmanage(ctx, sc, ref).ExtractErr()
+		})
+	} else {
+		err = s.asOwner(ctx, region, project, func(ctx context.Context, sc *gophercloud.ServiceClient) error {
+			return volumes.Delete(ctx, sc, ref, volumes.DeleteOpts{}).ExtractErr()
+		})
+	}
 	if err != nil && !gophercloud.ResponseCodeIs(err, http.StatusNotFound) {
-		s.log.Warn("deleting a volume that failed to register", "volume_id", id, "region", region, "error", err)
+		s.log.Warn(what+" a volume that failed to register", "volume_id", id, "region", region, "project_id", project, "error", err)
 	}
 }
 
@@ -682,6 +735,21 @@ func (s *Service) ownerRoleID(ctx context.Context, idc *gophercloud.ServiceClien
 	return rs[0].ID, nil
 }
 
+// asService runs fn with a Cinder client of region acting as the service
+// user in its own project: Cinder's admin (role admin), who sees and may
+// act on every project's volumes.
+func (s *Service) asService(ctx context.Context, region string, fn func(context.Context, *gophercloud.ServiceClient) error) error {
+	p, err := s.service(ctx)
+	if err != nil {
+		return err
+	}
+	url, err := s.endpoint(ctx, region)
+	if err != nil {
+		return err
+	}
+	return fn(ctx, volumeClient(p, url))
+}
+
 // VolumeExists tells whether volume id exists in region, asked as Ferry's
 // service user (admin in the service project: Cinder shows it every
 // project's volumes). A deleted volume is (false, nil); a volume being
@@ -691,15 +759,10 @@ func (s *Service) VolumeExists(ctx context.Context, region, id string) (bool, er
 	if err != nil {
 		return false, err
 	}
-	p, err := s.service(ctx)
-	if err != nil {
-		return false, err
-	}
-	url, err := s.endpoint(ctx, region)
-	if err != nil {
-		return false, err
-	}
-	_, err = volumes.Get(ctx, volumeClient(p, url), ref).Extract()
+	err = s.asService(ctx, region, func(ctx context.Context, sc *gophercloud.ServiceClient) error {
+		_, err := volumes.Get(ctx, sc, ref).Extract()
+		return err
+	})
 	switch {
 	case err == nil:
 		return true, nil

@@ -33,9 +33,16 @@ type fakeCloud struct {
 	imported []map[string]any          // decoded records imported
 	importTo string                    // status an imported backup reaches
 
-	quota       string // os-quota-sets answer (JSON); "" is a 403
-	hangVolumes bool   // GET of a volume never answers (until the client gives up)
+	quota       string                 // os-quota-sets answer (JSON); "" is a 403
+	hangVolumes bool                   // GET of a volume never answers (until the client gives up)
+	actions     []string               // "<volume id> <action>" of the volume actions asked for
+	hookAction  func(v map[string]any) // called with the volume before an action
 }
+
+// seesAll: the token is an admin's (the admin user's, or Ferry's service
+// user in its own project, role admin): Cinder shows it every project's
+// volumes, with their project.
+func seesAll(tok string) bool { return tok == "tok-admin" || tok == "tok-service-project" }
 
 func newFakeCloud(t *testing.T) *fakeCloud {
 	f := &fakeCloud{grants: map[string]bool{}, volumes: map[string]map[string]any{}, polls: map[string]int{}, manageTo: "available",
@@ -181,16 +188,58 @@ func (f *fakeCloud) serve(w http.ResponseWriter, r *http.Request) {
 		_ = json.NewEncoder(w).Encode(map[string]any{"volumes": out})
 	case strings.HasSuffix(p, "/action") && strings.Contains(p, "/v3/volumes/") && r.Method == http.MethodPost:
 		parts := strings.Split(p, "/")
-		var body map[string]map[string]map[string]string
+		var body map[string]json.RawMessage
 		_ = json.NewDecoder(r.Body).Decode(&body)
-		if v, ok := f.volumes[parts[4]]; ok {
-			v["image_metadata"] = body["os-set_image_metadata"]["metadata"]
+		tok := strings.TrimPrefix(r.Header.Get("X-Auth-Token"), "tok-")
+		v, ok := f.volumes[parts[4]]
+		if !ok || (v["owner"] != nil && v["owner"] != tok && !seesAll("tok-"+tok)) {
+			w.WriteHeader(404)
+			fmt.Fprint(w, `{"itemNotFound": {"code": 404, "message": "Volume could not be found."}}`)
+			return
 		}
-		fmt.Fprint(w, `{"metadata": {}}`)
+		if f.hookAction != nil {
+			f.hookAction(v)
+		}
+		for action, arg := range body {
+			f.actions = append(f.actions, parts[4]+" "+action)
+			switch action {
+			case "os-set_image_metadata":
+				var a struct{ Metadata map[string]string }
+				_ = json.Unmarshal(arg, &a)
+				v["image_metadata"] = a.Metadata
+				fmt.Fprint(w, `{"metadata": {}}`)
+			case "os-update_readonly_flag":
+				var a struct{ Readonly *bool }
+				if err := json.Unmarshal(arg, &a); err != nil || a.Readonly == nil || v["status"] != "available" {
+					w.WriteHeader(400)
+					fmt.Fprint(w, `{"badRequest": {"code": 400, "message": "Invalid volume: Volume status must be available to update readonly flag."}}`)
+					return
+				}
+				md, _ := v["metadata"].(map[string]string)
+				if md == nil {
+					md = map[string]string{}
+				}
+				md["readonly"] = map[bool]string{true: "True", false: "False"}[*a.Readonly]
+				v["metadata"] = md
+				w.WriteHeader(202)
+			case "os-unmanage":
+				if st := v["status"]; !seesAll("tok-"+tok) || (st != "available" && st != "error" && st != "error_managing") || v["attachments"] != nil {
+					w.WriteHeader(400)
+					fmt.Fprint(w, `{"badRequest": {"code": 400, "message": "Invalid volume: not unmanaged."}}`)
+					return
+				}
+				v["status"] = "unmanaging"
+				w.WriteHeader(202)
+			}
+		}
 	case strings.Contains(p, "/v3/volumes/"):
 		id := p[strings.LastIndex(p, "/")+1:]
 		v, ok := f.volumes[id]
-		if !ok || (v["owner"] != nil && v["owner"] != strings.TrimPrefix(r.Header.Get("X-Auth-Token"), "tok-") && r.Header.Get("X-Auth-Token") != "tok-admin") {
+		if ok && v["status"] == "unmanaging" && f.polls[id] > 0 {
+			delete(f.volumes, id) // the unmanage is done on the second GET
+			ok = false
+		}
+		if !ok || (v["owner"] != nil && v["owner"] != strings.TrimPrefix(r.Header.Get("X-Auth-Token"), "tok-") && !seesAll(r.Header.Get("X-Auth-Token"))) {
 			w.WriteHeader(404)
 			fmt.Fprint(w, `{"itemNotFound": {"code": 404, "message": "Volume could not be found."}}`)
 			return
@@ -200,9 +249,11 @@ func (f *fakeCloud) serve(w http.ResponseWriter, r *http.Request) {
 			w.WriteHeader(202)
 			return
 		}
-		if strings.HasPrefix(id, "00000000-") {
+		if v["status"] == "unmanaging" {
 			f.polls[id]++
-			if f.polls[id] >= 2 {
+		} else if strings.HasPrefix(id, "00000000-") {
+			f.polls[id]++
+			if f.polls[id] >= 2 && v["status"] == "creating" {
 				v["status"] = f.manageTo
 			}
 		}
@@ -212,7 +263,7 @@ func (f *fakeCloud) serve(w http.ResponseWriter, r *http.Request) {
 				out[k] = val
 			}
 		}
-		if r.Header.Get("X-Auth-Token") == "tok-admin" {
+		if seesAll(r.Header.Get("X-Auth-Token")) {
 			out["os-vol-tenant-attr:tenant_id"] = v["owner"]
 		}
 		_ = json.NewEncoder(w).Encode(map[string]any{"volume": out})
@@ -238,8 +289,8 @@ func newService(t *testing.T, f *fakeCloud) *Service {
 func TestResolveVolume(t *testing.T) {
 	f := newFakeCloud(t)
 	f.volumes["11111111-0000-4000-8000-000000000001"] = map[string]any{"id": "11111111-0000-4000-8000-000000000001", "status": "available", "size": 2, "name": "data", "description": "d",
-		"metadata": map[string]string{"k": "v"}, "bootable": "true", "encrypted": false, "owner": "demo",
-		"volume_image_metadata": map[string]string{"image_name": "debian-12"}}
+		"metadata": map[string]string{"k": "v", "readonly": "False", "attached_mode": "rw"}, "bootable": "true", "encrypted": false, "owner": "demo",
+		"volume_image_metadata": map[string]string{"image_name": "debian-12"}, "volume_type": "ssd"}
 	f.volumes["11111111-0000-4000-8000-000000000002"] = map[string]any{"id": "11111111-0000-4000-8000-000000000002", "status": "error", "size": 1, "owner": "demo"}
 	f.volumes["11111111-0000-4000-8000-000000000003"] = map[string]any{"id": "11111111-0000-4000-8000-000000000003", "status": "in-use", "size": 1, "encrypted": true, "owner": "demo"}
 	s := newService(t, f)
@@ -249,8 +300,10 @@ func TestResolveVolume(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The spec has the volume's type; the admin metadata Cinder shows
+	// among the metadata (readonly, attached_mode) stays behind.
 	want := SourceVolume{Spec: VolumeSpec{Kind: "volume", ID: "11111111-0000-4000-8000-000000000001", Name: "data", Description: "d", SizeGiB: 2,
-		Metadata: map[string]string{"k": "v"}, Bootable: true, ImageMetadata: map[string]string{"image_name": "debian-12"}, ProjectID: "demo"},
+		Metadata: map[string]string{"k": "v"}, Bootable: true, ImageMetadata: map[string]string{"image_name": "debian-12"}, ProjectID: "demo", VolumeType: "ssd"},
 		Pool: "volumes", Image: "volume-11111111-0000-4000-8000-000000000001"}
 	if got, _ := json.Marshal(sv); string(got) != mustJSON(want) {
 		t.Errorf("resolved %s, want %s", got, mustJSON(want))

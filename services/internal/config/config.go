@@ -66,6 +66,36 @@ type Cinder struct {
 	FinalizeTimeout    int               `opt:"finalize_timeout" default:"600" min:"10" max:"86400" help:"Seconds to wait for Cinder to manage a copied volume or import a backup before the transfer is put in error."`
 	OwnerRole          string            `opt:"owner_role" default:"admin" help:"Role the service user holds on the owner's project, for the time of a registration only: manage-existing and backup import-record are admin-only in Cinder and create the resource in the token's project."`
 	Timeout            int               `opt:"timeout" default:"60" min:"1" max:"3600" help:"Seconds one HTTP request to Cinder, or to Keystone on Cinder's behalf (service user token, role grants), may take."`
+	VolumeTypeMap      []string          `opt:"volume_type_map" default:"" help:"Volume type a failover registers a replica as, per source region and type, as region:type=region:type,... (e.g. RegionOne:ssd=RegionTwo:fast-ssd): a volume of type ssd in RegionOne becomes a fast-ssd volume in RegionTwo. A type not listed for the destination region gets the destination's default volume type. Type names containing , or = cannot be mapped."`
+}
+
+// VolumeTypeRoute is one entry of [cinder] volume_type_map.
+type VolumeTypeRoute struct {
+	FromRegion, FromType, ToRegion string
+}
+
+// VolumeTypes parses [cinder] volume_type_map: source region, source type
+// and destination region → the destination's volume type.
+func (c Cinder) VolumeTypes() (map[VolumeTypeRoute]string, error) {
+	m := make(map[VolumeTypeRoute]string, len(c.VolumeTypeMap))
+	for _, e := range c.VolumeTypeMap {
+		from, to, ok := strings.Cut(e, "=")
+		fr, ft, ok1 := strings.Cut(strings.TrimSpace(from), ":")
+		tr, tt, ok2 := strings.Cut(strings.TrimSpace(to), ":")
+		fr, ft, tr, tt = strings.TrimSpace(fr), strings.TrimSpace(ft), strings.TrimSpace(tr), strings.TrimSpace(tt)
+		if !ok || !ok1 || !ok2 || fr == "" || ft == "" || tr == "" || tt == "" || strings.Contains(to, "=") {
+			return nil, fmt.Errorf("%q is not region:type=region:type", e)
+		}
+		if fr == tr {
+			return nil, fmt.Errorf("%q maps a type within region %s", e, fr)
+		}
+		k := VolumeTypeRoute{fr, ft, tr}
+		if prev, dup := m[k]; dup && prev != tt {
+			return nil, fmt.Errorf("type %s of %s is mapped twice for %s (%s and %s)", ft, fr, tr, prev, tt)
+		}
+		m[k] = tt
+	}
+	return m, nil
 }
 
 // Default is the [DEFAULT] section.
@@ -337,6 +367,9 @@ func (c *Config) validate() error {
 	}
 	if c.API.MaxPageSize < c.API.DefaultPageSize {
 		return &Error{Section: "api", Option: "max_page_size", Reason: "must be at least default_page_size"}
+	}
+	if _, err := c.Cinder.VolumeTypes(); err != nil {
+		return &Error{Section: "cinder", Option: "volume_type_map", Reason: err.Error()}
 	}
 	for _, p := range c.Agent.Pools {
 		if p == "" || strings.ContainsAny(p, "/@ ") {

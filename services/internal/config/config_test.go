@@ -113,6 +113,11 @@ func TestParseErrorsNameSectionAndOption(t *testing.T) {
 		{"keystone timeout", "[keystone_authtoken]\nhttp_request_timeout = 601\n", "[keystone_authtoken] http_request_timeout: 601 is above the maximum 600"},
 		{"notification driver", "[oslo_messaging_notifications]\ndriver = log\n", `[oslo_messaging_notifications] driver: "log" is not one of messagingv2, noop`},
 		{"notification topics", "[oslo_messaging_notifications]\ntopics = a,b\n", "[oslo_messaging_notifications] topics: exactly one topic"},
+		{"type map syntax", "[cinder]\nvolume_type_map = RegionOne:ssd\n", `[cinder] volume_type_map: "RegionOne:ssd" is not region:type=region:type`},
+		{"type map no type", "[cinder]\nvolume_type_map = RegionOne:ssd=RegionTwo\n", `"RegionOne:ssd=RegionTwo" is not region:type=region:type`},
+		{"type map two =", "[cinder]\nvolume_type_map = RegionOne:a=b=RegionTwo:c\n", `is not region:type=region:type`},
+		{"type map same region", "[cinder]\nvolume_type_map = RegionOne:a=RegionOne:b\n", `maps a type within region RegionOne`},
+		{"type map twice", "[cinder]\nvolume_type_map = RegionOne:a=RegionTwo:b,RegionOne:a=RegionTwo:c\n", `type a of RegionOne is mapped twice for RegionTwo (b and c)`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -124,6 +129,27 @@ func TestParseErrorsNameSectionAndOption(t *testing.T) {
 				t.Errorf("error %q does not contain %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// [cinder] volume_type_map: source region and type, destination region →
+// destination type; a type name may contain ':' (the region may not).
+func TestVolumeTypeMap(t *testing.T) {
+	res, err := Parse([]byte("[cinder]\nvolume_type_map = RegionOne:ssd=RegionTwo:fast-ssd, RegionTwo : fast-ssd = RegionOne : ssd,RegionOne:tier:gold=RegionThree:gold ,\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := res.Config.Cinder.VolumeTypes()
+	want := map[VolumeTypeRoute]string{
+		{"RegionOne", "ssd", "RegionTwo"}:         "fast-ssd",
+		{"RegionTwo", "fast-ssd", "RegionOne"}:    "ssd",
+		{"RegionOne", "tier:gold", "RegionThree"}: "gold",
+	}
+	if err != nil || !reflect.DeepEqual(m, want) {
+		t.Errorf("VolumeTypes() = %v, %v; want %v", m, err, want)
+	}
+	if m, err := Defaults().Cinder.VolumeTypes(); err != nil || len(m) != 0 {
+		t.Errorf("default VolumeTypes() = %v, %v", m, err)
 	}
 }
 
