@@ -375,6 +375,41 @@ type DemoteReply struct {
 	SnapID         uint64 `json:"snap_id"`
 }
 
+// MethodReplicationRename: API → a region's agents (call to
+// agent.<region>): give that region's image of a replication another name
+// in its pool (failback: the demoted volume-<X> Cinder managed becomes
+// ferry-replica-<id> again once unmanaged). Since 1.3.
+const MethodReplicationRename = "replication.rename"
+
+// RenameRequest is replication.rename's body: Pool/Image, Ferry's image of
+// replication ReplicationID and not its primary, is renamed To (in Pool).
+// A repeat (Image gone, To Ferry's image of ReplicationID) answers the
+// same; To naming another image is refused.
+type RenameRequest struct {
+	ReplicationID string `json:"replication_id"`
+	Pool          string `json:"pool"`
+	Image         string `json:"image"`
+	To            string `json:"to"`
+}
+
+// Validate checks the request's fields.
+func (r RenameRequest) Validate() error {
+	if err := requireNames("replication.rename", [][2]string{{"replication_id", r.ReplicationID}, {"pool", r.Pool},
+		{"image", r.Image}, {"to", r.To}}); err != nil {
+		return err
+	}
+	if r.To == r.Image {
+		return fmt.Errorf("%w: replication.rename to %q, the image's own name", ErrInvalid, r.To)
+	}
+	return nil
+}
+
+// RenameReply is replication.rename's reply: the image's name now
+// (pool/To).
+type RenameReply struct {
+	Name string `json:"name"`
+}
+
 // requireNames checks that each field is set and an RBD name (no '/', '@'
 // or NUL; the peer's name is pool/image and only needs to be set).
 func requireNames(method string, fields [][2]string) error {

@@ -135,3 +135,43 @@ func TestFailoverCommands(t *testing.T) {
 		}
 	}
 }
+
+// Rename is a signed agent command; its body names two images of one pool.
+func TestRenameCommand(t *testing.T) {
+	if !IsAgentCommand(MethodReplicationRename) {
+		t.Errorf("%s is not an agent command", MethodReplicationRename)
+	}
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	rc := &recordingCaster{}
+	c := SigningCaster{Caster: rc, Signer: NewSigner(priv, time.Hour)}
+	req := RenameRequest{ReplicationID: "r", Pool: "volumes", Image: "volume-x", To: "ferry-replica-r"}
+	if err := c.Cast(context.Background(), AgentTarget("R2"), MethodReplicationRename, req); err != nil {
+		t.Fatal(err)
+	}
+	if err := NewVerifier(pub).VerifyEnvelope(rc.envs[0]); err != nil {
+		t.Errorf("rename does not verify: %v", err)
+	}
+	var back RenameRequest
+	if err := rc.envs[0].DecodeBody(&back); err != nil || back != req {
+		t.Errorf("rename body %+v, %v", back, err)
+	}
+	mod := func(f func(*RenameRequest)) RenameRequest { r := req; f(&r); return r }
+	for _, c := range []struct {
+		req  RenameRequest
+		want bool
+	}{
+		{req, true},
+		{mod(func(r *RenameRequest) { r.ReplicationID = "" }), false},
+		{mod(func(r *RenameRequest) { r.Pool = "" }), false},
+		{mod(func(r *RenameRequest) { r.Image = "" }), false},
+		{mod(func(r *RenameRequest) { r.To = "" }), false},
+		{mod(func(r *RenameRequest) { r.To = r.Image }), false},
+		{mod(func(r *RenameRequest) { r.To = "other/ferry-replica-r" }), false},
+		{mod(func(r *RenameRequest) { r.To = "ferry-replica-r@s" }), false},
+		{mod(func(r *RenameRequest) { r.Image = "volume-x@s" }), false},
+	} {
+		if err := c.req.Validate(); (err == nil) != c.want || err != nil && !errors.Is(err, ErrInvalid) {
+			t.Errorf("rename %+v: %v", c.req, err)
+		}
+	}
+}

@@ -100,7 +100,8 @@ type SigningCaster struct {
 func IsAgentCommand(method string) bool {
 	switch method {
 	case MethodTransferStart, MethodTransferCancel, MethodTransferQuery, MethodTransferCleanup,
-		MethodReplicationDrill, MethodReplicationCleanup, MethodReplicationPromote, MethodReplicationDemote:
+		MethodReplicationDrill, MethodReplicationCleanup, MethodReplicationPromote, MethodReplicationDemote,
+		MethodReplicationRename:
 		return true
 	}
 	return false
@@ -119,7 +120,8 @@ func (c SigningCaster) Cast(ctx context.Context, target Target, method string, b
 }
 
 // SigningCaller signs the agent commands that are calls (transfer.query,
-// replication.drill, replication.promote, replication.demote) before the inner Caller sends them.
+// replication.drill, replication.promote, replication.demote,
+// replication.rename) before the inner Caller sends them.
 type SigningCaller struct {
 	Caller Caller
 	Signer *Signer

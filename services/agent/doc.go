@@ -11,8 +11,8 @@
 //     probe, metrics) under one errgroup.
 //   - manager.go: the handlers of every method the agent serves (start,
 //     cancel, prepare, finish, abort, query, cleanup, replication.drill,
-//     replication.cleanup, replication.promote and replication.demote),
-//     each checking ferry-api's signature or
+//     replication.cleanup, replication.promote, replication.demote and
+//     replication.rename), each checking ferry-api's signature or
 //     grant first, and the background work a command starts (a drill's
 //     flatten).
 //   - rpcapi.go: how one agent calls another (RemoteDest, the destination

@@ -112,6 +112,103 @@ func TestPromoteDemoteOverTheBus(t *testing.T) {
 	}
 }
 
+// Rename between processes over the bus: an unsigned one is refused
+// (forbidden) and changes nothing; signed, the replica goes to another
+// name and back (failback's direction), keeping its RBD id, and a repeat
+// answers the same; onto another image it is refused.
+func TestRenameOverTheBus(t *testing.T) {
+	h := agenttest.New(t)
+	h.StartDest("dst-a")
+	h.Start("src", h.SrcRegion, "REGIONONE")
+	src := h.Config("src", h.SrcRegion, "REGIONONE")
+	name := fmt.Sprintf("renbus-%d", time.Now().UnixNano())
+	h.Image(name, 4<<20, true)
+	rid := fmt.Sprintf("rb%d", time.Now().UnixNano())
+	replica, volX, foreign := "ferry-replica-"+rid, "volume-"+rid, "foreign-"+rid
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	dst := connect(t, ctx, "REGIONTWO")
+	t.Cleanup(func() {
+		for _, n := range []string{replica, volX, foreign} {
+			if img, err := dst.OpenImage(context.Background(), h.Pool, n, "", false); err == nil {
+				snaps, _ := img.Snapshots()
+				for _, s := range snaps {
+					img.RemoveSnapshot(s.Name)
+				}
+				img.Close()
+				dst.RemoveImage(context.Background(), h.Pool, n)
+			}
+		}
+	})
+	if _, err := h.Transfer(src, "--pool", h.Pool, "--image", name, "--transfer-id", "c1-"+rid, "--dest-image", replica,
+		"--replication-id", rid); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.CreateImage(ctx, h.Pool, foreign, rbd.ImageSpec{Size: 1 << 20, Order: 22}); err != nil {
+		t.Fatal(err)
+	}
+	id := imageID(t, ctx, dst, h.Pool, replica)
+
+	bus, err := amqp.New(ctx, testenv.Get(t, "TRANSPORT_URL"), amqp.DefaultOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close(context.Background())
+	key, err := pki.LoadSigningKey(h.SigningKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caller := rpc.SigningCaller{Caller: bus, Signer: rpc.NewSigner(key, time.Minute)}
+	away := rpc.RenameRequest{ReplicationID: rid, Pool: h.Pool, Image: replica, To: volX}
+	if err := bus.Call(ctx, rpc.AgentTarget(h.DstRegion), rpc.MethodReplicationRename, away, nil); !errors.Is(err, rpc.ErrForbidden) {
+		t.Errorf("unsigned rename: %v, want forbidden", err)
+	}
+	if got := imageID(t, ctx, dst, h.Pool, replica); got != id {
+		t.Fatalf("after the unsigned rename %s has id %q, want %q", replica, got, id)
+	}
+	var rep rpc.RenameReply
+	if err := caller.Call(ctx, rpc.AgentTarget(h.DstRegion), rpc.MethodReplicationRename, away, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Name != h.Pool+"/"+volX || imageID(t, ctx, dst, h.Pool, volX) != id {
+		t.Errorf("rename reply %+v; %s is not the replica", rep, volX)
+	}
+	onto := rpc.RenameRequest{ReplicationID: rid, Pool: h.Pool, Image: volX, To: foreign}
+	if err := caller.Call(ctx, rpc.AgentTarget(h.DstRegion), rpc.MethodReplicationRename, onto, nil); !errors.Is(err, rpc.ErrConflict) {
+		t.Errorf("rename onto another image: %v, want conflict", err)
+	}
+	back := rpc.RenameRequest{ReplicationID: rid, Pool: h.Pool, Image: volX, To: replica}
+	var brep rpc.RenameReply
+	if err := caller.Call(ctx, rpc.AgentTarget(h.DstRegion), rpc.MethodReplicationRename, back, &brep); err != nil {
+		t.Fatal(err)
+	}
+	var again rpc.RenameReply
+	if err := caller.Call(ctx, rpc.AgentTarget(h.DstRegion), rpc.MethodReplicationRename, back, &again); err != nil || again != brep {
+		t.Errorf("repeated rename %+v, %v; want %+v", again, err, brep)
+	}
+	if brep.Name != h.Pool+"/"+replica || imageID(t, ctx, dst, h.Pool, replica) != id {
+		t.Errorf("rename back %+v; %s is not the replica", brep, replica)
+	}
+	md := metadata(t, ctx, dst, h.Pool, replica)
+	if md[transfer.MetaOwner] != transfer.OwnerValue || md[transfer.MetaReplication] != rid {
+		t.Errorf("the renamed replica's metadata %v", md)
+	}
+}
+
+func imageID(t *testing.T, ctx context.Context, c *rbd.Cluster, pool, name string) string {
+	t.Helper()
+	img, err := c.OpenImage(ctx, pool, name, "", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	info, err := img.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.ID
+}
+
 func metadata(t *testing.T, ctx context.Context, c *rbd.Cluster, pool, name string) map[string]string {
 	t.Helper()
 	img, err := c.OpenImage(ctx, pool, name, "", true)

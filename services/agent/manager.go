@@ -64,7 +64,8 @@ func (a *Agent) handlers(r *runner) (shared, own *rpc.Mux) {
 
 // replicationHandlers serve ferry-api's replication commands (signed): a
 // drill's clone of a retained point at the destination, the clean-up of a
-// deleted replication on either side, and failover's promote and demote.
+// deleted replication on either side, and failover's promote, demote and
+// rename.
 func (a *Agent) replicationHandlers(mux *rpc.Mux) {
 	mux.Handle(rpc.MethodReplicationDrill, rpc.RequireSigned(a.verifier, func(ctx context.Context, env rpc.Envelope) (any, error) {
 		var req rpc.DrillRequest
@@ -114,6 +115,20 @@ func (a *Agent) replicationHandlers(mux *rpc.Mux) {
 		rep, err := a.Dest.Demote(ctx, req)
 		if err != nil {
 			a.log.Warn("demote refused", "replication_id", req.ReplicationID, "image", req.Pool+"/"+req.Image, "point", req.Point, "error", err)
+			return nil, err
+		}
+		return rep, nil
+	}, a.refusedCommand))
+	// Failback: the demoted image Cinder knew as volume-<X> gets its
+	// replica name back. Idempotent too.
+	mux.Handle(rpc.MethodReplicationRename, rpc.RequireSigned(a.verifier, func(ctx context.Context, env rpc.Envelope) (any, error) {
+		var req rpc.RenameRequest
+		if err := env.DecodeBody(&req); err != nil {
+			return nil, err
+		}
+		rep, err := a.Dest.Rename(ctx, req)
+		if err != nil {
+			a.log.Warn("rename refused", "replication_id", req.ReplicationID, "image", req.Pool+"/"+req.Image, "to", req.To, "error", err)
 			return nil, err
 		}
 		return rep, nil

@@ -206,6 +206,21 @@ func (c *Cluster) RemoveImage(ctx context.Context, pool, name string) error {
 	return translate(cephrbd.RemoveImage(io, name), "removing image "+pool+"/"+name)
 }
 
+// RenameImage renames pool/name to pool/to (ErrExists when to exists,
+// ErrNotFound when name does not). The image keeps its id, snapshots and
+// metadata; handles open on it keep working.
+func (c *Cluster) RenameImage(ctx context.Context, pool, name, to string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	io, err := c.ioctx(pool)
+	if err != nil {
+		return err
+	}
+	defer io.Destroy()
+	return translate(cephrbd.GetImage(io, name).Rename(to), "renaming image "+pool+"/"+name+" to "+to)
+}
+
 // Image is an open image. Open one per operation and Close it.
 type Image struct {
 	img        *cephrbd.Image

@@ -111,6 +111,93 @@ func TestClusterImageLifecycle(t *testing.T) {
 	}
 }
 
+// An image renamed while open and exclusively locked (as a fenced
+// destination holds it) keeps its id, snapshots and metadata, and the
+// open handle keeps writing; renaming onto an existing image or from a
+// missing one is refused.
+func TestRenameImage(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := connectRegion(t, ctx, "REGIONTWO")
+	pool := testenv.Get(t, "CEPH_POOL")
+	base := fmt.Sprintf("functional-rename-%d", time.Now().UnixNano())
+	a, b, to := base+"-a", base+"-b", base+"-to"
+	for _, n := range []string{a, b} {
+		if err := c.CreateImage(ctx, pool, n, ImageSpec{Size: 4 << 20, Order: 22}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		for _, n := range []string{a, b, to} {
+			if img, err := c.OpenImage(context.Background(), pool, n, "", false); err == nil {
+				img.RemoveSnapshot("s1")
+				img.Close()
+			}
+			if err := c.RemoveImage(context.Background(), pool, n); err != nil && !errors.Is(err, ErrNotFound) {
+				t.Errorf("cleanup %s: %v", n, err)
+			}
+		}
+	})
+	if err := c.RenameImage(ctx, pool, a, b); !errors.Is(err, ErrExists) {
+		t.Errorf("rename onto an existing image: %v, want ErrExists", err)
+	}
+	if err := c.RenameImage(ctx, pool, base+"-missing", to); !errors.Is(err, ErrNotFound) {
+		t.Errorf("rename of a missing image: %v, want ErrNotFound", err)
+	}
+
+	img, err := c.OpenImage(ctx, pool, a, "", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	info, err := img.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := img.CreateSnapshot("s1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.SetMetadata("ferry.test", "kept"); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.LockExclusive(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.RenameImage(ctx, pool, a, to); err != nil {
+		t.Fatalf("rename of a locked open image: %v", err)
+	}
+	data := bytes.Repeat([]byte{0x5a}, 4096)
+	if _, err := img.WriteAt(data, 0); err != nil {
+		t.Errorf("the open handle after the rename: %v", err)
+	}
+	if err := img.ReleaseLock(); err != nil {
+		t.Error(err)
+	}
+	if _, err := c.OpenImage(ctx, pool, a, "", true); !errors.Is(err, ErrNotFound) {
+		t.Errorf("open of the old name: %v, want ErrNotFound", err)
+	}
+	got, err := c.OpenImage(ctx, pool, to, "", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer got.Close()
+	gi, err := got.Info()
+	if err != nil || gi.ID != info.ID {
+		t.Errorf("renamed image id %q (%v), was %q", gi.ID, err, info.ID)
+	}
+	md, err := got.Metadata()
+	if err != nil || md["ferry.test"] != "kept" {
+		t.Errorf("renamed image metadata %v, %v", md, err)
+	}
+	if snaps, err := got.Snapshots(); err != nil || len(snaps) != 1 || snaps[0].Name != "s1" {
+		t.Errorf("renamed image snapshots %+v, %v", snaps, err)
+	}
+	buf := make([]byte, len(data))
+	if _, err := got.ReadAt(buf, 0); err != nil || !bytes.Equal(buf, data) {
+		t.Errorf("the write through the old handle is not in the renamed image (%v)", err)
+	}
+}
+
 // A pool the client has no access to, or that does not exist, is a clear
 // error rather than a hang.
 func TestMissingPool(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/ferry-project/ferry/rpc"
@@ -15,9 +16,10 @@ import (
 // Failover and failback: promote makes a replication's image the primary
 // at a retained point (the source of the reverse cycles), demote makes
 // the other side's image a Ferry destination of it at that common point,
-// copying a divergent head aside first. Each checks everything before it
-// changes anything, and a repeat answers the same without changing
-// anything again.
+// copying a divergent head aside first; rename gives a demoted image its
+// replica name back (failback: Cinder's volume-<X> once unmanaged). Each
+// checks everything before it changes anything, and a repeat answers the
+// same without changing anything again.
 
 // Metadata of failover.
 const (
@@ -434,6 +436,133 @@ func (d *Dest) adopt(img *rbd.Image, imageID string, req rpc.DemoteRequest, snap
 		return err
 	}
 	return img.SetMetadata(MetaDemoted, done)
+}
+
+// renameImage is one name of a rename as found: nil for no image there.
+type renameImage struct {
+	Owned       bool   // ferry.owner
+	Replication string // ferry.replication_id
+	Primary     bool   // a ferry.primary marker, verified or not
+}
+
+// renameView is what a rename found, read with Image fenced.
+type renameView struct {
+	From, To *renameImage // req.Image, req.To
+}
+
+// planRename decides a rename (pure): answer (a repeat: Image gone, To
+// Ferry's image of the replication) or rename; every refusal is here.
+func planRename(req rpc.RenameRequest, v renameView) (repeat bool, err error) {
+	from, to := req.Pool+"/"+req.Image, req.Pool+"/"+req.To
+	ours := func(i *renameImage) bool { return i.Owned && i.Replication == req.ReplicationID }
+	switch {
+	case v.To != nil && !ours(v.To):
+		return false, fmt.Errorf("%w: %s exists and is not Ferry's image of replication %s", rpc.ErrConflict, to, req.ReplicationID)
+	case v.From == nil && v.To != nil:
+		return true, nil
+	case v.From == nil:
+		return false, fmt.Errorf("%w: neither %s nor %s exists", rpc.ErrNotFound, from, to)
+	case v.To != nil:
+		return false, fmt.Errorf("%w: %s exists already (an image of replication %s too), %s is not renamed onto it",
+			rpc.ErrConflict, to, req.ReplicationID, from)
+	case !ours(v.From):
+		return false, fmt.Errorf("%w: %s is not Ferry's image of replication %s", rpc.ErrConflict, from, req.ReplicationID)
+	case v.From.Primary:
+		return false, fmt.Errorf("%w: %s is the primary of a replication (demote it first)", rpc.ErrConflict, from)
+	}
+	return false, nil
+}
+
+// renameImageOf is what a rename needs of an image's metadata.
+func renameImageOf(md map[string]string) *renameImage {
+	_, primary := md[MetaPrimary]
+	return &renameImage{Owned: md[MetaOwner] == OwnerValue, Replication: md[MetaReplication], Primary: primary}
+}
+
+// Rename renames req.Pool/req.Image, Ferry's image of replication
+// req.ReplicationID and not a primary (a demoted one, as failback leaves
+// it), to req.To in the same pool, fenced meanwhile. The image keeps its
+// RBD id, snapshots and sealed records (bound to the id, not the name).
+// A repeat (Image gone, To Ferry's image of the replication) answers the
+// same; To naming any other image is refused, as are an image with an
+// open transfer session here and a foreign one.
+func (d *Dest) Rename(ctx context.Context, req rpc.RenameRequest) (rpc.RenameReply, error) {
+	if err := req.Validate(); err != nil {
+		return rpc.RenameReply{}, err
+	}
+	if err := allowed(d.cfg.Pools, req.Pool); err != nil {
+		return rpc.RenameReply{}, err
+	}
+	from, to := req.Pool+"/"+req.Image, req.Pool+"/"+req.To
+	// Both names, in one order whatever the direction (no deadlock
+	// between two renames); a prepare creating To waits.
+	keys := []string{"image:" + from, "image:" + to}
+	slices.Sort(keys)
+	unlock := d.keys.lock(keys...)
+	defer unlock()
+	for _, name := range []string{from, to} {
+		if d.imageBusy(name) {
+			return rpc.RenameReply{}, rpc.Temporary(fmt.Errorf("%w: %s has an open transfer session here", rpc.ErrConflict, name))
+		}
+	}
+	cluster, unref, err := d.cfg.Connect(ctx)
+	if err != nil {
+		return rpc.RenameReply{}, err
+	}
+	defer unref()
+	var v renameView
+	_, img, job, err := d.openFenced(ctx, req.Pool, req.Image)
+	switch {
+	case errors.Is(err, rpc.ErrNotFound):
+	case err != nil:
+		return rpc.RenameReply{}, err
+	default:
+		defer d.release(job)
+		md, err := img.Metadata()
+		if err != nil {
+			return rpc.RenameReply{}, err
+		}
+		v.From = renameImageOf(md)
+	}
+	if v.To, err = d.renameTarget(ctx, cluster, req.Pool, req.To); err != nil {
+		return rpc.RenameReply{}, err
+	}
+	repeat, err := planRename(req, v)
+	if err != nil {
+		d.log.Warn("rename refused, images untouched", "replication_id", req.ReplicationID, "image", from, "to", to, "error", err)
+		return rpc.RenameReply{}, err
+	}
+	reply := rpc.RenameReply{Name: to}
+	if repeat {
+		return reply, nil
+	}
+	if err := cluster.RenameImage(ctx, req.Pool, req.Image, req.To); err != nil {
+		if errors.Is(err, rbd.ErrExists) {
+			// Created meanwhile by another process.
+			return rpc.RenameReply{}, fmt.Errorf("%w: %w", rpc.ErrConflict, err)
+		}
+		return rpc.RenameReply{}, err
+	}
+	d.log.Info("renamed", "replication_id", req.ReplicationID, "image", from, "to", to, "image_id", job.imageID)
+	return reply, nil
+}
+
+// renameTarget reads pool/name for a rename: nil when there is no such
+// image.
+func (d *Dest) renameTarget(ctx context.Context, cluster *rbd.Cluster, pool, name string) (*renameImage, error) {
+	img, err := cluster.OpenImage(ctx, pool, name, "", true)
+	if errors.Is(err, rbd.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer img.Close()
+	md, err := img.Metadata()
+	if err != nil {
+		return nil, err
+	}
+	return renameImageOf(md), nil
 }
 
 // preservedCopy opens req.PreserveAs when it exists: Ferry's copy of this

@@ -482,3 +482,114 @@ func TestDemoteResumesAnInterruptedPreserve(t *testing.T) {
 		t.Errorf("A's head sha256 %s, the point %s", sha, r.sha[p])
 	}
 }
+
+// Failback's rename: the replica, named volume-<X> while Cinder managed
+// it (here renamed as manage-existing does), promoted, is refused while
+// primary; once demoted to A it gets its replica name back: RBD id,
+// snapshots and sealed records kept (the next cycle A→B is incremental
+// from the common point). Renaming onto another image, for another
+// replication, or from nothing is refused and changes nothing; a repeat
+// answers the same.
+func TestRenameDemotedReplica(t *testing.T) {
+	h := newHarness(t, Options{})
+	ctx := ctxT(t)
+	r := newReplication(h, 8<<20)
+	writeRandom(t, r.img, 0, 2<<20)
+	c1 := r.cycle(ctx)
+	p := c1.Snapshot
+	info, err := r.img.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	aPoint := snapRef(t, r.img, p)
+	volX := "volume-" + r.id
+	t.Cleanup(func() { removeWithClones(t, h.dst, h.pool, volX) })
+	if err := h.dst.RenameImage(ctx, h.pool, r.replica, volX); err != nil {
+		t.Fatal(err)
+	}
+	prom, err := h.dest.Promote(ctx, rpc.PromoteRequest{ReplicationID: r.id, Pool: h.pool, Image: volX, Point: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := rpc.RenameRequest{ReplicationID: r.id, Pool: h.pool, Image: volX, To: r.replica}
+	if _, err := h.dest.Rename(ctx, req); !errors.Is(err, rpc.ErrConflict) {
+		t.Errorf("rename of the primary: %v, want conflict", err)
+	}
+	if _, err := h.dest.Demote(ctx, rpc.DemoteRequest{ReplicationID: r.id, Pool: h.pool, Image: volX, Point: p,
+		Peer: rpc.PeerImage{FSID: h.src.FSID(), ImageID: info.ID, Name: h.pool + "/" + r.name, SnapID: aPoint.ID, Digest: c1.Digest}}); err != nil {
+		t.Fatal(err)
+	}
+	md := metadataOf(t, h.dst, h.pool, volX)
+
+	// Refusals: nothing changes.
+	foreign := "ferry-foreign-" + r.id
+	if err := h.dst.CreateImage(ctx, h.pool, foreign, rbd.ImageSpec{Size: 1 << 20, Order: 22}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { removeWithClones(t, h.dst, h.pool, foreign) })
+	for _, c := range []struct {
+		name string
+		mod  func(*rpc.RenameRequest)
+		want error
+	}{
+		{"onto another image", func(q *rpc.RenameRequest) { q.To = foreign }, rpc.ErrConflict},
+		{"for another replication", func(q *rpc.RenameRequest) { q.ReplicationID = "other" }, rpc.ErrConflict},
+		{"neither image", func(q *rpc.RenameRequest) { q.Image = "volume-nope-" + r.id }, rpc.ErrNotFound},
+		{"a foreign image", func(q *rpc.RenameRequest) { q.Image, q.To = foreign, "ferry-replica-nope-"+r.id }, rpc.ErrConflict},
+		{"a pool not allowed", func(q *rpc.RenameRequest) { q.Pool = "other-pool" }, ErrPoolNotAllowed},
+	} {
+		q := req
+		c.mod(&q)
+		if _, err := h.dest.Rename(ctx, q); !errors.Is(err, c.want) {
+			t.Errorf("rename %s: %v, want %v", c.name, err, c.want)
+		}
+	}
+	if got := metadataOf(t, h.dst, h.pool, volX); !mapsEqual(got, md) {
+		t.Errorf("a refused rename changed the metadata: %v, was %v", got, md)
+	}
+	for _, name := range []string{r.replica, "ferry-replica-nope-" + r.id} {
+		if _, err := h.dst.OpenImage(ctx, h.pool, name, "", true); !errors.Is(err, rbd.ErrNotFound) {
+			t.Errorf("a refused rename made %s: %v", name, err)
+		}
+	}
+
+	rep, err := h.dest.Rename(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Name != h.pool+"/"+r.replica {
+		t.Errorf("rename reply %+v", rep)
+	}
+	if _, err := h.dst.OpenImage(ctx, h.pool, volX, "", true); !errors.Is(err, rbd.ErrNotFound) {
+		t.Errorf("%s after the rename: %v", volX, err)
+	}
+	img, err := h.dst.OpenImage(ctx, h.pool, r.replica, "", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ri, err := img.Info()
+	img.Close()
+	if err != nil || ri.ID != prom.ImageID {
+		t.Errorf("renamed image id %q (%v), the promoted one was %q", ri.ID, err, prom.ImageID)
+	}
+	if got := metadataOf(t, h.dst, h.pool, r.replica); !mapsEqual(got, md) {
+		t.Errorf("the rename changed the metadata: %v, was %v", got, md)
+	}
+	if again, err := h.dest.Rename(ctx, req); err != nil || again != rep {
+		t.Errorf("repeated rename: %+v, %v; want %+v", again, err, rep)
+	}
+	bad := req
+	bad.ReplicationID = "other"
+	if _, err := h.dest.Rename(ctx, bad); !errors.Is(err, rpc.ErrConflict) {
+		t.Errorf("repeat for another replication: %v, want conflict", err)
+	}
+
+	// The replica is the destination again under its name: the next
+	// cycle is incremental from the common point.
+	writeRandom(t, r.img, 4<<20, 1<<20)
+	res := r.cycle(ctx)
+	if res.Mode != ModeIncremental || res.Base != p {
+		t.Errorf("cycle after the rename: mode %s base %s, want incremental from %s", res.Mode, res.Base, p)
+	}
+	r.matches(res.Snapshot)
+}

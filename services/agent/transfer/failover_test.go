@@ -93,6 +93,46 @@ func TestPlanDemote(t *testing.T) {
 	}
 }
 
+func TestPlanRename(t *testing.T) {
+	req := rpc.RenameRequest{ReplicationID: "r", Pool: "p", Image: "volume-x", To: "ferry-replica-r"}
+	ours := func() *renameImage { return &renameImage{Owned: true, Replication: "r"} }
+	mod := func(f func(*renameImage)) *renameImage { i := ours(); f(i); return i }
+	for _, c := range []struct {
+		name   string
+		v      renameView
+		repeat bool
+		err    error
+	}{
+		{"demoted image, To free", renameView{From: ours()}, false, nil},
+		{"repeat: renamed already", renameView{To: ours()}, true, nil},
+		{"repeat of a rename since promoted", renameView{To: mod(func(i *renameImage) { i.Primary = true })}, true, nil},
+		{"neither exists", renameView{}, false, rpc.ErrNotFound},
+		{"To is another image", renameView{From: ours(), To: &renameImage{}}, false, rpc.ErrConflict},
+		{"To is Ferry's image of another replication", renameView{From: ours(), To: mod(func(i *renameImage) { i.Replication = "x" })}, false, rpc.ErrConflict},
+		{"Image gone, To another image", renameView{To: &renameImage{}}, false, rpc.ErrConflict},
+		{"Image gone, To of another replication", renameView{To: mod(func(i *renameImage) { i.Replication = "x" })}, false, rpc.ErrConflict},
+		{"both are the replication's", renameView{From: ours(), To: ours()}, false, rpc.ErrConflict},
+		{"not Ferry's", renameView{From: &renameImage{Replication: "r"}}, false, rpc.ErrConflict},
+		{"Ferry's, no replication", renameView{From: mod(func(i *renameImage) { i.Replication = "" })}, false, rpc.ErrConflict},
+		{"Ferry's image of another replication", renameView{From: mod(func(i *renameImage) { i.Replication = "x" })}, false, rpc.ErrConflict},
+		{"the primary", renameView{From: mod(func(i *renameImage) { i.Primary = true })}, false, rpc.ErrConflict},
+	} {
+		repeat, err := planRename(req, c.v)
+		if repeat != c.repeat || (c.err == nil) != (err == nil) || c.err != nil && !errors.Is(err, c.err) {
+			t.Errorf("%s: repeat %v, %v; want %v, %v", c.name, repeat, err, c.repeat, c.err)
+		}
+	}
+}
+
+func TestRenameImageOf(t *testing.T) {
+	if i := renameImageOf(map[string]string{MetaOwner: OwnerValue, MetaReplication: "r", MetaPrimary: "garbage"}); *i != (renameImage{Owned: true, Replication: "r", Primary: true}) {
+		t.Errorf("an unverifiable marker still counts: %+v", i)
+	}
+	if i := renameImageOf(map[string]string{MetaOwner: "someone", MetaReplication: "r"}); i.Owned || i.Primary {
+		t.Errorf("foreign owner: %+v", i)
+	}
+}
+
 // A primary refuses every prepare, even one the image holds already.
 func TestPlanPrepareRefusesPrimary(t *testing.T) {
 	req := &PrepareRequest{TransferID: "t", Mode: ModeAuto, Snapshot: "ferry-t", SourceSnapID: 3}

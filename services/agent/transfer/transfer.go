@@ -10,8 +10,9 @@
 // destination besides the new one; replica.go has what a replication needs
 // besides its cycles: drills (clones of a point) and the clean-up of both
 // sides; failover.go has failover's promote (the replica becomes the
-// primary, refusing every prepare) and demote (the old source becomes a
-// destination of it, a divergent head copied aside first).
+// primary, refusing every prepare), demote (the old source becomes a
+// destination of it, a divergent head copied aside first) and rename
+// (failback: a demoted image gets its replica name back).
 //
 // It joins services/agent/rbd (Ceph) and services/agent/stream (the wire);
 // the Preparer interface is how the source reaches the destination: a
