@@ -253,6 +253,8 @@ type FailoverFields struct {
 	// clears it.
 	RegisterStartedAt *time.Time
 	AvailableAt       *time.Time
+	// Error is the last failure of a step being retried; "" clears it.
+	Error *string
 }
 
 // lockRunningFailover reads failover id within tx, its row locked; one
@@ -325,6 +327,13 @@ func (d *DB) UpdateFailover(ctx context.Context, id string, f FailoverFields, ev
 		}
 		if f.AvailableAt != nil {
 			upd["available_at"] = dbTime(*f.AvailableAt)
+		}
+		if f.Error != nil {
+			if *f.Error == "" {
+				upd["error"] = nil
+			} else {
+				upd["error"] = *f.Error
+			}
 		}
 		res := tx.Model(&Failover{}).Where("id = ? AND status = ?", id, FailoverRunning).UpdateColumns(upd)
 		if res.Error != nil {

@@ -197,8 +197,11 @@ const (
 	// unplanned failover preserved region A's divergent data as.
 	RepEventFailoverStarted ReplicationEventKind = "failover_started"
 	RepEventFailedOver      ReplicationEventKind = "failed_over"
-	RepEventFailbackStarted ReplicationEventKind = "failback_started"
-	RepEventFailedBack      ReplicationEventKind = "failed_back"
-	RepEventFailoverFailed  ReplicationEventKind = "failover_failed"
-	RepEventPreserved       ReplicationEventKind = "preserved"
+	// RepEventFailoverAvailable: the new primary volume is available (a
+	// failover's or failback's RTO).
+	RepEventFailoverAvailable ReplicationEventKind = "failover_available"
+	RepEventFailbackStarted   ReplicationEventKind = "failback_started"
+	RepEventFailedBack        ReplicationEventKind = "failed_back"
+	RepEventFailoverFailed    ReplicationEventKind = "failover_failed"
+	RepEventPreserved         ReplicationEventKind = "preserved"
 )

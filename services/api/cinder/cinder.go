@@ -71,6 +71,10 @@ type VolumeSpec struct {
 	VolumeType string `json:"volume_type,omitempty"`
 }
 
+// VolumeImage is the RBD image of Cinder volume id in the RBD backend's
+// pool (the driver's volume_name_template).
+func VolumeImage(id string) string { return "volume-" + id }
+
 // SourceVolume is a resolved volume source.
 type SourceVolume struct {
 	Spec  VolumeSpec
@@ -293,7 +297,7 @@ func (s *Service) ResolveVolume(ctx context.Context, token, callerProject, regio
 	if owner == "" {
 		owner = callerProject
 	}
-	return &SourceVolume{Spec: specOf(v, owner), Pool: pool, Image: "volume-" + v.ID}, nil
+	return &SourceVolume{Spec: specOf(v, owner), Pool: pool, Image: VolumeImage(v.ID)}, nil
 }
 
 // adminMetadataKeys are Cinder's admin metadata that its API shows among a
