@@ -58,6 +58,11 @@ type Hooks struct {
 	// KickScheduler wakes the replication scheduler (a new replication,
 	// a sync, a resume); KickDrills the drill runner. nil: none runs.
 	KickScheduler, KickDrills func()
+	// KickFailovers wakes the failover runner; nil: none runs.
+	KickFailovers func()
+	// Failovers reads the old primary volume of a failover; nil: Cinder
+	// is not configured (failovers are 501).
+	Failovers FailoverVolumes
 	// Cinder resolves volume sources; nil: they are not configured (501).
 	Cinder CinderSources
 }
@@ -84,6 +89,8 @@ func (s *Server) routes(r *gin.Engine) {
 	rep.GET("/:id/points", s.replicationPoints)
 	rep.GET("/:id/events", s.replicationEvents)
 	rep.GET("/:id/drills", s.replicationDrills)
+	rep.GET("/:id/failovers", s.replicationFailovers)
+	rep.GET("/:id/failovers/:fid", s.showFailover)
 	rep.POST("/:id/action", s.replicationAction)
 	v1.GET("/services", s.listServices)
 	// /metrics is for admins here; [api] metrics_listen serves it on an

@@ -695,7 +695,7 @@ func (s *Server) replicationAction(c *gin.Context) {
 	if !strictJSON(c, &body) {
 		return
 	}
-	const usage = `{"sync": null}, {"pause": null}, {"resume": null} or {"drill": {"point": NAME}}`
+	const usage = `{"sync": null}, {"pause": null}, {"resume": null}, {"drill": {"point": NAME}}, {"failover": {...}} or {"failback": null}`
 	if len(body) != 1 {
 		writeError(c, http.StatusBadRequest, "The action body must hold exactly one action: "+usage+".")
 		return
@@ -714,6 +714,8 @@ func (s *Server) replicationAction(c *gin.Context) {
 		}
 	case "drill":
 		rule = "replication:drill"
+	case "failover", "failback":
+		rule = "replication:failover"
 	default:
 		writeError(c, http.StatusBadRequest, fmt.Sprintf("Unknown action %q: use %s.", truncate(action, 64), usage))
 		return
@@ -745,6 +747,12 @@ func (s *Server) replicationAction(c *gin.Context) {
 		}
 	case "drill":
 		s.startDrill(c, caller, r, arg)
+		return
+	case "failover":
+		s.startFailover(c, caller, r, db.FailoverKindFailover, arg)
+		return
+	case "failback":
+		s.startFailover(c, caller, r, db.FailoverKindFailback, arg)
 		return
 	}
 	if err != nil {

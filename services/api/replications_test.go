@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/ferry-project/ferry/db"
 	"github.com/ferry-project/ferry/services/api/cinder"
 )
@@ -241,7 +243,10 @@ func TestReplicationActions(t *testing.T) {
 	}{
 		{`{}`, "exactly one action"},
 		{`{"pause": null, "resume": null}`, "exactly one action"},
-		{`{"failover": null}`, `Unknown action "failover"`},
+		{`{"promote": null}`, `Unknown action "promote"`},
+		{`{"failover": {"point": "p"}}`, `needs "force": true`},
+		{`{"failover": {"point": "p", "later": true}}`, `unknown field "later"`},
+		{`{"failback": {"point": "p", "force": true}}`, "failback takes no point"},
 		{`{"sync": {"now": true}}`, "takes no argument"},
 		{`{"drill": {}}`, "drill.point is required"},
 		{`{"drill": {"point": "p", "clone": true}}`, `unknown field "clone"`},
@@ -483,5 +488,134 @@ func TestReplicationDuringFailover(t *testing.T) {
 	_, m := a.do(demo, "GET", "/v1/replications/"+id, "")
 	if v := m["replication"].(map[string]any); v["status"] != "failing_over" || v["next_run_at"] != nil {
 		t.Errorf("a failing-over replication: %v", v)
+	}
+}
+
+// completeCycle runs one cycle of replication id to completed (as the
+// scheduler and the agents would) and returns its point's name.
+func completeCycle(t *testing.T, d *db.DB, id string) string {
+	t.Helper()
+	ctx := context.Background()
+	r, err := d.GetReplication(ctx, id, db.AllProjectsScope())
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := d.Now()
+	tr := &db.Transfer{ProjectID: r.ProjectID, Mode: db.ModeAuto, SourceRegion: r.SourceRegion, SourcePool: r.SourcePool, SourceImage: r.SourceImage,
+		DestRegion: r.DestRegion, DestPool: r.DestPool, DestImage: r.DestImage}
+	at := r.NextRunAt
+	if at.Before(now) {
+		at = now
+	}
+	st, _, err := d.StartCycle(ctx, id, at, at.Add(time.Hour), tr, nil)
+	if err != nil || st == nil {
+		t.Fatalf("start cycle: %v %v", st, err)
+	}
+	for _, to := range []db.Status{db.StatusAccepted, db.StatusPreparing, db.StatusTransferring, db.StatusVerifying} {
+		if _, err := d.TransitionTransfer(ctx, st.ID, to, db.TransitionOpts{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	snap, n := "ferry-"+st.ID, int64(4096)
+	if _, err := d.TransitionTransfer(ctx, st.ID, db.StatusCompleted, db.TransitionOpts{Fields: db.TransferFields{DestSnapshot: &snap, BytesTransferred: &n},
+		Cycle: &db.CycleOutcome{SnapshotAt: d.Now()}}); err != nil {
+		t.Fatal(err)
+	}
+	return snap
+}
+
+// The failover and failback actions' checks: policy and tenancy, the
+// status and point they need, an attached volume refused unless forced,
+// one failover at a time (409), the answer (202, the failover, listed).
+func TestReplicationFailoverAction(t *testing.T) {
+	a, fc := newReplicationAPITest(t)
+	id := a.createReplication(demo, "v1")["id"].(string)
+	action := func(who [3]string, body string) (int, map[string]any) {
+		return a.do(who, "POST", "/v1/replications/"+id+"/action", body)
+	}
+	if code, m := action(demo, `{"failover": {}}`); code != 409 || !strings.Contains(message(m), "no point yet") {
+		t.Errorf("failover before any point: %d %v", code, m)
+	}
+	if code, m := action(demo, `{"failback": null}`); code != 409 || !strings.Contains(message(m), "failed_over") {
+		t.Errorf("failback of an active replication: %d %v", code, m)
+	}
+	point := completeCycle(t, a.db, id)
+	if code, m := action(reader, `{"failover": {}}`); code != 403 {
+		t.Errorf("reader fails over: %d %v", code, m)
+	}
+	if code, m := action(alt, `{"failover": {}}`); code != 404 {
+		t.Errorf("alt fails over demo's replication: %d %v", code, m)
+	}
+	if code, m := action(demo, `{"failover": {"point": "ferry-nope", "force": true}}`); code != 404 {
+		t.Errorf("failover to an unknown point: %d %v", code, m)
+	}
+	fc.mu.Lock()
+	fc.attached = map[string]bool{"v1": true}
+	fc.mu.Unlock()
+	if code, m := action(demo, `{"failover": {}}`); code != 409 || !strings.Contains(message(m), "attached") {
+		t.Errorf("failover of an attached volume: %d %v", code, m)
+	}
+	// Forced: accepted, with the volume's spec recorded; a second one
+	// while it runs is 409, and so is any status change.
+	code, m := action(demo, `{"failover": {"force": true}}`)
+	if code != 202 {
+		t.Fatalf("forced failover: %d %v", code, m)
+	}
+	f := m["failover"].(map[string]any)
+	if f["kind"] != "failover" || f["planned"] != true || f["status"] != "running" || f["from"].(map[string]any)["region"] != "RegionOne" ||
+		f["to"].(map[string]any)["region"] != "RegionTwo" || f["rto_seconds"] != nil {
+		t.Errorf("the failover: %v", f)
+	}
+	stored, err := a.db.GetFailover(context.Background(), f["id"].(string), db.AllProjectsScope())
+	if err != nil || !strings.Contains(stored.Spec, `"name":"data"`) || stored.UserID == "" {
+		t.Errorf("stored failover: %+v %v", stored, err)
+	}
+	for _, body := range []string{`{"failover": {"force": true}}`, `{"failover": {"point": "latest", "force": true}}`, `{"pause": null}`} {
+		if code, m := action(demo, body); code != 409 {
+			t.Errorf("%s while a failover runs: %d %v", body, code, m)
+		}
+	}
+	if code, m := a.do(demo, "DELETE", "/v1/replications/"+id, ""); code != 409 {
+		t.Errorf("delete while a failover runs: %d %v", code, m)
+	}
+	_, m = a.do(reader, "GET", "/v1/replications/"+id, "")
+	if v := m["replication"].(map[string]any); v["status"] != "failing_over" {
+		t.Errorf("the replication while failing over: %v", v)
+	}
+	code, m = a.do(reader, "GET", "/v1/replications/"+id+"/failovers", "")
+	if fs, _ := m["failovers"].([]any); code != 200 || len(fs) != 1 || fs[0].(map[string]any)["id"] != f["id"] {
+		t.Errorf("failovers: %d %v", code, m)
+	}
+	if code, m := a.do(reader, "GET", "/v1/replications/"+id+"/failovers/"+f["id"].(string), ""); code != 200 || m["failover"].(map[string]any)["id"] != f["id"] {
+		t.Errorf("show failover: %d %v", code, m)
+	}
+	if code, _ := a.do(alt, "GET", "/v1/replications/"+id+"/failovers", ""); code != 404 {
+		t.Errorf("alt lists demo's failovers: %d", code)
+	}
+	if code, _ := a.do(demo, "GET", "/v1/replications/"+id+"/failovers/"+uuid.NewString(), ""); code != 404 {
+		t.Errorf("an unknown failover: %d", code)
+	}
+	_ = point
+}
+
+// An unplanned failover names its point ("latest": the newest) and needs
+// no Cinder answer from the source region.
+func TestReplicationUnplannedFailoverAction(t *testing.T) {
+	a, fc := newReplicationAPITest(t)
+	id := a.createReplication(demo, "v1")["id"].(string)
+	completeCycle(t, a.db, id)
+	newest := completeCycle(t, a.db, id)
+	fc.mu.Lock()
+	delete(fc.volumes, "v1") // the source region's Cinder lost it
+	fc.mu.Unlock()
+	if code, m := a.do(demo, "POST", "/v1/replications/"+id+"/action", `{"failover": {}}`); code != 409 || !strings.Contains(message(m), "unplanned") {
+		t.Errorf("a planned failover without the source volume: %d %v", code, m)
+	}
+	code, m := a.do(demo, "POST", "/v1/replications/"+id+"/action", `{"failover": {"point": "latest", "force": true}}`)
+	if code != 202 {
+		t.Fatalf("unplanned failover: %d %v", code, m)
+	}
+	if f := m["failover"].(map[string]any); f["planned"] != false || f["point"] != newest {
+		t.Errorf("the unplanned failover: %v, want point %s", f, newest)
 	}
 }

@@ -28,6 +28,8 @@ type fakeCinder struct {
 	regErr  error
 
 	backupRegs []cinder.BackupRegistration
+	// attached: volumes (by fake name) that are attached (InspectVolume).
+	attached map[string]bool
 	// quotaFull: the owner's Cinder quota in the destination has no room.
 	quotaFull bool
 }
@@ -39,6 +41,23 @@ func (f *fakeCinder) CheckVolumeQuota(_ context.Context, _, region, project stri
 		return fmt.Errorf("%w: project %s in %s is full", cinder.ErrQuota, project, region)
 	}
 	return nil
+}
+
+// InspectVolume is the failover's read of a volume: the spec of the fake's
+// volume, attached when the fake says so.
+func (f *fakeCinder) InspectVolume(_ context.Context, region, project, id string) (*cinder.VolumeState, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	name := f.nameOf(id)
+	v, ok := f.volumes[name]
+	if !ok || v.Spec.ProjectID != project {
+		return nil, fmt.Errorf("%w: volume %s in %s", cinder.ErrNotFound, id, region)
+	}
+	st := "available"
+	if f.attached[name] {
+		st = "in-use"
+	}
+	return &cinder.VolumeState{Spec: v.Spec, Status: st, Attached: f.attached[name]}, nil
 }
 
 func (f *fakeCinder) VolumePool(region string) string {
@@ -198,7 +217,7 @@ func newCinderAPITest(t *testing.T, fc *fakeCinder) *apiTest {
 	d := testDB(t)
 	at := &apiTest{t: t, db: d}
 	hooks := fakeHooks(&at.kicks)
-	hooks.Cinder = fc
+	hooks.Cinder, hooks.Failovers = fc, fc
 	s := &Server{cfg: config.Defaults(), log: slog.New(slog.DiscardHandler), db: d, hooks: hooks}
 	ts := httptest.NewServer(s.Router())
 	t.Cleanup(ts.Close)

@@ -132,10 +132,20 @@ func (s *Server) wire(w Wiring) []loop {
 		CycleRetention: time.Duration(cfg.API.CycleRetention) * time.Hour, Owner: pub.Owner, Publish: pub.Kick, Log: log}
 	drills := &replicate.DrillRunner{DB: s.db, Caller: rpc.SigningCaller{Caller: w.Bus, Signer: w.Signer},
 		Flatten: cfg.API.DrillFlatten, Owner: pub.Owner, Log: log}
+	// Failovers and failbacks.
+	failovers := &replicate.FailoverRunner{DB: s.db, Caller: rpc.SigningCaller{Caller: w.Bus, Signer: w.Signer},
+		Owner: pub.Owner, Log: log}
+	var failoverVolumes FailoverVolumes
 	if w.Cinder != nil {
 		drills.Cinder = w.Cinder
 		if vc, ok := w.Cinder.(replicate.VolumeChecker); ok {
 			sched.Volumes = vc
+		}
+		if fc, ok := w.Cinder.(replicate.FailoverCinder); ok {
+			failovers.Cinder = fc
+		}
+		if fv, ok := w.Cinder.(FailoverVolumes); ok {
+			failoverVolumes = fv
 		}
 	}
 	if s.metrics == nil {
@@ -155,6 +165,7 @@ func (s *Server) wire(w Wiring) []loop {
 		}},
 		{"replication scheduler", sched.Run},
 		{"drill runner", drills.Run},
+		{"failover runner", failovers.Run},
 	}
 	s.hooks = Hooks{
 		Authenticate: auth.Middleware(auth.NewCache(w.Validator, auth.CacheOptionsFrom(cfg.KeystoneAuthtoken)),
@@ -181,6 +192,8 @@ func (s *Server) wire(w Wiring) []loop {
 		EndMessage:      endNotify,
 		KickScheduler:   sched.Kick,
 		KickDrills:      drills.Kick,
+		KickFailovers:   failovers.Kick,
+		Failovers:       failoverVolumes,
 	}
 	if w.Cinder != nil {
 		s.hooks.Cinder = w.Cinder

@@ -74,6 +74,7 @@ func DefaultRules() []Rule {
 		{"replication:delete", "rule:admin_or_member", "DELETE /v1/replications/{id}: stop a replication and remove Ferry's snapshots and (unless keep_replica) the replica."},
 		{"replication:action", "rule:admin_or_member", "POST /v1/replications/{id}/action {\"sync\": null}, {\"pause\": null} or {\"resume\": null}."},
 		{"replication:drill", "rule:admin_or_member", "POST /v1/replications/{id}/action {\"drill\": {...}}: clone a point into a new Cinder volume of the project in the destination region."},
+		{"replication:failover", "rule:admin_or_member", "POST /v1/replications/{id}/action {\"failover\": {...}} or {\"failback\": null}: make the replica the project's volume in the destination region (planned, or forced to a point without the source region), and come back. Operators who keep this to admins set \"rule:admin_required\"."},
 		{"service:get_all", "rule:admin_required", "GET /v1/services: list Ferry's services and agents."},
 		{"metrics:get", "rule:admin_required", "GET /metrics on the API port: Prometheus metrics (unless [api] metrics_listen serves them on an address of their own)."},
 	}
