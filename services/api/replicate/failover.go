@@ -507,10 +507,25 @@ func (r *FailoverRunner) rename(ctx context.Context, f *db.Failover, rep *db.Rep
 	if f.FromImage == to {
 		return nil
 	}
+	req := rpc.RenameRequest{ReplicationID: f.ReplicationID, Pool: f.FromPool, Image: f.FromImage, To: to}
 	var reply rpc.RenameReply
-	err := r.call(ctx, f.FromRegion, rpc.MethodReplicationRename, rpc.RenameRequest{
-		ReplicationID: f.ReplicationID, Pool: f.FromPool, Image: f.FromImage, To: to,
-	}, &reply)
+	err := r.call(ctx, f.FromRegion, rpc.MethodReplicationRename, req, &reply)
+	if errors.Is(err, rpc.ErrConflict) && !rpc.IsTemporary(err) {
+		// The name is taken while the image still has its own (a repeat
+		// answers without conflict): by a stale replica, which a cycle of
+		// the old direction made after an unplanned failover renamed the
+		// real one. It holds a copy of the old primary's data, which the
+		// old primary keeps (its divergent head preserved): Ferry's own
+		// leftover, removed unless it is a primary or not Ferry's.
+		var res struct{}
+		if cerr := r.call(ctx, f.FromRegion, rpc.MethodReplicationCleanup, rpc.ReplicationCleanup{
+			ReplicationID: f.ReplicationID, Side: rpc.CleanupSideDestination, Pool: f.FromPool, Image: to, RemoveImage: true,
+		}, &res); cerr != nil {
+			return fmt.Errorf("renaming %s/%s to %s in %s: %w; the stale %s was not removed: %w", f.FromPool, f.FromImage, to, f.FromRegion, err, to, cerr)
+		}
+		log.Warn("a stale replica held the replica's name: removed", "image", f.FromPool+"/"+to)
+		err = r.call(ctx, f.FromRegion, rpc.MethodReplicationRename, req, &reply)
+	}
 	if err != nil {
 		return fmt.Errorf("renaming %s/%s to %s in %s: %w", f.FromPool, f.FromImage, to, f.FromRegion, err)
 	}
