@@ -16,6 +16,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/ferry-project/ferry/db"
+	"github.com/ferry-project/ferry/services/api/dispatch"
 	"github.com/ferry-project/ferry/services/api/replicate"
 )
 
@@ -673,20 +674,8 @@ func (s *Server) cancelCycle(ctx context.Context, r *db.Replication, why, rid st
 	if r.LastTransferID == "" {
 		return
 	}
-	t, err := s.db.GetTransfer(ctx, r.LastTransferID, db.AllProjectsScope())
-	if err != nil || db.IsTerminal(t.Status) || t.Status == db.StatusCancelling || t.Status == db.StatusFinalizing {
-		return
-	}
-	opts := db.TransitionOpts{RequestID: rid, Message: why, ExpectFrom: []db.Status{t.Status}}
-	to := db.StatusCancelling
-	if t.Status == db.StatusQueued {
-		to = db.StatusCancelled
-		opts.Outbox = s.hooks.EndMessage.For(to)
-	} else {
-		opts.Outbox = func(nt *db.Transfer) (*db.OutboxMessage, error) { return s.hooks.CancelMessage(ctx, nt) }
-	}
-	if _, err := s.db.TransitionTransfer(ctx, t.ID, to, opts); err != nil {
-		s.log.Info("the running cycle of a deleted replication was not cancelled", "replication_id", r.ID, "transfer_id", t.ID, "error", err)
+	if _, err := dispatch.CancelRunning(ctx, s.db, r.LastTransferID, why, rid, s.hooks.EndMessage); err != nil {
+		s.log.Info("the running cycle of a deleted replication was not cancelled", "replication_id", r.ID, "transfer_id", r.LastTransferID, "error", err)
 	}
 }
 

@@ -179,13 +179,7 @@ func (s *Server) wire(w Wiring) []loop {
 			return dispatch.NewStartMessageWithRequestID(t, rpc.RequestIDFrom(ctx))
 		},
 		CancelMessage: func(ctx context.Context, t *db.Transfer) (*db.OutboxMessage, error) {
-			if t.Agent == nil {
-				// Not accepted yet: the status consumer cancels on
-				// the agent's "accepted".
-				return nil, nil
-			}
-			return dispatch.NewOutboxMessage(rpc.RequestIDFrom(ctx), rpc.AgentHostTarget(t.SourceRegion, *t.Agent),
-				rpc.MethodTransferCancel, rpc.TransferCancel{TransferID: t.ID, Epoch: t.Epoch})
+			return dispatch.NewCancelMessage(rpc.RequestIDFrom(ctx), t)
 		},
 		CleanupMessages: dispatch.CleanupMessages,
 		Kick:            pub.Kick,

@@ -200,6 +200,22 @@ func TestFailoverPlannedRoundTrip(t *testing.T) {
 	write(two, "volume-"+newVol, 3)
 	m = r.mustAction(`{"failback": null}`, 202)
 	fb := m["failover"].(map[string]any)
+	// ferry-api killed in the middle of it: the next one finishes it.
+	var killedAt any
+	for deadline := time.Now().Add(time.Minute); killedAt == nil && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		for _, f := range r.failovers() {
+			if f["id"] == fb["id"] && f["status"] == "running" && f["final_transfer_id"] != nil {
+				killAPI(t)
+				killedAt = f["step"]
+			}
+		}
+	}
+	if killedAt == nil {
+		t.Fatal("the failback was never seen past its final cycle's start: nothing was interrupted")
+	}
+	time.Sleep(500 * time.Millisecond)
+	restartAPI(t)
+	t.Logf("ferry-api killed during the failback, at its step %v, and restarted", killedAt)
 	back := r.waitFailover(fb["id"].(string), 3*time.Minute)
 	brto, _ := back["rto_seconds"].(float64)
 	v = r.show()

@@ -226,6 +226,30 @@ func TestVolumeRefusalsAndRevokedToken(t *testing.T) {
 	}
 }
 
+// killAPI kills the stack's ferry-api (-9).
+func killAPI(t *testing.T) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(testenv.Get(t, "STACK_PID_DIR"), "ferry-api.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// restartAPI brings the stack's ferry-api back (stack.sh up, ferry only).
+func restartAPI(t *testing.T) {
+	t.Helper()
+	root, _ := filepath.Abs("../..")
+	cmd := exec.Command(filepath.Join(root, "devstack/stack.sh"), "up")
+	cmd.Env = append(os.Environ(), "FERRY_STACK_COMPONENTS=ferry")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("restarting ferry-api: %v\n%s", err, out)
+	}
+}
+
 // ferry-api killed (-9) while it registers a copy with Cinder: after it
 // restarts, the registration resumes; there is exactly one new volume and
 // no grant is left on demo's project.
@@ -241,14 +265,6 @@ func TestVolumeFinalizeSurvivesAPIKill(t *testing.T) {
 		t.Fatalf("create: %d %v", code, m)
 	}
 	tid := m["transfer"].(map[string]any)["id"].(string)
-	restart := func() {
-		root, _ := filepath.Abs("../..")
-		cmd := exec.Command(filepath.Join(root, "devstack/stack.sh"), "up")
-		cmd.Env = append(os.Environ(), "FERRY_STACK_COMPONENTS=ferry")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("restarting ferry-api: %v\n%s", err, out)
-		}
-	}
 	killed := false
 	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		code, m := demo.do("GET", "/v1/transfers/"+tid, "")
@@ -257,14 +273,7 @@ func TestVolumeFinalizeSurvivesAPIKill(t *testing.T) {
 		}
 		st := m["transfer"].(map[string]any)["status"]
 		if st == "finalizing" {
-			b, err := os.ReadFile(filepath.Join(testenv.Get(t, "STACK_PID_DIR"), "ferry-api.pid"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-				t.Fatal(err)
-			}
+			killAPI(t)
 			killed = true
 			break
 		}
@@ -273,12 +282,12 @@ func TestVolumeFinalizeSurvivesAPIKill(t *testing.T) {
 		}
 	}
 	if !killed {
-		restart()
+		restartAPI(t)
 		t.Fatal("the transfer was never seen finalizing: nothing was interrupted")
 	}
 	t.Logf("ferry-api killed while transfer %s was finalizing", tid)
 	time.Sleep(500 * time.Millisecond)
-	restart()
+	restartAPI(t)
 	admin := &client{t: t, url: url, token: token(t, "admin")}
 	tr := admin.wait(tid)
 	newID, _ := tr["destination"].(map[string]any)["volume_id"].(string)

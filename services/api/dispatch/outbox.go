@@ -28,6 +28,7 @@
 package dispatch
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -175,4 +176,41 @@ func decodeOutbox(m *db.OutboxMessage) (rpc.Target, storedMessage, error) {
 		return "", sm, fmt.Errorf("outbox message %d: no routing key or method", m.ID)
 	}
 	return rpc.Target(m.RoutingKey), sm, nil
+}
+
+// NewCancelMessage builds the transfer.cancel of transfer t to the agent
+// that accepted it (nil when none has: the status consumer cancels on the
+// agent's "accepted").
+func NewCancelMessage(requestID string, t *db.Transfer) (*db.OutboxMessage, error) {
+	if t.Agent == nil {
+		return nil, nil
+	}
+	return NewOutboxMessage(requestID, rpc.AgentHostTarget(t.SourceRegion, *t.Agent),
+		rpc.MethodTransferCancel, rpc.TransferCancel{TransferID: t.ID, Epoch: t.Epoch})
+}
+
+// CancelRunning stops transfer id unless it is finished, cancelling or
+// finalizing already: a queued one is cancelled at once (with end's
+// transfer.end, when end is not nil), a running one goes to cancelling
+// with a transfer.cancel to its agent. It reports whether it changed it.
+func CancelRunning(ctx context.Context, d *db.DB, id, why, requestID string, end EndNotifier) (bool, error) {
+	t, err := d.GetTransfer(ctx, id, db.AllProjectsScope())
+	if err != nil {
+		return false, err
+	}
+	if db.IsTerminal(t.Status) || t.Status == db.StatusCancelling || t.Status == db.StatusFinalizing {
+		return false, nil
+	}
+	opts := db.TransitionOpts{RequestID: requestID, Message: why, ExpectFrom: []db.Status{t.Status}}
+	to := db.StatusCancelling
+	if t.Status == db.StatusQueued {
+		to = db.StatusCancelled
+		opts.Outbox = end.For(to)
+	} else {
+		opts.Outbox = func(nt *db.Transfer) (*db.OutboxMessage, error) { return NewCancelMessage(requestID, nt) }
+	}
+	if _, err := d.TransitionTransfer(ctx, t.ID, to, opts); err != nil {
+		return false, err
+	}
+	return true, nil
 }

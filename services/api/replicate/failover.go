@@ -559,6 +559,15 @@ func (r *FailoverRunner) flip(ctx context.Context, f *db.Failover, rep *db.Repli
 			msg += "; the old primary is demoted once its region answers"
 		}
 	}
+	if !f.Planned && rep.LastTransferID != "" {
+		// The cycle the old primary's region was running (or had queued)
+		// when it went: superseded. It cannot write the promoted image
+		// (a primary refuses every prepare); cancelled, it no longer
+		// holds back the cycles of the new direction.
+		if _, err := dispatch.CancelRunning(ctx, r.DB, rep.LastTransferID, "superseded by failover "+f.ID, f.RequestID, nil); err != nil {
+			log.Warn("the old direction's cycle was not cancelled", "transfer_id", rep.LastTransferID, "error", err)
+		}
+	}
 	if _, err := r.DB.FlipReplication(ctx, f.ID, in, db.ReplicationEventInput{Kind: kind, Message: msg}); err != nil {
 		return err
 	}

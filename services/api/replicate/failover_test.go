@@ -293,6 +293,12 @@ func TestFailoverRunnerUnplanned(t *testing.T) {
 	agents := &fakeAgents{fail: map[string]error{rpc.MethodReplicationDemote: rpc.Temporary(errors.New("no agent answered"))}, preserved: true}
 	cin := &fakeFailoverCinder{clk: clk, regErr: errors.New("cinder is down")}
 	run := &FailoverRunner{DB: d, Caller: agents, Cinder: cin, Owner: "api-1", Log: quiet()}
+	// The cycle the source region had queued when it went.
+	cur := getRep(t, d, r.ID)
+	stale, _, err := d.StartCycle(ctx, r.ID, cur.NextRunAt, cur.NextRunAt.Add(time.Minute), CycleTransfer(cur, nil, nil, d.Now()), nil)
+	if err != nil || stale == nil {
+		t.Fatalf("a cycle before the failover: %v %v", stale, err)
+	}
 	f := startFailover(t, d, r, db.FailoverKindFailover, false, point)
 	run.Advance(ctx, f.ID)
 	got := getFailover(t, d, f.ID)
@@ -309,6 +315,9 @@ func TestFailoverRunnerUnplanned(t *testing.T) {
 	}
 	if len(cin.calls) != 0 {
 		t.Errorf("an unplanned failover touched the source region's Cinder: %v", cin.calls)
+	}
+	if st, err := d.GetTransfer(ctx, stale.ID, db.AllProjectsScope()); err != nil || st.Status != db.StatusCancelled {
+		t.Errorf("the old direction's queued cycle after the flip: %+v %v", st, err)
 	}
 	run.Advance(ctx, f.ID)
 	got = getFailover(t, d, f.ID)
