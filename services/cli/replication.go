@@ -35,7 +35,7 @@ var (
 )
 
 func (a *app) replicationCommand() *cobra.Command {
-	cmd := &cobra.Command{Use: "replication", Short: "Continuous replication of volumes to another region, with an RPO, points in time and DR drills", Args: cobra.NoArgs}
+	cmd := &cobra.Command{Use: "replication", Short: "Continuous replication of volumes to another region, with an RPO, points in time, DR drills, failover and failback", Args: cobra.NoArgs}
 	cmd.AddCommand(a.replicationCreate(), a.replicationList(), a.replicationShow(), a.replicationSet(),
 		a.replicationAction("pause", "Pause replications: no new cycle starts (a running one ends normally)",
 			func(ctx context.Context, sc *gophercloud.ServiceClient, id string) error {
@@ -49,7 +49,8 @@ func (a *app) replicationCommand() *cobra.Command {
 			func(ctx context.Context, sc *gophercloud.ServiceClient, id string) error {
 				return replications.Sync(ctx, sc, id).ExtractErr()
 			}),
-		a.replicationDelete(), a.replicationPoints(), a.replicationDrill(), a.replicationDrills(), a.replicationEvents())
+		a.replicationDelete(), a.replicationPoints(), a.replicationDrill(), a.replicationDrills(), a.replicationEvents(),
+		a.replicationFailover(), a.replicationFailback(), a.replicationFailovers(), a.replicationFailoverShow())
 	return cmd
 }
 
