@@ -73,6 +73,10 @@ var funcs = template.FuncMap{
 	"canpause":  canPause,
 	"canresume": canResume,
 	"cansync":   canSync,
+	"canfo":     canFailover,
+	"canfb":     canFailback,
+	"foforms":   failoverFormsOf,
+	"runbadge":  runBadge,
 }
 
 // healthBadge is the badge class and text of an agent's cluster health.
