@@ -203,25 +203,49 @@ func canPause(status string) bool  { return status == "active" }
 func canResume(status string) bool { return status == "paused" || status == "error" }
 func canSync(status string) bool   { return status == "active" || status == "failed_over" }
 
-// failoverForms are the Failover and Failback buttons of a replication
-// (the "failover-forms" template of layout.html), in the list (Small) and
-// on its page.
-type failoverForms struct {
-	CSRF, Next string
-	R          *Replication
-	Small      bool
+// replForm is one action button of a replication: a form posting to
+// .../{id}/{Action}, shown while the replication's can_<Action> is true
+// (the "repl-form" template of layout.html).
+type replForm struct {
+	CSRF, Next, ID, Name, Action, Label, Confirm string
+	Shown, Small, Danger                         bool
 }
 
-// failoverFormsOf is the foforms template function: r is a Replication
-// of the list or the *Replication of the detail page.
-func failoverFormsOf(csrf, next string, r any, small bool) (failoverForms, error) {
+// replFormsOf is the rforms template function: the sync, pause, resume,
+// failover (planned) and failback buttons of r, a Replication of the
+// list (small) or the *Replication of its page.
+func replFormsOf(csrf, next string, r any, small bool) ([]replForm, error) {
+	var rp *Replication
 	switch v := r.(type) {
 	case Replication:
-		return failoverForms{CSRF: csrf, Next: next, R: &v, Small: small}, nil
+		rp = &v
 	case *Replication:
-		return failoverForms{CSRF: csrf, Next: next, R: v, Small: small}, nil
+		rp = v
+	default:
+		return nil, fmt.Errorf("rforms: %T is not a replication", r)
 	}
-	return failoverForms{}, fmt.Errorf("foforms: %T is not a replication", r)
+	label := cmp.Or(rp.Name, rp.ID)
+	src, dst := rp.Source.Region, rp.Destination.Region
+	suffix := " Replication"
+	if small {
+		suffix = ""
+	}
+	forms := []replForm{
+		{Action: "sync", Label: "Sync Now", Shown: canSync(rp.Status)},
+		{Action: "pause", Label: "Pause" + suffix, Shown: canPause(rp.Status), Confirm: "Pause replication " + label + "?"},
+		{Action: "resume", Label: "Resume" + suffix, Shown: canResume(rp.Status)},
+		{Action: "failover", Label: "Failover", Shown: canFailover(rp.Status), Danger: true,
+			Confirm: fmt.Sprintf("Fail replication %s over to %s? Its source volume in %s is made read-only, a final cycle copies its last writes, "+
+				"and the replica becomes the primary volume in %s. The source volume must be detached.", label, dst, src, dst)},
+		{Action: "failback", Label: "Failback", Shown: canFailback(rp.Status),
+			Confirm: fmt.Sprintf("Fail replication %s back to %s? The failed-over volume in %s is made read-only, a final cycle copies its last writes, "+
+				"and the original volume becomes the primary again. The failed-over volume must be detached.", label, dst, src)},
+	}
+	for i := range forms {
+		f := &forms[i]
+		f.CSRF, f.Next, f.ID, f.Name, f.Small = csrf, next, rp.ID, rp.Name, small
+	}
+	return forms, nil
 }
 
 // canFailover offers the planned failover (an unplanned one, to a point,

@@ -445,34 +445,37 @@ func TestReplicationsListFailoverButtons(t *testing.T) {
 	}
 }
 
-// A failed-over replication offers the failback (and sync), not the
+// A failed-over replication offers the failback and sync, not the
 // failover; the forms carry the CSRF token and the way back.
-func TestFailoverFormsOfAFailedOverReplication(t *testing.T) {
+func TestReplicationFormsOfAFailedOverReplication(t *testing.T) {
 	pages, err := parsePages()
 	if err != nil {
 		t.Fatal(err)
 	}
 	rp := Replication{ID: "r-1", Status: "failed_over", Source: replications.Source{Region: "RegionTwo"}, Destination: replications.Destination{Region: "RegionOne"}}
 	for _, arg := range []any{rp, &rp} {
-		f, err := failoverFormsOf("tok", "/next", arg, false)
+		forms, err := replFormsOf("tok", "/next", arg, false)
 		if err != nil {
 			t.Fatal(err)
 		}
 		var buf strings.Builder
-		if err := pages["replication"].ExecuteTemplate(&buf, "failover-forms", f); err != nil {
-			t.Fatal(err)
+		for _, f := range forms {
+			if err := pages["replication"].ExecuteTemplate(&buf, "repl-form", f); err != nil {
+				t.Fatal(err)
+			}
 		}
 		out := buf.String()
 		for _, want := range []string{`/r-1/failover" data-show="can_failover" hidden>`, `/r-1/failback" data-show="can_failback">`,
-			`name="csrf_token" value="tok"`, `name="next" value="/next"`,
+			`/r-1/sync" data-show="can_sync">`, `/r-1/pause" data-show="can_pause" hidden>`, `/r-1/resume" data-show="can_resume" hidden>`,
+			`name="csrf_token" value="tok"`, `name="next" value="/next"`, `>Pause Replication</button>`,
 			`<button type="submit" class="btn" data-confirm="Fail replication r-1 back to RegionOne? The failed-over volume in RegionTwo is made read-only`} {
 			if !strings.Contains(out, want) {
 				t.Errorf("forms lack %s:\n%s", want, out)
 			}
 		}
 	}
-	if _, err := failoverFormsOf("tok", "/next", "r-1", false); err == nil {
-		t.Error("foforms of a string")
+	if _, err := replFormsOf("tok", "/next", "r-1", false); err == nil {
+		t.Error("rforms of a string")
 	}
 }
 

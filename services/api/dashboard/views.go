@@ -70,12 +70,7 @@ var funcs = template.FuncMap{
 	"cycles":    cyclesText,
 	"rsource":   replSourceText,
 	"bandwidth": bandwidthText,
-	"canpause":  canPause,
-	"canresume": canResume,
-	"cansync":   canSync,
-	"canfo":     canFailover,
-	"canfb":     canFailback,
-	"foforms":   failoverFormsOf,
+	"rforms":    replFormsOf,
 	"runbadge":  runBadge,
 }
 
