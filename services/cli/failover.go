@@ -165,43 +165,21 @@ func failoverProgress(f *replications.FailoverInfo) string {
 }
 
 func (a *app) replicationFailovers() *cobra.Command {
-	var out outputOpts
-	cmd := &cobra.Command{
-		Use:   "failovers REPLICATION",
-		Short: "List a replication's failovers and failbacks, newest first, with their RTO",
-		Args:  cobra.ExactArgs(1),
-		RunE: a.withClient(&out, func(ctx context.Context, sc *gophercloud.ServiceClient, _ gophercloud.EndpointOpts, args []string) error {
-			r, _, err := findReplication(ctx, sc, args[0])
-			if err != nil {
-				return err
-			}
-			return a.printSub(out, replications.ListFailovers(ctx, sc, r.ID).Result, "failovers", failoverListColumns, failoverFields)
-		}),
-	}
-	addOutputFlags(cmd, &out)
-	return cmd
+	return a.replicationView("failovers REPLICATION", "List a replication's failovers and failbacks, newest first, with their RTO", 1,
+		func(ctx context.Context, sc *gophercloud.ServiceClient, id string, out outputOpts, _ []string) error {
+			return a.printSub(out, replications.ListFailovers(ctx, sc, id).Result, "failovers", failoverListColumns, failoverFields)
+		})
 }
 
 func (a *app) replicationFailoverShow() *cobra.Command {
-	var out outputOpts
-	cmd := &cobra.Command{
-		Use:   "failover-show REPLICATION FAILOVER",
-		Short: "Show a failover or failback of a replication: its step, sides, preserved image and RTO",
-		Args:  cobra.ExactArgs(2),
-		RunE: a.withClient(&out, func(ctx context.Context, sc *gophercloud.ServiceClient, _ gophercloud.EndpointOpts, args []string) error {
-			r, _, err := findReplication(ctx, sc, args[0])
-			if err != nil {
-				return err
-			}
-			_, raw, err := extractFailover(replications.GetFailover(ctx, sc, r.ID, args[1]))
+	return a.replicationView("failover-show REPLICATION FAILOVER", "Show a failover or failback of a replication: its step, sides, preserved image and RTO", 2,
+		func(ctx context.Context, sc *gophercloud.ServiceClient, id string, out outputOpts, args []string) error {
+			_, raw, err := extractFailover(replications.GetFailover(ctx, sc, id, args[1]))
 			if err != nil {
 				return err
 			}
 			return printOne(a.stdout, out, newObject(raw, failoverFields), failoverFields)
-		}),
-	}
-	addOutputFlags(cmd, &out)
-	return cmd
+		})
 }
 
 // extractFailover returns a result's failover both typed and as the API's

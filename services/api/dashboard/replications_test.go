@@ -189,15 +189,22 @@ func TestReplicationsList(t *testing.T) {
 	}
 }
 
-func TestReplicationDetailAndDrill(t *testing.T) {
-	r := newRig(t, time.Hour)
-	b := r.browser()
+// openReplication logs demo in and opens db-disk's page.
+func openReplication(t *testing.T) (r *rig, b *browser, detail, page string) {
+	t.Helper()
+	r = newRig(t, time.Hour)
+	b = r.browser()
 	b.mustLogin("demo")
-	detail := "/dashboard/project/replications/" + replOK
+	detail = "/dashboard/project/replications/" + replOK
 	resp, page := b.do("GET", detail, nil)
 	if resp.StatusCode != 200 {
 		t.Fatalf("detail: %d\n%s", resp.StatusCode, page)
 	}
+	return r, b, detail, page
+}
+
+func TestReplicationDetailAndDrill(t *testing.T) {
+	r, b, detail, page := openReplication(t)
 	for _, want := range []string{"<h1>db-disk</h1>", "the database", `data-f="lag" data-breached id="lag">42s / RPO 15m 00s</dd>`,
 		"last 6, hourly 24, daily 7", "100.0 MiB/s", "12 completed, 1 failed, 2 skipped", "vol-1",
 		// the points, newest first, each with a drill form
@@ -227,7 +234,7 @@ func TestReplicationDetailAndDrill(t *testing.T) {
 	if len(r.api.replActions) != 0 {
 		t.Fatalf("actions reached the API: %v", r.api.replActions)
 	}
-	resp, _ = b.do("POST", drill, url.Values{"csrf_token": {tok}, "point": {"ferry-p1"}, "drill_name": {" dr1 "}, "name": {"db-disk"}, "next": {detail}})
+	resp, _ := b.do("POST", drill, url.Values{"csrf_token": {tok}, "point": {"ferry-p1"}, "drill_name": {" dr1 "}, "name": {"db-disk"}, "next": {detail}})
 	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != detail {
 		t.Fatalf("drill: %d %s", resp.StatusCode, resp.Header.Get("Location"))
 	}
@@ -480,14 +487,7 @@ func TestReplicationFormsOfAFailedOverReplication(t *testing.T) {
 }
 
 func TestReplicationDetailFailovers(t *testing.T) {
-	r := newRig(t, time.Hour)
-	b := r.browser()
-	b.mustLogin("demo")
-	detail := "/dashboard/project/replications/" + replOK
-	resp, page := b.do("GET", detail, nil)
-	if resp.StatusCode != 200 {
-		t.Fatalf("detail: %d\n%s", resp.StatusCode, page)
-	}
+	r, b, detail, page := openReplication(t)
 	table := regexp.MustCompile(`(?s)<table class="table" id="failovers">.*?</table>`).FindString(page)
 	for _, want := range []string{"<th>RTO</th>",
 		// newest first: the failback in error, then the failover done in 42s
