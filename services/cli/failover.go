@@ -35,72 +35,55 @@ func (w *failoverWait) add(cmd *cobra.Command, what string) {
 
 func (a *app) replicationFailover() *cobra.Command {
 	var (
-		out  outputOpts
 		opts replications.FailoverOpts
 		wait failoverWait
 	)
-	cmd := &cobra.Command{
-		Use:   "failover REPLICATION [--point NAME|latest --force] [--force] [--wait]",
-		Short: "Fail a replication over: its replica becomes the primary volume in the destination region",
-		Long: "Fail a replication over. Planned (no --point): the source volume is made read-only, a final cycle copies\n" +
-			"its last writes, and the replica is registered as a Cinder volume in the destination region with the\n" +
-			"source's name, metadata and type; nothing is lost. The source volume must be detached unless --force.\n" +
-			"Unplanned (--point NAME or latest, with --force): when the source region is down, the point (from\n" +
-			"`ferry replication points`) becomes the new primary without contacting the source; writes after it\n" +
-			"are preserved once the source answers. The replication then replicates the other way (failed_over)\n" +
-			"until `ferry replication failback`. `ferry replication failovers` lists them with their RTO.",
-		Args: cobra.ExactArgs(1),
-		RunE: a.withClient(&out, func(ctx context.Context, sc *gophercloud.ServiceClient, _ gophercloud.EndpointOpts, args []string) error {
-			if opts.Point != "" && !opts.Force {
-				return errors.New("--point makes an unplanned failover, which does not contact the source region: it needs --force")
-			}
-			return a.startFailover(ctx, sc, args[0], out, wait, func(id string) replications.FailoverResult {
-				return replications.Failover(ctx, sc, id, opts)
-			})
-		}),
+	cmd := a.replicationView("failover REPLICATION [--point NAME|latest --force] [--force] [--wait]",
+		"Fail a replication over: its replica becomes the primary volume in the destination region", 1,
+		func(ctx context.Context, sc *gophercloud.ServiceClient, id string, out outputOpts, _ []string) error {
+			return a.startFailover(ctx, sc, out, wait, replications.Failover(ctx, sc, id, opts))
+		})
+	cmd.Long = "Fail a replication over. Planned (no --point): the source volume is made read-only, a final cycle copies\n" +
+		"its last writes, and the replica is registered as a Cinder volume in the destination region with the\n" +
+		"source's name, metadata and type; nothing is lost. The source volume must be detached unless --force.\n" +
+		"Unplanned (--point NAME or latest, with --force): when the source region is down, the point (from\n" +
+		"`ferry replication points`) becomes the new primary without contacting the source; writes after it\n" +
+		"are preserved once the source answers. The replication then replicates the other way (failed_over)\n" +
+		"until `ferry replication failback`. `ferry replication failovers` lists them with their RTO."
+	cmd.PreRunE = func(*cobra.Command, []string) error {
+		if opts.Point != "" && !opts.Force {
+			return errors.New("--point makes an unplanned failover, which does not contact the source region: it needs --force")
+		}
+		return nil
 	}
 	f := cmd.Flags()
 	f.StringVar(&opts.Point, "point", "", "unplanned failover to this point (a name, or latest); needs --force")
 	f.BoolVar(&opts.Force, "force", false, "fail over an attached source volume (its later writes are preserved, not replicated); needed with --point")
 	wait.add(cmd, "failover")
-	addOutputFlags(cmd, &out)
 	return cmd
 }
 
 func (a *app) replicationFailback() *cobra.Command {
 	var (
-		out  outputOpts
 		opts replications.FailbackOpts
 		wait failoverWait
 	)
-	cmd := &cobra.Command{
-		Use:   "failback REPLICATION [--force] [--wait]",
-		Short: "Fail a failed-over replication back to its original volume",
-		Long: "Fail back a failed-over replication: the failed-over volume is made read-only, a final cycle copies its\n" +
-			"last writes to the original volume, which becomes the primary again (read-write), and the failed-over\n" +
-			"volume is unmanaged from Cinder. The failed-over volume must be detached unless --force.",
-		Args: cobra.ExactArgs(1),
-		RunE: a.withClient(&out, func(ctx context.Context, sc *gophercloud.ServiceClient, _ gophercloud.EndpointOpts, args []string) error {
-			return a.startFailover(ctx, sc, args[0], out, wait, func(id string) replications.FailoverResult {
-				return replications.Failback(ctx, sc, id, opts)
-			})
-		}),
-	}
+	cmd := a.replicationView("failback REPLICATION [--force] [--wait]", "Fail a failed-over replication back to its original volume", 1,
+		func(ctx context.Context, sc *gophercloud.ServiceClient, id string, out outputOpts, _ []string) error {
+			return a.startFailover(ctx, sc, out, wait, replications.Failback(ctx, sc, id, opts))
+		})
+	cmd.Long = "Fail back a failed-over replication: the failed-over volume is made read-only, a final cycle copies its\n" +
+		"last writes to the original volume, which becomes the primary again (read-write), and the failed-over\n" +
+		"volume is unmanaged from Cinder. The failed-over volume must be detached unless --force."
 	cmd.Flags().BoolVar(&opts.Force, "force", false, "fail back while the failed-over volume is attached (its later writes are preserved, not replicated)")
 	wait.add(cmd, "failback")
-	addOutputFlags(cmd, &out)
 	return cmd
 }
 
-// startFailover finds the replication ref, starts the failover or
-// failback (do) and prints it, or with --wait follows it to its end.
-func (a *app) startFailover(ctx context.Context, sc *gophercloud.ServiceClient, ref string, out outputOpts, w failoverWait,
-	do func(id string) replications.FailoverResult) error {
-	r, _, err := findReplication(ctx, sc, ref)
-	if err != nil {
-		return err
-	}
-	f, raw, err := extractFailover(do(r.ID))
+// startFailover prints the failover or failback res just started, or
+// with --wait follows it to its end.
+func (a *app) startFailover(ctx context.Context, sc *gophercloud.ServiceClient, out outputOpts, w failoverWait, res replications.FailoverResult) error {
+	f, raw, err := extractFailover(res)
 	if err != nil {
 		return err
 	}
