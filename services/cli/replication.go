@@ -35,7 +35,7 @@ var (
 )
 
 func (a *app) replicationCommand() *cobra.Command {
-	cmd := &cobra.Command{Use: "replication", Short: "Continuous replication of volumes to another region, with an RPO, points in time and DR drills", Args: cobra.NoArgs}
+	cmd := &cobra.Command{Use: "replication", Short: "Continuous replication of volumes to another region, with an RPO, points in time, DR drills, failover and failback", Args: cobra.NoArgs}
 	cmd.AddCommand(a.replicationCreate(), a.replicationList(), a.replicationShow(), a.replicationSet(),
 		a.replicationAction("pause", "Pause replications: no new cycle starts (a running one ends normally)",
 			func(ctx context.Context, sc *gophercloud.ServiceClient, id string) error {
@@ -49,7 +49,8 @@ func (a *app) replicationCommand() *cobra.Command {
 			func(ctx context.Context, sc *gophercloud.ServiceClient, id string) error {
 				return replications.Sync(ctx, sc, id).ExtractErr()
 			}),
-		a.replicationDelete(), a.replicationPoints(), a.replicationDrill(), a.replicationDrills(), a.replicationEvents())
+		a.replicationDelete(), a.replicationPoints(), a.replicationDrill(), a.replicationDrills(), a.replicationEvents(),
+		a.replicationFailover(), a.replicationFailback(), a.replicationFailovers(), a.replicationFailoverShow())
 	return cmd
 }
 
@@ -356,53 +357,42 @@ func (a *app) replicationAction(name, short string, do func(context.Context, *go
 }
 
 func (a *app) replicationPoints() *cobra.Command {
-	var out outputOpts
-	cmd := &cobra.Command{
-		Use:   "points REPLICATION",
-		Short: "List a replication's retained points in time, newest first",
-		Args:  cobra.ExactArgs(1),
-		RunE: a.withClient(&out, func(ctx context.Context, sc *gophercloud.ServiceClient, _ gophercloud.EndpointOpts, args []string) error {
-			r, _, err := findReplication(ctx, sc, args[0])
-			if err != nil {
-				return err
-			}
-			return a.printSub(out, replications.ListPoints(ctx, sc, r.ID).Result, "points", pointFields, pointFields)
-		}),
-	}
-	addOutputFlags(cmd, &out)
-	return cmd
+	return a.replicationView("points REPLICATION", "List a replication's retained points in time, newest first", 1,
+		func(ctx context.Context, sc *gophercloud.ServiceClient, id string, out outputOpts, _ []string) error {
+			return a.printSub(out, replications.ListPoints(ctx, sc, id).Result, "points", pointFields, pointFields)
+		})
 }
 
 func (a *app) replicationDrills() *cobra.Command {
-	var out outputOpts
-	cmd := &cobra.Command{
-		Use:   "drills REPLICATION",
-		Short: "List a replication's DR drills: their volume and time to available (RTO)",
-		Args:  cobra.ExactArgs(1),
-		RunE: a.withClient(&out, func(ctx context.Context, sc *gophercloud.ServiceClient, _ gophercloud.EndpointOpts, args []string) error {
-			r, _, err := findReplication(ctx, sc, args[0])
-			if err != nil {
-				return err
-			}
-			return a.printSub(out, replications.ListDrills(ctx, sc, r.ID).Result, "drills", drillListColumns, drillFields)
-		}),
-	}
-	addOutputFlags(cmd, &out)
-	return cmd
+	return a.replicationView("drills REPLICATION", "List a replication's DR drills: their volume and time to available (RTO)", 1,
+		func(ctx context.Context, sc *gophercloud.ServiceClient, id string, out outputOpts, _ []string) error {
+			return a.printSub(out, replications.ListDrills(ctx, sc, id).Result, "drills", drillListColumns, drillFields)
+		})
 }
 
 func (a *app) replicationEvents() *cobra.Command {
+	return a.replicationView("events REPLICATION", "Show a replication's history: cycles, skips, errors, RPO breaches, drills, failovers", 1,
+		func(ctx context.Context, sc *gophercloud.ServiceClient, id string, out outputOpts, _ []string) error {
+			return a.printSub(out, replications.ListEvents(ctx, sc, id).Result, "events", replicationEventFields[:4], replicationEventFields)
+		})
+}
+
+// replicationView is a command that shows something of one replication
+// (its first argument, by id or name; nargs arguments in all) with the
+// output options: show gets the replication's id and the arguments.
+func (a *app) replicationView(use, short string, nargs int,
+	show func(ctx context.Context, sc *gophercloud.ServiceClient, id string, out outputOpts, args []string) error) *cobra.Command {
 	var out outputOpts
 	cmd := &cobra.Command{
-		Use:   "events REPLICATION",
-		Short: "Show a replication's history: cycles, skips, errors, RPO breaches, drills",
-		Args:  cobra.ExactArgs(1),
+		Use:   use,
+		Short: short,
+		Args:  cobra.ExactArgs(nargs),
 		RunE: a.withClient(&out, func(ctx context.Context, sc *gophercloud.ServiceClient, _ gophercloud.EndpointOpts, args []string) error {
 			r, _, err := findReplication(ctx, sc, args[0])
 			if err != nil {
 				return err
 			}
-			return a.printSub(out, replications.ListEvents(ctx, sc, r.ID).Result, "events", replicationEventFields[:4], replicationEventFields)
+			return show(ctx, sc, r.ID, out, args)
 		}),
 	}
 	addOutputFlags(cmd, &out)

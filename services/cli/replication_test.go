@@ -23,6 +23,8 @@ type fakeReplications struct {
 	updates []map[string]any
 	actions []string // "<id> <body>"
 	deletes []string // "<id>?<query>"
+	// failovers of each replication, newest first (failover_test.go).
+	failovers map[string][]map[string]any
 }
 
 func replID(n int) string { return fmt.Sprintf("10000000-0000-0000-0000-%012d", n) }
@@ -161,9 +163,13 @@ func (fc *fakeCloud) serveReplications(w http.ResponseWriter, r *http.Request, p
 			}
 			reply(202, map[string]any{"drill": map[string]any{"id": "drill-1", "replication_id": id, "name": d.Name, "point": d.Point,
 				"status": "creating", "volume_id": nil, "requested_at": "2026-12-03T10:10:00.000000Z", "available_at": nil, "rto_seconds": nil, "error": nil}})
+		case req["failover"] != nil || req["failback"] != nil:
+			fr.startFailover(w, rp, req, reply)
 		default:
 			w.WriteHeader(202)
 		}
+	case len(parts) >= 3 && parts[2] == "failovers" && r.Method == http.MethodGet:
+		fr.serveFailovers(w, id, parts[3:], reply)
 	case len(parts) == 3 && parts[2] == "points":
 		pts := fr.points[id]
 		if pts == nil {

@@ -114,41 +114,61 @@ func (a *app) transferCreate() *cobra.Command {
 // prints it. A transfer that did not complete is an error.
 func (a *app) wait(ctx context.Context, sc *gophercloud.ServiceClient, id string, out outputOpts, every time.Duration) error {
 	p := newProgressWriter(a.stderr)
+	defer p.done()
+	var t *transfers.Transfer
+	err := poll(ctx, every, func() (bool, error) {
+		r := transfers.Get(ctx, sc, id)
+		if r.Err != nil {
+			return false, apiError(r.Err)
+		}
+		cur, raw, err := extractTransfer(r.Result)
+		if err != nil {
+			return false, err
+		}
+		t = cur
+		p.update(progressState{ID: t.ID, Status: t.Status, BytesTotal: t.BytesTotal, BytesTransferred: t.BytesTransferred,
+			Progress: t.Progress, Rate: t.RateBytesPerSecond, ETASeconds: t.ETASeconds})
+		if !state.IsTerminal(state.Status(t.Status)) {
+			return false, nil
+		}
+		p.done()
+		return true, printOne(a.stdout, out, newObject(raw, transferFields), transferFields)
+	})
+	switch {
+	case errors.Is(err, errStopped):
+		return fmt.Errorf("stopped waiting; transfer %s goes on (ferry transfer show %s)", id, id)
+	case err != nil:
+		return err
+	}
+	switch state.Status(t.Status) {
+	case state.Error:
+		return fmt.Errorf("transfer %s ended in error: %s", t.ID, t.Error)
+	case state.Cancelled:
+		return fmt.Errorf("transfer %s was cancelled", t.ID)
+	}
+	return nil
+}
+
+// errStopped is poll's error when its context ends first.
+var errStopped = errors.New("stopped waiting")
+
+// poll calls check at once, then every interval (at least 100ms), until
+// it reports done or fails. When ctx ends first, or check fails because
+// it did, the error is errStopped.
+func poll(ctx context.Context, every time.Duration, check func() (bool, error)) error {
 	tick := time.NewTicker(max(every, 100*time.Millisecond))
 	defer tick.Stop()
 	for {
-		r := transfers.Get(ctx, sc, id)
-		if r.Err != nil {
-			p.done()
-			if ctx.Err() != nil {
-				return fmt.Errorf("stopped waiting; transfer %s goes on (ferry transfer show %s)", id, id)
-			}
-			return apiError(r.Err)
-		}
-		t, raw, err := extractTransfer(r.Result)
-		if err != nil {
-			p.done()
+		done, err := check()
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return errStopped
+		case err != nil || done:
 			return err
-		}
-		p.update(progressState{ID: t.ID, Status: t.Status, BytesTotal: t.BytesTotal, BytesTransferred: t.BytesTransferred,
-			Progress: t.Progress, Rate: t.RateBytesPerSecond, ETASeconds: t.ETASeconds})
-		if state.IsTerminal(state.Status(t.Status)) {
-			p.done()
-			if err := printOne(a.stdout, out, newObject(raw, transferFields), transferFields); err != nil {
-				return err
-			}
-			switch state.Status(t.Status) {
-			case state.Error:
-				return fmt.Errorf("transfer %s ended in error: %s", t.ID, t.Error)
-			case state.Cancelled:
-				return fmt.Errorf("transfer %s was cancelled", t.ID)
-			}
-			return nil
 		}
 		select {
 		case <-ctx.Done():
-			p.done()
-			return fmt.Errorf("stopped waiting; transfer %s goes on (ferry transfer show %s)", id, id)
+			return errStopped
 		case <-tick.C:
 		}
 	}

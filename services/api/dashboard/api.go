@@ -28,6 +28,7 @@ type (
 	Point       = replications.Point
 	Drill       = replications.DrillInfo
 	ReplEvent   = replications.Event
+	Failover    = replications.FailoverInfo
 )
 
 const serviceType = client.ServiceType
@@ -130,6 +131,20 @@ func replicationAction(ctx context.Context, sc *gophercloud.ServiceClient, id, a
 
 func startDrill(ctx context.Context, sc *gophercloud.ServiceClient, id, point, name string) (*Drill, error) {
 	return replications.Drill(ctx, sc, id, replications.DrillOpts{Point: point, Name: name}).Extract()
+}
+
+func listFailovers(ctx context.Context, sc *gophercloud.ServiceClient, id string) ([]Failover, error) {
+	return replications.ListFailovers(ctx, sc, id).Extract()
+}
+
+// startFailover starts a planned failover, or the failback (the
+// dashboard does not force either: the API's 409 for an attached volume
+// is shown).
+func startFailover(ctx context.Context, sc *gophercloud.ServiceClient, id, kind string) (*Failover, error) {
+	if kind == "failback" {
+		return replications.Failback(ctx, sc, id, replications.FailbackOpts{}).Extract()
+	}
+	return replications.Failover(ctx, sc, id, replications.FailoverOpts{}).Extract()
 }
 
 func newFerryClient(pc *gophercloud.ProviderClient, endpoint string) *gophercloud.ServiceClient {

@@ -1,6 +1,7 @@
 package dashboard
 
 import (
+	"cmp"
 	"fmt"
 	"net/http"
 	"strings"
@@ -11,8 +12,9 @@ import (
 
 // The replications panel: the project's replications with their lag
 // against their RPO (red when breached), and a replication's details:
-// its points in time, each with a Drill button, its drills and events,
-// and the pause, resume and sync buttons. Every call goes through the API
+// its points in time, each with a Drill button, its drills, failovers
+// (with their RTO) and events, and the pause, resume, sync, failover
+// (planned) and failback buttons. Every call goes through the API
 // in-process with the session's token, like the transfers panel.
 
 func (h *Handler) replicationsPage(w http.ResponseWriter, r *http.Request, s *session) {
@@ -45,6 +47,8 @@ type replRow struct {
 	CanPause    bool   `json:"can_pause"`
 	CanResume   bool   `json:"can_resume"`
 	CanSync     bool   `json:"can_sync"`
+	CanFailover bool   `json:"can_failover"`
+	CanFailback bool   `json:"can_failback"`
 }
 
 func replRowOf(rp *Replication) replRow {
@@ -53,6 +57,7 @@ func replRowOf(rp *Replication) replRow {
 		PointsCount: rp.PointsCount, LastSync: whenPtr(rp.LastSyncAt), NextRun: whenPtr(rp.NextRunAt), LastError: rp.LastError,
 		BytesLast: humanBytes(rp.BytesLastCycle), Cycles: cyclesText(rp),
 		CanPause: canPause(rp.Status), CanResume: canResume(rp.Status), CanSync: canSync(rp.Status),
+		CanFailover: canFailover(rp.Status), CanFailback: canFailback(rp.Status),
 	}
 }
 
@@ -87,10 +92,11 @@ func (h *Handler) replicationsData(w http.ResponseWriter, r *http.Request, s *se
 }
 
 type replicationBody struct {
-	R      *Replication
-	Points []Point
-	Drills []Drill
-	Events []ReplEvent
+	R         *Replication
+	Points    []Point
+	Drills    []Drill
+	Failovers []Failover
+	Events    []ReplEvent
 }
 
 func (h *Handler) replicationPage(w http.ResponseWriter, r *http.Request, s *session) {
@@ -105,7 +111,9 @@ func (h *Handler) replicationPage(w http.ResponseWriter, r *http.Request, s *ses
 	b := replicationBody{R: rp}
 	if b.Points, err = listPoints(ctx, sc, rp.ID); err == nil {
 		if b.Drills, err = listDrills(ctx, sc, rp.ID); err == nil {
-			b.Events, err = listReplEvents(ctx, sc, rp.ID)
+			if b.Failovers, err = listFailovers(ctx, sc, rp.ID); err == nil {
+				b.Events, err = listReplEvents(ctx, sc, rp.ID)
+			}
 		}
 	}
 	if err != nil {
@@ -123,8 +131,9 @@ func (h *Handler) replicationPage(w http.ResponseWriter, r *http.Request, s *ses
 	})
 }
 
-// replicationAction posts sync, pause, resume or drill (the form's point
-// and drill_name) to the API, then returns to the page with a message.
+// replicationAction posts sync, pause, resume, drill (the form's point
+// and drill_name), failover (planned) or failback to the API, then
+// returns to the page with a message.
 func (h *Handler) replicationAction(w http.ResponseWriter, r *http.Request, s *session) {
 	id, action := r.PathValue("id"), r.PathValue("action")
 	label := r.PostFormValue("name")
@@ -151,6 +160,11 @@ func (h *Handler) replicationAction(w http.ResponseWriter, r *http.Request, s *s
 		if d, err = startDrill(ctx, sc, id, point, strings.TrimSpace(r.PostFormValue("drill_name"))); err == nil {
 			done = fmt.Sprintf("Drill %s started from point %s of replication %s", d.ID, d.Point, label)
 		}
+	case "failover", "failback":
+		var f *Failover
+		if f, err = startFailover(ctx, sc, id, action); err == nil {
+			done = fmt.Sprintf("%s %s started for replication %s", strings.ToUpper(action[:1])+action[1:], f.ID, label)
+		}
 	default:
 		h.errorPage(w, r, s, http.StatusNotFound, "Page not found", "Unknown action "+action+".")
 		return
@@ -162,7 +176,8 @@ func (h *Handler) replicationAction(w http.ResponseWriter, r *http.Request, s *s
 			h.toLogin(w, r, "", true)
 			return
 		}
-		s.addFlash("error", fmt.Sprintf("Unable to %s replication %s: %s", action, label, msg))
+		verb := map[string]string{"failover": "fail over", "failback": "fail back"}[action]
+		s.addFlash("error", fmt.Sprintf("Unable to %s replication %s: %s", cmp.Or(verb, action), label, msg))
 	} else {
 		s.addFlash("success", done)
 	}
@@ -187,6 +202,68 @@ func replBadge(status string) string {
 func canPause(status string) bool  { return status == "active" }
 func canResume(status string) bool { return status == "paused" || status == "error" }
 func canSync(status string) bool   { return status == "active" || status == "failed_over" }
+
+// replForm is one action button of a replication: a form posting to
+// .../{id}/{Action}, shown while the replication's can_<Action> is true
+// (the "repl-form" template of layout.html).
+type replForm struct {
+	CSRF, Next, ID, Name, Action, Label, Confirm string
+	Shown, Small, Danger                         bool
+}
+
+// replFormsOf is the rforms template function: the sync, pause, resume,
+// failover (planned) and failback buttons of r, a Replication of the
+// list (small) or the *Replication of its page.
+func replFormsOf(csrf, next string, r any, small bool) ([]replForm, error) {
+	var rp *Replication
+	switch v := r.(type) {
+	case Replication:
+		rp = &v
+	case *Replication:
+		rp = v
+	default:
+		return nil, fmt.Errorf("rforms: %T is not a replication", r)
+	}
+	label := cmp.Or(rp.Name, rp.ID)
+	src, dst := rp.Source.Region, rp.Destination.Region
+	suffix := " Replication"
+	if small {
+		suffix = ""
+	}
+	forms := []replForm{
+		{Action: "sync", Label: "Sync Now", Shown: canSync(rp.Status)},
+		{Action: "pause", Label: "Pause" + suffix, Shown: canPause(rp.Status), Confirm: "Pause replication " + label + "?"},
+		{Action: "resume", Label: "Resume" + suffix, Shown: canResume(rp.Status)},
+		{Action: "failover", Label: "Failover", Shown: canFailover(rp.Status), Danger: true,
+			Confirm: fmt.Sprintf("Fail replication %s over to %s? Its source volume in %s is made read-only, a final cycle copies its last writes, "+
+				"and the replica becomes the primary volume in %s. The source volume must be detached.", label, dst, src, dst)},
+		{Action: "failback", Label: "Failback", Shown: canFailback(rp.Status),
+			Confirm: fmt.Sprintf("Fail replication %s back to %s? The failed-over volume in %s is made read-only, a final cycle copies its last writes, "+
+				"and the original volume becomes the primary again. The failed-over volume must be detached.", label, dst, src)},
+	}
+	for i := range forms {
+		f := &forms[i]
+		f.CSRF, f.Next, f.ID, f.Name, f.Small = csrf, next, rp.ID, rp.Name, small
+	}
+	return forms, nil
+}
+
+// canFailover offers the planned failover (an unplanned one, to a point,
+// also from error, is the CLI's and the API's).
+func canFailover(status string) bool { return status == "active" || status == "paused" }
+func canFailback(status string) bool { return status == "failed_over" }
+
+// runBadge is the badge of a drill's or a failover's status: available
+// or done, error, else under way.
+func runBadge(status string) string {
+	switch status {
+	case "available", "done":
+		return "ok"
+	case "error":
+		return "err"
+	}
+	return "busy"
+}
 
 // lagText is the lag against the RPO: "42s / RPO 15m 00s", or "no point
 // yet / RPO 2m 00s" before the first point.
@@ -213,12 +290,13 @@ func humanDuration(d time.Duration) string {
 
 func secondsText(n int) string { return humanDuration(time.Duration(n) * time.Second) }
 
-// rtoText is a drill's time to available, "-" until then.
-func rtoText(d Drill) string {
-	if d.RTOSeconds == nil {
+// rtoText is a drill's or a failover's time to available (its
+// rto_seconds), "-" until then.
+func rtoText(rto *float64) string {
+	if rto == nil {
 		return "-"
 	}
-	return humanDuration(time.Duration(*d.RTOSeconds * float64(time.Second)))
+	return humanDuration(time.Duration(*rto * float64(time.Second)))
 }
 
 func cyclesText(rp *Replication) string {

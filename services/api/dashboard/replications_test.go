@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ferry-project/ferry/db/state"
+	"github.com/ferry-project/ferry/services/client/replications"
 )
 
 // Two replications of project demo: db-disk within its RPO with two
@@ -39,6 +40,24 @@ var replBreachedJSON = `{"id": "` + replBreached + `", "name": "golden", "descri
 	"next_run_at": "2026-12-01T08:01:00.000000Z", "cycles": {"completed": 0, "failed": 3, "skipped": 0},
 	"created_at": "2026-12-01T08:00:00.000000Z", "updated_at": "2026-12-01T08:04:00.000000Z"}`
 
+// db-disk's failovers, newest first: a failback that failed, and an
+// unplanned failover done in 42.25s that preserved the old primary's
+// later writes.
+var (
+	failoverDoneJSON = `{"id": "fo-1", "replication_id": "` + replOK + `", "kind": "failover", "planned": false, "force": true, "point": "ferry-p1",
+	"status": "done", "step": "done", "from": {"region": "RegionOne", "pool": "volumes", "image": "volume-vol-1", "volume_id": "vol-1"},
+	"to": {"region": "RegionTwo", "pool": "volumes", "image": "ferry-replica-` + replOK + `", "volume_id": "vol-new-primary"},
+	"final_transfer_id": null, "preserved_image": "ferry-preserved-fo-1", "preserved_bytes": 8388608,
+	"requested_at": "2026-12-02T10:00:00.000000Z", "available_at": "2026-12-02T10:00:42.250000Z", "finished_at": "2026-12-02T10:01:00.000000Z",
+	"rto_seconds": 42.25, "error": null, "user_id": "u-demo"}`
+	failbackErrorJSON = `{"id": "fo-2", "replication_id": "` + replOK + `", "kind": "failback", "planned": true, "force": false, "point": null,
+	"status": "error", "step": "quiesce", "from": {"region": "RegionTwo", "pool": "volumes", "image": "ferry-replica-` + replOK + `", "volume_id": "vol-new-primary"},
+	"to": {"region": "RegionOne", "pool": "volumes", "image": "volume-vol-1", "volume_id": "vol-1"},
+	"final_transfer_id": null, "preserved_image": null, "preserved_bytes": 0,
+	"requested_at": "2026-12-02T12:00:00.000000Z", "available_at": null, "finished_at": "2026-12-02T12:00:03.000000Z",
+	"rto_seconds": null, "error": "Volume vol-new-primary in RegionTwo is attached", "user_id": "u-demo"}`
+)
+
 func (a *fakeAPI) serveReplications(w http.ResponseWriter, r *http.Request, user string) {
 	p := strings.TrimPrefix(r.URL.Path, "/v1/replications")
 	byID := map[string]string{replOK: replOKJSON, replBreached: replBreachedJSON}
@@ -56,6 +75,10 @@ func (a *fakeAPI) serveReplications(w http.ResponseWriter, r *http.Request, user
 	case r.Method == http.MethodGet && strings.HasSuffix(p, "/drills"):
 		io.WriteString(w, `{"drills": [{"id": "d-1", "replication_id": "`+replOK+`", "name": "dr-june", "point": "ferry-p1", "status": "available",
 			"volume_id": "vol-drill-1", "requested_at": "2026-12-03T09:58:00.000000Z", "available_at": "2026-12-03T09:58:21.500000Z", "rto_seconds": 21.5, "error": null}]}`)
+	case r.Method == http.MethodGet && p == "/"+replOK+"/failovers":
+		io.WriteString(w, `{"failovers": [`+failbackErrorJSON+`, `+failoverDoneJSON+`]}`)
+	case r.Method == http.MethodGet && strings.HasSuffix(p, "/failovers"):
+		io.WriteString(w, `{"failovers": []}`)
 	case r.Method == http.MethodGet && strings.HasSuffix(p, "/events"):
 		io.WriteString(w, `{"events": [{"created_at": "2026-12-03T10:00:03.000000Z", "kind": "cycle_completed", "message": "4.0 MiB in 1.2s", "transfer_id": "0b7d2a3e-4c1f-4f43-9a55-0d5c1f7e9a01", "request_id": null},
 			{"created_at": "2026-12-02T09:00:00.000000Z", "kind": "created", "message": "replication created", "transfer_id": null, "request_id": "req-9"}]}`)
@@ -84,6 +107,19 @@ func (a *fakeAPI) serveReplications(w http.ResponseWriter, r *http.Request, user
 			w.WriteHeader(http.StatusAccepted)
 			io.WriteString(w, `{"drill": {"id": "d-2", "replication_id": "`+id+`", "name": "`+d.Name+`", "point": "`+d.Point+`", "status": "creating",
 				"volume_id": null, "requested_at": "2026-12-03T10:10:00.000000Z", "available_at": null, "rto_seconds": null, "error": null}}`)
+		case req["failback"] != nil && id == replOK:
+			fault(w, http.StatusConflict, "conflictingRequest", "Replication "+id+" is active: a failback needs it failed_over.")
+		case req["failover"] != nil || req["failback"] != nil:
+			kind := "failover"
+			if req["failback"] != nil {
+				kind = "failback"
+			}
+			w.WriteHeader(http.StatusAccepted)
+			io.WriteString(w, `{"failover": {"id": "fo-new", "replication_id": "`+id+`", "kind": "`+kind+`", "planned": true, "force": false, "point": null,
+				"status": "running", "step": "", "from": {"region": "RegionOne", "pool": "volumes", "image": "volume-vol-1", "volume_id": "vol-1"},
+				"to": {"region": "RegionTwo", "pool": "volumes", "image": "ferry-replica-`+id+`", "volume_id": null}, "final_transfer_id": null,
+				"preserved_image": null, "preserved_bytes": 0, "requested_at": "2026-12-03T11:00:00.000000Z", "available_at": null, "finished_at": null,
+				"rto_seconds": null, "error": null, "user_id": "u-demo"}}`)
 		default:
 			w.WriteHeader(http.StatusAccepted)
 		}
@@ -153,15 +189,22 @@ func TestReplicationsList(t *testing.T) {
 	}
 }
 
-func TestReplicationDetailAndDrill(t *testing.T) {
-	r := newRig(t, time.Hour)
-	b := r.browser()
+// openReplication logs demo in and opens db-disk's page.
+func openReplication(t *testing.T) (r *rig, b *browser, detail, page string) {
+	t.Helper()
+	r = newRig(t, time.Hour)
+	b = r.browser()
 	b.mustLogin("demo")
-	detail := "/dashboard/project/replications/" + replOK
+	detail = "/dashboard/project/replications/" + replOK
 	resp, page := b.do("GET", detail, nil)
 	if resp.StatusCode != 200 {
 		t.Fatalf("detail: %d\n%s", resp.StatusCode, page)
 	}
+	return r, b, detail, page
+}
+
+func TestReplicationDetailAndDrill(t *testing.T) {
+	r, b, detail, page := openReplication(t)
 	for _, want := range []string{"<h1>db-disk</h1>", "the database", `data-f="lag" data-breached id="lag">42s / RPO 15m 00s</dd>`,
 		"last 6, hourly 24, daily 7", "100.0 MiB/s", "12 completed, 1 failed, 2 skipped", "vol-1",
 		// the points, newest first, each with a drill form
@@ -191,7 +234,7 @@ func TestReplicationDetailAndDrill(t *testing.T) {
 	if len(r.api.replActions) != 0 {
 		t.Fatalf("actions reached the API: %v", r.api.replActions)
 	}
-	resp, _ = b.do("POST", drill, url.Values{"csrf_token": {tok}, "point": {"ferry-p1"}, "drill_name": {" dr1 "}, "name": {"db-disk"}, "next": {detail}})
+	resp, _ := b.do("POST", drill, url.Values{"csrf_token": {tok}, "point": {"ferry-p1"}, "drill_name": {" dr1 "}, "name": {"db-disk"}, "next": {detail}})
 	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != detail {
 		t.Fatalf("drill: %d %s", resp.StatusCode, resp.Header.Get("Location"))
 	}
@@ -243,7 +286,8 @@ func TestReaderSeesNoReplicationButtons(t *testing.T) {
 		t.Errorf("reader's list:\n%s", page)
 	}
 	_, page = b.do("GET", "/dashboard/project/replications/"+replOK, nil)
-	if !strings.Contains(page, "ferry-p1") || strings.Contains(page, "/drill") || strings.Contains(page, "DR Drill") {
+	if !strings.Contains(page, "ferry-p1") || strings.Contains(page, "/drill") || strings.Contains(page, "DR Drill") ||
+		strings.Contains(page, "/failover\"") || strings.Contains(page, "/failback\"") {
 		t.Errorf("reader's detail:\n%s", page)
 	}
 	// The API refuses anyway; the message says so.
@@ -340,17 +384,17 @@ func TestEveryAPICallSendsTheMicroversion(t *testing.T) {
 func TestReplicationStatusButtons(t *testing.T) {
 	seen := map[string]bool{}
 	for _, tc := range []struct {
-		status              string
-		badge               string
-		pause, resume, sync bool
+		status                                  string
+		badge                                   string
+		pause, resume, sync, failover, failback bool
 	}{
-		{"active", "ok", true, false, true},
-		{"paused", "muted", false, true, false},
-		{"error", "err", false, true, false},
-		{"deleting", "busy", false, false, false},
-		{"failing_over", "busy", false, false, false},
-		{"failed_over", "ok", false, false, true},
-		{"failing_back", "busy", false, false, false},
+		{"active", "ok", true, false, true, true, false},
+		{"paused", "muted", false, true, false, true, false},
+		{"error", "err", false, true, false, false, false}, // an unplanned failover only: not the dashboard's
+		{"deleting", "busy", false, false, false, false, false},
+		{"failing_over", "busy", false, false, false, false, false},
+		{"failed_over", "ok", false, false, true, false, true},
+		{"failing_back", "busy", false, false, false, false, false},
 	} {
 		seen[tc.status] = true
 		if b := replBadge(tc.status); b != tc.badge {
@@ -359,8 +403,12 @@ func TestReplicationStatusButtons(t *testing.T) {
 		if canPause(tc.status) != tc.pause || canResume(tc.status) != tc.resume || canSync(tc.status) != tc.sync {
 			t.Errorf("%s: pause %v resume %v sync %v", tc.status, canPause(tc.status), canResume(tc.status), canSync(tc.status))
 		}
+		if canFailover(tc.status) != tc.failover || canFailback(tc.status) != tc.failback {
+			t.Errorf("%s: failover %v failback %v", tc.status, canFailover(tc.status), canFailback(tc.status))
+		}
 		st := state.ReplicationStatus(tc.status)
-		if canPause(tc.status) != st.CanPause() || canResume(tc.status) != st.CanResume() || canSync(tc.status) != st.Schedules() {
+		if canPause(tc.status) != st.CanPause() || canResume(tc.status) != st.CanResume() || canSync(tc.status) != st.Schedules() ||
+			(canFailover(tc.status) && !st.CanFailover()) || canFailback(tc.status) != st.CanFailback() {
 			t.Errorf("%s: the buttons disagree with the state machine", tc.status)
 		}
 	}
@@ -368,5 +416,136 @@ func TestReplicationStatusButtons(t *testing.T) {
 		if !seen[string(s)] {
 			t.Errorf("status %s is not covered", s)
 		}
+	}
+}
+
+// The list offers a planned failover of an active (or paused) replication
+// with a confirm, not of one in error; neither offers a failback.
+func TestReplicationsListFailoverButtons(t *testing.T) {
+	r := newRig(t, time.Hour)
+	b := r.browser()
+	b.mustLogin("demo")
+	_, page := b.do("GET", "/dashboard/project/replications", nil)
+	ok, breached := replRowHTML(t, page, replOK), replRowHTML(t, page, replBreached)
+	for _, want := range []string{`action="/dashboard/project/replications/` + replOK + `/failover" data-show="can_failover">`,
+		`class="btn btn-sm btn-danger" data-confirm="Fail replication db-disk over to RegionTwo? Its source volume in RegionOne is made read-only`,
+		`/failback" data-show="can_failback" hidden>`} {
+		if !strings.Contains(ok, want) {
+			t.Errorf("db-disk's row lacks %s:\n%s", want, ok)
+		}
+	}
+	for _, want := range []string{`/failover" data-show="can_failover" hidden>`, `/failback" data-show="can_failback" hidden>`} {
+		if !strings.Contains(breached, want) {
+			t.Errorf("golden's row lacks %s:\n%s", want, breached)
+		}
+	}
+	_, data := b.do("GET", "/dashboard/project/replications/data", nil)
+	var d struct{ Replications []replRow }
+	if json.Unmarshal([]byte(data), &d) != nil || len(d.Replications) != 2 {
+		t.Fatalf("data: %s", data)
+	}
+	if o, g := d.Replications[0], d.Replications[1]; !o.CanFailover || o.CanFailback || g.CanFailover || g.CanFailback {
+		t.Errorf("can_failover/can_failback: db-disk %+v, golden %+v", o, g)
+	}
+	if !strings.Contains(data, `"can_failover":true`) || !strings.Contains(data, `"can_failback":false`) {
+		t.Errorf("the script's keys: %s", data)
+	}
+}
+
+// A failed-over replication offers the failback and sync, not the
+// failover; the forms carry the CSRF token and the way back.
+func TestReplicationFormsOfAFailedOverReplication(t *testing.T) {
+	pages, err := parsePages()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := Replication{ID: "r-1", Status: "failed_over", Source: replications.Source{Region: "RegionTwo"}, Destination: replications.Destination{Region: "RegionOne"}}
+	for _, arg := range []any{rp, &rp} {
+		forms, err := replFormsOf("tok", "/next", arg, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var buf strings.Builder
+		for _, f := range forms {
+			if err := pages["replication"].ExecuteTemplate(&buf, "repl-form", f); err != nil {
+				t.Fatal(err)
+			}
+		}
+		out := buf.String()
+		for _, want := range []string{`/r-1/failover" data-show="can_failover" hidden>`, `/r-1/failback" data-show="can_failback">`,
+			`/r-1/sync" data-show="can_sync">`, `/r-1/pause" data-show="can_pause" hidden>`, `/r-1/resume" data-show="can_resume" hidden>`,
+			`name="csrf_token" value="tok"`, `name="next" value="/next"`, `>Pause Replication</button>`,
+			`<button type="submit" class="btn" data-confirm="Fail replication r-1 back to RegionOne? The failed-over volume in RegionTwo is made read-only`} {
+			if !strings.Contains(out, want) {
+				t.Errorf("forms lack %s:\n%s", want, out)
+			}
+		}
+	}
+	if _, err := replFormsOf("tok", "/next", "r-1", false); err == nil {
+		t.Error("rforms of a string")
+	}
+}
+
+func TestReplicationDetailFailovers(t *testing.T) {
+	r, b, detail, page := openReplication(t)
+	table := regexp.MustCompile(`(?s)<table class="table" id="failovers">.*?</table>`).FindString(page)
+	for _, want := range []string{"<th>RTO</th>",
+		// newest first: the failback in error, then the failover done in 42s
+		`<tr data-failover="fo-2"><td>failback</td>`, `<span class="badge badge-err">error</span></td><td>quiesce</td>`,
+		"Volume vol-new-primary in RegionTwo is attached",
+		`<tr data-failover="fo-1"><td>failover (unplanned) (forced)</td><td class="mono">ferry-p1</td>`, `<span class="badge badge-ok">done</span>`,
+		`<span class="region">RegionOne</span> volumes/volume-vol-1`, `<td class="mono">vol-new-primary</td>`, "2026-12-02 10:00:42",
+		"<td>42s</td>", "ferry-preserved-fo-1 (8.0 MiB)"} {
+		if !strings.Contains(table, want) {
+			t.Errorf("failovers table lacks %s:\n%s", want, table)
+		}
+	}
+	if strings.Index(table, "fo-2") > strings.Index(table, "fo-1") {
+		t.Error("failovers out of order")
+	}
+	if !strings.Contains(page, `class="btn btn-danger" data-confirm="Fail replication db-disk over to RegionTwo?`) {
+		t.Error("no Failover button on the detail page")
+	}
+	_, golden := b.do("GET", "/dashboard/project/replications/"+replBreached, nil)
+	if !strings.Contains(golden, `<tr class="empty"><td colspan="12">No items to display.</td></tr>`) {
+		t.Error("golden's empty failovers table")
+	}
+	// Failover: planned, the API's answer in the message; failback of an
+	// active one: the API's 409.
+	tok := csrfOf(t, page)
+	for _, a := range []string{"failover", "failback"} {
+		resp, _ := b.do("POST", detail+"/"+a, url.Values{"csrf_token": {tok}, "name": {"db-disk"}, "next": {detail}})
+		if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != detail {
+			t.Fatalf("%s: %d %s", a, resp.StatusCode, resp.Header.Get("Location"))
+		}
+		_, page = b.do("GET", detail, nil)
+		want := map[string]string{"failover": "Failover fo-new started for replication db-disk",
+			"failback": "Unable to fail back replication db-disk: Replication " + replOK + " is active: a failback needs it failed_over."}[a]
+		if !strings.Contains(page, want) {
+			t.Errorf("%s: no message %q", a, want)
+		}
+	}
+	want := []string{replOK + ` {"failover":{}}`, replOK + ` {"failback":null}`}
+	if strings.Join(r.api.replActions, "\n") != strings.Join(want, "\n") {
+		t.Errorf("actions %q, want %q", r.api.replActions, want)
+	}
+	// Without the CSRF token: refused before the API.
+	if resp, _ := b.do("POST", detail+"/failover", url.Values{"name": {"db-disk"}}); resp.StatusCode != http.StatusForbidden || len(r.api.replActions) != 2 {
+		t.Errorf("failover without a token: %d, %d actions", resp.StatusCode, len(r.api.replActions))
+	}
+}
+
+func TestRunBadgeAndRTO(t *testing.T) {
+	for st, want := range map[string]string{"available": "ok", "done": "ok", "error": "err", "creating": "busy", "running": "busy"} {
+		if got := runBadge(st); got != want {
+			t.Errorf("runBadge(%s) = %s, want %s", st, got, want)
+		}
+	}
+	rto := 3725.4
+	if got := rtoText(&rto); got != "1h 02m" {
+		t.Errorf("rtoText = %q", got)
+	}
+	if got := rtoText(nil); got != "-" {
+		t.Errorf("rtoText(nil) = %q", got)
 	}
 }

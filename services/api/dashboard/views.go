@@ -70,9 +70,8 @@ var funcs = template.FuncMap{
 	"cycles":    cyclesText,
 	"rsource":   replSourceText,
 	"bandwidth": bandwidthText,
-	"canpause":  canPause,
-	"canresume": canResume,
-	"cansync":   canSync,
+	"rforms":    replFormsOf,
+	"runbadge":  runBadge,
 }
 
 // healthBadge is the badge class and text of an agent's cluster health.

@@ -60,6 +60,24 @@ Example: a DR drill of the newest point, then follow it
 	d, err := replications.Drill(ctx, sc, id, replications.DrillOpts{Point: points[0].Name, Name: "drill-1"}).Extract()
 	drills, err := replications.ListDrills(ctx, sc, id).Extract() // d.ID available: VolumeID, RTOSeconds
 
+Example: a planned failover (the source volume quiesced, a final cycle,
+the replica registered as a Cinder volume in the destination region),
+followed until done, then the failback
+
+	f, err := replications.Failover(ctx, sc, id, replications.FailoverOpts{}).Extract()
+	for !f.Ended() {
+		time.Sleep(5 * time.Second)
+		f, err = replications.GetFailover(ctx, sc, id, f.ID).Extract()
+	}
+	rto, _ := f.RTO() // f.To.VolumeID is the new primary volume
+	f, err = replications.Failback(ctx, sc, id, replications.FailbackOpts{}).Extract()
+
+An unplanned failover (the source region down) names a point, or
+"latest", and needs Force:
+
+	f, err = replications.Failover(ctx, sc, id, replications.FailoverOpts{Point: "latest", Force: true}).Extract()
+	all, err := replications.ListFailovers(ctx, sc, id).Extract()
+
 Example: history, and delete keeping the replica image
 
 	events, err := replications.ListEvents(ctx, sc, id).Extract()

@@ -315,14 +315,31 @@ func (opts DrillOpts) ToReplicationDrillMap() (map[string]any, error) {
 // (POST /v1/replications/{id}/action {"drill": {...}}, 202). The result
 // is the drill, in creating; ListDrills follows it to available.
 func Drill(ctx context.Context, client *gophercloud.ServiceClient, id string, opts DrillOptsBuilder) (r DrillResult) {
-	client = ferry.WithMicroversion(client, Microversion)
 	b, err := opts.ToReplicationDrillMap()
 	if err != nil {
 		r.Err = err
 		return
 	}
+	r.Result = postAction(ctx, client, id, b)
+	return
+}
+
+// postAction posts an action's body b that answers an object (drill,
+// failover, failback) and expects 202.
+func postAction(ctx context.Context, client *gophercloud.ServiceClient, id string, b map[string]any) (r gophercloud.Result) {
+	client = ferry.WithMicroversion(client, Microversion)
 	resp, err := client.Post(ctx, actionURL(client, id), b, &r.Body, &gophercloud.RequestOpts{
 		OkCodes: []int{http.StatusAccepted},
+	})
+	_, r.Header, r.Err = gophercloud.ParseResponse(resp, err)
+	return
+}
+
+// get reads url (a sub-resource of a replication) and expects 200.
+func get(ctx context.Context, client *gophercloud.ServiceClient, url string) (r gophercloud.Result) {
+	client = ferry.WithMicroversion(client, Microversion)
+	resp, err := client.Get(ctx, url, &r.Body, &gophercloud.RequestOpts{
+		OkCodes: []int{http.StatusOK},
 	})
 	_, r.Header, r.Err = gophercloud.ParseResponse(resp, err)
 	return
@@ -331,32 +348,115 @@ func Drill(ctx context.Context, client *gophercloud.ServiceClient, id string, op
 // ListPoints returns the retained points of the replica (GET
 // /v1/replications/{id}/points), newest first.
 func ListPoints(ctx context.Context, client *gophercloud.ServiceClient, id string) (r PointsResult) {
-	client = ferry.WithMicroversion(client, Microversion)
-	resp, err := client.Get(ctx, pointsURL(client, id), &r.Body, &gophercloud.RequestOpts{
-		OkCodes: []int{http.StatusOK},
-	})
-	_, r.Header, r.Err = gophercloud.ParseResponse(resp, err)
+	r.Result = get(ctx, client, pointsURL(client, id))
 	return
 }
 
 // ListEvents returns a replication's history (GET
 // /v1/replications/{id}/events): cycles, skips, errors, breaches, drills.
 func ListEvents(ctx context.Context, client *gophercloud.ServiceClient, id string) (r EventsResult) {
-	client = ferry.WithMicroversion(client, Microversion)
-	resp, err := client.Get(ctx, eventsURL(client, id), &r.Body, &gophercloud.RequestOpts{
-		OkCodes: []int{http.StatusOK},
-	})
-	_, r.Header, r.Err = gophercloud.ParseResponse(resp, err)
+	r.Result = get(ctx, client, eventsURL(client, id))
 	return
 }
 
 // ListDrills returns a replication's drills (GET
 // /v1/replications/{id}/drills).
 func ListDrills(ctx context.Context, client *gophercloud.ServiceClient, id string) (r DrillsResult) {
-	client = ferry.WithMicroversion(client, Microversion)
-	resp, err := client.Get(ctx, drillsURL(client, id), &r.Body, &gophercloud.RequestOpts{
-		OkCodes: []int{http.StatusOK},
-	})
-	_, r.Header, r.Err = gophercloud.ParseResponse(resp, err)
+	r.Result = get(ctx, client, drillsURL(client, id))
+	return
+}
+
+// FailoverOptsBuilder allows extensions to add parameters to Failover.
+type FailoverOptsBuilder interface {
+	ToReplicationFailoverMap() (map[string]any, error)
+}
+
+// FailoverOpts is the body of the failover action.
+type FailoverOpts struct {
+	// Point is empty for a planned failover: the source volume is
+	// quiesced, a final cycle copies its last writes, nothing is lost.
+	// A point name, or "latest", makes an unplanned failover to that
+	// point: the source region is not contacted; it needs Force.
+	Point string `json:"point,omitempty"`
+	// Force fails over an attached source volume (its writes after the
+	// final point are preserved, not replicated) and allows an
+	// unplanned failover.
+	Force bool `json:"force,omitempty"`
+}
+
+// ToReplicationFailoverMap builds {"failover": {...}}.
+func (opts FailoverOpts) ToReplicationFailoverMap() (map[string]any, error) {
+	if opts.Point != "" && !opts.Force {
+		return nil, ErrUnplannedNeedsForce
+	}
+	return gophercloud.BuildRequestBody(opts, "failover")
+}
+
+// ErrUnplannedNeedsForce is the error of a Failover to a point without
+// Force. No request is sent.
+var ErrUnplannedNeedsForce = errors.New("an unplanned failover (to a point) does not contact the source region: it needs Force")
+
+// Failover makes the replica the primary volume in the destination region
+// (POST /v1/replications/{id}/action {"failover": {...}}, 202): the
+// replication goes to failing_over, then failed_over, its cycles copying
+// the new primary back to the source. The result is the failover, running;
+// GetFailover follows it to done (RTOSeconds) or error. A replication in
+// another status, or whose source volume is attached (unless forced), is
+// a 409.
+func Failover(ctx context.Context, client *gophercloud.ServiceClient, id string, opts FailoverOptsBuilder) (r FailoverResult) {
+	b, err := opts.ToReplicationFailoverMap()
+	if err != nil {
+		r.Err = err
+		return
+	}
+	r.Result = postAction(ctx, client, id, b)
+	return
+}
+
+// FailbackOptsBuilder allows extensions to add parameters to Failback.
+type FailbackOptsBuilder interface {
+	ToReplicationFailbackMap() (map[string]any, error)
+}
+
+// FailbackOpts is the body of the failback action; a failback is always
+// planned.
+type FailbackOpts struct {
+	// Force fails back while the failed-over volume is attached.
+	Force bool `json:"force,omitempty"`
+}
+
+// ToReplicationFailbackMap builds {"failback": null}, or {"failback":
+// {"force": true}}.
+func (opts FailbackOpts) ToReplicationFailbackMap() (map[string]any, error) {
+	if !opts.Force {
+		return map[string]any{"failback": nil}, nil
+	}
+	return gophercloud.BuildRequestBody(opts, "failback")
+}
+
+// Failback returns a failed-over replication to its original direction
+// (POST /v1/replications/{id}/action {"failback": ...}, 202): it goes to
+// failing_back, then active. The result is the failback, running.
+func Failback(ctx context.Context, client *gophercloud.ServiceClient, id string, opts FailbackOptsBuilder) (r FailoverResult) {
+	b, err := opts.ToReplicationFailbackMap()
+	if err != nil {
+		r.Err = err
+		return
+	}
+	r.Result = postAction(ctx, client, id, b)
+	return
+}
+
+// ListFailovers returns a replication's failovers and failbacks, newest
+// first (GET /v1/replications/{id}/failovers).
+func ListFailovers(ctx context.Context, client *gophercloud.ServiceClient, id string) (r FailoversResult) {
+	r.Result = get(ctx, client, failoversURL(client, id))
+	return
+}
+
+// GetFailover shows one failover or failback of a replication (GET
+// /v1/replications/{id}/failovers/{failover_id}).
+func GetFailover(ctx context.Context, client *gophercloud.ServiceClient, id, failoverID string) (r FailoverResult) {
+	r.Result = get(ctx, client, failoverURL(client, id, failoverID))
 	return
 }

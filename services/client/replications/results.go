@@ -120,6 +120,67 @@ type DrillInfo struct {
 	Error      string   `json:"error"`
 }
 
+// FailoverSide is one side of a failover: From is the old primary, To
+// the new one. The server sends null for what does not apply; it reads as
+// "".
+type FailoverSide struct {
+	Region string `json:"region"`
+	Pool   string `json:"pool"`
+	Image  string `json:"image"`
+	// VolumeID is the side's Cinder volume: the new primary's once
+	// registered.
+	VolumeID string `json:"volume_id"`
+}
+
+// FailoverInfo is a failover (the replica made the primary volume in the
+// destination region) or a failback (the reverse, to the original
+// volume) of a replication.
+type FailoverInfo struct {
+	ID            string `json:"id"`
+	ReplicationID string `json:"replication_id"`
+	// Kind: failover or failback.
+	Kind string `json:"kind"`
+	// Planned: no point was asked for (a final cycle loses nothing).
+	Planned bool `json:"planned"`
+	Force   bool `json:"force"`
+	// Point is the point an unplanned failover went to ("" when
+	// planned).
+	Point string `json:"point"`
+	// Status: running, done, error.
+	Status string `json:"status"`
+	// Step is the next step to run (quiesce, final_cycle, promote,
+	// register, readwrite, unmanage, demote, rename, flip; "" before the
+	// first), done once done.
+	Step            string       `json:"step"`
+	From            FailoverSide `json:"from"`
+	To              FailoverSide `json:"to"`
+	FinalTransferID string       `json:"final_transfer_id"`
+	// PreservedImage is where the demoted side's writes after the point
+	// were kept (ferry-preserved-<id>), if it had any.
+	PreservedImage string     `json:"preserved_image"`
+	PreservedBytes int64      `json:"preserved_bytes"`
+	RequestedAt    time.Time  `json:"requested_at"`
+	AvailableAt    *time.Time `json:"available_at"`
+	FinishedAt     *time.Time `json:"finished_at"`
+	// RTOSeconds is the time from request to the new primary available
+	// (the recovery time); nil until then.
+	RTOSeconds *float64 `json:"rto_seconds"`
+	Error      string   `json:"error"`
+	UserID     string   `json:"user_id"`
+}
+
+// RTO is RTOSeconds as a duration, and false until the new primary is
+// available.
+func (f FailoverInfo) RTO() (time.Duration, bool) {
+	if f.RTOSeconds == nil {
+		return 0, false
+	}
+	return time.Duration(*f.RTOSeconds * float64(time.Second)), true
+}
+
+// Ended reports whether the failover is done or in error.
+func (f FailoverInfo) Ended() bool { return f.Status == "done" || f.Status == "error" }
+
 // Event is one entry of a replication's history.
 type Event struct {
 	CreatedAt time.Time `json:"created_at"`
@@ -188,6 +249,31 @@ func (r DrillResult) Extract() (*DrillInfo, error) {
 	var s DrillInfo
 	err := r.ExtractIntoStructPtr(&s, "drill")
 	return &s, err
+}
+
+// FailoverResult is the result of Failover, Failback or GetFailover;
+// Extract returns the failover.
+type FailoverResult struct {
+	gophercloud.Result
+}
+
+// Extract returns the failover.
+func (r FailoverResult) Extract() (*FailoverInfo, error) {
+	var s FailoverInfo
+	err := r.ExtractIntoStructPtr(&s, "failover")
+	return &s, err
+}
+
+// FailoversResult is the result of ListFailovers.
+type FailoversResult struct {
+	gophercloud.Result
+}
+
+// Extract returns the failovers and failbacks, newest first.
+func (r FailoversResult) Extract() ([]FailoverInfo, error) {
+	var s []FailoverInfo
+	err := r.ExtractIntoSlicePtr(&s, "failovers")
+	return s, err
 }
 
 // PointsResult is the result of ListPoints.

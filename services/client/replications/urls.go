@@ -29,3 +29,11 @@ func eventsURL(c *gophercloud.ServiceClient, id string) string {
 func drillsURL(c *gophercloud.ServiceClient, id string) string {
 	return c.ServiceURL(resourcePath, id, "drills")
 }
+
+func failoversURL(c *gophercloud.ServiceClient, id string) string {
+	return c.ServiceURL(resourcePath, id, "failovers")
+}
+
+func failoverURL(c *gophercloud.ServiceClient, id, failoverID string) string {
+	return c.ServiceURL(resourcePath, id, "failovers", failoverID)
+}

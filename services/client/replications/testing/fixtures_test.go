@@ -228,15 +228,7 @@ var expectedAvailableDrill = replications.DrillInfo{
 }
 
 func HandleDrill(t *testing.T, fakeServer th.FakeServer, request string) {
-	fakeServer.Mux.HandleFunc("/replications/"+firstID+"/action", func(w http.ResponseWriter, r *http.Request) {
-		th.TestMethod(t, r, "POST")
-		th.TestHeader(t, r, "X-Auth-Token", fake.TokenID)
-		th.TestHeader(t, r, "OpenStack-API-Version", "volume-ferry 1.1")
-		th.TestJSONRequest(t, r, request)
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusAccepted)
-		fmt.Fprintf(w, `{"drill": %s}`, drillJSON)
-	})
+	HandleActionAnswer(t, fakeServer, request, "drill", drillJSON)
 }
 
 func HandleSubresource(t *testing.T, fakeServer th.FakeServer, sub, body string) {
@@ -274,5 +266,84 @@ func HandleFault(t *testing.T, fakeServer th.FakeServer, path string, code int, 
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(code)
 		fmt.Fprintf(w, `{%q: {"code": %d, "message": %q}}`, name, code, msg)
+	})
+}
+
+const (
+	failoverID = "f0f1f2f3-a4a5-4b6c-9d7e-8f9000112233"
+	failbackID = "fb000000-1111-4222-8333-444455556666"
+	newVolume  = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
+)
+
+// A planned failover just accepted: running, nothing known yet.
+var failoverJSON = fmt.Sprintf(`{"id": %q, "replication_id": %q, "kind": "failover", "planned": true, "force": false, "point": null,
+	"status": "running", "step": "",
+	"from": {"region": "RegionOne", "pool": "volumes", "image": "volume-%s", "volume_id": %q},
+	"to": {"region": "RegionTwo", "pool": "volumes", "image": "ferry-replica-%s", "volume_id": null},
+	"final_transfer_id": null, "preserved_image": null, "preserved_bytes": 0,
+	"requested_at": "2026-12-03T11:00:00.000000Z", "available_at": null, "finished_at": null, "rto_seconds": null,
+	"error": null, "user_id": "demo-user"}`, failoverID, firstID, volumeID, volumeID, firstID)
+
+var expectedFailover = replications.FailoverInfo{
+	ID: failoverID, ReplicationID: firstID, Kind: "failover", Planned: true, Status: "running",
+	From:        replications.FailoverSide{Region: "RegionOne", Pool: "volumes", Image: "volume-" + volumeID, VolumeID: volumeID},
+	To:          replications.FailoverSide{Region: "RegionTwo", Pool: "volumes", Image: "ferry-replica-" + firstID},
+	RequestedAt: time.Date(2026, 12, 3, 11, 0, 0, 0, time.UTC),
+	UserID:      "demo-user",
+}
+
+// An unplanned, forced failover that ended: the new primary registered,
+// the old one's later writes preserved, its RTO known.
+var doneFailoverJSON = fmt.Sprintf(`{"id": %q, "replication_id": %q, "kind": "failover", "planned": false, "force": true, "point": "ferry-%s",
+	"status": "done", "step": "done",
+	"from": {"region": "RegionOne", "pool": "volumes", "image": "volume-%s", "volume_id": %q},
+	"to": {"region": "RegionTwo", "pool": "volumes", "image": "ferry-replica-%s", "volume_id": %q},
+	"final_transfer_id": %q, "preserved_image": "ferry-preserved-%s", "preserved_bytes": 8388608,
+	"requested_at": "2026-12-03T11:00:00.000000Z", "available_at": "2026-12-03T11:00:42.250000Z", "finished_at": "2026-12-03T11:01:05.000000Z",
+	"rto_seconds": 42.25, "error": null, "user_id": "demo-user"}`,
+	failoverID, firstID, cycleID, volumeID, volumeID, firstID, newVolume, cycleID, failoverID)
+
+var expectedDoneFailover = replications.FailoverInfo{
+	ID: failoverID, ReplicationID: firstID, Kind: "failover", Force: true, Point: "ferry-" + cycleID, Status: "done", Step: "done",
+	From:            replications.FailoverSide{Region: "RegionOne", Pool: "volumes", Image: "volume-" + volumeID, VolumeID: volumeID},
+	To:              replications.FailoverSide{Region: "RegionTwo", Pool: "volumes", Image: "ferry-replica-" + firstID, VolumeID: newVolume},
+	FinalTransferID: cycleID, PreservedImage: "ferry-preserved-" + failoverID, PreservedBytes: 8 << 20,
+	RequestedAt: time.Date(2026, 12, 3, 11, 0, 0, 0, time.UTC),
+	AvailableAt: ptr(time.Date(2026, 12, 3, 11, 0, 42, 250000000, time.UTC)),
+	FinishedAt:  ptr(time.Date(2026, 12, 3, 11, 1, 5, 0, time.UTC)),
+	RTOSeconds:  ptr(42.25),
+	UserID:      "demo-user",
+}
+
+// A failback that failed.
+var failedFailbackJSON = fmt.Sprintf(`{"id": %q, "replication_id": %q, "kind": "failback", "planned": true, "force": false, "point": null,
+	"status": "error", "step": "quiesce",
+	"from": {"region": "RegionTwo", "pool": "volumes", "image": "ferry-replica-%s", "volume_id": %q},
+	"to": {"region": "RegionOne", "pool": "volumes", "image": "volume-%s", "volume_id": %q},
+	"final_transfer_id": null, "preserved_image": null, "preserved_bytes": 0,
+	"requested_at": "2026-12-03T12:00:00.000000Z", "available_at": null, "finished_at": "2026-12-03T12:00:03.000000Z", "rto_seconds": null,
+	"error": "volume is attached", "user_id": "demo-user"}`, failbackID, firstID, firstID, newVolume, volumeID, volumeID)
+
+var expectedFailedFailback = replications.FailoverInfo{
+	ID: failbackID, ReplicationID: firstID, Kind: "failback", Planned: true, Status: "error", Step: "quiesce",
+	From:        replications.FailoverSide{Region: "RegionTwo", Pool: "volumes", Image: "ferry-replica-" + firstID, VolumeID: newVolume},
+	To:          replications.FailoverSide{Region: "RegionOne", Pool: "volumes", Image: "volume-" + volumeID, VolumeID: volumeID},
+	RequestedAt: time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC),
+	FinishedAt:  ptr(time.Date(2026, 12, 3, 12, 0, 3, 0, time.UTC)),
+	Error:       "volume is attached",
+	UserID:      "demo-user",
+}
+
+// HandleActionAnswer checks an action's body and answers 202 with
+// {key: object}.
+func HandleActionAnswer(t *testing.T, fakeServer th.FakeServer, request, key, object string) {
+	fakeServer.Mux.HandleFunc("/replications/"+firstID+"/action", func(w http.ResponseWriter, r *http.Request) {
+		th.TestMethod(t, r, "POST")
+		th.TestHeader(t, r, "X-Auth-Token", fake.TokenID)
+		th.TestHeader(t, r, "OpenStack-API-Version", "volume-ferry 1.1")
+		th.TestJSONRequest(t, r, request)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusAccepted)
+		fmt.Fprintf(w, `{%q: %s}`, key, object)
 	})
 }

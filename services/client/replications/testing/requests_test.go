@@ -311,3 +311,109 @@ func TestListDrills(t *testing.T) {
 	th.AssertNoErr(t, err)
 	th.CheckDeepEquals(t, []replications.DrillInfo{expectedDrill, expectedAvailableDrill}, actual)
 }
+
+func TestFailover(t *testing.T) {
+	for _, tc := range []struct {
+		opts    replications.FailoverOpts
+		request string
+	}{
+		{replications.FailoverOpts{}, `{"failover": {}}`},
+		{replications.FailoverOpts{Force: true}, `{"failover": {"force": true}}`},
+		{replications.FailoverOpts{Point: "latest", Force: true}, `{"failover": {"point": "latest", "force": true}}`},
+		{replications.FailoverOpts{Point: "ferry-" + cycleID, Force: true}, `{"failover": {"point": "ferry-` + cycleID + `", "force": true}}`},
+	} {
+		t.Run(tc.request, func(t *testing.T) {
+			fakeServer := th.SetupHTTP()
+			defer fakeServer.Teardown()
+			HandleActionAnswer(t, fakeServer, tc.request, "failover", failoverJSON)
+			actual, err := replications.Failover(context.TODO(), fake.ServiceClient(fakeServer), firstID, tc.opts).Extract()
+			th.AssertNoErr(t, err)
+			th.CheckDeepEquals(t, &expectedFailover, actual)
+			if _, ok := actual.RTO(); ok || actual.Ended() {
+				t.Errorf("a running failover has an RTO or ended: %+v", actual)
+			}
+		})
+	}
+}
+
+func TestFailoverErrors(t *testing.T) {
+	fakeServer := th.SetupHTTP()
+	defer fakeServer.Teardown()
+	HandleFault(t, fakeServer, "/replications/"+firstID+"/action", http.StatusConflict, "conflictingRequest",
+		"Volume "+volumeID+" in RegionOne is attached: detach it first, or force the failover.")
+	sc := fake.ServiceClient(fakeServer)
+	// A point without force: refused before a request.
+	if _, err := replications.Failover(context.TODO(), sc, firstID, replications.FailoverOpts{Point: "latest"}).Extract(); !errors.Is(err, replications.ErrUnplannedNeedsForce) {
+		t.Errorf("point without force: error %v", err)
+	}
+	_, err := replications.Failover(context.TODO(), sc, firstID, replications.FailoverOpts{}).Extract()
+	if !gophercloud.ResponseCodeIs(err, http.StatusConflict) || !strings.Contains(err.Error(), "is attached") {
+		t.Errorf("attached: error %v, want the server's 409", err)
+	}
+	_, err = replications.Failback(context.TODO(), sc, firstID, replications.FailbackOpts{}).Extract()
+	if !gophercloud.ResponseCodeIs(err, http.StatusConflict) {
+		t.Errorf("failback: error %v, want the server's 409", err)
+	}
+}
+
+func TestFailback(t *testing.T) {
+	for _, tc := range []struct {
+		opts    replications.FailbackOpts
+		request string
+	}{
+		{replications.FailbackOpts{}, `{"failback": null}`},
+		{replications.FailbackOpts{Force: true}, `{"failback": {"force": true}}`},
+	} {
+		t.Run(tc.request, func(t *testing.T) {
+			fakeServer := th.SetupHTTP()
+			defer fakeServer.Teardown()
+			HandleActionAnswer(t, fakeServer, tc.request, "failover", failedFailbackJSON)
+			actual, err := replications.Failback(context.TODO(), fake.ServiceClient(fakeServer), firstID, tc.opts).Extract()
+			th.AssertNoErr(t, err)
+			th.CheckDeepEquals(t, &expectedFailedFailback, actual)
+		})
+	}
+}
+
+func TestListFailovers(t *testing.T) {
+	fakeServer := th.SetupHTTP()
+	defer fakeServer.Teardown()
+	HandleSubresource(t, fakeServer, "failovers", `{"failovers": [`+failedFailbackJSON+`, `+doneFailoverJSON+`]}`)
+	actual, err := replications.ListFailovers(context.TODO(), fake.ServiceClient(fakeServer), firstID).Extract()
+	th.AssertNoErr(t, err)
+	th.CheckDeepEquals(t, []replications.FailoverInfo{expectedFailedFailback, expectedDoneFailover}, actual)
+	rto, ok := actual[1].RTO()
+	th.CheckEquals(t, true, ok)
+	th.CheckEquals(t, 42250*time.Millisecond, rto)
+	th.CheckEquals(t, true, actual[0].Ended() && actual[1].Ended())
+}
+
+func TestGetFailover(t *testing.T) {
+	fakeServer := th.SetupHTTP()
+	defer fakeServer.Teardown()
+	HandleSubresource(t, fakeServer, "failovers/"+failoverID, `{"failover": `+doneFailoverJSON+`}`)
+	HandleFault(t, fakeServer, "/replications/"+firstID+"/failovers/nope", http.StatusNotFound, "itemNotFound",
+		"Failover nope of replication "+firstID+" could not be found.")
+	sc := fake.ServiceClient(fakeServer)
+	actual, err := replications.GetFailover(context.TODO(), sc, firstID, failoverID).Extract()
+	th.AssertNoErr(t, err)
+	th.CheckDeepEquals(t, &expectedDoneFailover, actual)
+	_, err = replications.GetFailover(context.TODO(), sc, firstID, "nope").Extract()
+	if !gophercloud.ResponseCodeIs(err, http.StatusNotFound) || !strings.Contains(err.Error(), "Failover nope") {
+		t.Errorf("unknown failover: error %v, want the server's 404", err)
+	}
+}
+
+// The actions ask for 1.1 even on a client set to an older microversion,
+// and leave it as it was.
+func TestFailoverAsksForItsMicroversion(t *testing.T) {
+	fakeServer := th.SetupHTTP()
+	defer fakeServer.Teardown()
+	HandleSubresource(t, fakeServer, "failovers", `{"failovers": []}`)
+	sc := fake.ServiceClient(fakeServer)
+	sc.Microversion = "1.0"
+	actual, err := replications.ListFailovers(context.TODO(), sc, firstID).Extract()
+	th.AssertNoErr(t, err)
+	th.CheckEquals(t, 0, len(actual))
+	th.CheckEquals(t, "1.0", sc.Microversion)
+}
