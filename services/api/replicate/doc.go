@@ -24,7 +24,16 @@
 //
 // # Loops
 //
-// Scheduler and DrillRunner are Run(ctx) error loops under database leases,
-// so that of several ferry-api processes exactly one schedules and one runs
-// drills.
+// Scheduler, DrillRunner and FailoverRunner are Run(ctx) error loops under
+// database leases, so that of several ferry-api processes exactly one
+// schedules, one runs drills and one runs failovers. They share the loop
+// (a pass at every interval or Kick) and the one-goroutine-per-item
+// workers of loop.go.
+//
+// # Failover
+//
+// FailoverRunner carries a failover or failback (db.Failover) through its
+// steps (Steps), recording each when done: a killed ferry-api resumes at
+// the next step. Before the promote a failure undoes it; after it, a step
+// is retried with backoff until it succeeds.
 package replicate

@@ -49,17 +49,13 @@ type DrillRunner struct {
 	LeaseTTL    time.Duration
 	Log         *slog.Logger
 
-	once    sync.Once
-	kick    chan struct{}
-	mu      sync.Mutex
-	running map[string]bool
-	wg      sync.WaitGroup
+	once sync.Once
+	kicker
+	workers workers
 }
 
 func (r *DrillRunner) init() {
 	r.once.Do(func() {
-		r.kick = make(chan struct{}, 1)
-		r.running = map[string]bool{}
 		if r.Owner == "" {
 			r.Owner = "ferry-api-" + uuid.NewString()
 		}
@@ -75,35 +71,17 @@ func (r *DrillRunner) init() {
 	})
 }
 
-// Kick asks for a scan now.
-func (r *DrillRunner) Kick() {
-	r.init()
-	select {
-	case r.kick <- struct{}{}:
-	default:
-	}
-}
-
 // Run scans until ctx ends, then waits for the drills it started.
 func (r *DrillRunner) Run(ctx context.Context) error {
 	if r.DB == nil {
 		return errors.New("replicate: the drill runner needs a DB")
 	}
 	r.init()
-	defer r.wg.Wait()
-	t := time.NewTicker(r.Interval)
-	defer t.Stop()
-	for {
-		r.scan(ctx)
-		select {
-		case <-ctx.Done():
-			r.wg.Wait()
-			_ = r.DB.ReleaseLease(context.WithoutCancel(ctx), DrillLease, r.Owner)
-			return nil
-		case <-t.C:
-		case <-r.kick:
-		}
-	}
+	r.every(ctx, r.Interval, r.scan, func(ctx context.Context) {
+		r.workers.wait()
+		_ = r.DB.ReleaseLease(ctx, DrillLease, r.Owner)
+	})
+	return nil
 }
 
 func (r *DrillRunner) scan(ctx context.Context) {
@@ -127,23 +105,7 @@ func (r *DrillRunner) scan(ctx context.Context) {
 	}
 	for i := range drills {
 		d := drills[i]
-		r.mu.Lock()
-		busy := r.running[d.ID]
-		r.running[d.ID] = true
-		r.mu.Unlock()
-		if busy {
-			continue
-		}
-		r.wg.Add(1)
-		go func() {
-			defer r.wg.Done()
-			defer func() {
-				r.mu.Lock()
-				delete(r.running, d.ID)
-				r.mu.Unlock()
-			}()
-			r.RunDrill(ctx, &d)
-		}()
+		r.workers.start(ctx, d.ID, nil, func(ctx context.Context) { r.RunDrill(ctx, &d) })
 	}
 }
 

@@ -199,7 +199,7 @@ func TestDrillRunnerFailure(t *testing.T) {
 	}
 	// The scan finds no pending drill any more.
 	run.scan(ctx)
-	run.wg.Wait()
+	run.workers.wait()
 	if len(caller.calls) != 1 {
 		t.Errorf("a failed drill was run again: %d calls", len(caller.calls))
 	}

@@ -88,14 +88,13 @@ type FailoverRunner struct {
 	LeaseTTL    time.Duration
 	Log         *slog.Logger
 
-	once    sync.Once
-	kick    chan struct{}
+	once sync.Once
+	kicker
+	workers workers
 	mu      sync.Mutex
-	running map[string]bool
 	// retry: when a failover whose step failed is run again (doubling
 	// from Interval up to a minute), and its failures in a row.
 	retry map[string]retryState
-	wg    sync.WaitGroup
 }
 
 type retryState struct {
@@ -105,8 +104,6 @@ type retryState struct {
 
 func (r *FailoverRunner) init() {
 	r.once.Do(func() {
-		r.kick = make(chan struct{}, 1)
-		r.running = map[string]bool{}
 		r.retry = map[string]retryState{}
 		if r.Owner == "" {
 			r.Owner = "ferry-api-" + uuid.NewString()
@@ -123,35 +120,17 @@ func (r *FailoverRunner) init() {
 	})
 }
 
-// Kick asks for a scan now.
-func (r *FailoverRunner) Kick() {
-	r.init()
-	select {
-	case r.kick <- struct{}{}:
-	default:
-	}
-}
-
 // Run scans until ctx ends, then waits for the failovers it started.
 func (r *FailoverRunner) Run(ctx context.Context) error {
 	if r.DB == nil {
 		return errors.New("replicate: the failover runner needs a DB")
 	}
 	r.init()
-	defer r.wg.Wait()
-	t := time.NewTicker(r.Interval)
-	defer t.Stop()
-	for {
-		r.scan(ctx)
-		select {
-		case <-ctx.Done():
-			r.wg.Wait()
-			_ = r.DB.ReleaseLease(context.WithoutCancel(ctx), FailoverLease, r.Owner)
-			return nil
-		case <-t.C:
-		case <-r.kick:
-		}
-	}
+	r.every(ctx, r.Interval, r.scan, func(ctx context.Context) {
+		r.workers.wait()
+		_ = r.DB.ReleaseLease(ctx, FailoverLease, r.Owner)
+	})
+	return nil
 }
 
 func (r *FailoverRunner) scan(ctx context.Context) {
@@ -174,26 +153,8 @@ func (r *FailoverRunner) scan(ctx context.Context) {
 		return
 	}
 	for i := range fos {
-		f := fos[i]
-		r.mu.Lock()
-		busy := r.running[f.ID] || time.Now().Before(r.retry[f.ID].at)
-		if !busy {
-			r.running[f.ID] = true
-		}
-		r.mu.Unlock()
-		if busy {
-			continue
-		}
-		r.wg.Add(1)
-		go func() {
-			defer r.wg.Done()
-			defer func() {
-				r.mu.Lock()
-				delete(r.running, f.ID)
-				r.mu.Unlock()
-			}()
-			r.Advance(ctx, f.ID)
-		}()
+		id := fos[i].ID
+		r.workers.start(ctx, id, func() bool { return r.waiting(id) }, func(ctx context.Context) { r.Advance(ctx, id) })
 	}
 }
 
@@ -621,6 +582,13 @@ func (r *FailoverRunner) failed(ctx context.Context, f *db.Failover, err error, 
 	}); ferr != nil {
 		log.Warn("recording a failed failover", "error", ferr)
 	}
+}
+
+// waiting reports whether failover id waits for its backoff.
+func (r *FailoverRunner) waiting(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return time.Now().Before(r.retry[id].at)
 }
 
 // backoff delays failover id's next run after a failed step.

@@ -61,14 +61,13 @@ type Scheduler struct {
 	Publish func()
 	Log     *slog.Logger
 
-	once   sync.Once
-	kick   chan struct{}
+	once sync.Once
+	kicker
 	pruned time.Time
 }
 
 func (s *Scheduler) init() {
 	s.once.Do(func() {
-		s.kick = make(chan struct{}, 1)
 		if s.Owner == "" {
 			s.Owner = "ferry-api-" + uuid.NewString()
 		}
@@ -81,35 +80,19 @@ func (s *Scheduler) init() {
 	})
 }
 
-// Kick asks for a tick now (a new replication, a sync, a resume).
-func (s *Scheduler) Kick() {
-	s.init()
-	select {
-	case s.kick <- struct{}{}:
-	default:
-	}
-}
-
-// Run ticks until ctx ends.
+// Run ticks until ctx ends; Kick asks for a tick now (a new replication,
+// a sync, a resume).
 func (s *Scheduler) Run(ctx context.Context) error {
 	if s.DB == nil {
 		return errors.New("replicate: the scheduler needs a DB")
 	}
 	s.init()
-	t := time.NewTicker(s.Tick)
-	defer t.Stop()
-	for {
+	s.every(ctx, s.Tick, func(ctx context.Context) {
 		if _, err := s.RunOnce(ctx); err != nil && ctx.Err() == nil {
 			s.Log.Warn("replication scheduler", "error", err)
 		}
-		select {
-		case <-ctx.Done():
-			_ = s.DB.ReleaseLease(context.WithoutCancel(ctx), SchedulerLease, s.Owner)
-			return nil
-		case <-t.C:
-		case <-s.kick:
-		}
-	}
+	}, func(ctx context.Context) { _ = s.DB.ReleaseLease(ctx, SchedulerLease, s.Owner) })
+	return nil
 }
 
 // TickResult is what one tick did.
