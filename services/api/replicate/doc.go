@@ -1,8 +1,8 @@
 // Package replicate is ferry-api's side of continuous replication: the
 // schedule (when a replication's next cycle runs), the retention of its
 // points, the scheduler that starts the cycles (each an ordinary transfer
-// with replication_id set), the drill runner, the metrics collector and the
-// notifications.
+// with replication_id set), the drill runner, the failover runner, the
+// metrics collector and the notifications.
 //
 // # Schedule
 //
