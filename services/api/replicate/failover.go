@@ -133,16 +133,22 @@ func (r *FailoverRunner) Run(ctx context.Context) error {
 	return nil
 }
 
-func (r *FailoverRunner) scan(ctx context.Context) {
+// holds takes or renews the lease "replication-failover": only its holder
+// runs failover steps.
+func (r *FailoverRunner) holds(ctx context.Context) bool {
 	ttl := r.LeaseTTL
 	if ttl <= 0 {
 		ttl = max(3*r.Interval, 30*time.Second)
 	}
 	held, err := r.DB.AcquireLease(ctx, FailoverLease, r.Owner, ttl)
-	if err != nil || !held {
-		if err != nil && ctx.Err() == nil {
-			r.Log.Warn("failover lease", "error", err)
-		}
+	if err != nil && ctx.Err() == nil {
+		r.Log.Warn("failover lease", "error", err)
+	}
+	return err == nil && held
+}
+
+func (r *FailoverRunner) scan(ctx context.Context) {
+	if !r.holds(ctx) {
 		return
 	}
 	fos, err := r.DB.RunningFailovers(ctx, 0)
@@ -162,7 +168,8 @@ func (r *FailoverRunner) scan(ctx context.Context) {
 // runs it again.
 var errWait = errors.New("waiting")
 
-// Advance runs failover id's steps until it is done, must wait, or fails.
+// Advance runs failover id's steps until it is done, must wait, or fails;
+// it runs none unless it holds the lease.
 func (r *FailoverRunner) Advance(ctx context.Context, id string) {
 	r.init()
 	for ctx.Err() == nil {
@@ -172,6 +179,11 @@ func (r *FailoverRunner) Advance(ctx context.Context, id string) {
 			return
 		}
 		if f.Status != db.FailoverRunning {
+			return
+		}
+		// Each step under the lease, renewed: a process that lost it
+		// (stalled past its TTL while another took over) stops here.
+		if !r.holds(ctx) {
 			return
 		}
 		log := r.Log.With("failover_id", f.ID, "replication_id", f.ReplicationID, "kind", f.Kind, "step", f.Step)

@@ -337,3 +337,28 @@ func TestFailoverRunnerUnplanned(t *testing.T) {
 		t.Errorf("no preserved event naming the image: %+v", evs)
 	}
 }
+
+// A runner that does not hold the lease (another ferry-api took it) runs
+// no step.
+func TestFailoverRunnerNeedsTheLease(t *testing.T) {
+	d, clk := newStore(t)
+	ctx := context.Background()
+	r, point := withPoint(t, d)
+	agents, cin := &fakeAgents{}, &fakeFailoverCinder{clk: clk}
+	if held, err := d.AcquireLease(ctx, FailoverLease, "api-2", time.Minute); err != nil || !held {
+		t.Fatalf("api-2 takes the lease: %v %v", held, err)
+	}
+	run := &FailoverRunner{DB: d, Caller: agents, Cinder: cin, Owner: "api-1", Log: quiet()}
+	f := startFailover(t, d, r, db.FailoverKindFailover, false, point)
+	run.Advance(ctx, f.ID)
+	run.scan(ctx)
+	run.workers.wait()
+	if got := getFailover(t, d, f.ID); got.Step != "" || len(agents.calls) != 0 || len(cin.regs) != 0 {
+		t.Fatalf("a runner without the lease ran %q: calls %v, registrations %d", got.Step, agents.calls, len(cin.regs))
+	}
+	clk.add(2 * time.Minute) // api-2's lease expired: api-1 takes over
+	run.Advance(ctx, f.ID)
+	if got := getFailover(t, d, f.ID); got.Status != db.FailoverDone || len(agents.calls) != 2 {
+		t.Fatalf("after the lease expired: %+v, calls %v", got, agents.calls)
+	}
+}
