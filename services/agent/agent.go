@@ -64,7 +64,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Agent, err
 		return fail(fmt.Errorf("[tls]: %w", err))
 	}
 	ag.server, err = stream.NewServer(stream.ServerConfig{TLSConfig: serverTLS, Logger: ag.log,
-		MaxSessions: a.MaxSessions, MaxConnections: a.MaxDataConnections, Window: uint64(a.StreamWindow)})
+		MaxSessions: a.MaxSessions, MaxConnections: a.MaxDataConnections, Window: uint64(a.StreamWindow), Writers: a.StreamWriters})
 	if err != nil {
 		return fail(err)
 	}
@@ -130,6 +130,7 @@ func newSource(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Agen
 	log.Info("connected to ceph", "fsid", cluster.FSID(), "pools", a.Pools)
 	ag.Source = transfer.NewSource(ag.connector(), a.Pools, transfer.Options{
 		Streams:        a.Streams,
+		ReadAhead:      a.StreamReadAhead,
 		ChunkSize:      uint64(a.ChunkSize),
 		Compression:    comp,
 		BandwidthLimit: int64(a.BandwidthLimit),

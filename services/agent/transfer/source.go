@@ -58,7 +58,10 @@ type Job struct {
 
 // Options tune the data stream.
 type Options struct {
-	Streams        int
+	Streams int
+	// ReadAhead is the chunks read ahead of the wire ([agent]
+	// stream_read_ahead; 0: the stream default).
+	ReadAhead      int
 	ChunkSize      uint64
 	Compression    stream.Compression
 	BandwidthLimit int64
@@ -276,7 +279,7 @@ func (s *Source) Run(ctx context.Context, job Job, dest Preparer) (Result, error
 		Addr: prep.Endpoint, TLSConfig: tlsCfg,
 		TransferID: job.TransferID, Ticket: prep.Ticket,
 		Source: &sourceImage{img: img, size: info.Size}, Extents: extents,
-		ChunkSize: prep.ChunkSize, Streams: s.opts.Streams, Compression: s.opts.Compression,
+		ChunkSize: prep.ChunkSize, Streams: s.opts.Streams, ReadAhead: s.opts.ReadAhead, Compression: s.opts.Compression,
 		BandwidthLimit: EffectiveLimit(s.opts.BandwidthLimit, job.BandwidthLimit), ResumeFrom: resume, Retry: s.opts.Retry,
 		Congestion: s.opts.Congestion,
 		Progress:   s.opts.Progress, Logger: log,

@@ -101,6 +101,8 @@ func TestParseErrorsNameSectionAndOption(t *testing.T) {
 		{"auth_url", "[keystone_authtoken]\nauth_url = 127.0.0.1:5000\n", "[keystone_authtoken] auth_url:"},
 		{"listen", "[agent]\ndata_listen = 9791\n", `[agent] data_listen: "9791" is not host:port`},
 		{"pool", "[agent]\npools = a/b\n", `[agent] pools: "a/b" is not a pool name`},
+		{"read-ahead", "[agent]\nstream_read_ahead = 65\n", "[agent] stream_read_ahead"},
+		{"writers", "[agent]\nstream_writers = 0\n", "[agent] stream_writers"},
 		{"page", "[api]\ndefault_page_size = 50\nmax_page_size = 10\n", "[api] max_page_size: must be at least default_page_size"},
 		{"syntax", "[agent\nregion = x\n", "cannot parse INI"},
 		{"dict", "[cinder]\nvolume_pools = RegionOne\n", `[cinder] volume_pools: "RegionOne" is not a key:value pair`},
