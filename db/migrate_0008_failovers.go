@@ -40,6 +40,9 @@ type m0008Failover struct {
 	Kind          string            `gorm:"column:kind;type:varchar(32);not null"`
 	Planned       bool              `gorm:"column:planned;not null;default:false"`
 	Force         bool              `gorm:"column:force;not null;default:false"`
+	// OriginalReadOnly: the original volume was read-only before Ferry
+	// set the flag; it stays so.
+	OriginalReadOnly bool `gorm:"column:original_read_only;not null;default:false"`
 
 	RequestedPoint  string  `gorm:"column:requested_point;type:varchar(255);not null;default:''"`
 	Point           string  `gorm:"column:point;type:varchar(255);not null;default:''"`

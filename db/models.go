@@ -420,6 +420,11 @@ type Failover struct {
 	Planned bool `gorm:"column:planned"`
 	// Force: an attached volume does not stop it.
 	Force bool `gorm:"column:force"`
+	// OriginalReadOnly: the replication's original volume was read-only
+	// in Cinder before the failover set the flag, so neither an undo nor
+	// the failback clears it (the caller sets it; a failback copies its
+	// failover's).
+	OriginalReadOnly bool `gorm:"column:original_read_only"`
 
 	// RequestedPoint is what the request named ("", a point name or
 	// "latest"); Point the point it resolved to (the one promoted).

@@ -160,7 +160,7 @@ func (s *Server) startFailover(c *gin.Context, caller *Caller, r *db.Replication
 	}
 	// The old primary volume: attached → refused unless forced; its name,
 	// description, metadata, bootable flag and type go to the new one.
-	spec := ""
+	spec, readOnly := "", false
 	if r.SourceVolumeID != "" {
 		st, err := s.hooks.Failovers.InspectVolume(ctx, r.SourceRegion, r.ProjectID, r.SourceVolumeID)
 		switch {
@@ -179,11 +179,28 @@ func (s *Server) startFailover(c *gin.Context, caller *Caller, r *db.Replication
 		case err == nil:
 			b, _ := json.Marshal(st.Spec)
 			spec = string(b)
+			readOnly = st.ReadOnly
+		}
+	}
+	if kind == db.FailoverKindFailback {
+		// The original volume's own flag, as its failover found it.
+		fos, err := s.db.ListFailovers(ctx, r.ID)
+		if err != nil {
+			s.dbError(c, err, "Replication "+r.ID)
+			return
+		}
+		readOnly = false
+		for _, f := range fos { // newest first
+			if f.Kind == db.FailoverKindFailover && f.Status == db.FailoverDone {
+				readOnly = f.OriginalReadOnly
+				break
+			}
 		}
 	}
 	f := &db.Failover{
 		ID: uuid.NewString(), ReplicationID: r.ID, UserID: caller.UserID, RequestID: requestIDOf(c),
 		Kind: kind, Planned: planned, Force: req.Force, RequestedPoint: req.Point, Point: point, Spec: spec,
+		OriginalReadOnly: readOnly,
 	}
 	if _, err := s.db.StartFailover(ctx, f, db.ProjectScope(r.ProjectID), to, from, db.ReplicationEventInput{
 		Message: fmt.Sprintf("%s %s requested by %s", failoverWhat(kind, planned), f.ID, caller.UserID),

@@ -550,7 +550,7 @@ func TestReplicationFailoverAction(t *testing.T) {
 		t.Errorf("failover to an unknown point: %d %v", code, m)
 	}
 	fc.mu.Lock()
-	fc.attached = map[string]bool{"v1": true}
+	fc.attached, fc.readOnly = map[string]bool{"v1": true}, map[string]bool{"v1": true}
 	fc.mu.Unlock()
 	if code, m := action(demo, `{"failover": {}}`); code != 409 || !strings.Contains(message(m), "attached") {
 		t.Errorf("failover of an attached volume: %d %v", code, m)
@@ -567,7 +567,7 @@ func TestReplicationFailoverAction(t *testing.T) {
 		t.Errorf("the failover: %v", f)
 	}
 	stored, err := a.db.GetFailover(context.Background(), f["id"].(string), db.AllProjectsScope())
-	if err != nil || !strings.Contains(stored.Spec, `"name":"data"`) || stored.UserID == "" {
+	if err != nil || !strings.Contains(stored.Spec, `"name":"data"`) || stored.UserID == "" || !stored.OriginalReadOnly {
 		t.Errorf("stored failover: %+v %v", stored, err)
 	}
 	for _, body := range []string{`{"failover": {"force": true}}`, `{"failover": {"point": "latest", "force": true}}`, `{"pause": null}`} {

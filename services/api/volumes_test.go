@@ -28,8 +28,9 @@ type fakeCinder struct {
 	regErr  error
 
 	backupRegs []cinder.BackupRegistration
-	// attached: volumes (by fake name) that are attached (InspectVolume).
-	attached map[string]bool
+	// attached, readOnly: volumes (by fake name) that are attached, or
+	// read-only (InspectVolume).
+	attached, readOnly map[string]bool
 	// quotaFull: the owner's Cinder quota in the destination has no room.
 	quotaFull bool
 }
@@ -57,7 +58,7 @@ func (f *fakeCinder) InspectVolume(_ context.Context, region, project, id string
 	if f.attached[name] {
 		st = "in-use"
 	}
-	return &cinder.VolumeState{Spec: v.Spec, Status: st, Attached: f.attached[name]}, nil
+	return &cinder.VolumeState{Spec: v.Spec, Status: st, Attached: f.attached[name], ReadOnly: f.readOnly[name]}, nil
 }
 
 func (f *fakeCinder) VolumePool(region string) string {

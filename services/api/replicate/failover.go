@@ -256,7 +256,10 @@ func (r *FailoverRunner) run(ctx context.Context, f *db.Failover, log *slog.Logg
 	case StepRegister:
 		err = r.register(ctx, f, log)
 	case StepReadWrite:
-		if err = r.setReadOnly(ctx, f, f.ToRegion, f.ToVolumeID, false); err == nil {
+		if !f.OriginalReadOnly { // else it was read-only before the failover
+			err = r.setReadOnly(ctx, f, f.ToRegion, f.ToVolumeID, false)
+		}
+		if err == nil {
 			err = r.available(ctx, f, f.ToVolumeID, log)
 		}
 	case StepUnmanage:
@@ -580,7 +583,7 @@ func (r *FailoverRunner) failed(ctx context.Context, f *db.Failover, err error, 
 	}
 	r.succeeded(f.ID)
 	log.Error("failover undone", "error", err)
-	if at > 0 || f.Step != "" {
+	if (at > 0 || f.Step != "") && (f.Kind == db.FailoverKindFailback || !f.OriginalReadOnly) {
 		if uerr := r.setReadOnly(ctx, f, f.FromRegion, f.FromVolumeID, false); uerr != nil {
 			log.Warn("the old primary volume stays read-only", "volume_id", f.FromVolumeID, "error", uerr)
 		}

@@ -141,7 +141,7 @@ func getFailover(t *testing.T, d *db.DB, id string) *db.Failover {
 	return f
 }
 
-func startFailover(t *testing.T, d *db.DB, r *db.Replication, kind db.FailoverKind, planned bool, point string) *db.Failover {
+func startFailover(t *testing.T, d *db.DB, r *db.Replication, kind db.FailoverKind, planned bool, point string, mut ...func(*db.Failover)) *db.Failover {
 	t.Helper()
 	to, from := db.ReplicationFailingOver, []db.ReplicationStatus{db.ReplicationActive, db.ReplicationPaused, db.ReplicationError}
 	if kind == db.FailoverKindFailback {
@@ -149,6 +149,9 @@ func startFailover(t *testing.T, d *db.DB, r *db.Replication, kind db.FailoverKi
 	}
 	f := &db.Failover{ReplicationID: r.ID, UserID: "u", Kind: kind, Planned: planned, Point: point,
 		Spec: `{"kind":"volume","name":"data","description":"d","bootable":true,"volume_type":"ceph","metadata":{"k":"v"}}`}
+	for _, m := range mut {
+		m(f)
+	}
 	if _, err := d.StartFailover(context.Background(), f, db.AllProjectsScope(), to, from, db.ReplicationEventInput{}); err != nil {
 		t.Fatal(err)
 	}
@@ -360,5 +363,39 @@ func TestFailoverRunnerNeedsTheLease(t *testing.T) {
 	run.Advance(ctx, f.ID)
 	if got := getFailover(t, d, f.ID); got.Status != db.FailoverDone || len(agents.calls) != 2 {
 		t.Fatalf("after the lease expired: %+v, calls %v", got, agents.calls)
+	}
+}
+
+// A volume that was read-only before the failover stays so: neither the
+// undo nor the failback clears the flag.
+func TestFailoverRunnerKeepsAReadOnlyVolume(t *testing.T) {
+	d, clk := newStore(t)
+	ctx := context.Background()
+	r, _ := withPoint(t, d)
+	agents, cin := &fakeAgents{}, &fakeFailoverCinder{clk: clk}
+	run := &FailoverRunner{DB: d, Caller: agents, Cinder: cin, Owner: "api-1", Log: quiet()}
+	ro := func(f *db.Failover) { f.OriginalReadOnly = true }
+	f := startFailover(t, d, r, db.FailoverKindFailover, true, "", ro)
+	run.Advance(ctx, f.ID)
+	msg := "source image gone"
+	if _, err := d.TransitionTransfer(ctx, getFailover(t, d, f.ID).FinalTransferID, db.StatusError, db.TransitionOpts{Error: msg}); err != nil {
+		t.Fatal(err)
+	}
+	run.Advance(ctx, f.ID)
+	if got := getFailover(t, d, f.ID); got.Status != db.FailoverError || strings.Join(cin.calls, ",") != "readonly RegionOne demo v1 true" {
+		t.Fatalf("the undone failover of a read-only volume: %+v, cinder %v", got, cin.calls)
+	}
+	// Failed over for good, then back: the original stays read-only.
+	f = startFailover(t, d, r, db.FailoverKindFailover, true, "", ro)
+	run.Advance(ctx, f.ID)
+	completeFinal(t, d, f.ID)
+	run.Advance(ctx, f.ID)
+	cin.calls = nil
+	b := startFailover(t, d, getRep(t, d, r.ID), db.FailoverKindFailback, true, "", ro)
+	run.Advance(ctx, b.ID)
+	completeFinal(t, d, b.ID)
+	run.Advance(ctx, b.ID)
+	if got := getFailover(t, d, b.ID); got.Status != db.FailoverDone || strings.Contains(strings.Join(cin.calls, ","), "v1 false") {
+		t.Fatalf("the failback of a read-only volume: %+v, cinder %v", got, cin.calls)
 	}
 }
