@@ -654,6 +654,33 @@ func TestCLIReplication(t *testing.T) {
 		t.Errorf("transfer list --replication: %q", r.stdout)
 	}
 
+	// Failover and failback with --wait: each ends done, with its RTO.
+	var fo map[string]any
+	r = runCLI(t, demo, "replication", "failover", name, "--wait", "-f", "json")
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &fo) != nil || fo["status"] != "done" || !strings.Contains(r.stderr, "RTO") {
+		t.Fatalf("replication failover --wait: exit %d %q %q", r.code, r.stdout, r.stderr)
+	}
+	if to, _ := fo["to"].(map[string]any); to == nil || to["volume_id"] == nil {
+		t.Fatalf("the failover has no new volume: %v", fo)
+	} else {
+		newVol := to["volume_id"].(string)
+		t.Cleanup(func() { osc(t, "admin", "RegionTwo", "volume", "delete", "--force", newVol) })
+	}
+	if r = runCLI(t, demo, "replication", "show", name, "-f", "value", "-c", "status"); strings.TrimSpace(r.stdout) != "failed_over" {
+		t.Errorf("after the failover: %q %q", r.stdout, r.stderr)
+	}
+	if r = runCLI(t, cloud("alt"), "replication", "failback", id); r.code == 0 || !strings.Contains(r.stderr, "HTTP 404") {
+		t.Errorf("alt fails back demo's replication: exit %d %q", r.code, r.stderr)
+	}
+	r = runCLI(t, demo, "replication", "failback", name, "--wait", "-f", "json")
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &fo) != nil || fo["status"] != "done" || fo["kind"] != "failback" {
+		t.Fatalf("replication failback --wait: exit %d %q %q", r.code, r.stdout, r.stderr)
+	}
+	if r = runCLI(t, demo, "replication", "failovers", name, "-f", "value", "-c", "kind"); r.code != 0 ||
+		!strings.Contains(r.stdout, "failover") || !strings.Contains(r.stdout, "failback") {
+		t.Errorf("replication failovers: %q %q", r.stdout, r.stderr)
+	}
+
 	// Delete: the replica goes.
 	replica := fmt.Sprintf("%s/%s", shown["destination"].(map[string]any)["pool"], shown["destination"].(map[string]any)["image"])
 	if r = runCLI(t, demo, "replication", "delete", name); r.code != 0 {
