@@ -107,6 +107,12 @@ func (d *Dest) Promote(ctx context.Context, req rpc.PromoteRequest) (rpc.Promote
 		return rpc.PromoteReply{}, err
 	}
 	name := req.Pool + "/" + req.Image
+	if req.Force {
+		// An unplanned failover: the source is gone, and a session it
+		// left open here would hold the replica until its ticket expires.
+		// Its partial writes are rolled back below.
+		d.endSessions(name, "superseded by a forced promote (unplanned failover)")
+	}
 	unlock := d.keys.lock("image:" + name)
 	defer unlock()
 	if d.imageBusy(name) {
@@ -171,6 +177,27 @@ func (d *Dest) Promote(ctx context.Context, req rpc.PromoteRequest) (rpc.Promote
 	}
 	d.log.Info("promoted", "replication_id", req.ReplicationID, "image", name, "point", req.Point, "rolled_back", reply.RolledBack, "force", req.Force)
 	return reply, nil
+}
+
+// endSessions ends the transfer sessions open here on image name (pool/image),
+// each under its transfer's key, as an abort would.
+func (d *Dest) endSessions(name, reason string) {
+	d.mu.Lock()
+	var jobs []*destJob
+	for _, j := range d.jobs {
+		if j.name == name {
+			jobs = append(jobs, j)
+		}
+	}
+	d.mu.Unlock()
+	for _, j := range jobs {
+		unlock := d.keys.lock("transfer:" + j.id)
+		if d.job(j.id) == j {
+			d.log.Warn("ending a transfer session", "transfer_id", j.id, "image", name, "reason", reason)
+			d.closeJob(j, errors.New(reason))
+		}
+		unlock()
+	}
 }
 
 // openFenced opens pool/image for writing and takes the fence; the job

@@ -593,3 +593,52 @@ func TestRenameDemotedReplica(t *testing.T) {
 	}
 	r.matches(res.Snapshot)
 }
+
+// lostAbort is a destination whose aborts never arrive (the source's
+// region went down mid-cycle).
+type lostAbort struct{ Preparer }
+
+func (lostAbort) Abort(context.Context, AbortRequest) error { return nil }
+
+// A source gone mid-cycle leaves its session open on the replica: a
+// planned promote waits for it (temporary conflict), a forced one (an
+// unplanned failover) ends it, rolls the cycle's partial writes back and
+// promotes the point.
+func TestForcedPromoteEndsAnOrphanSession(t *testing.T) {
+	h, c := newCutHarness(t, 8<<20)
+	ctx := ctxT(t)
+	r := newReplication(h, 32<<20)
+	writeRandom(t, r.img, 0, 1<<20)
+	c1 := r.cycle(ctx)
+	writeRandom(t, r.img, 0, 16<<20)
+	cctx, cancel := context.WithCancel(ctx)
+	c.at.Store(4 << 20)
+	c.cancel.Store(&cancel)
+	_, err := h.source.Run(cctx, r.job(c1.Snapshot), lostAbort{h.dest})
+	c.cancel.Store(nil)
+	cancel()
+	if err == nil {
+		t.Fatal("the interrupted cycle succeeded")
+	}
+	if h.dest.Sessions() != 1 {
+		t.Fatalf("the cut cycle left %d sessions open, want 1", h.dest.Sessions())
+	}
+	preq := rpc.PromoteRequest{ReplicationID: r.id, Pool: h.pool, Image: r.replica, Point: c1.Snapshot}
+	if _, err := h.dest.Promote(ctx, preq); !errors.Is(err, rpc.ErrConflict) || !rpc.IsTemporary(err) {
+		t.Fatalf("a planned promote while the session is open: %v, want a temporary conflict", err)
+	}
+	preq.Force = true
+	rep, err := h.dest.Promote(ctx, preq)
+	if err != nil {
+		t.Fatalf("forced promote: %v", err)
+	}
+	if h.dest.Sessions() != 0 {
+		t.Errorf("the orphan session is still open after the forced promote")
+	}
+	if !rep.RolledBack {
+		t.Errorf("the cut cycle's partial writes were not rolled back: %+v", rep)
+	}
+	if got := testenv.ExportSHA(t, h.dstConf, h.pool+"/"+r.replica); got != r.sha[c1.Snapshot] {
+		t.Errorf("the promoted replica (sha256 %s) is not the point's data (%s)", got, r.sha[c1.Snapshot])
+	}
+}
