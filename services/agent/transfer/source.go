@@ -407,6 +407,9 @@ func (s *Source) ensureSnapshot(ctx context.Context, cluster *rbd.Cluster, job J
 		// it is now under the old transfer's name.
 		return "", fmt.Errorf("%w: transfer %s completed here before; its start is not run again", ErrConflict, job.TransferID)
 	}
+	if beforeSourceSnapshot != nil {
+		beforeSourceSnapshot(job)
+	}
 	if err := img.CreateSnapshot(snap); err != nil {
 		if errors.Is(err, rbd.ErrExists) {
 			// A repeated start: the snapshot of the first (tagged then,
@@ -415,11 +418,28 @@ func (s *Source) ensureSnapshot(ctx context.Context, cluster *rbd.Cluster, job J
 		}
 		return "", err
 	}
+	// The transfer may have been superseded between the check above and
+	// the snapshot: its successor leaves the doneTag before it removes
+	// the old snapshot, so a snapshot made after that removal sees the
+	// tag now. A replay then leaves nothing behind.
+	if done, err := s.done(img, job.TransferID); err != nil || done {
+		if rerr := img.RemoveSnapshot(snap); rerr != nil {
+			s.log.Warn("removing the snapshot a replayed start took", "snapshot", snap, "error", rerr)
+		}
+		if err != nil {
+			return "", err
+		}
+		return "", fmt.Errorf("%w: transfer %s completed here before; its start is not run again", ErrConflict, job.TransferID)
+	}
 	if err := s.tag(img, job, snap); err != nil {
 		return "", err
 	}
 	return snap, nil
 }
+
+// beforeSourceSnapshot, when set (tests), runs between ensureSnapshot's
+// check for a doneTag and its snapshot.
+var beforeSourceSnapshot func(Job)
 
 // tag records in the source image's metadata that Ferry took snapshot name
 // (by id): only tagged snapshots are ever removed by Ferry.

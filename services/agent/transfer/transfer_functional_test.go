@@ -368,3 +368,42 @@ func TestMissedCompletionBaseRemovedLater(t *testing.T) {
 		t.Errorf("a replayed start of t1 after its snapshot was removed: %v", err)
 	}
 }
+
+// A replayed start of a transfer whose successor completes (leaving its
+// doneTag and removing its snapshot) between the replay's check and its
+// snapshot: the replay is refused and leaves no snapshot (the fault suite
+// found one left behind in CI).
+func TestReplayedStartRacingItsSuccessor(t *testing.T) {
+	h := newHarness(t, Options{})
+	ctx := ctxT(t)
+	name := uniq("xfer-race")
+	img := h.newImage(name, 16<<20)
+	writeRandom(t, img, 0, 2<<20)
+	t1 := Job{TransferID: "t1-" + name, Pool: h.pool, Image: name}
+	if _, err := h.source.Run(ctx, t1, h.dest); err != nil {
+		t.Fatal(err)
+	}
+	writeRandom(t, img, 4<<20, 256<<10)
+	ran := false
+	beforeSourceSnapshot = func(j Job) {
+		if j.TransferID != t1.TransferID || ran {
+			return
+		}
+		ran = true
+		// The successor completes now: t1's snapshot goes.
+		if _, err := h.source.Run(ctx, Job{TransferID: "t2-" + name, Pool: h.pool, Image: name}, h.dest); err != nil {
+			t.Errorf("the successor: %v", err)
+		}
+	}
+	t.Cleanup(func() { beforeSourceSnapshot = nil })
+	// t1's snapshot is there when the replay checks: not done yet.
+	if _, err := h.source.Run(ctx, t1, h.dest); !errors.Is(err, ErrConflict) {
+		t.Errorf("the replay racing its successor: %v, want a conflict", err)
+	}
+	if !ran {
+		t.Fatal("the replay did not reach its snapshot")
+	}
+	if snaps := snapshotsOf(t, h.src, h.pool, name); !slices.Equal(snaps, []string{SnapshotPrefix + "t2-" + name}) {
+		t.Errorf("source snapshots after the replay: %v, want only t2's", snaps)
+	}
+}
