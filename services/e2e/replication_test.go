@@ -142,18 +142,7 @@ func (r *replication) quiesce() {
 func (r *replication) nextPoint(since time.Time) point {
 	r.c.t.Helper()
 	r.mustAction(`{"resume": null}`, 202)
-	r.mustAction(`{"sync": null}`, 202)
-	deadline := time.Now().Add(2 * time.Minute)
-	for time.Now().Before(deadline) {
-		for _, p := range r.points() {
-			if p.CreatedAt.After(since) {
-				return p
-			}
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-	r.c.t.Fatalf("replication %s: no point after %s; %v", r.id, since, r.show())
-	return point{}
+	return r.pointAfter(since)
 }
 
 // num reads a JSON number field.
