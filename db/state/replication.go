@@ -115,6 +115,23 @@ func (s ReplicationStatus) CanFailover() bool {
 	return CanTransitionReplication(s, ReplicationFailingOver)
 }
 
+// FailoverFrom lists the statuses a failback (failback) or a failover may
+// start from: those the machine lets go to failing_back or failing_over,
+// but for a planned failover not error (its source must answer).
+func FailoverFrom(failback, planned bool) []ReplicationStatus {
+	var out []ReplicationStatus
+	for _, s := range AllReplication() {
+		ok := s.CanFailover() && !(planned && s == ReplicationError)
+		if failback {
+			ok = s.CanFailback()
+		}
+		if ok {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
 // CanFailback reports whether a failback may start from status s
 // (failed_over).
 func (s ReplicationStatus) CanFailback() bool {

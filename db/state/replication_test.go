@@ -1,6 +1,9 @@
 package state
 
-import "testing"
+import (
+	"slices"
+	"testing"
+)
 
 // replicationReach is every replication status reachable from s (s included).
 func replicationReach(s ReplicationStatus) map[ReplicationStatus]bool {
@@ -169,6 +172,21 @@ func TestParseReplication(t *testing.T) {
 	for _, in := range []string{"", "queued"} {
 		if _, err := ParseReplication(in); err == nil {
 			t.Errorf("%q parsed", in)
+		}
+	}
+}
+
+func TestFailoverFrom(t *testing.T) {
+	for _, c := range []struct {
+		failback, planned bool
+		want              []ReplicationStatus
+	}{
+		{false, true, []ReplicationStatus{ReplicationActive, ReplicationPaused}},
+		{false, false, []ReplicationStatus{ReplicationActive, ReplicationPaused, ReplicationError}},
+		{true, true, []ReplicationStatus{ReplicationFailedOver}},
+	} {
+		if got := FailoverFrom(c.failback, c.planned); !slices.Equal(got, c.want) {
+			t.Errorf("FailoverFrom(%v, %v) = %v, want %v", c.failback, c.planned, got, c.want)
 		}
 	}
 }
