@@ -14,6 +14,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/ferry-project/ferry/db"
+	"github.com/ferry-project/ferry/db/state"
 	"github.com/ferry-project/ferry/services/api/cinder"
 )
 
@@ -107,15 +108,9 @@ func (s *Server) startFailover(c *gin.Context, caller *Caller, r *db.Replication
 		writeError(c, http.StatusBadRequest, fmt.Sprintf("failover.point is longer than %d characters.", db.MaxNameLength))
 		return
 	}
-	var from []db.ReplicationStatus
-	to := db.ReplicationFailingOver
-	switch {
-	case kind == db.FailoverKindFailback:
-		from, to = []db.ReplicationStatus{db.ReplicationFailedOver}, db.ReplicationFailingBack
-	case planned:
-		from = []db.ReplicationStatus{db.ReplicationActive, db.ReplicationPaused}
-	default:
-		from = []db.ReplicationStatus{db.ReplicationActive, db.ReplicationPaused, db.ReplicationError}
+	from, to := state.FailoverFrom(kind == db.FailoverKindFailback, planned), db.ReplicationFailingOver
+	if kind == db.FailoverKindFailback {
+		to = db.ReplicationFailingBack
 	}
 	if !slices.Contains(from, r.Status) {
 		code := http.StatusConflict
@@ -152,8 +147,7 @@ func (s *Server) startFailover(c *gin.Context, caller *Caller, r *db.Replication
 		}
 		point = newest.Name
 	default:
-		if !slices.ContainsFunc(points, func(p db.ReplicationPoint) bool { return p.Name == req.Point }) {
-			writeError(c, http.StatusNotFound, fmt.Sprintf("Point %q of replication %s could not be found.", truncate(req.Point, 64), r.ID))
+		if !hasPoint(c, r, points, req.Point) {
 			return
 		}
 		point = req.Point
@@ -207,9 +201,6 @@ func (s *Server) startFailover(c *gin.Context, caller *Caller, r *db.Replication
 	}); err != nil {
 		s.dbError(c, err, "Replication "+r.ID)
 		return
-	}
-	if nf, err := s.db.GetFailover(ctx, f.ID, db.ProjectScope(r.ProjectID)); err == nil {
-		f = nf
 	}
 	if s.hooks.KickFailovers != nil {
 		s.hooks.KickFailovers()
@@ -269,4 +260,14 @@ func (s *Server) showFailover(c *gin.Context) {
 		return
 	}
 	c.JSON(http.StatusOK, gin.H{"failover": FailoverViewOf(f)})
+}
+
+// hasPoint reports whether point is one of replication r's points, and
+// writes the 404 when it is not.
+func hasPoint(c *gin.Context, r *db.Replication, points []db.ReplicationPoint, point string) bool {
+	if slices.ContainsFunc(points, func(p db.ReplicationPoint) bool { return p.Name == point }) {
+		return true
+	}
+	writeError(c, http.StatusNotFound, fmt.Sprintf("Point %q of replication %s could not be found.", truncate(point, 64), r.ID))
+	return false
 }

@@ -789,8 +789,7 @@ func (s *Server) startDrill(c *gin.Context, caller *Caller, r *db.Replication, a
 		s.dbError(c, err, "Replication "+r.ID)
 		return
 	}
-	if !slices.ContainsFunc(points, func(p db.ReplicationPoint) bool { return p.Name == req.Point }) {
-		writeError(c, http.StatusNotFound, fmt.Sprintf("Point %q of replication %s could not be found.", truncate(req.Point, 64), r.ID))
+	if !hasPoint(c, r, points, req.Point) {
 		return
 	}
 	now := s.db.Now()
