@@ -201,6 +201,25 @@ type TransferCleanup struct {
 	Destination Location `json:"destination"`
 }
 
+// MethodTransferSettle: API → a completed transfer's source region's
+// agents (cast to agent.<region>): the transfer completed (ferry-api
+// learned it from the destination's state, so the source agent may never
+// have seen its own completion): remove the source base its snapshot's
+// tag records as superseded, and the chain below it, as the source does
+// after a completion it sees; for an ephemeral copy, the transfer's own
+// snapshot. Nothing else is touched: a kept copy's snapshot is the next
+// base. Since 1.3.
+const MethodTransferSettle = "transfer.settle"
+
+// TransferSettle is transfer.settle's body. Source.Snapshot is the
+// snapshot the transfer copied (ferry-<id>, the one Ferry took).
+type TransferSettle struct {
+	TransferID string   `json:"transfer_id"`
+	Epoch      int64    `json:"epoch"`
+	Source     Location `json:"source"`
+	Ephemeral  bool     `json:"ephemeral,omitempty"`
+}
+
 // MethodReplicationDrill: API → a replication's destination region's
 // agents (call to agent.<region>): clone a retained point of the replica
 // (a drill, test failover). Since 1.3.

@@ -58,6 +58,29 @@ func (a *Agent) handlers(r *runner) (shared, own *rpc.Mux) {
 		a.cleanup(ctx, req)
 		return nil, nil
 	}, a.refusedCommand))
+	// A completion ferry-api learned from the destination: the clean-up
+	// the source agent would have done after it (see Source.Settle).
+	shared.Handle(rpc.MethodTransferSettle, rpc.RequireSigned(a.verifier, func(ctx context.Context, env rpc.Envelope) (any, error) {
+		var req rpc.TransferSettle
+		if err := env.DecodeBody(&req); err != nil {
+			return nil, err
+		}
+		if req.Source.Region != a.cfg.Agent.Region {
+			err := fmt.Errorf("%w: a settle of region %s reached region %s", rpc.ErrForbidden, req.Source.Region, a.cfg.Agent.Region)
+			a.refusedCommand(env, err)
+			return nil, err
+		}
+		job := transfer.Job{TransferID: req.TransferID, Pool: req.Source.Pool, Image: req.Source.Image,
+			Snapshot: req.Source.Snapshot, Ephemeral: req.Ephemeral}
+		removed, err := a.Source.Settle(ctx, job)
+		log := a.log.With("transfer_id", req.TransferID, "image", req.Source.Pool+"/"+req.Source.Image)
+		if err != nil {
+			log.Warn("settle: the superseded source snapshots stay until the image's next transfer", "removed", removed, "error", err)
+		} else if len(removed) > 0 {
+			log.Info("settle: superseded source snapshots removed", "removed", removed)
+		}
+		return nil, nil
+	}, a.refusedCommand))
 	a.replicationHandlers(shared)
 	return shared, own
 }

@@ -683,6 +683,54 @@ func (s *Source) Discard(ctx context.Context, job Job) (string, error) {
 	return name, nil
 }
 
+// Settle does at the source what a completion of job the source agent did
+// not see would have done (rpc.MethodTransferSettle): the superseded base
+// recorded in the tag of the transfer's snapshot goes, with the chain below
+// it; for an ephemeral copy the transfer's snapshot itself goes. Only
+// snapshots Ferry took and tagged are touched; a repeat finds them gone.
+// It returns the snapshots removed.
+func (s *Source) Settle(ctx context.Context, job Job) ([]string, error) {
+	name := SnapshotPrefix + job.TransferID
+	if job.Snapshot != "" && job.Snapshot != name {
+		return nil, nil // the user's snapshot: never a base Ferry records
+	}
+	if err := allowed(s.pools, job.Pool); err != nil {
+		return nil, err
+	}
+	if s.opts.Sealer == nil {
+		return nil, errors.New("source has no state key")
+	}
+	cluster, release, err := s.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	log := s.log.With("transfer_id", job.TransferID, "image", job.Pool+"/"+job.Image)
+	if job.Ephemeral {
+		img, err := cluster.OpenImage(ctx, job.Pool, job.Image, "", false)
+		if errors.Is(err, rbd.ErrNotFound) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		defer img.Close()
+		if _, err := snapshotID(img, name); errors.Is(err, rbd.ErrNotFound) {
+			return nil, nil
+		}
+		s.markDone(ctx, cluster, job, job.TransferID, log)
+		if err := s.removeTagged(img, name); err != nil {
+			return nil, err
+		}
+		return []string{name}, nil
+	}
+	base := s.recordedBase(ctx, cluster, job, name)
+	if base == "" {
+		return nil, nil
+	}
+	return s.removeSuperseded(ctx, cluster, job, base, log)
+}
+
 // removeSnapshot removes a source snapshot Ferry took (tagged), with its
 // tag; one already gone is no error, one Ferry did not take stays
 // (ErrNotOwned).

@@ -369,6 +369,77 @@ func TestMissedCompletionBaseRemovedLater(t *testing.T) {
 	}
 }
 
+// A completion the source never saw, which ferry-api learned from the
+// destination: its settle removes the superseded base (and only it), a
+// repeat removes nothing, and a replayed start of the removed base's
+// transfer is refused. An ephemeral copy's settle removes its snapshot.
+func TestSettleRemovesWhatAMissedCompletionLeft(t *testing.T) {
+	h := newHarness(t, Options{})
+	ctx := ctxT(t)
+	name := uniq("xfer-settle")
+	img := h.newImage(name, 16<<20)
+	writeRandom(t, img, 0, 2<<20)
+	r1, err := h.source.Run(ctx, Job{TransferID: "t1-" + name, Pool: h.pool, Image: name}, h.dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRandom(t, img, 4<<20, 256<<10)
+	t2 := Job{TransferID: "t2-" + name, Pool: h.pool, Image: name}
+	if _, err := h.source.Run(ctx, t2, lostFinish{h.dest}); err == nil {
+		t.Fatal("a lost finish answer was not an error at the source")
+	}
+	s2 := SnapshotPrefix + t2.TransferID
+	// A settle of a transfer the user named a snapshot for, or of another
+	// image, touches nothing.
+	if removed, err := h.source.Settle(ctx, Job{TransferID: t2.TransferID, Pool: h.pool, Image: name, Snapshot: "mine"}); err != nil || len(removed) > 0 {
+		t.Errorf("settle naming the user's snapshot: %v %v", removed, err)
+	}
+	if snaps := snapshotsOf(t, h.src, h.pool, name); !slices.Equal(snaps, []string{r1.Snapshot, s2}) {
+		t.Fatalf("source snapshots before the settle: %v, want %s and %s", snaps, r1.Snapshot, s2)
+	}
+	removed, err := h.source.Settle(ctx, t2)
+	if err != nil || !slices.Equal(removed, []string{r1.Snapshot}) {
+		t.Fatalf("settle removed %v (%v), want %s", removed, err, r1.Snapshot)
+	}
+	if snaps := snapshotsOf(t, h.src, h.pool, name); !slices.Equal(snaps, []string{s2}) {
+		t.Errorf("source snapshots after the settle: %v, want only %s", snaps, s2)
+	}
+	if removed, err := h.source.Settle(ctx, t2); err != nil || len(removed) > 0 {
+		t.Errorf("a repeated settle: %v %v", removed, err)
+	}
+	if _, err := h.source.Run(ctx, Job{TransferID: "t1-" + name, Pool: h.pool, Image: name}, h.dest); !errors.Is(err, ErrConflict) {
+		t.Errorf("a replayed start of t1 after its settle: %v", err)
+	}
+	// The next transfer is incremental from t2's snapshot.
+	writeRandom(t, img, 8<<20, 64<<10)
+	r3, err := h.source.Run(ctx, Job{TransferID: "t3-" + name, Pool: h.pool, Image: name}, h.dest)
+	if err != nil || r3.Mode != ModeIncremental || r3.Base != s2 {
+		t.Fatalf("after the settle: %+v %v, want incremental from %s", r3, err, s2)
+	}
+	h.sameImage(name, r3.Snapshot)
+
+	// An ephemeral copy whose finish answer was lost keeps its snapshot
+	// until its settle.
+	eph := Job{TransferID: "e1-" + name, Pool: h.pool, Image: name, DestImage: name + "-copy", Ephemeral: true}
+	t.Cleanup(func() {
+		exec.Command("rbd", "-c", h.dstConf, "snap", "purge", h.pool+"/"+name+"-copy").Run()
+		exec.Command("rbd", "-c", h.dstConf, "rm", h.pool+"/"+name+"-copy").Run()
+	})
+	if _, err := h.source.Run(ctx, eph, lostFinish{h.dest}); err == nil {
+		t.Fatal("a lost finish answer was not an error at the source")
+	}
+	se := SnapshotPrefix + eph.TransferID
+	if snaps := snapshotsOf(t, h.src, h.pool, name); !slices.Contains(snaps, se) {
+		t.Fatalf("source snapshots after the lost ephemeral finish: %v, want %s among them", snaps, se)
+	}
+	if removed, err := h.source.Settle(ctx, eph); err != nil || !slices.Equal(removed, []string{se}) {
+		t.Errorf("ephemeral settle removed %v (%v), want %s", removed, err, se)
+	}
+	if snaps := snapshotsOf(t, h.src, h.pool, name); !slices.Equal(snaps, []string{r3.Snapshot}) {
+		t.Errorf("source snapshots after the ephemeral settle: %v, want only %s", snaps, r3.Snapshot)
+	}
+}
+
 // A replayed start of a transfer whose successor completes (leaving its
 // doneTag and removing its snapshot) between the replay's check and its
 // snapshot: the replay is refused and leaves no snapshot (the fault suite

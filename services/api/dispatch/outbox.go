@@ -110,12 +110,8 @@ func NewStartMessageWithRequestID(t *db.Transfer, requestID string) (*db.OutboxM
 		Destination: rpc.Location{
 			Region: t.DestRegion, Pool: t.DestPool, Image: t.DestImage, Snapshot: t.DestSnapshot,
 		},
-		Epoch: epoch,
-		// A Cinder volume's copy becomes a new Cinder volume: no base
-		// snapshot is kept for a next incremental on either side. A
-		// replication cycle of a volume keeps its bases: the next cycle
-		// is an incremental.
-		Ephemeral: t.SourceVolumeID != "" && t.ReplicationID == "",
+		Epoch:     epoch,
+		Ephemeral: Ephemeral(t),
 	}
 	if t.ReplicationID != "" {
 		spec, err := ParseCycleSpec(t.CinderSpec)
@@ -127,6 +123,24 @@ func NewStartMessageWithRequestID(t *db.Transfer, requestID string) (*db.OutboxM
 		body.ReplicationID, body.Retain, body.BandwidthLimit = t.ReplicationID, spec.Retain, spec.BandwidthLimit
 	}
 	return NewOutboxMessage(requestID, rpc.AgentTarget(t.SourceRegion), rpc.MethodTransferStart, body)
+}
+
+// Ephemeral reports whether t's copy is handed over once finished: a
+// Cinder volume's copy becomes a new Cinder volume, so no base snapshot is
+// kept for a next incremental on either side. A replication cycle of a
+// volume keeps its bases: the next cycle is an incremental.
+func Ephemeral(t *db.Transfer) bool {
+	return t.SourceVolumeID != "" && t.ReplicationID == ""
+}
+
+// NewSettleMessage is the outbox row of t's transfer.settle, cast to its
+// source region's agents once ferry-api completed t from the destination's
+// state (see rpc.MethodTransferSettle).
+func NewSettleMessage(t *db.Transfer) (*db.OutboxMessage, error) {
+	return NewOutboxMessage("", rpc.AgentTarget(t.SourceRegion), rpc.MethodTransferSettle, rpc.TransferSettle{
+		TransferID: t.ID, Epoch: t.Epoch, Ephemeral: Ephemeral(t),
+		Source: rpc.Location{Region: t.SourceRegion, Pool: t.SourcePool, Image: t.SourceImage, Snapshot: t.SourceSnapshot},
+	})
 }
 
 // CycleSpec is what a replication cycle's start carries beyond the

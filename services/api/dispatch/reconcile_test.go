@@ -521,6 +521,38 @@ func TestDestinationProbeRecoversLostReport(t *testing.T) {
 					t.Errorf("no note says why: %+v", evs)
 				}
 			}
+			// The source agent missed the completion: it is told to
+			// remove what the completion superseded there.
+			e.clk.Add(2 * time.Hour) // claims of earlier drains expire
+			msgs, err := e.d.ClaimOutbox(e.ctx, "test", time.Minute, 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var settles []rpc.TransferSettle
+			for _, m := range msgs {
+				var sm storedMessage
+				if err := json.Unmarshal([]byte(m.Payload), &sm); err != nil {
+					t.Fatal(err)
+				}
+				if sm.Method != rpc.MethodTransferSettle {
+					continue
+				}
+				var body rpc.TransferSettle
+				if err := json.Unmarshal(sm.Body, &body); err != nil {
+					t.Fatal(err)
+				}
+				if m.RoutingKey != string(rpc.AgentTarget(tr.SourceRegion)) {
+					t.Errorf("settle sent to %s", m.RoutingKey)
+				}
+				settles = append(settles, body)
+			}
+			switch {
+			case !tc.wantNote && len(settles) > 0:
+				t.Errorf("settle sent for a transfer not completed: %+v", settles)
+			case tc.wantNote && (len(settles) != 1 || settles[0].TransferID != tr.ID || settles[0].Source.Image != tr.SourceImage ||
+				settles[0].Source.Region != tr.SourceRegion || settles[0].Ephemeral != tc.volume):
+				t.Errorf("settles %+v, want one of %s (ephemeral %t)", settles, tr.ID, tc.volume)
+			}
 		})
 	}
 }

@@ -504,6 +504,7 @@ func (r *Redispatcher) completeFromDestination(ctx context.Context, t *db.Transf
 		err = a.complete(ctx, log)
 		if err == nil {
 			log.Warn("transfer completed from its destination's state: "+why, "digest", st.Digest)
+			r.settle(ctx, cur, log)
 			return true, nil
 		}
 		if !errors.Is(err, db.ErrConflict) && !errors.Is(err, db.ErrInvalidTransition) {
@@ -511,4 +512,23 @@ func (r *Redispatcher) completeFromDestination(ctx context.Context, t *db.Transf
 		}
 	}
 	return false, nil
+}
+
+// settle casts transfer.settle to t's source region: its agent did not see
+// the completion, so the source base t superseded (or an ephemeral copy's
+// snapshot) is still there. A settle that is not sent is no harm: the
+// image's next transfer removes the bases left by completions its agent
+// did not see.
+func (r *Redispatcher) settle(ctx context.Context, t *db.Transfer, log *slog.Logger) {
+	m, err := NewSettleMessage(t)
+	if err == nil {
+		err = r.DB.EnqueueOutbox(ctx, m)
+	}
+	if err != nil {
+		log.Warn("settle of the source not sent: its superseded snapshot stays until the image's next transfer", "error", err)
+		return
+	}
+	if r.Publish != nil {
+		r.Publish()
+	}
 }
