@@ -176,6 +176,8 @@ func runStoreContract(t *testing.T, newURL func(t *testing.T) string) {
 		{"FailoverPlanned", contractFailoverPlanned},
 		{"FailoverUnplannedUndo", contractFailoverUnplannedUndo},
 		{"FailoverConcurrentStart", contractFailoverConcurrentStart},
+		{"GroupLifecycle", contractGroupLifecycle},
+		{"GroupCycles", contractGroupCycles},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, newURL(t)) })
@@ -197,7 +199,7 @@ func contractSchema(t *testing.T, url string) {
 	}
 	m := d.gorm.WithContext(ctx).Migrator()
 	for _, model := range []any{&Transfer{}, &TransferEvent{}, &Service{}, &OutboxMessage{}, &Lease{},
-		&Replication{}, &ReplicationPoint{}, &ReplicationEvent{}, &Drill{}, &Failover{}} {
+		&Replication{}, &ReplicationPoint{}, &ReplicationEvent{}, &Drill{}, &Failover{}, &ReplicationGroup{}, &GroupCycle{}} {
 		stmt := &gorm.Statement{DB: d.gorm}
 		if err := stmt.Parse(model); err != nil {
 			t.Fatal(err)
@@ -291,6 +293,28 @@ func contractMigrations(t *testing.T, url string) {
 
 	// Roll everything back, then forward again.
 	id, err := d.RollbackLast(ctx)
+	if err != nil || id != "0009_groups" {
+		t.Fatalf("RollbackLast = %q, %v", id, err)
+	}
+	for _, table := range []string{"replication_groups", "replication_group_cycles"} {
+		if d.gorm.Migrator().HasTable(table) {
+			t.Errorf("table %s survived the rollback of 0009_groups", table)
+		}
+	}
+	for _, table := range []string{"replications", "replication_drills", "replication_failovers"} {
+		if d.gorm.Migrator().HasColumn(table, "group_id") {
+			t.Errorf("column %s.group_id survived the rollback of 0009_groups", table)
+		}
+	}
+	for _, idx := range []string{"idx_replications_project_created", "idx_replications_status_next_run", "uq_replications_source_key"} {
+		if !d.gorm.Migrator().HasIndex("replications", idx) {
+			t.Errorf("the rollback of 0009_groups dropped the index %s", idx)
+		}
+	}
+	if !d.gorm.Migrator().HasIndex("replication_failovers", "idx_replication_failovers_replication") {
+		t.Error("the rollback of 0009_groups dropped the index idx_replication_failovers_replication")
+	}
+	id, err = d.RollbackLast(ctx)
 	if err != nil || id != "0008_failovers" {
 		t.Fatalf("RollbackLast = %q, %v", id, err)
 	}

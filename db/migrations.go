@@ -27,6 +27,7 @@ func migrations() []*gormigrate.Migration {
 		migration0006Cleanup(),
 		migration0007Replications(),
 		migration0008Failovers(),
+		migration0009Groups(),
 	}
 }
 

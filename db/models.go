@@ -1,6 +1,7 @@
 package db
 
 import (
+	"encoding/json"
 	"time"
 
 	"gorm.io/gorm"
@@ -286,6 +287,9 @@ type Replication struct {
 	RPOBreachedAt *time.Time `gorm:"column:rpo_breached_at"`
 	// KeepReplica: the deletion keeps the replica image.
 	KeepReplica bool `gorm:"column:keep_replica"`
+	// GroupID is the consistency group the replication is a member of
+	// (nil when none): the group schedules its cycles.
+	GroupID *string `gorm:"column:group_id"`
 
 	CreatedAt time.Time `gorm:"column:created_at"`
 	UpdatedAt time.Time `gorm:"column:updated_at"`
@@ -364,8 +368,11 @@ type Drill struct {
 	RequestedAt       time.Time  `gorm:"column:requested_at"`
 	AvailableAt       *time.Time `gorm:"column:available_at"`
 	Error             *string    `gorm:"column:error"`
-	CreatedAt         time.Time  `gorm:"column:created_at"`
-	UpdatedAt         time.Time  `gorm:"column:updated_at"`
+	// GroupID is the group whose drill this member's drill is part of
+	// ("" for a drill of the replication alone).
+	GroupID   string    `gorm:"column:group_id"`
+	CreatedAt time.Time `gorm:"column:created_at"`
+	UpdatedAt time.Time `gorm:"column:updated_at"`
 }
 
 // TableName implements gorm's tabler.
@@ -466,8 +473,11 @@ type Failover struct {
 	// AvailableAt is when the promoted volume was available in Cinder.
 	AvailableAt *time.Time `gorm:"column:available_at"`
 	FinishedAt  *time.Time `gorm:"column:finished_at"`
-	CreatedAt   time.Time  `gorm:"column:created_at"`
-	UpdatedAt   time.Time  `gorm:"column:updated_at"`
+	// GroupID is the group whose failover or failback this member's is
+	// part of ("" for the replication's alone).
+	GroupID   string    `gorm:"column:group_id"`
+	CreatedAt time.Time `gorm:"column:created_at"`
+	UpdatedAt time.Time `gorm:"column:updated_at"`
 }
 
 // TableName implements gorm's tabler.
@@ -500,3 +510,120 @@ func utcPtr(t *time.Time) *time.Time {
 	u := t.UTC()
 	return &u
 }
+
+// ReplicationGroup is a consistency group: replications of one project
+// between two regions (its members, Replication.GroupID) whose cycles it
+// schedules, each a GroupCycle that snapshots every member at one instant.
+// The schedule, RPO and retention fields mean what a replication's do; the
+// members carry copies of them.
+type ReplicationGroup struct {
+	ID          string            `gorm:"column:id;primaryKey"`
+	Name        string            `gorm:"column:name"`
+	Description string            `gorm:"column:description"`
+	ProjectID   string            `gorm:"column:project_id"`
+	UserID      string            `gorm:"column:user_id"`
+	Status      ReplicationStatus `gorm:"column:status"`
+	// FailoverID is the group failover or failback under way (nil when
+	// none).
+	FailoverID *string `gorm:"column:failover_id"`
+
+	SourceRegion string `gorm:"column:source_region"`
+	DestRegion   string `gorm:"column:dest_region"`
+	DestPool     string `gorm:"column:dest_pool"`
+
+	IntervalSeconds int   `gorm:"column:interval_seconds"`
+	RPOSeconds      int   `gorm:"column:rpo_seconds"`
+	KeepLast        int   `gorm:"column:keep_last"`
+	KeepHourly      int   `gorm:"column:keep_hourly"`
+	KeepDaily       int   `gorm:"column:keep_daily"`
+	BandwidthLimit  int64 `gorm:"column:bandwidth_limit"`
+
+	NextRunAt time.Time `gorm:"column:next_run_at"`
+	// LastSyncAt is the snapshot time of the newest group point.
+	LastSyncAt  *time.Time `gorm:"column:last_sync_at"`
+	LastCycleID string     `gorm:"column:last_cycle_id"`
+	LastError   *string    `gorm:"column:last_error"`
+	PointsCount int        `gorm:"column:points_count"`
+
+	CyclesCompleted int64 `gorm:"column:cycles_completed"`
+	CyclesFailed    int64 `gorm:"column:cycles_failed"`
+	CyclesSkipped   int64 `gorm:"column:cycles_skipped"`
+	KeepReplica     bool  `gorm:"column:keep_replica"`
+
+	CreatedAt time.Time `gorm:"column:created_at"`
+	UpdatedAt time.Time `gorm:"column:updated_at"`
+}
+
+// TableName implements gorm's tabler.
+func (ReplicationGroup) TableName() string { return "replication_groups" }
+
+// AfterFind normalises times read back to UTC.
+func (g *ReplicationGroup) AfterFind(*gorm.DB) error {
+	g.CreatedAt = g.CreatedAt.UTC()
+	g.UpdatedAt = g.UpdatedAt.UTC()
+	g.NextRunAt = g.NextRunAt.UTC()
+	g.LastSyncAt = utcPtr(g.LastSyncAt)
+	return nil
+}
+
+// GroupCycleStatus is where a group cycle is: snapshotting (the consistent
+// snapshot is being taken), running (the members' cycle transfers run),
+// completed (every member's completed: a group point) or error.
+type GroupCycleStatus string
+
+// Group cycle statuses.
+const (
+	GroupCycleSnapshotting GroupCycleStatus = "snapshotting"
+	GroupCycleRunning      GroupCycleStatus = "running"
+	GroupCycleCompleted    GroupCycleStatus = "completed"
+	GroupCycleError        GroupCycleStatus = "error"
+)
+
+// GroupCycle is one cycle of a group. Its id names the group point it
+// makes; each member's part is the point ferry-<member transfer id>.
+type GroupCycle struct {
+	ID      string           `gorm:"column:id;primaryKey"`
+	GroupID string           `gorm:"column:group_id"`
+	Kind    string           `gorm:"column:kind"` // "cycle"
+	Status  GroupCycleStatus `gorm:"column:status"`
+	// MembersJSON is the JSON of Members (see GroupCycle.Members).
+	MembersJSON string     `gorm:"column:members"`
+	Error       *string    `gorm:"column:error"`
+	SnapshotAt  *time.Time `gorm:"column:snapshot_at"`
+	FinishedAt  *time.Time `gorm:"column:finished_at"`
+	CreatedAt   time.Time  `gorm:"column:created_at"`
+	UpdatedAt   time.Time  `gorm:"column:updated_at"`
+}
+
+// GroupCycleMember is one member's part of a group cycle: its cycle
+// transfer (chosen before the snapshot, which is named after it) and the
+// points its destination keeps.
+type GroupCycleMember struct {
+	ReplicationID string   `json:"replication_id"`
+	TransferID    string   `json:"transfer_id"`
+	Retain        []string `json:"retain"`
+}
+
+// TableName implements gorm's tabler.
+func (GroupCycle) TableName() string { return "replication_group_cycles" }
+
+// AfterFind normalises times read back to UTC.
+func (c *GroupCycle) AfterFind(*gorm.DB) error {
+	c.CreatedAt = c.CreatedAt.UTC()
+	c.UpdatedAt = c.UpdatedAt.UTC()
+	c.SnapshotAt = utcPtr(c.SnapshotAt)
+	c.FinishedAt = utcPtr(c.FinishedAt)
+	return nil
+}
+
+// Members decodes the cycle's members (nil when unreadable).
+func (c *GroupCycle) Members() []GroupCycleMember {
+	var ms []GroupCycleMember
+	if json.Unmarshal([]byte(c.MembersJSON), &ms) != nil {
+		return nil
+	}
+	return ms
+}
+
+// Point is the name of the member's part of the cycle's group point.
+func (m GroupCycleMember) Point() string { return PointPrefix + m.TransferID }

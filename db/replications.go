@@ -19,6 +19,10 @@ import (
 // ReplicaImagePrefix names a replica image: ferry-replica-<replication id>.
 const ReplicaImagePrefix = "ferry-replica-"
 
+// PointPrefix names a cycle's snapshot, a point once verified, on both
+// sides: ferry-<transfer id> (the agents' transfer.SnapshotPrefix).
+const PointPrefix = "ferry-"
+
 // ReplicationEventInput is the event a replication change records; a zero
 // Kind records none (or the change's default kind, where it has one).
 type ReplicationEventInput struct {
@@ -508,15 +512,16 @@ func (d *DB) ListPoints(ctx context.Context, replicationID string) ([]Replicatio
 
 // DueReplications returns up to limit (at most MaxListLimit; 0 or less:
 // MaxListLimit) replications whose status schedules cycles (active,
-// failed_over) and that no failover holds (failover_id NULL), whose
-// next_run_at is at or before now, the most overdue first.
+// failed_over), that no failover holds (failover_id NULL) and that are
+// not members of a group (the group schedules theirs), whose next_run_at
+// is at or before now, the most overdue first.
 func (d *DB) DueReplications(ctx context.Context, now time.Time, limit int) ([]Replication, error) {
 	if limit <= 0 || limit > MaxListLimit {
 		limit = MaxListLimit
 	}
 	var out []Replication
 	err := d.gorm.WithContext(ctx).
-		Where("status IN ? AND failover_id IS NULL AND next_run_at <= ?", scheduledStatuses(), dbTime(now)).
+		Where("status IN ? AND failover_id IS NULL AND group_id IS NULL AND next_run_at <= ?", scheduledStatuses(), dbTime(now)).
 		Order("next_run_at ASC").Order("id ASC").Limit(limit).Find(&out).Error
 	if err != nil {
 		return nil, fmt.Errorf("db: due replications: %w", err)
@@ -553,8 +558,8 @@ func (d *DB) StartCycle(ctx context.Context, id string, now, next time.Time, t *
 		if err := d.lockRow(tx).Where("id = ?", id).Take(&r).Error; err != nil {
 			return translate(err)
 		}
-		if !r.Status.Schedules() || r.FailoverID != nil || r.NextRunAt.After(now) {
-			return nil // paused or failing over meanwhile, or another scheduler was first
+		if !r.Status.Schedules() || r.FailoverID != nil || r.GroupID != nil || r.NextRunAt.After(now) {
+			return nil // paused, failing over or grouped meanwhile, or another scheduler was first
 		}
 		ts := d.now()
 		upd := map[string]any{"next_run_at": next, "updated_at": ts}
@@ -880,65 +885,80 @@ func (d *DB) ReplicationStats(ctx context.Context) ([]Replication, error) {
 // says. Its rows stay until FinishDeleteReplication. A running cycle is
 // not cancelled here.
 func (d *DB) DeleteReplication(ctx context.Context, id string, scope Scope, keepReplica bool, cleanup func(*Replication, []ReplicationPoint) ([]*OutboxMessage, error)) (*Replication, error) {
-	var out Replication
+	var out *Replication
 	err := d.inTx(ctx, func(tx *gorm.DB) error {
-		q, err := scope.apply(d.lockRow(tx).Where("id = ?", id))
-		if err != nil {
-			return err
-		}
-		var cur Replication
-		if err := q.Take(&cur).Error; err != nil {
-			return translate(err)
-		}
-		if err := failoverRunning(&cur); err != nil {
-			return err
-		}
-		if !CanTransitionReplication(cur.Status, ReplicationDeleting) {
-			return fmt.Errorf("%w: replication is %s already", ErrInvalidTransition, cur.Status)
-		}
-		if cur.Status == ReplicationFailedOver || cur.DestVolumeID != "" {
-			keepReplica = true // the destination is the original volume
-		}
-		now := d.now()
-		res := tx.Model(&Replication{}).Where("id = ? AND status = ? AND failover_id IS NULL", id, cur.Status).UpdateColumns(map[string]any{
-			"status": ReplicationDeleting, "keep_replica": keepReplica, "source_key": nil, "updated_at": now,
-		})
-		if res.Error != nil {
-			return fmt.Errorf("update: %w", translate(res.Error))
-		}
-		if res.RowsAffected != 1 {
-			return fmt.Errorf("%w: replication changed concurrently (was %s)", ErrConflict, cur.Status)
-		}
-		msg := "replication deleting; the replica is removed"
-		switch {
-		case cur.DestVolumeID != "" || cur.Status == ReplicationFailedOver:
-			msg = "replication deleting; the destination (volume " + cur.DestVolumeID + ") is kept"
-		case keepReplica:
-			msg = "replication deleting; the replica is kept"
-		}
-		if err := addReplicationEvent(tx, now, id, ReplicationEventInput{Kind: RepEventDeleting, Message: msg}); err != nil {
-			return err
-		}
-		if err := tx.Where("id = ?", id).Take(&out).Error; err != nil {
-			return err
-		}
-		if cleanup == nil {
-			return nil
-		}
-		var points []ReplicationPoint
-		if err := tx.Where("replication_id = ?", id).Order("created_at DESC").Order("name DESC").Find(&points).Error; err != nil {
-			return err
-		}
-		msgs, err := cleanup(&out, points)
-		if err != nil {
-			return fmt.Errorf("clean-up messages: %w", err)
-		}
-		return insertOutbox(tx, now, msgs...)
+		var err error
+		out, err = d.deleteReplicationTx(tx, id, scope, keepReplica, nil, cleanup)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("db: delete replication %s: %w", id, err)
 	}
-	return &out, nil
+	return out, nil
+}
+
+// deleteReplicationTx is DeleteReplication within tx; pending names
+// snapshots of cycles not yet recorded as the replication's (a group
+// cycle's), which its clean-up removes as it does its points.
+func (d *DB) deleteReplicationTx(tx *gorm.DB, id string, scope Scope, keepReplica bool, pending []string, cleanup func(*Replication, []ReplicationPoint) ([]*OutboxMessage, error)) (*Replication, error) {
+	q, err := scope.apply(d.lockRow(tx).Where("id = ?", id))
+	if err != nil {
+		return nil, err
+	}
+	var cur Replication
+	if err := q.Take(&cur).Error; err != nil {
+		return nil, translate(err)
+	}
+	if err := failoverRunning(&cur); err != nil {
+		return nil, err
+	}
+	if !CanTransitionReplication(cur.Status, ReplicationDeleting) {
+		return nil, fmt.Errorf("%w: replication is %s already", ErrInvalidTransition, cur.Status)
+	}
+	if cur.Status == ReplicationFailedOver || cur.DestVolumeID != "" {
+		keepReplica = true // the destination is the original volume
+	}
+	now := d.now()
+	res := tx.Model(&Replication{}).Where("id = ? AND status = ? AND failover_id IS NULL", id, cur.Status).UpdateColumns(map[string]any{
+		"status": ReplicationDeleting, "keep_replica": keepReplica, "source_key": nil, "updated_at": now,
+	})
+	if res.Error != nil {
+		return nil, fmt.Errorf("update: %w", translate(res.Error))
+	}
+	if res.RowsAffected != 1 {
+		return nil, fmt.Errorf("%w: replication changed concurrently (was %s)", ErrConflict, cur.Status)
+	}
+	msg := "replication deleting; the replica is removed"
+	switch {
+	case cur.DestVolumeID != "" || cur.Status == ReplicationFailedOver:
+		msg = "replication deleting; the destination (volume " + cur.DestVolumeID + ") is kept"
+	case keepReplica:
+		msg = "replication deleting; the replica is kept"
+	}
+	if err := addReplicationEvent(tx, now, id, ReplicationEventInput{Kind: RepEventDeleting, Message: msg}); err != nil {
+		return nil, err
+	}
+	var out Replication
+	if err := tx.Where("id = ?", id).Take(&out).Error; err != nil {
+		return nil, err
+	}
+	if cleanup == nil {
+		return &out, nil
+	}
+	var points []ReplicationPoint
+	if err := tx.Where("replication_id = ?", id).Order("created_at DESC").Order("name DESC").Find(&points).Error; err != nil {
+		return nil, err
+	}
+	for _, n := range pending {
+		if !slices.ContainsFunc(points, func(p ReplicationPoint) bool { return p.Name == n }) {
+			points = append(points, ReplicationPoint{ReplicationID: id, Name: n})
+		}
+	}
+	msgs, err := cleanup(&out, points)
+	if err != nil {
+		return nil, fmt.Errorf("clean-up messages: %w", err)
+	}
+	return &out, insertOutbox(tx, now, msgs...)
 }
 
 // DeletingReplications returns up to limit replications in deleting,
