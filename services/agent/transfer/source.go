@@ -728,6 +728,18 @@ func (s *Source) Settle(ctx context.Context, job Job) ([]string, error) {
 	if base == "" {
 		return nil, nil
 	}
+	img, err := cluster.OpenImage(ctx, job.Pool, job.Image, "", true)
+	if err != nil {
+		return nil, err
+	}
+	_, err = snapshotID(img, base)
+	img.Close()
+	if errors.Is(err, rbd.ErrNotFound) {
+		return nil, nil // removed already (with the chain below it)
+	}
+	if err != nil {
+		return nil, err
+	}
 	return s.removeSuperseded(ctx, cluster, job, base, log)
 }
 
