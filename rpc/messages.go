@@ -220,6 +220,68 @@ type TransferSettle struct {
 	Ephemeral  bool     `json:"ephemeral,omitempty"`
 }
 
+// MethodReplicationGroupSnapshot: API → a group's source region's agents
+// (call to agent.<region>): take one crash-consistent snapshot of every
+// member image at one instant, named ferry-<that member's transfer id>
+// and tagged as Ferry's for that transfer, so that each member's cycle
+// transfer copies it. Idempotent. Since 1.3.
+const MethodReplicationGroupSnapshot = "replication.group_snapshot"
+
+// GroupSnapshotRequest is replication.group_snapshot's body.
+type GroupSnapshotRequest struct {
+	GroupID string                `json:"group_id"`
+	CycleID string                `json:"cycle_id"`
+	Members []GroupSnapshotMember `json:"members"`
+}
+
+// GroupSnapshotMember is one member image of a group snapshot.
+type GroupSnapshotMember struct {
+	ReplicationID string `json:"replication_id"`
+	TransferID    string `json:"transfer_id"`
+	Pool          string `json:"pool"`
+	Image         string `json:"image"`
+}
+
+// MaxGroupSnapshotMembers bounds a group snapshot's members.
+const MaxGroupSnapshotMembers = 16
+
+// Validate checks the request's fields: ids, 1 to MaxGroupSnapshotMembers
+// members, no image twice.
+func (r GroupSnapshotRequest) Validate() error {
+	if r.GroupID == "" || r.CycleID == "" {
+		return fmt.Errorf("%w: replication.group_snapshot without group_id or cycle_id", ErrInvalid)
+	}
+	if len(r.Members) == 0 || len(r.Members) > MaxGroupSnapshotMembers {
+		return fmt.Errorf("%w: replication.group_snapshot of %d members (1 to %d)", ErrInvalid, len(r.Members), MaxGroupSnapshotMembers)
+	}
+	seen := map[string]bool{}
+	for _, m := range r.Members {
+		if m.ReplicationID == "" || m.TransferID == "" || m.Pool == "" || m.Image == "" {
+			return fmt.Errorf("%w: replication.group_snapshot member without replication_id, transfer_id, pool or image", ErrInvalid)
+		}
+		if k := m.Pool + "/" + m.Image; seen[k] {
+			return fmt.Errorf("%w: replication.group_snapshot lists %s twice", ErrInvalid, k)
+		} else {
+			seen[k] = true
+		}
+	}
+	return nil
+}
+
+// GroupSnapshotReply is replication.group_snapshot's reply: the snapshots
+// taken, in the request's order.
+type GroupSnapshotReply struct {
+	Members []GroupSnapshotTaken `json:"members"`
+}
+
+// GroupSnapshotTaken is one member's snapshot.
+type GroupSnapshotTaken struct {
+	TransferID   string     `json:"transfer_id"`
+	Snapshot     string     `json:"snapshot"`
+	SnapID       uint64     `json:"snap_id"`
+	SnapshotTime *time.Time `json:"snapshot_time,omitempty"`
+}
+
 // MethodReplicationDrill: API → a replication's destination region's
 // agents (call to agent.<region>): clone a retained point of the replica
 // (a drill, test failover). Since 1.3.

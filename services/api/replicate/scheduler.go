@@ -261,6 +261,12 @@ func CycleTransfer(r *db.Replication, points []db.ReplicationPoint, pinned []str
 	pts = append(pts, Point{Name: newest, CreatedAt: now})
 	keep := Retain(pts, Policy{KeepLast: r.KeepLast, KeepHourly: r.KeepHourly, KeepDaily: r.KeepDaily}, pinned)
 	keep = slices.DeleteFunc(keep, func(n string) bool { return n == newest }) // kept anyway
+	return cycleTransfer(r, id, keep)
+}
+
+// cycleTransfer is replication r's cycle transfer id, whose destination
+// keeps the points keep (and the new one).
+func cycleTransfer(r *db.Replication, id string, keep []string) *db.Transfer {
 	name := r.Name
 	if name == "" {
 		name = r.ID
