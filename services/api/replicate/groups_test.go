@@ -147,7 +147,9 @@ func TestGroupRunnerCycles(t *testing.T) {
 				if err := json.Unmarshal(s.body, &st); err != nil {
 					t.Fatal(err)
 				}
-				if !slices.ContainsFunc(req.Members, func(m rpc.GroupSnapshotMember) bool { return m.TransferID == st.TransferID && m.ReplicationID == st.ReplicationID }) {
+				if !slices.ContainsFunc(req.Members, func(m rpc.GroupSnapshotMember) bool {
+					return m.TransferID == st.TransferID && m.ReplicationID == st.ReplicationID
+				}) {
 					t.Errorf("a start of %s that the snapshot did not name", st.TransferID)
 				}
 				if i == 2 && len(st.Retain) != 1 {
