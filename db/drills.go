@@ -21,13 +21,43 @@ const DrillImagePrefix = "ferry-drill-"
 // ErrNotFound; a deleting replication, or one failing over or back, is
 // ErrConflict.
 func (d *DB) CreateDrill(ctx context.Context, dr *Drill, ev ReplicationEventInput) error {
+	return d.CreateDrills(ctx, []*Drill{dr}, ev)
+}
+
+// CreateDrills is CreateDrill for several drills (a group's, one per
+// member) in one transaction: all are created, or none.
+func (d *DB) CreateDrills(ctx context.Context, drills []*Drill, ev ReplicationEventInput) error {
+	evs := make([]ReplicationEventInput, len(drills))
+	for i, dr := range drills {
+		e, err := prepareDrill(dr, ev)
+		if err != nil {
+			return fmt.Errorf("db: create drill: %w", err)
+		}
+		evs[i] = e
+	}
+	err := d.inTx(ctx, func(tx *gorm.DB) error {
+		for i, dr := range drills {
+			if err := d.insertDrill(tx, dr, evs[i]); err != nil {
+				return fmt.Errorf("drill %s: %w", dr.ID, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("db: create drills: %w", err)
+	}
+	return nil
+}
+
+// prepareDrill validates dr, sets its id and image, and returns its event.
+func prepareDrill(dr *Drill, ev ReplicationEventInput) (ReplicationEventInput, error) {
 	if dr == nil {
-		return fmt.Errorf("db: create drill: %w: nil drill", ErrInvalidArgument)
+		return ev, fmt.Errorf("%w: nil drill", ErrInvalidArgument)
 	}
 	if dr.ID == "" {
 		dr.ID = uuid.NewString()
 	} else if u, err := uuid.Parse(dr.ID); err != nil || len(dr.ID) != transferIDLength {
-		return fmt.Errorf("db: create drill: %w: drill id %q is not a UUID", ErrInvalidArgument, dr.ID)
+		return ev, fmt.Errorf("%w: drill id %q is not a UUID", ErrInvalidArgument, dr.ID)
 	} else {
 		dr.ID = u.String()
 	}
@@ -35,13 +65,13 @@ func (d *DB) CreateDrill(ctx context.Context, dr *Drill, ev ReplicationEventInpu
 		dr.Image = DrillImagePrefix + dr.ID
 	}
 	if dr.Point == "" {
-		return fmt.Errorf("db: create drill: %w: no point", ErrInvalidArgument)
+		return ev, fmt.Errorf("%w: no point", ErrInvalidArgument)
 	}
 	for _, f := range []struct {
 		name, value string
 	}{{"name", dr.Name}, {"point", dr.Point}, {"image", dr.Image}} {
 		if utf8.RuneCountInString(f.value) > MaxNameLength {
-			return fmt.Errorf("db: create drill: %w: %s longer than %d characters", ErrInvalidArgument, f.name, MaxNameLength)
+			return ev, fmt.Errorf("%w: %s longer than %d characters", ErrInvalidArgument, f.name, MaxNameLength)
 		}
 	}
 	if ev.Kind == "" {
@@ -50,42 +80,48 @@ func (d *DB) CreateDrill(ctx context.Context, dr *Drill, ev ReplicationEventInpu
 	if ev.Message == "" {
 		ev.Message = fmt.Sprintf("drill %s of point %s requested", dr.ID, dr.Point)
 	}
-	if err := ev.check(); err != nil {
-		return fmt.Errorf("db: create drill: %w", err)
+	return ev, ev.check()
+}
+
+// insertDrill inserts a prepared drill within tx (see CreateDrill).
+func (d *DB) insertDrill(tx *gorm.DB, dr *Drill, ev ReplicationEventInput) error {
+	var r Replication
+	if err := d.lockRow(tx).Select("id", "project_id", "status").Where("id = ?", dr.ReplicationID).Take(&r).Error; err != nil {
+		return fmt.Errorf("replication: %w", translate(err))
 	}
-	err := d.inTx(ctx, func(tx *gorm.DB) error {
-		var r Replication
-		if err := d.lockRow(tx).Select("id", "project_id", "status").Where("id = ?", dr.ReplicationID).Take(&r).Error; err != nil {
-			return fmt.Errorf("replication: %w", translate(err))
-		}
-		if r.Status == ReplicationDeleting {
-			return fmt.Errorf("%w: replication is deleting", ErrConflict)
-		}
-		if r.Status.InFailover() {
-			return fmt.Errorf("%w: a %s of replication %s runs: its points change", ErrConflict, r.Status, r.ID)
-		}
-		var n int64
-		if err := tx.Model(&ReplicationPoint{}).Where("replication_id = ? AND name = ?", r.ID, dr.Point).Count(&n).Error; err != nil {
-			return err
-		}
-		if n == 0 {
-			return fmt.Errorf("%w: replication has no point %q", ErrNotFound, dr.Point)
-		}
-		now := d.now()
-		dr.ProjectID = r.ProjectID
-		dr.Status = DrillCreating
-		dr.VolumeID, dr.Error = "", nil
-		dr.RegisterStartedAt, dr.AvailableAt = nil, nil
-		dr.RequestedAt, dr.CreatedAt, dr.UpdatedAt = now, now, now
-		if err := tx.Create(dr).Error; err != nil {
-			return fmt.Errorf("insert drill: %w", translate(err))
-		}
-		return addReplicationEvent(tx, now, r.ID, ev)
-	})
-	if err != nil {
-		return fmt.Errorf("db: create drill %s: %w", dr.ID, err)
+	if r.Status == ReplicationDeleting {
+		return fmt.Errorf("%w: replication is deleting", ErrConflict)
 	}
-	return nil
+	if r.Status.InFailover() {
+		return fmt.Errorf("%w: a %s of replication %s runs: its points change", ErrConflict, r.Status, r.ID)
+	}
+	var n int64
+	if err := tx.Model(&ReplicationPoint{}).Where("replication_id = ? AND name = ?", r.ID, dr.Point).Count(&n).Error; err != nil {
+		return err
+	}
+	if n == 0 {
+		return fmt.Errorf("%w: replication has no point %q", ErrNotFound, dr.Point)
+	}
+	now := d.now()
+	dr.ProjectID = r.ProjectID
+	dr.Status = DrillCreating
+	dr.VolumeID, dr.Error = "", nil
+	dr.RegisterStartedAt, dr.AvailableAt = nil, nil
+	dr.RequestedAt, dr.CreatedAt, dr.UpdatedAt = now, now, now
+	if err := tx.Create(dr).Error; err != nil {
+		return fmt.Errorf("insert drill: %w", translate(err))
+	}
+	return addReplicationEvent(tx, now, r.ID, ev)
+}
+
+// GroupDrills returns the drills of group id's members made by group
+// drills, newest first.
+func (d *DB) GroupDrills(ctx context.Context, id string) ([]Drill, error) {
+	var out []Drill
+	if err := d.gorm.WithContext(ctx).Where("group_id = ?", id).Order("created_at DESC").Order("id DESC").Find(&out).Error; err != nil {
+		return nil, fmt.Errorf("db: drills of group %s: %w", id, err)
+	}
+	return out, nil
 }
 
 // GetDrill returns the drill with id if the scope sees it (by the drill's

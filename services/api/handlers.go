@@ -60,6 +60,8 @@ type Hooks struct {
 	KickScheduler, KickDrills func()
 	// KickFailovers wakes the failover runner; nil: none runs.
 	KickFailovers func()
+	// KickGroups wakes the group runner; nil: none runs.
+	KickGroups func()
 	// Failovers reads the old primary volume of a failover; nil: Cinder
 	// is not configured (failovers are 501).
 	Failovers FailoverVolumes
@@ -92,6 +94,16 @@ func (s *Server) routes(r *gin.Engine) {
 	rep.GET("/:id/failovers", s.replicationFailovers)
 	rep.GET("/:id/failovers/:fid", s.showFailover)
 	rep.POST("/:id/action", s.replicationAction)
+	// Replication groups are since 1.2.
+	grp := r.Group(groupsPath, microversion(), since(groupsSince), s.hooks.Authenticate, jsonBody())
+	grp.POST("", s.createGroup)
+	grp.GET("", s.listGroups)
+	grp.GET("/:id", s.showGroup)
+	grp.PUT("/:id", s.updateGroup)
+	grp.DELETE("/:id", s.deleteGroup)
+	grp.GET("/:id/points", s.groupPoints)
+	grp.GET("/:id/drills", s.groupDrills)
+	grp.POST("/:id/action", s.groupAction)
 	v1.GET("/services", s.listServices)
 	// /metrics is for admins here; [api] metrics_listen serves it on an
 	// address of its own instead (and not here).

@@ -76,10 +76,13 @@ func atLeast(c *gin.Context, v string) bool {
 	return sMaj > vMaj || (sMaj == vMaj && sMin >= vMin)
 }
 
-// replicationsPath is the resource 1.1 introduced.
+// The resources later versions introduced: replications (1.1) and
+// replication groups (1.2).
 const (
 	replicationsPath  = "/v1/replications"
 	replicationsSince = "1.1"
+	groupsPath        = "/v1/replication-groups"
+	groupsSince       = "1.2"
 )
 
 // hiddenPath tells whether a request the router has no route for with its
@@ -87,7 +90,13 @@ const (
 // 404 of an unknown path, not a 405 that would tell the path exists.
 func hiddenPath(c *gin.Context) bool {
 	p := c.Request.URL.Path
-	if p != replicationsPath && !strings.HasPrefix(p, replicationsPath+"/") {
+	since := ""
+	for _, r := range []struct{ path, since string }{{replicationsPath, replicationsSince}, {groupsPath, groupsSince}} {
+		if p == r.path || strings.HasPrefix(p, r.path+"/") {
+			since = r.since
+		}
+	}
+	if since == "" {
 		return false
 	}
 	served, code, _ := negotiate(c.Request.Header)
@@ -95,7 +104,7 @@ func hiddenPath(c *gin.Context) bool {
 		return false
 	}
 	c.Set(servedKey, served)
-	return !atLeast(c, replicationsSince)
+	return !atLeast(c, since)
 }
 
 // since hides what version v introduced from requests at older versions:

@@ -50,6 +50,9 @@ type ReplicationView struct {
 	Cycles         ReplicationCycles `json:"cycles"`
 	CreatedAt      string            `json:"created_at"`
 	UpdatedAt      string            `json:"updated_at"`
+	// GroupID is the replication group the replication is a member of
+	// (since 1.2; absent when none): its group schedules it.
+	GroupID *string `json:"group_id,omitempty"`
 }
 
 // ReplicationSource is what a replication protects.
@@ -103,9 +106,10 @@ func ReplicationViewOf(r *db.Replication, now time.Time) ReplicationView {
 		v.LagSeconds = &secs
 	}
 	v.RPOBreached = breached
-	if r.Status.Schedules() && r.FailoverID == nil {
+	if r.Status.Schedules() && r.FailoverID == nil && r.GroupID == nil {
 		v.NextRunAt = isoTimePtr(&r.NextRunAt)
 	}
+	v.GroupID = r.GroupID
 	return v
 }
 
@@ -586,7 +590,7 @@ func (s *Server) replicationDrills(c *gin.Context) {
 
 func (s *Server) updateReplication(c *gin.Context) {
 	caller, r, ok := s.replicationFor(c, "replication:update")
-	if !ok {
+	if !ok || memberOfGroup(c, r, "update") {
 		return
 	}
 	u, err := ParseUpdateReplication(c.Request.Body, int64(s.cfg.API.MaxRequestBodySize), s.cfg.API.ReplicationMinInterval)
@@ -634,7 +638,7 @@ func (s *Server) updateReplication(c *gin.Context) {
 
 func (s *Server) deleteReplication(c *gin.Context) {
 	caller, r, ok := s.replicationFor(c, "replication:delete")
-	if !ok {
+	if !ok || memberOfGroup(c, r, "delete") {
 		return
 	}
 	keep := false
@@ -710,7 +714,7 @@ func (s *Server) replicationAction(c *gin.Context) {
 		return
 	}
 	caller, r, ok := s.replicationFor(c, rule)
-	if !ok {
+	if !ok || action != "drill" && memberOfGroup(c, r, action) {
 		return
 	}
 	ctx, rid := c.Request.Context(), requestIDOf(c)

@@ -32,7 +32,7 @@ import (
 // Microversions served by /v1 (OpenStack-API-Version: volume-ferry 1.x).
 const (
 	MinMicroversion = "1.0"
-	MaxMicroversion = "1.1"
+	MaxMicroversion = "1.2"
 )
 
 // Server holds ferry-api's dependencies.

@@ -504,3 +504,11 @@ func TestFinalizerLease(t *testing.T) {
 		t.Errorf("api-b registered %d, want 1", len(fb.regs))
 	}
 }
+
+// GroupVolumes answers the Cinder group "grp" (v1 and v2).
+func (f *fakeCinder) GroupVolumes(_ context.Context, token, region, id string) ([]string, error) {
+	if id != uid("grp") {
+		return nil, fmt.Errorf("%w: group %s", cinder.ErrNotFound, id)
+	}
+	return []string{uid("v1"), uid("v2")}, nil
+}

@@ -135,6 +135,9 @@ func (s *Server) wire(w Wiring) []loop {
 	// Failovers and failbacks.
 	failovers := &replicate.FailoverRunner{DB: s.db, Caller: rpc.SigningCaller{Caller: w.Bus, Signer: w.Signer},
 		Owner: pub.Owner, Log: log}
+	// Consistency groups' cycles.
+	groups := &replicate.GroupRunner{DB: s.db, Caller: rpc.SigningCaller{Caller: w.Bus, Signer: w.Signer},
+		Owner: pub.Owner, Publish: pub.Kick, Log: log}
 	var failoverVolumes FailoverVolumes
 	if w.Cinder != nil {
 		drills.Cinder = w.Cinder
@@ -146,6 +149,9 @@ func (s *Server) wire(w Wiring) []loop {
 		}
 		if fv, ok := w.Cinder.(FailoverVolumes); ok {
 			failoverVolumes = fv
+		}
+		if ac, ok := w.Cinder.(replicate.AttachmentChecker); ok {
+			groups.Volumes = ac
 		}
 	}
 	if s.metrics == nil {
@@ -166,6 +172,7 @@ func (s *Server) wire(w Wiring) []loop {
 		{"replication scheduler", sched.Run},
 		{"drill runner", drills.Run},
 		{"failover runner", failovers.Run},
+		{"group runner", groups.Run},
 	}
 	s.hooks = Hooks{
 		Authenticate: auth.Middleware(auth.NewCache(w.Validator, auth.CacheOptionsFrom(cfg.KeystoneAuthtoken)),
@@ -187,6 +194,7 @@ func (s *Server) wire(w Wiring) []loop {
 		KickScheduler:   sched.Kick,
 		KickDrills:      drills.Kick,
 		KickFailovers:   failovers.Kick,
+		KickGroups:      groups.Kick,
 		Failovers:       failoverVolumes,
 	}
 	if w.Cinder != nil {

@@ -300,6 +300,43 @@ func (s *Service) ResolveVolume(ctx context.Context, token, callerProject, regio
 	return &SourceVolume{Spec: specOf(v, owner), Pool: pool, Image: VolumeImage(v.ID)}, nil
 }
 
+// GroupVolumes lists the ids of the volumes of the caller's Cinder group
+// id in region (GET /v3/{project}/groups/{id}?list_volume=True,
+// microversion 3.25 and later), with the caller's token, sorted. A group
+// the caller does not see is ErrNotFound; one without volumes ErrInvalid.
+func (s *Service) GroupVolumes(ctx context.Context, token, region, id string) ([]string, error) {
+	ref, err := pathID("group", id)
+	if err != nil {
+		return nil, err
+	}
+	sc, err := s.client(ctx, region, token)
+	if err != nil {
+		return nil, err
+	}
+	var body struct {
+		Group struct {
+			ID      string   `json:"id"`
+			Volumes []string `json:"volumes"`
+		} `json:"group"`
+	}
+	_, err = sc.Get(ctx, sc.ServiceURL("groups", ref)+"?list_volume=True", &body, &gophercloud.RequestOpts{OkCodes: []int{http.StatusOK}})
+	if err != nil {
+		if gophercloud.ResponseCodeIs(err, http.StatusNotFound) {
+			return nil, fmt.Errorf("%w: group %s could not be found in region %s", ErrNotFound, id, region)
+		}
+		return nil, fmt.Errorf("cinder in %s: group %s: %w", region, id, err)
+	}
+	if body.Group.ID != id {
+		return nil, fmt.Errorf("cinder in %s: asked for group %s, answered with %q", region, id, body.Group.ID)
+	}
+	if len(body.Group.Volumes) == 0 {
+		return nil, fmt.Errorf("%w: Cinder group %s has no volumes", ErrInvalid, id)
+	}
+	out := slices.Clone(body.Group.Volumes)
+	slices.Sort(out)
+	return out, nil
+}
+
 // adminMetadataKeys are Cinder's admin metadata that its API shows among a
 // volume's metadata (cinder.api.api_utils.add_visible_admin_metadata): the
 // read-only flag and the mode of the attachment. They are Cinder's, not

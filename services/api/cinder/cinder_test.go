@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -164,6 +165,20 @@ func (f *fakeCloud) serve(w http.ResponseWriter, r *http.Request) {
 			b["status"] = f.importTo
 		}
 		_ = json.NewEncoder(w).Encode(map[string]any{"backup": map[string]any{"id": id, "status": b["status"], "fail_reason": "driver said no"}})
+	case strings.Contains(p, "/v3/groups/") && r.Method == http.MethodGet:
+		// A group of the token's project, its volumes with list_volume.
+		id := p[strings.LastIndex(p, "/")+1:]
+		tok := strings.TrimPrefix(r.Header.Get("X-Auth-Token"), "tok-")
+		if tok != "demo" || id != "22222222-0000-4000-8000-000000000001" {
+			w.WriteHeader(404)
+			fmt.Fprintf(w, `{"itemNotFound": {"code": 404, "message": "Group %s could not be found."}}`, id)
+			return
+		}
+		g := map[string]any{"id": id, "name": "app"}
+		if r.URL.Query().Get("list_volume") == "True" {
+			g["volumes"] = []string{"11111111-0000-4000-8000-000000000002", "11111111-0000-4000-8000-000000000001"}
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"group": g})
 	case strings.HasSuffix(p, "/v3/volumes/detail") && r.Method == http.MethodGet:
 		// The token's project's volumes; created_at=gte:<time> (3.60).
 		tok := strings.TrimPrefix(r.Header.Get("X-Auth-Token"), "tok-")
@@ -785,5 +800,23 @@ func TestCinderTimeout(t *testing.T) {
 	}
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("hanging Cinder held the request %v", d)
+	}
+}
+
+// A Cinder group's volumes, with the caller's token: sorted ids; another
+// project's group is not found.
+func TestGroupVolumes(t *testing.T) {
+	f := newFakeCloud(t)
+	s := newService(t, f)
+	ctx := context.Background()
+	ids, err := s.GroupVolumes(ctx, "tok-demo", "RegionOne", "22222222-0000-4000-8000-000000000001")
+	if err != nil || !slices.Equal(ids, []string{"11111111-0000-4000-8000-000000000001", "11111111-0000-4000-8000-000000000002"}) {
+		t.Errorf("GroupVolumes: %v %v", ids, err)
+	}
+	if _, err := s.GroupVolumes(ctx, "tok-alt", "RegionOne", "22222222-0000-4000-8000-000000000001"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("another project's group: %v", err)
+	}
+	if _, err := s.GroupVolumes(ctx, "tok-demo", "RegionOne", "../volumes/detail"); err == nil {
+		t.Error("a path as a group id was sent")
 	}
 }
