@@ -176,6 +176,42 @@ func (a *Agent) flattenLater(req rpc.DrillRequest, imageID string) {
 	}
 }
 
+// settleBackoff is the first wait of settleLater, doubled after each
+// failure up to settleMaxWait, for settleFor in all.
+var (
+	settleBackoff = 5 * time.Second
+	settleMaxWait = time.Minute
+	settleFor     = 15 * time.Minute
+)
+
+// settleLater retries, in the background, the removal of what a completed
+// transfer superseded at the source when it failed at the completion (a
+// stalled cluster): Source.Settle, with backoff. If it never succeeds
+// (or the agent stops), the image's next transfer removes it.
+func (a *Agent) settleLater(job transfer.Job) {
+	log := a.log.With("transfer_id", job.TransferID, "image", job.Pool+"/"+job.Image)
+	started := a.work.Go("settle:"+job.TransferID, func(ctx context.Context) {
+		wait := settleBackoff
+		for end := time.Now().Add(settleFor); time.Now().Before(end); wait = min(2*wait, settleMaxWait) {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			removed, err := a.Source.Settle(ctx, job)
+			if err == nil {
+				log.Info("superseded source snapshots removed after the completion", "removed", removed)
+				return
+			}
+			log.Info("superseded source snapshots not removed yet", "error", err, "retry_in", min(2*wait, settleMaxWait))
+		}
+		log.Warn("superseded source snapshots left for the image's next transfer")
+	})
+	if !started {
+		log.Info("superseded source snapshots left for the image's next transfer (agent stopping)")
+	}
+}
+
 // cleanupReplication removes a deleted replication's leftovers in this
 // region. What cannot be removed for now (an open session, a stalled
 // cluster) is retried (the message is requeued); what must not be

@@ -155,6 +155,9 @@ func (r *runner) run(ctx context.Context, req rpc.TransferStart, grant *rpc.Gran
 		return
 	}
 	r.report(rctx, completed(req, res))
+	if res.Unsettled {
+		r.a.settleLater(job)
+	}
 }
 
 // jobOf is the transfer a transfer.start asks for.

@@ -95,6 +95,10 @@ type Result struct {
 	Stream         stream.Result
 	Resumed        bool
 	Removed        []string // snapshots removed at the source
+	// Unsettled: removing what the transfer superseded at the source
+	// (its base, or an ephemeral copy's snapshot) failed (a stalled
+	// cluster): Settle retries it.
+	Unsettled bool
 	// DestRemoved are old snapshots removed at the destination.
 	DestRemoved []string
 	// SnapshotTime is when the copied source snapshot was taken (RBD's
@@ -335,6 +339,7 @@ func (s *Source) afterVerified(ctx context.Context, cluster *rbd.Cluster, job Jo
 			s.markDone(ctx, cluster, job, job.TransferID, log)
 			if err := s.removeSnapshot(ctx, cluster, job, res.SourceSnapshot); err != nil {
 				log.Warn("removing the ephemeral transfer's source snapshot", "error", err)
+				res.Unsettled = true
 			} else {
 				res.Removed = []string{res.SourceSnapshot}
 			}
@@ -344,9 +349,17 @@ func (s *Source) afterVerified(ctx context.Context, cluster *rbd.Cluster, job Jo
 	if base == "" || base == res.Snapshot {
 		return res
 	}
-	removed, err := s.removeSuperseded(ctx, cluster, job, base, log)
+	var removed []string
+	var err error
+	if supersededRemovalFails != nil {
+		err = supersededRemovalFails(job)
+	}
+	if err == nil {
+		removed, err = s.removeSuperseded(ctx, cluster, job, base, log)
+	}
 	if err != nil {
 		log.Warn("removing the old source base", "base", base, "removed", removed, "error", err)
+		res.Unsettled = true
 	}
 	if len(removed) > 1 {
 		log.Info("removed older bases left by completions this agent did not see", "removed", removed[1:])
@@ -436,6 +449,11 @@ func (s *Source) ensureSnapshot(ctx context.Context, cluster *rbd.Cluster, job J
 	}
 	return snap, nil
 }
+
+// supersededRemovalFails, when set (tests), fails afterVerified's removal
+// of the superseded base with the error it returns (as a stalled cluster
+// would), before anything is removed.
+var supersededRemovalFails func(Job) error
 
 // beforeSourceSnapshot, when set (tests), runs between ensureSnapshot's
 // check for a doneTag and its snapshot.

@@ -440,6 +440,39 @@ func TestSettleRemovesWhatAMissedCompletionLeft(t *testing.T) {
 	}
 }
 
+// A completion whose removal of the superseded base fails (a stalled
+// cluster) says so (Unsettled), keeps the base, and a later Settle removes
+// it.
+func TestUnsettledRemovalSettledLater(t *testing.T) {
+	h := newHarness(t, Options{})
+	ctx := ctxT(t)
+	name := uniq("xfer-unsettled")
+	img := h.newImage(name, 16<<20)
+	writeRandom(t, img, 0, 1<<20)
+	r1, err := h.source.Run(ctx, Job{TransferID: "t1-" + name, Pool: h.pool, Image: name}, h.dest)
+	if err != nil || r1.Unsettled {
+		t.Fatalf("first run: %+v %v", r1, err)
+	}
+	writeRandom(t, img, 2<<20, 128<<10)
+	supersededRemovalFails = func(Job) error { return errors.New("ceph did not answer within [agent] ceph_op_timeout") }
+	t.Cleanup(func() { supersededRemovalFails = nil })
+	t2 := Job{TransferID: "t2-" + name, Pool: h.pool, Image: name}
+	r2, err := h.source.Run(ctx, t2, h.dest)
+	if err != nil || !r2.Unsettled || len(r2.Removed) != 0 {
+		t.Fatalf("second run: unsettled %t removed %v, %v", r2.Unsettled, r2.Removed, err)
+	}
+	if snaps := snapshotsOf(t, h.src, h.pool, name); !slices.Equal(snaps, []string{r1.Snapshot, r2.Snapshot}) {
+		t.Fatalf("source snapshots after the failed removal: %v", snaps)
+	}
+	supersededRemovalFails = nil
+	if removed, err := h.source.Settle(ctx, t2); err != nil || !slices.Equal(removed, []string{r1.Snapshot}) {
+		t.Errorf("settle: %v %v, want %s", removed, err, r1.Snapshot)
+	}
+	if snaps := snapshotsOf(t, h.src, h.pool, name); !slices.Equal(snaps, []string{r2.Snapshot}) {
+		t.Errorf("source snapshots after the settle: %v", snaps)
+	}
+}
+
 // A replayed start of a transfer whose successor completes (leaving its
 // doneTag and removing its snapshot) between the replay's check and its
 // snapshot: the replay is refused and leaves no snapshot (the fault suite
