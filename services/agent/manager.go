@@ -179,7 +179,7 @@ func (a *Agent) flattenLater(req rpc.DrillRequest, imageID string) {
 // settleBackoff is the first wait of settleLater, doubled after each
 // failure up to settleMaxWait, for settleFor in all.
 var (
-	settleBackoff = 5 * time.Second
+	settleBackoff = 2 * time.Second
 	settleMaxWait = time.Minute
 	settleFor     = 15 * time.Minute
 )
