@@ -703,3 +703,178 @@ func groupPoints(g *gorm.DB, id string) ([]GroupCycle, error) {
 	}
 	return out, nil
 }
+
+// StartGroupFailover starts group failover (or failback) f of a group the
+// scope sees, in one transaction: the group goes to status to
+// (failing_over or failing_back) from one of expectFrom, with failover_id
+// f.ID and f recorded (step set to first, status running, requested_at
+// now). A group a failover holds already, or one of whose members is
+// failing over on its own, is ErrConflict; a status not in expectFrom
+// ErrInvalidTransition.
+func (d *DB) StartGroupFailover(ctx context.Context, id string, scope Scope, f *GroupFailover, first string, to ReplicationStatus, expectFrom []ReplicationStatus) (*ReplicationGroup, error) {
+	if f == nil || (to != ReplicationFailingOver && to != ReplicationFailingBack) {
+		return nil, fmt.Errorf("db: start group failover of %s: %w", id, ErrInvalidArgument)
+	}
+	if f.ID == "" {
+		f.ID = uuid.NewString()
+	}
+	var out ReplicationGroup
+	err := d.inTx(ctx, func(tx *gorm.DB) error {
+		g, err := d.lockGroup(tx, id, scope)
+		if err != nil {
+			return err
+		}
+		if g.FailoverID != nil {
+			return fmt.Errorf("%w: failover %s of the group is under way", ErrConflict, *g.FailoverID)
+		}
+		if len(expectFrom) > 0 && !slices.Contains(expectFrom, g.Status) || !CanTransitionReplication(g.Status, to) {
+			return fmt.Errorf("%w: group is %s, cannot become %s", ErrInvalidTransition, g.Status, to)
+		}
+		var busy int64
+		if err := tx.Model(&Replication{}).Where("group_id = ? AND (failover_id IS NOT NULL OR status = ?)", id, ReplicationDeleting).Count(&busy).Error; err != nil {
+			return err
+		}
+		if busy > 0 {
+			return fmt.Errorf("%w: %d members are failing over or being deleted", ErrConflict, busy)
+		}
+		now := d.now()
+		f.Step, f.Status, f.Error, f.RequestedAt = first, FailoverRunning, "", now
+		f.AvailableAt, f.FinishedAt, f.Members = nil, nil, nil
+		b, err := json.Marshal(f)
+		if err != nil {
+			return err
+		}
+		res := tx.Model(&ReplicationGroup{}).Where("id = ? AND failover_id IS NULL", id).UpdateColumns(map[string]any{
+			"status": to, "failover_id": f.ID, "failover_state": string(b), "updated_at": now})
+		if res.Error != nil {
+			return fmt.Errorf("update: %w", translate(res.Error))
+		}
+		if res.RowsAffected != 1 {
+			return fmt.Errorf("%w: group changed concurrently", ErrConflict)
+		}
+		return tx.Where("id = ?", id).Take(&out).Error
+	})
+	if err != nil {
+		return nil, fmt.Errorf("db: start group failover of %s: %w", id, err)
+	}
+	return &out, nil
+}
+
+// RunningGroupFailovers returns the groups a failover or failback holds.
+func (d *DB) RunningGroupFailovers(ctx context.Context) ([]ReplicationGroup, error) {
+	var out []ReplicationGroup
+	if err := d.gorm.WithContext(ctx).Where("failover_id IS NOT NULL").Order("updated_at ASC").Order("id ASC").Limit(MaxListLimit).Find(&out).Error; err != nil {
+		return nil, fmt.Errorf("db: running group failovers: %w", err)
+	}
+	return out, nil
+}
+
+// UpdateGroupFailover records f, the progress of group id's running
+// failover f.ID (ErrConflict when another or none runs).
+func (d *DB) UpdateGroupFailover(ctx context.Context, id string, f *GroupFailover) error {
+	b, err := json.Marshal(f)
+	if err != nil {
+		return err
+	}
+	res := d.gorm.WithContext(ctx).Model(&ReplicationGroup{}).Where("id = ? AND failover_id = ?", id, f.ID).
+		UpdateColumns(map[string]any{"failover_state": string(b), "updated_at": d.now()})
+	if res.Error != nil {
+		return fmt.Errorf("db: update group failover %s: %w", f.ID, translate(res.Error))
+	}
+	if res.RowsAffected != 1 {
+		return fmt.Errorf("db: update group failover %s: %w: not the group's running failover", f.ID, ErrConflict)
+	}
+	return nil
+}
+
+// FinishGroupFailover ends group id's running failover f.ID: f recorded,
+// failover_id cleared, the group to status to; with flip, its source and
+// destination regions swapped and its destination pool the members'
+// (after their own flips). A next cycle is due at once.
+func (d *DB) FinishGroupFailover(ctx context.Context, id string, f *GroupFailover, to ReplicationStatus, flip bool) (*ReplicationGroup, error) {
+	b, err := json.Marshal(f)
+	if err != nil {
+		return nil, err
+	}
+	var out ReplicationGroup
+	err = d.inTx(ctx, func(tx *gorm.DB) error {
+		g, err := d.lockGroup(tx, id, AllProjectsScope())
+		if err != nil {
+			return err
+		}
+		if g.FailoverID == nil || *g.FailoverID != f.ID {
+			return fmt.Errorf("%w: failover %s is not the group's running one", ErrConflict, f.ID)
+		}
+		now := d.now()
+		upd := map[string]any{"status": to, "failover_id": nil, "failover_state": string(b), "updated_at": now, "next_run_at": now}
+		if flip {
+			upd["source_region"], upd["dest_region"] = g.DestRegion, g.SourceRegion
+			var m Replication
+			if err := tx.Where("group_id = ?", id).Order("created_at ASC").Order("id ASC").Take(&m).Error; err == nil {
+				upd["dest_pool"] = m.DestPool
+			}
+		}
+		if err := tx.Model(&ReplicationGroup{}).Where("id = ?", id).UpdateColumns(upd).Error; err != nil {
+			return fmt.Errorf("update: %w", translate(err))
+		}
+		return tx.Where("id = ?", id).Take(&out).Error
+	})
+	if err != nil {
+		return nil, fmt.Errorf("db: finish group failover %s: %w", f.ID, err)
+	}
+	return &out, nil
+}
+
+// StartGroupFinalCycle starts group id's final cycle c (its members'
+// transfer ids chosen) for the running failover failoverID, whatever the
+// schedule: as StartGroupCycle, without the due check; while the group's
+// last cycle has not ended it is ErrConflict (wait).
+func (d *DB) StartGroupFinalCycle(ctx context.Context, id, failoverID string, c *GroupCycle, members []GroupCycleMember) error {
+	body, err := json.Marshal(members)
+	if err != nil {
+		return err
+	}
+	err = d.inTx(ctx, func(tx *gorm.DB) error {
+		g, err := d.lockGroup(tx, id, AllProjectsScope())
+		if err != nil {
+			return err
+		}
+		if g.FailoverID == nil || *g.FailoverID != failoverID {
+			return fmt.Errorf("%w: failover %s is not the group's running one", ErrConflict, failoverID)
+		}
+		if g.LastCycleID == c.ID {
+			return nil // started already
+		}
+		if g.LastCycleID != "" {
+			var last GroupCycle
+			err := tx.Select("id", "status").Where("id = ?", g.LastCycleID).Take(&last).Error
+			if err != nil && !errors.Is(err, gorm.ErrRecordNotFound) {
+				return err
+			}
+			if err == nil && (last.Status == GroupCycleSnapshotting || last.Status == GroupCycleRunning) {
+				return fmt.Errorf("%w: the group's cycle %s still runs", ErrConflict, last.ID)
+			}
+		}
+		ts := d.now()
+		c.GroupID, c.Kind, c.Status, c.MembersJSON = id, "final", GroupCycleSnapshotting, string(body)
+		c.Error, c.SnapshotAt, c.FinishedAt = nil, nil, nil
+		c.CreatedAt, c.UpdatedAt = ts, ts
+		if err := tx.Create(c).Error; err != nil {
+			return fmt.Errorf("insert cycle: %w", translate(err))
+		}
+		return tx.Model(&ReplicationGroup{}).Where("id = ?", id).UpdateColumns(map[string]any{"last_cycle_id": c.ID, "updated_at": ts}).Error
+	})
+	if err != nil {
+		return fmt.Errorf("db: start final cycle of group %s: %w", id, err)
+	}
+	return nil
+}
+
+// GetGroupCycle returns cycle id.
+func (d *DB) GetGroupCycle(ctx context.Context, id string) (*GroupCycle, error) {
+	var c GroupCycle
+	if err := d.gorm.WithContext(ctx).Where("id = ?", id).Take(&c).Error; err != nil {
+		return nil, fmt.Errorf("db: group cycle %s: %w", id, translate(err))
+	}
+	return &c, nil
+}

@@ -44,6 +44,9 @@ type m0009Group struct {
 	UserID      string  `gorm:"column:user_id;type:varchar(64);not null;default:''"`
 	Status      string  `gorm:"column:status;type:varchar(32);not null;index:idx_replication_groups_status_next_run,priority:1"`
 	FailoverID  *string `gorm:"column:failover_id;type:varchar(36)"`
+	// FailoverState is the group failover's or failback's progress (the
+	// newest one's), a JSON document of the API's.
+	FailoverState string `gorm:"column:failover_state;type:text"`
 
 	SourceRegion string `gorm:"column:source_region;type:varchar(255);not null;default:''"`
 	DestRegion   string `gorm:"column:dest_region;type:varchar(255);not null;default:''"`

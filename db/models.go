@@ -524,8 +524,10 @@ type ReplicationGroup struct {
 	UserID      string            `gorm:"column:user_id"`
 	Status      ReplicationStatus `gorm:"column:status"`
 	// FailoverID is the group failover or failback under way (nil when
-	// none).
-	FailoverID *string `gorm:"column:failover_id"`
+	// none); FailoverState the newest one's progress (GroupFailover, as
+	// JSON).
+	FailoverID    *string `gorm:"column:failover_id"`
+	FailoverState string  `gorm:"column:failover_state"`
 
 	SourceRegion string `gorm:"column:source_region"`
 	DestRegion   string `gorm:"column:dest_region"`
@@ -627,3 +629,41 @@ func (c *GroupCycle) Members() []GroupCycleMember {
 
 // Point is the name of the member's part of the cycle's group point.
 func (m GroupCycleMember) Point() string { return PointPrefix + m.TransferID }
+
+// GroupFailover is a group failover's or failback's progress, kept on the
+// group (ReplicationGroup.FailoverState): the group's own steps (Step:
+// quiesce, final_cycle, members, wait, done), then one failover of each
+// member (Members: replication id → its failover id), all at the group
+// point Point.
+type GroupFailover struct {
+	ID             string            `json:"id"`
+	Kind           FailoverKind      `json:"kind"`
+	Planned        bool              `json:"planned"`
+	Force          bool              `json:"force"`
+	RequestedPoint string            `json:"requested_point,omitempty"`
+	Point          string            `json:"point,omitempty"`
+	CycleID        string            `json:"cycle_id,omitempty"`
+	Step           string            `json:"step"`
+	Status         FailoverStatus    `json:"status"`
+	Error          string            `json:"error,omitempty"`
+	UserID         string            `json:"user_id,omitempty"`
+	RequestID      string            `json:"request_id,omitempty"`
+	ReadOnly       map[string]bool   `json:"read_only,omitempty"`
+	Members        map[string]string `json:"members,omitempty"`
+	RequestedAt    time.Time         `json:"requested_at"`
+	AvailableAt    *time.Time        `json:"available_at,omitempty"`
+	FinishedAt     *time.Time        `json:"finished_at,omitempty"`
+}
+
+// Failover decodes the group's newest failover (nil when none or
+// unreadable).
+func (g *ReplicationGroup) Failover() *GroupFailover {
+	if g.FailoverState == "" {
+		return nil
+	}
+	var f GroupFailover
+	if json.Unmarshal([]byte(g.FailoverState), &f) != nil {
+		return nil
+	}
+	return &f
+}

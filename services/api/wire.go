@@ -137,7 +137,7 @@ func (s *Server) wire(w Wiring) []loop {
 		Owner: pub.Owner, Log: log}
 	// Consistency groups' cycles.
 	groups := &replicate.GroupRunner{DB: s.db, Caller: rpc.SigningCaller{Caller: w.Bus, Signer: w.Signer},
-		Owner: pub.Owner, Publish: pub.Kick, Log: log}
+		Owner: pub.Owner, Publish: pub.Kick, KickFailovers: failovers.Kick, Log: log}
 	var failoverVolumes FailoverVolumes
 	if w.Cinder != nil {
 		drills.Cinder = w.Cinder
@@ -150,8 +150,8 @@ func (s *Server) wire(w Wiring) []loop {
 		if fv, ok := w.Cinder.(FailoverVolumes); ok {
 			failoverVolumes = fv
 		}
-		if ac, ok := w.Cinder.(replicate.AttachmentChecker); ok {
-			groups.Volumes = ac
+		if gv, ok := w.Cinder.(replicate.GroupVolumes); ok {
+			groups.Volumes = gv
 		}
 	}
 	if s.metrics == nil {

@@ -39,7 +39,7 @@ type client struct {
 
 // apiVersion is the microversion the tests speak (1.1: replications, a
 // transfer's replication_id), sent on every request.
-const apiVersion = "volume-ferry 1.1"
+const apiVersion = "volume-ferry 1.2"
 
 func (c *client) do(method, path, body string) (int, map[string]any) {
 	c.t.Helper()

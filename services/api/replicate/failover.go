@@ -67,6 +67,18 @@ func Steps(kind db.FailoverKind, planned bool) []string {
 	return []string{StepPromote, StepRegister, StepFlip, StepDemote, StepDone}
 }
 
+// stepsOf lists failover f's steps: Steps, without the quiesce and the
+// final cycle for a member of a group's planned failover or failback (its
+// group quiesced every member and ran one final cycle for all: f.Point
+// is the member's part of that group point).
+func stepsOf(f *db.Failover) []string {
+	steps := Steps(f.Kind, f.Planned)
+	if f.GroupID != "" && f.Planned {
+		steps = slices.DeleteFunc(slices.Clone(steps), func(s string) bool { return s == StepQuiesce || s == StepFinalCycle })
+	}
+	return steps
+}
+
 // FailoverRunner carries failovers and failbacks (Failover rows in
 // running) step by step to done: Steps gives each kind's order, the row
 // records the next step, and a step runs again after an interruption, so
@@ -222,7 +234,7 @@ const stepRecorded = "\x00recorded"
 
 // run runs f's current step and returns the step after it.
 func (r *FailoverRunner) run(ctx context.Context, f *db.Failover, log *slog.Logger) (string, error) {
-	steps := Steps(f.Kind, f.Planned)
+	steps := stepsOf(f)
 	next := func(step string) string {
 		for i, s := range steps {
 			if s == step && i+1 < len(steps) {
@@ -567,7 +579,7 @@ func (r *FailoverRunner) finish(ctx context.Context, f *db.Failover, log *slog.L
 // failed handles a step's error: before the new primary is promoted the
 // failover is undone; after it, the step is retried at the next scans.
 func (r *FailoverRunner) failed(ctx context.Context, f *db.Failover, err error, log *slog.Logger) {
-	steps := Steps(f.Kind, f.Planned)
+	steps := stepsOf(f)
 	at := slices.Index(steps, cmp.Or(f.Step, steps[0]))
 	promote := slices.Index(steps, StepPromote)
 	definite := !rpc.IsTemporary(err) && (errors.Is(err, rpc.ErrConflict) || errors.Is(err, rpc.ErrNotFound) ||
@@ -583,7 +595,8 @@ func (r *FailoverRunner) failed(ctx context.Context, f *db.Failover, err error, 
 	}
 	r.succeeded(f.ID)
 	log.Error("failover undone", "error", err)
-	if (at > 0 || f.Step != "") && (f.Kind == db.FailoverKindFailback || !f.OriginalReadOnly) {
+	// The quiesce ran (this failover's, or its group's for a member).
+	if (at > 0 || f.Step != "" || f.GroupID != "") && (f.Kind == db.FailoverKindFailback || !f.OriginalReadOnly) {
 		if uerr := r.setReadOnly(ctx, f, f.FromRegion, f.FromVolumeID, false); uerr != nil {
 			log.Warn("the old primary volume stays read-only", "volume_id", f.FromVolumeID, "error", uerr)
 		}

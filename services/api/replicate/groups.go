@@ -44,8 +44,11 @@ type AttachmentChecker interface {
 type GroupRunner struct {
 	DB     *db.DB
 	Caller rpc.Caller // signs (rpc.SigningCaller)
-	// Volumes checks that members are not attached; nil: not checked.
-	Volumes AttachmentChecker
+	// Volumes checks that members are not attached, and quiesces them
+	// for a group failover; nil: not checked (and no planned failover).
+	Volumes GroupVolumes
+	// KickFailovers wakes the failover runner (members' failovers).
+	KickFailovers func()
 	// Interval between passes (default 2 s; Kick passes at once).
 	Interval time.Duration
 	// CallTimeout bounds the group snapshot (default 1 min).
@@ -116,6 +119,9 @@ func (g *GroupRunner) RunOnce(ctx context.Context) error {
 	if err := g.startDue(ctx); err != nil {
 		errs = append(errs, err)
 	}
+	if err := g.failovers(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	if err := g.finishDeletes(ctx); err != nil {
 		errs = append(errs, err)
 	}
@@ -141,48 +147,11 @@ func (g *GroupRunner) startDue(ctx context.Context) error {
 
 // startOne starts (or skips) one due group's cycle.
 func (g *GroupRunner) startOne(ctx context.Context, grp *db.ReplicationGroup) error {
-	members, err := g.DB.GroupMembers(ctx, grp.ID)
-	if err != nil {
-		return err
-	}
-	points, err := g.DB.GroupPoints(ctx, grp.ID)
-	if err != nil {
-		return err
-	}
 	now := g.DB.Now()
 	cycleID := uuid.NewString()
-	pts := make([]Point, 0, len(points)+1)
-	for _, p := range points {
-		pts = append(pts, Point{Name: p.ID, CreatedAt: *p.SnapshotAt})
-	}
-	pts = append(pts, Point{Name: cycleID, CreatedAt: now})
-	keep := Retain(pts, Policy{KeepLast: grp.KeepLast, KeepHourly: grp.KeepHourly, KeepDaily: grp.KeepDaily}, nil)
-	kept := map[string]bool{}
-	for _, k := range keep {
-		kept[k] = true
-	}
-	var ms []db.GroupCycleMember
-	for i := range members {
-		r := &members[i]
-		if r.Status == db.ReplicationDeleting {
-			continue
-		}
-		drills, err := g.DB.ListDrills(ctx, r.ID)
-		if err != nil {
-			return err
-		}
-		retain := Pinned(drills)
-		for _, p := range points {
-			if !kept[p.ID] {
-				continue
-			}
-			for _, pm := range p.Members() {
-				if pm.ReplicationID == r.ID {
-					retain = append(retain, pm.Point())
-				}
-			}
-		}
-		ms = append(ms, db.GroupCycleMember{ReplicationID: r.ID, TransferID: uuid.NewString(), Retain: retain})
+	ms, err := g.cycleMembers(ctx, grp, cycleID)
+	if err != nil {
+		return err
 	}
 	interval := time.Duration(grp.IntervalSeconds) * time.Second
 	next := NextRun(grp.NextRunAt, now, interval, Jitter(grp.ID, interval))
@@ -198,6 +167,55 @@ func (g *GroupRunner) startOne(ctx context.Context, grp *db.ReplicationGroup) er
 		g.startSnapshot(ctx, c)
 	}
 	return nil
+}
+
+// cycleMembers chooses the members' parts of group cycle cycleID: a
+// transfer id each, and the points each member's destination keeps (the
+// group's retention over its points and the new one, plus the points of
+// drills being made).
+func (g *GroupRunner) cycleMembers(ctx context.Context, grp *db.ReplicationGroup, cycleID string) ([]db.GroupCycleMember, error) {
+	members, err := g.DB.GroupMembers(ctx, grp.ID)
+	if err != nil {
+		return nil, err
+	}
+	points, err := g.DB.GroupPoints(ctx, grp.ID)
+	if err != nil {
+		return nil, err
+	}
+	pts := make([]Point, 0, len(points)+1)
+	for _, p := range points {
+		pts = append(pts, Point{Name: p.ID, CreatedAt: *p.SnapshotAt})
+	}
+	pts = append(pts, Point{Name: cycleID, CreatedAt: g.DB.Now()})
+	keep := Retain(pts, Policy{KeepLast: grp.KeepLast, KeepHourly: grp.KeepHourly, KeepDaily: grp.KeepDaily}, nil)
+	kept := map[string]bool{}
+	for _, k := range keep {
+		kept[k] = true
+	}
+	var ms []db.GroupCycleMember
+	for i := range members {
+		r := &members[i]
+		if r.Status == db.ReplicationDeleting {
+			continue
+		}
+		drills, err := g.DB.ListDrills(ctx, r.ID)
+		if err != nil {
+			return nil, err
+		}
+		retain := Pinned(drills)
+		for _, p := range points {
+			if !kept[p.ID] {
+				continue
+			}
+			for _, pm := range p.Members() {
+				if pm.ReplicationID == r.ID {
+					retain = append(retain, pm.Point())
+				}
+			}
+		}
+		ms = append(ms, db.GroupCycleMember{ReplicationID: r.ID, TransferID: uuid.NewString(), Retain: retain})
+	}
+	return ms, nil
 }
 
 // advance moves the unfinished cycles on: a snapshot for those

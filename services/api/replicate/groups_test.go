@@ -47,6 +47,10 @@ func (f *groupCaller) Call(_ context.Context, target rpc.Target, method string, 
 
 type attachedVolumes struct{ attached string }
 
+func (a attachedVolumes) SetReadOnly(_ context.Context, region, project, id string, ro bool) error {
+	return nil
+}
+
 func (a attachedVolumes) InspectVolume(_ context.Context, region, project, id string) (*cinder.VolumeState, error) {
 	return &cinder.VolumeState{Status: map[bool]string{true: "in-use", false: "available"}[id == a.attached], Attached: id == a.attached}, nil
 }
