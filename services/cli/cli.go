@@ -41,7 +41,9 @@ type app struct {
 // APIVersion is the microversion the CLI was written for, sent on every
 // request as OpenStack-API-Version: volume-ferry 1.1, as the openstack CLI
 // sends the version it knows (1.1 adds replications and a transfer's
-// replication_id).
+// replication_id). The replication-group commands ask for 1.2, which
+// adds the groups, on their own requests (the replicationgroups
+// package's).
 const APIVersion = "1.1"
 
 // connect authenticates and finds Ferry's endpoint in the catalog for the
@@ -108,6 +110,6 @@ func NewCommand(getenv func(string) string, stdout, stderr io.Writer) *cobra.Com
 		f.StringVar(s.p, s.name, *s.p, s.help)
 	}
 	f.BoolVar(&creds.Insecure, "insecure", creds.Insecure, "do not verify TLS certificates")
-	root.AddCommand(a.transferCommand(), a.replicationCommand(), a.serviceCommand())
+	root.AddCommand(a.transferCommand(), a.replicationCommand(), a.groupCommand(), a.serviceCommand())
 	return root
 }

@@ -38,6 +38,8 @@ type fakeCloud struct {
 	services []map[string]any
 	// repl is the fake replications API (replication_test.go).
 	repl fakeReplications
+	// groups is the fake replication groups API (group_test.go).
+	groups fakeGroups
 }
 
 func newFakeCloud(t *testing.T) *fakeCloud {
@@ -120,6 +122,10 @@ func (fc *fakeCloud) serveAPI(w http.ResponseWriter, r *http.Request) {
 		fault(w, 404, "itemNotFound", "The resource could not be found.") // since 1.1
 	case parts[0] == "replications":
 		fc.serveReplications(w, r, parts, reply)
+	case parts[0] == "replication-groups" && r.Header.Get("OpenStack-API-Version") != "volume-ferry 1.2":
+		fault(w, 404, "itemNotFound", "The resource could not be found.") // since 1.2
+	case parts[0] == "replication-groups":
+		fc.serveGroups(w, r, parts, reply)
 	case path == "services" && r.Method == http.MethodGet && fc.services != nil:
 		reply(200, map[string]any{"services": fc.services})
 	case path == "services" && r.Method == http.MethodGet:

@@ -95,13 +95,121 @@ func (r *retentionFlags) opts(cmd *cobra.Command) (*replications.RetentionOpts, 
 	return &o, nil
 }
 
+// scheduleFlags are the schedule options of a create (of a replication or
+// a replication group): --interval and --rpo (required), the retention
+// and --bandwidth-limit.
+type scheduleFlags struct {
+	interval, rpo, bandwidth string
+	keep                     retentionFlags
+}
+
+func (s *scheduleFlags) add(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&s.interval, "interval", "", "time between cycles, e.g. 300 or 5m (required)")
+	f.StringVar(&s.rpo, "rpo", "", "recovery point objective: the lag beyond which it is breached, e.g. 15m (required)")
+	s.keep.add(cmd)
+	f.StringVar(&s.bandwidth, "bandwidth-limit", "", "bytes/s for the cycles, e.g. 50M (default: the agents')")
+}
+
+// schedule is what scheduleFlags give: a zero BandwidthLimit and a nil
+// Retention are not given (the server's defaults).
+type schedule struct {
+	IntervalSeconds, RPOSeconds int
+	BandwidthLimit              int64
+	Retention                   *replications.RetentionOpts
+}
+
+func (s *scheduleFlags) parse(cmd *cobra.Command) (schedule, error) {
+	var (
+		out schedule
+		err error
+	)
+	if out.IntervalSeconds, err = parseSeconds("--interval", s.interval); err != nil {
+		return out, err
+	}
+	if out.RPOSeconds, err = parseSeconds("--rpo", s.rpo); err != nil {
+		return out, err
+	}
+	if s.bandwidth != "" {
+		if out.BandwidthLimit, err = parseBytes("--bandwidth-limit", s.bandwidth); err != nil {
+			return out, err
+		}
+	}
+	if s.keep.changed(cmd) {
+		if out.Retention, err = s.keep.opts(cmd); err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}
+
+// setFlags are the options of a set (of a replication or a replication
+// group): only those given are sent and change.
+type setFlags struct {
+	name, description        string
+	interval, rpo, bandwidth string
+	keep                     retentionFlags
+}
+
+func (s *setFlags) add(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&s.interval, "interval", "", "time between cycles, e.g. 300 or 5m")
+	f.StringVar(&s.rpo, "rpo", "", "recovery point objective, e.g. 15m")
+	s.keep.add(cmd)
+	f.StringVar(&s.bandwidth, "bandwidth-limit", "", "bytes/s for the cycles, e.g. 50M; 0 is the agents' default")
+	f.StringVar(&s.name, "name", "", "new name")
+	f.StringVar(&s.description, "description", "", "new description")
+}
+
+// opts is the update of the options given; none is an error.
+func (s *setFlags) opts(cmd *cobra.Command) (replications.UpdateOpts, error) {
+	f := cmd.Flags()
+	var opts replications.UpdateOpts
+	if f.Changed("name") {
+		opts.Name = &s.name
+	}
+	if f.Changed("description") {
+		opts.Description = &s.description
+	}
+	if f.Changed("interval") {
+		n, err := parseSeconds("--interval", s.interval)
+		if err != nil {
+			return opts, err
+		}
+		opts.IntervalSeconds = &n
+	}
+	if f.Changed("rpo") {
+		n, err := parseSeconds("--rpo", s.rpo)
+		if err != nil {
+			return opts, err
+		}
+		opts.RPOSeconds = &n
+	}
+	if f.Changed("bandwidth-limit") {
+		n, err := parseBytes("--bandwidth-limit", s.bandwidth)
+		if err != nil {
+			return opts, err
+		}
+		opts.BandwidthLimit = &n
+	}
+	if s.keep.changed(cmd) {
+		var err error
+		if opts.Retention, err = s.keep.opts(cmd); err != nil {
+			return opts, err
+		}
+	}
+	if opts == (replications.UpdateOpts{}) {
+		return opts, errors.New("nothing to change: give at least one option (see --help)")
+	}
+	return opts, nil
+}
+
 func (a *app) replicationCreate() *cobra.Command {
 	var (
-		out                      outputOpts
-		opts                     replications.CreateOpts
-		interval, rpo, bandwidth string
-		keep                     retentionFlags
-		cmd                      *cobra.Command
+		out   outputOpts
+		opts  replications.CreateOpts
+		sched scheduleFlags
+		cmd   *cobra.Command
 	)
 	cmd = &cobra.Command{
 		Use:   "create --destination-region REGION (--volume ID | --pool POOL --image IMAGE) --interval DURATION --rpo DURATION [flags]",
@@ -122,23 +230,11 @@ func (a *app) replicationCreate() *cobra.Command {
 			if opts.Destination.Region == "" {
 				return errors.New("--destination-region is required")
 			}
-			var err error
-			if opts.IntervalSeconds, err = parseSeconds("--interval", interval); err != nil {
+			sch, err := sched.parse(cmd)
+			if err != nil {
 				return err
 			}
-			if opts.RPOSeconds, err = parseSeconds("--rpo", rpo); err != nil {
-				return err
-			}
-			if bandwidth != "" {
-				if opts.BandwidthLimit, err = parseBytes("--bandwidth-limit", bandwidth); err != nil {
-					return err
-				}
-			}
-			if keep.changed(cmd) {
-				if opts.Retention, err = keep.opts(cmd); err != nil {
-					return err
-				}
-			}
+			opts.IntervalSeconds, opts.RPOSeconds, opts.BandwidthLimit, opts.Retention = sch.IntervalSeconds, sch.RPOSeconds, sch.BandwidthLimit, sch.Retention
 			r := replications.Create(ctx, sc, opts)
 			if r.Err != nil {
 				return apiError(r.Err)
@@ -157,10 +253,7 @@ func (a *app) replicationCreate() *cobra.Command {
 	f.StringVar(&opts.Source.Image, "image", "", "source RBD image (with --pool; admins)")
 	f.StringVar(&opts.Destination.Region, "destination-region", "", "region of the replica (required)")
 	f.StringVar(&opts.Destination.Pool, "destination-pool", "", "RBD pool of the replica (default: the destination's Cinder volume pool)")
-	f.StringVar(&interval, "interval", "", "time between cycles, e.g. 300 or 5m (required)")
-	f.StringVar(&rpo, "rpo", "", "recovery point objective: the lag beyond which the replication is breached, e.g. 15m (required)")
-	keep.add(cmd)
-	f.StringVar(&bandwidth, "bandwidth-limit", "", "bytes/s for the cycles, e.g. 50M (default: the agents')")
+	sched.add(cmd)
 	f.StringVar(&opts.Name, "name", "", "name of the replication")
 	f.StringVar(&opts.Description, "description", "", "description of the replication")
 	cmd.MarkFlagsMutuallyExclusive("volume", "pool")
@@ -241,11 +334,9 @@ func (a *app) replicationShow() *cobra.Command {
 
 func (a *app) replicationSet() *cobra.Command {
 	var (
-		out                      outputOpts
-		name, description        string
-		interval, rpo, bandwidth string
-		keep                     retentionFlags
-		cmd                      *cobra.Command
+		out outputOpts
+		set setFlags
+		cmd *cobra.Command
 	)
 	cmd = &cobra.Command{
 		Use:   "set REPLICATION [--interval DURATION] [--rpo DURATION] [--keep-last N] [--keep-hourly N] [--keep-daily N] [--bandwidth-limit RATE] [--name NAME] [--description TEXT]",
@@ -254,43 +345,9 @@ func (a *app) replicationSet() *cobra.Command {
 			"other two as they are. --bandwidth-limit 0 returns to the agents' default.",
 		Args: cobra.ExactArgs(1),
 		RunE: a.withClient(&out, func(ctx context.Context, sc *gophercloud.ServiceClient, _ gophercloud.EndpointOpts, args []string) error {
-			f := cmd.Flags()
-			var opts replications.UpdateOpts
-			if f.Changed("name") {
-				opts.Name = &name
-			}
-			if f.Changed("description") {
-				opts.Description = &description
-			}
-			if f.Changed("interval") {
-				n, err := parseSeconds("--interval", interval)
-				if err != nil {
-					return err
-				}
-				opts.IntervalSeconds = &n
-			}
-			if f.Changed("rpo") {
-				n, err := parseSeconds("--rpo", rpo)
-				if err != nil {
-					return err
-				}
-				opts.RPOSeconds = &n
-			}
-			if f.Changed("bandwidth-limit") {
-				n, err := parseBytes("--bandwidth-limit", bandwidth)
-				if err != nil {
-					return err
-				}
-				opts.BandwidthLimit = &n
-			}
-			if keep.changed(cmd) {
-				var err error
-				if opts.Retention, err = keep.opts(cmd); err != nil {
-					return err
-				}
-			}
-			if opts == (replications.UpdateOpts{}) {
-				return errors.New("nothing to change: give at least one option (see --help)")
+			opts, err := set.opts(cmd)
+			if err != nil {
+				return err
 			}
 			r, _, err := findReplication(ctx, sc, args[0])
 			if err != nil {
@@ -307,13 +364,7 @@ func (a *app) replicationSet() *cobra.Command {
 			return printOne(a.stdout, out, replicationObject(raw, out), replicationFields)
 		}),
 	}
-	f := cmd.Flags()
-	f.StringVar(&interval, "interval", "", "time between cycles, e.g. 300 or 5m")
-	f.StringVar(&rpo, "rpo", "", "recovery point objective, e.g. 15m")
-	keep.add(cmd)
-	f.StringVar(&bandwidth, "bandwidth-limit", "", "bytes/s for the cycles, e.g. 50M; 0 is the agents' default")
-	f.StringVar(&name, "name", "", "new name")
-	f.StringVar(&description, "description", "", "new description")
+	set.add(cmd)
 	addOutputFlags(cmd, &out)
 	return cmd
 }

@@ -345,10 +345,10 @@ func extractTransfer(r gophercloud.Result) (*transfers.Transfer, map[string]any,
 	return extractResource[transfers.Transfer](r, "transfer")
 }
 
-// findResource gets a resource (noun: its JSON key, e.g. "transfer") by
-// id, or else by name when exactly one of pages has that name (the
-// openstack CLI's find_resource); a name that is nobody's is the API's
-// 404 for the id.
+// findResource gets a resource (noun: its JSON key, e.g. "transfer" or
+// "replication_group") by id, or else by name when exactly one of pages
+// has that name (the openstack CLI's find_resource); a name that is
+// nobody's is the API's 404 for the id.
 func findResource[T any](ctx context.Context, ref, noun string, get func(context.Context, string) gophercloud.Result, pages pagination.Pager) (*T, map[string]any, error) {
 	r := get(ctx, ref)
 	if r.Err == nil {
@@ -384,7 +384,7 @@ func findResource[T any](ctx context.Context, ref, noun string, get func(context
 		}
 		return extractResource[T](r, noun)
 	}
-	return nil, nil, fmt.Errorf("more than one %s is named '%s': use its ID", noun, ref)
+	return nil, nil, fmt.Errorf("more than one %s is named '%s': use its ID", strings.ReplaceAll(noun, "_", " "), ref)
 }
 
 // extractResource returns a result's object under key both typed and as

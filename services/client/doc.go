@@ -2,7 +2,7 @@
 Package client is the Go client library of Ferry's REST API (the
 volume-ferry service), in the conventions of gophercloud v2: a
 *gophercloud.ServiceClient built here is passed to the functions of the
-resource packages transfers, replications and services.
+resource packages transfers, replications, replicationgroups and services.
 
 The library depends only on the standard library and gophercloud; it never
 imports Ferry's server packages.
@@ -30,7 +30,8 @@ ReplicationID (and the ListOpts.ReplicationID filter): the replications
 package's functions, and transfers.List with a ReplicationID, ask for
 "1.1" themselves when sc.Microversion is empty or older (WithMicroversion),
 without changing sc; set sc.Microversion = "1.1" to see ReplicationID in
-every transfer.
+every transfer. Version 1.2 adds replication groups: the
+replicationgroups package's functions ask for "1.2" the same way.
 
 Example: a client for a known URL (no catalog)
 

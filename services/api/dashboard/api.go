@@ -10,6 +10,7 @@ import (
 	"github.com/gophercloud/gophercloud/v2/pagination"
 
 	"github.com/ferry-project/ferry/services/client"
+	"github.com/ferry-project/ferry/services/client/replicationgroups"
 	"github.com/ferry-project/ferry/services/client/replications"
 	"github.com/ferry-project/ferry/services/client/services"
 	"github.com/ferry-project/ferry/services/client/transfers"
@@ -29,6 +30,9 @@ type (
 	Drill       = replications.DrillInfo
 	ReplEvent   = replications.Event
 	Failover    = replications.FailoverInfo
+
+	Group      = replicationgroups.ReplicationGroup
+	GroupPoint = replicationgroups.Point
 )
 
 const serviceType = client.ServiceType
@@ -147,6 +151,60 @@ func startFailover(ctx context.Context, sc *gophercloud.ServiceClient, id, kind 
 	return replications.Failover(ctx, sc, id, replications.FailoverOpts{}).Extract()
 }
 
+// listGroups returns the project's replication groups.
+func listGroups(ctx context.Context, sc *gophercloud.ServiceClient) ([]Group, error) {
+	var out []Group
+	pages := 0
+	err := replicationgroups.List(sc, replicationgroups.ListOpts{Limit: 1000}).EachPage(ctx,
+		func(_ context.Context, p pagination.Page) (bool, error) {
+			gs, err := replicationgroups.ExtractReplicationGroups(p)
+			if err != nil {
+				return false, err
+			}
+			out = append(out, gs...)
+			pages++
+			return pages < maxListPages, nil
+		})
+	return out, err
+}
+
+func getGroup(ctx context.Context, sc *gophercloud.ServiceClient, id string) (*Group, error) {
+	return replicationgroups.Get(ctx, sc, id).Extract()
+}
+
+func listGroupPoints(ctx context.Context, sc *gophercloud.ServiceClient, id string) ([]GroupPoint, error) {
+	return replicationgroups.ListPoints(ctx, sc, id).Extract()
+}
+
+func listGroupDrills(ctx context.Context, sc *gophercloud.ServiceClient, id string) ([]Drill, error) {
+	return replicationgroups.ListDrills(ctx, sc, id).Extract()
+}
+
+// groupAction is sync, pause or resume of a group.
+func groupAction(ctx context.Context, sc *gophercloud.ServiceClient, id, action string) error {
+	switch action {
+	case "sync":
+		return replicationgroups.Sync(ctx, sc, id).ExtractErr()
+	case "pause":
+		return replicationgroups.Pause(ctx, sc, id).ExtractErr()
+	}
+	return replicationgroups.Resume(ctx, sc, id).ExtractErr()
+}
+
+// startGroupDrill drills a group point: one drill per member.
+func startGroupDrill(ctx context.Context, sc *gophercloud.ServiceClient, id, point, name string) ([]Drill, error) {
+	return replicationgroups.Drill(ctx, sc, id, replicationgroups.DrillOpts{Point: point, Name: name}).Extract()
+}
+
+// startGroupFailover starts a planned failover of a group, or its
+// failback (not forced, as for a replication); the result is the group.
+func startGroupFailover(ctx context.Context, sc *gophercloud.ServiceClient, id, kind string) (*Group, error) {
+	if kind == "failback" {
+		return replicationgroups.Failback(ctx, sc, id, replicationgroups.FailbackOpts{}).Extract()
+	}
+	return replicationgroups.Failover(ctx, sc, id, replicationgroups.FailoverOpts{}).Extract()
+}
+
 func newFerryClient(pc *gophercloud.ProviderClient, endpoint string) *gophercloud.ServiceClient {
 	sc := client.NewFerryV1WithEndpoint(pc, endpoint)
 	sc.Microversion = apiVersion
@@ -155,7 +213,8 @@ func newFerryClient(pc *gophercloud.ProviderClient, endpoint string) *gopherclou
 
 // apiVersion is the microversion the dashboard asks for on every call:
 // the one it was written for (1.1: replications, a transfer's
-// replication_id).
+// replication_id). The replication groups' calls ask for 1.2 (the
+// replicationgroups package's).
 const apiVersion = "1.1"
 
 // apiError is what the user is told about a failed API call: the API's

@@ -166,6 +166,10 @@ func (h *Handler) routes() {
 	m.HandleFunc("GET "+Prefix+"/project/replications/data", h.data(h.replicationsData))
 	m.HandleFunc("GET "+Prefix+"/project/replications/{id}", h.get(h.replicationPage))
 	m.HandleFunc("POST "+Prefix+"/project/replications/{id}/{action}", h.post(h.replicationAction))
+	m.HandleFunc("GET "+Prefix+"/project/replication-groups", h.get(h.groupsPage))
+	m.HandleFunc("GET "+Prefix+"/project/replication-groups/data", h.data(h.groupsData))
+	m.HandleFunc("GET "+Prefix+"/project/replication-groups/{id}", h.get(h.groupPage))
+	m.HandleFunc("POST "+Prefix+"/project/replication-groups/{id}/{action}", h.post(h.groupAction))
 	m.HandleFunc("GET "+Prefix+"/admin/services", h.get(h.servicesPage))
 	m.HandleFunc(Prefix+"/", func(w http.ResponseWriter, r *http.Request) {
 		h.errorPage(w, r, h.currentSession(r), http.StatusNotFound, "Page not found", "The page you were looking for does not exist.")

@@ -110,6 +110,9 @@ type fakeAPI struct {
 	// replActions are the replication actions received, "<id> <body>"
 	// (replications_test.go).
 	replActions []string
+	// groupActions are the replication group actions received, "<id>
+	// <body>" (groups_test.go).
+	groupActions []string
 	// versions are the calls' OpenStack-API-Version headers, "<path> <header>".
 	versions []string
 }
@@ -147,6 +150,8 @@ func (a *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	p := r.URL.Path
 	switch {
+	case strings.HasPrefix(p, "/v1/replication-groups"):
+		a.serveGroups(w, r, user)
 	case strings.HasPrefix(p, "/v1/replications") && !served11(r):
 		fault(w, http.StatusNotFound, "itemNotFound", "The resource could not be found.") // since 1.1
 	case r.Method == http.MethodGet && p == "/v1/transfers":

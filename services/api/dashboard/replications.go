@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/ferry-project/ferry/services/client/replications"
 )
 
 // --- replications ------------------------------------------------------------
@@ -203,12 +205,12 @@ func canPause(status string) bool  { return status == "active" }
 func canResume(status string) bool { return status == "paused" || status == "error" }
 func canSync(status string) bool   { return status == "active" || status == "failed_over" }
 
-// replForm is one action button of a replication: a form posting to
-// .../{id}/{Action}, shown while the replication's can_<Action> is true
-// (the "repl-form" template of layout.html).
+// replForm is one action button of a replication (or a replication
+// group): a form posting to Base/{id}/{Action}, shown while its
+// can_<Action> is true (the "repl-form" template of layout.html).
 type replForm struct {
-	CSRF, Next, ID, Name, Action, Label, Confirm string
-	Shown, Small, Danger                         bool
+	Base, CSRF, Next, ID, Name, Action, Label, Confirm string
+	Shown, Small, Danger                               bool
 }
 
 // replFormsOf is the rforms template function: the sync, pause, resume,
@@ -243,7 +245,7 @@ func replFormsOf(csrf, next string, r any, small bool) ([]replForm, error) {
 	}
 	for i := range forms {
 		f := &forms[i]
-		f.CSRF, f.Next, f.ID, f.Name, f.Small = csrf, next, rp.ID, rp.Name, small
+		f.Base, f.CSRF, f.Next, f.ID, f.Name, f.Small = Prefix+"/project/replications", csrf, next, rp.ID, rp.Name, small
 	}
 	return forms, nil
 }
@@ -268,11 +270,17 @@ func runBadge(status string) string {
 // lagText is the lag against the RPO: "42s / RPO 15m 00s", or "no point
 // yet / RPO 2m 00s" before the first point.
 func lagText(rp *Replication) string {
+	d, ok := rp.Lag()
+	return lagOf(d, ok, rp.RPOSeconds)
+}
+
+// lagOf is a lag (known: ok) against an RPO of rpo seconds.
+func lagOf(d time.Duration, ok bool, rpo int) string {
 	lag := "no point yet"
-	if d, ok := rp.Lag(); ok {
+	if ok {
 		lag = humanDuration(d)
 	}
-	return lag + " / RPO " + humanDuration(time.Duration(rp.RPOSeconds)*time.Second)
+	return lag + " / RPO " + humanDuration(time.Duration(rpo)*time.Second)
 }
 
 func humanDuration(d time.Duration) string {
@@ -299,8 +307,10 @@ func rtoText(rto *float64) string {
 	return humanDuration(time.Duration(*rto * float64(time.Second)))
 }
 
-func cyclesText(rp *Replication) string {
-	return fmt.Sprintf("%d completed, %d failed, %d skipped", rp.Cycles.Completed, rp.Cycles.Failed, rp.Cycles.Skipped)
+func cyclesText(rp *Replication) string { return cyclesOf(rp.Cycles) }
+
+func cyclesOf(c replications.Cycles) string {
+	return fmt.Sprintf("%d completed, %d failed, %d skipped", c.Completed, c.Failed, c.Skipped)
 }
 
 func replSourceText(rp *Replication) string {

@@ -20,7 +20,7 @@ import (
 // pageData is what every page's template gets.
 type pageData struct {
 	Title       string
-	Nav         string // active left-nav entry: transfers, services
+	Nav         string // active left-nav entry: transfers, replications, groups, services
 	Breadcrumbs []string
 	Session     *sessionView
 	Flashes     []flash
@@ -72,6 +72,10 @@ var funcs = template.FuncMap{
 	"bandwidth": bandwidthText,
 	"rforms":    replFormsOf,
 	"runbadge":  runBadge,
+	// replication groups
+	"glag":    groupLagText,
+	"gcycles": groupCyclesText,
+	"gforms":  groupFormsOf,
 }
 
 // healthBadge is the badge class and text of an agent's cluster health.

@@ -77,6 +77,10 @@ type Replication struct {
 	Cycles    Cycles     `json:"cycles"`
 	CreatedAt time.Time  `json:"created_at"`
 	UpdatedAt time.Time  `json:"updated_at"`
+	// GroupID is the replication group the replication is a member of
+	// ("" when none). Since microversion 1.2: set sc.Microversion = "1.2"
+	// to see it (below it the field is absent).
+	GroupID string `json:"group_id"`
 }
 
 // Lag is LagSeconds as a duration, and false before the first point.

@@ -37,7 +37,7 @@
     root.querySelectorAll("[data-show]").forEach(function (el) {
       el.hidden = !t[el.getAttribute("data-show")];
     });
-    // A replication's lag turns red while its RPO is breached.
+    // A replication's (or a group's) lag turns red while its RPO is breached.
     if ("rpo_breached" in t) {
       root.querySelectorAll("[data-breached]").forEach(function (el) {
         el.classList.toggle("lag-breached", !!t.rpo_breached);
@@ -57,7 +57,7 @@
           return r.json();
         })
         .then(function (data) {
-          var list = data.transfers || data.replications || [];
+          var list = data.transfers || data.replications || data.replication_groups || [];
           if (container.tagName === "TABLE") {
             var rows = container.querySelectorAll("tbody tr[data-id]");
             var known = {};

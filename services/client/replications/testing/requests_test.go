@@ -417,3 +417,30 @@ func TestFailoverAsksForItsMicroversion(t *testing.T) {
 	th.CheckEquals(t, 0, len(actual))
 	th.CheckEquals(t, "1.0", sc.Microversion)
 }
+
+// At 1.2 a replication names its group (group_id; null when none).
+func TestGetGroupMember(t *testing.T) {
+	fakeServer := th.SetupHTTP()
+	defer fakeServer.Teardown()
+	const groupID = "6a0b1c2d-3e4f-4a5b-8c6d-7e8f9a0b1c2d"
+	member := strings.Replace(firstJSON, `"cycles":`, `"group_id": "`+groupID+`", "cycles":`, 1)
+	single := strings.Replace(secondJSON, `"cycles":`, `"group_id": null, "cycles":`, 1)
+	for id, body := range map[string]string{firstID: member, secondID: single} {
+		fakeServer.Mux.HandleFunc("/replications/"+id, func(w http.ResponseWriter, r *http.Request) {
+			th.TestMethod(t, r, "GET")
+			th.TestHeader(t, r, "OpenStack-API-Version", "volume-ferry 1.2")
+			w.Header().Set("Content-Type", "application/json")
+			fmt.Fprintf(w, `{"replication": %s}`, body)
+		})
+	}
+	sc := fake.ServiceClient(fakeServer)
+	sc.Type, sc.Microversion = "volume-ferry", "1.2"
+	actual, err := replications.Get(context.TODO(), sc, firstID).Extract()
+	th.AssertNoErr(t, err)
+	want := firstReplication
+	want.GroupID = groupID
+	th.CheckDeepEquals(t, &want, actual)
+	actual, err = replications.Get(context.TODO(), sc, secondID).Extract()
+	th.AssertNoErr(t, err)
+	th.CheckDeepEquals(t, &secondReplication, actual)
+}

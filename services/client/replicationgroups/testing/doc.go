@@ -1,0 +1,2 @@
+// Package testing holds the fixture tests of the replicationgroups package.
+package testing
