@@ -16,6 +16,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/ferry-project/ferry/db"
+	"github.com/ferry-project/ferry/db/state"
 	"github.com/ferry-project/ferry/services/api/replicate"
 )
 
@@ -57,6 +58,27 @@ type GroupView struct {
 	Cycles         ReplicationCycles `json:"cycles"`
 	CreatedAt      string            `json:"created_at"`
 	UpdatedAt      string            `json:"updated_at"`
+	// Failover is the group's newest failover or failback (null when
+	// none).
+	Failover *GroupFailoverView `json:"failover"`
+}
+
+// GroupFailoverView is a group failover's or failback's progress: the
+// group's step, then each member's failover (by replication id).
+type GroupFailoverView struct {
+	ID          string            `json:"id"`
+	Kind        string            `json:"kind"`
+	Planned     bool              `json:"planned"`
+	Force       bool              `json:"force"`
+	Point       *string           `json:"point"`
+	Step        string            `json:"step"`
+	Status      string            `json:"status"`
+	Error       *string           `json:"error"`
+	Members     map[string]string `json:"members"`
+	RequestedAt string            `json:"requested_at"`
+	AvailableAt *string           `json:"available_at"`
+	FinishedAt  *string           `json:"finished_at"`
+	RTOSeconds  *float64          `json:"rto_seconds"`
 }
 
 // GroupSourceView is a group's source region.
@@ -97,8 +119,21 @@ func GroupViewOf(g *db.ReplicationGroup, members []db.Replication, now time.Time
 		Cycles:    ReplicationCycles{Completed: g.CyclesCompleted, Failed: g.CyclesFailed, Skipped: g.CyclesSkipped},
 		CreatedAt: isoTime(g.CreatedAt), UpdatedAt: isoTime(g.UpdatedAt),
 	}
-	if g.Status.Schedules() {
+	if g.Status.Schedules() && g.FailoverID == nil {
 		v.NextRunAt = isoTimePtr(&g.NextRunAt)
+	}
+	if f := g.Failover(); f != nil {
+		fv := &GroupFailoverView{ID: f.ID, Kind: string(f.Kind), Planned: f.Planned, Force: f.Force, Point: strPtr(f.Point),
+			Step: f.Step, Status: string(f.Status), Error: strPtr(f.Error), Members: f.Members,
+			RequestedAt: isoTime(f.RequestedAt), AvailableAt: isoTimePtr(f.AvailableAt), FinishedAt: isoTimePtr(f.FinishedAt)}
+		if fv.Members == nil {
+			fv.Members = map[string]string{}
+		}
+		if f.AvailableAt != nil {
+			rto := f.AvailableAt.Sub(f.RequestedAt).Seconds()
+			fv.RTOSeconds = &rto
+		}
+		v.Failover = fv
 	}
 	rpo := time.Duration(g.RPOSeconds) * time.Second
 	if g.LastSyncAt != nil {
@@ -572,7 +607,7 @@ func (s *Server) groupAction(c *gin.Context) {
 	if !strictJSON(c, &body) {
 		return
 	}
-	const usage = `{"sync": null}, {"pause": null}, {"resume": null} or {"drill": {"point": NAME|"latest"}}`
+	const usage = `{"sync": null}, {"pause": null}, {"resume": null}, {"drill": {"point": NAME|"latest"}}, {"failover": {...}} or {"failback": null}`
 	if len(body) != 1 {
 		writeError(c, http.StatusBadRequest, "The action body must hold exactly one action: "+usage+".")
 		return
@@ -591,6 +626,8 @@ func (s *Server) groupAction(c *gin.Context) {
 		}
 	case "drill":
 		rule = "replication:drill"
+	case "failover", "failback":
+		rule = "replication:failover"
 	default:
 		writeError(c, http.StatusBadRequest, fmt.Sprintf("Unknown action %q: use %s.", truncate(action, 64), usage))
 		return
@@ -616,6 +653,12 @@ func (s *Server) groupAction(c *gin.Context) {
 			db.ReplicationEventInput{Kind: db.RepEventResumed, Message: "group resumed by " + caller.UserID, RequestID: rid})
 	case "drill":
 		s.startGroupDrill(c, caller, g, arg)
+		return
+	case "failover":
+		s.startGroupFailover(c, caller, g, db.FailoverKindFailover, arg)
+		return
+	case "failback":
+		s.startGroupFailover(c, caller, g, db.FailoverKindFailback, arg)
 		return
 	}
 	if err != nil {
@@ -713,4 +756,98 @@ func memberOfGroup(c *gin.Context, r *db.Replication, what string) bool {
 	}
 	writeError(c, http.StatusConflict, fmt.Sprintf("Replication %s is a member of replication group %s: %s the group (%s/%s).", r.ID, *r.GroupID, what, groupsPath, *r.GroupID))
 	return true
+}
+
+// startGroupFailover takes a group's failover and failback actions: the
+// checks the caller must hear of at once (status, point, an attached
+// member), then one transaction moves the group to failing_over
+// (failing_back) with its failover recorded; a concurrent one gets 409.
+// The group runner does the rest (replicate.GroupStepQuiesce…).
+func (s *Server) startGroupFailover(c *gin.Context, caller *Caller, g *db.ReplicationGroup, kind db.FailoverKind, arg json.RawMessage) {
+	var req failoverRequest
+	if a := strings.TrimSpace(string(arg)); a != "null" {
+		if err := decodeStrict(bytes.NewReader(arg), 4096, &req); err != nil {
+			writeError(c, statusOf(err), err.Error())
+			return
+		}
+	}
+	planned := req.Point == ""
+	switch {
+	case kind == db.FailoverKindFailback && !planned:
+		writeError(c, http.StatusBadRequest, `failback takes no point: it is planned ({"failback": null} or {"failback": {"force": true}}).`)
+		return
+	case !planned && !req.Force:
+		writeError(c, http.StatusBadRequest, fmt.Sprintf(`An unplanned failover (to point %q) does not contact the source region: it needs "force": true.`, truncate(req.Point, 64)))
+		return
+	case len(req.Point) > db.MaxNameLength:
+		writeError(c, http.StatusBadRequest, fmt.Sprintf("failover.point is longer than %d characters.", db.MaxNameLength))
+		return
+	}
+	from, to := state.FailoverFrom(kind == db.FailoverKindFailback, planned), db.ReplicationFailingOver
+	if kind == db.FailoverKindFailback {
+		to = db.ReplicationFailingBack
+	}
+	if !slices.Contains(from, g.Status) || g.FailoverID != nil {
+		writeError(c, http.StatusConflict, fmt.Sprintf("Replication group %s is %s: a %s needs it %s, with no failover running.", g.ID, g.Status, failoverWhat(kind, planned), joinStatuses(from)))
+		return
+	}
+	if s.hooks.Failovers == nil {
+		writeError(c, http.StatusNotImplemented, "Failovers make Cinder volumes: Cinder is not configured in this deployment ([cinder] volume_pools).")
+		return
+	}
+	ctx := c.Request.Context()
+	point := ""
+	if !planned {
+		p, ok := s.groupPoint(c, g, req.Point)
+		if !ok {
+			return
+		}
+		point = p.ID
+	} else if kind == db.FailoverKindFailover {
+		points, err := s.db.GroupPoints(ctx, g.ID)
+		if err != nil {
+			s.dbError(c, err, "Replication group "+g.ID)
+			return
+		}
+		if len(points) == 0 {
+			writeError(c, http.StatusConflict, fmt.Sprintf("Replication group %s has no point yet: nothing to fail over to.", g.ID))
+			return
+		}
+	}
+	if planned && !req.Force {
+		members, err := s.db.GroupMembers(ctx, g.ID)
+		if err != nil {
+			s.dbError(c, err, "Replication group "+g.ID)
+			return
+		}
+		for _, m := range members {
+			if m.SourceVolumeID == "" {
+				continue
+			}
+			st, err := s.hooks.Failovers.InspectVolume(ctx, m.SourceRegion, m.ProjectID, m.SourceVolumeID)
+			switch {
+			case err != nil:
+				writeError(c, http.StatusServiceUnavailable, fmt.Sprintf("Member volume %s in %s could not be read in Cinder (%v): a planned %s needs it.", m.SourceVolumeID, m.SourceRegion, err, kind))
+				return
+			case st.Attached:
+				writeError(c, http.StatusConflict, fmt.Sprintf("Member volume %s in %s is attached: detach it first, or force the %s (its writes after the final point are preserved, not replicated).", m.SourceVolumeID, m.SourceRegion, kind))
+				return
+			}
+		}
+	}
+	f := &db.GroupFailover{ID: uuid.NewString(), Kind: kind, Planned: planned, Force: req.Force, RequestedPoint: req.Point, Point: point,
+		UserID: caller.UserID, RequestID: requestIDOf(c)}
+	first := replicate.GroupStepMembers
+	if planned {
+		first = replicate.GroupStepQuiesce
+	}
+	ng, err := s.db.StartGroupFailover(ctx, g.ID, db.ProjectScope(g.ProjectID), f, first, to, from)
+	if err != nil {
+		s.dbError(c, err, "Replication group "+g.ID)
+		return
+	}
+	s.kickGroups()
+	if v, ok := s.groupView(c, ng); ok {
+		c.JSON(http.StatusAccepted, gin.H{"replication_group": v})
+	}
 }

@@ -218,6 +218,50 @@ func TestGroupCreateShowAndActions(t *testing.T) {
 	if g := m["replication_group"].(map[string]any); g["points_count"].(float64) != 1 || g["lag_seconds"] == nil {
 		t.Errorf("the group with a point: %v", g)
 	}
+	// Failover and failback: the checks, then the group failing over; a
+	// second one is a conflict; a reader may not.
+	for _, bad := range []struct {
+		body string
+		code int
+	}{
+		{`{"failover": {"point": "latest"}}`, 400},
+		{`{"failback": {"point": "latest"}}`, 400},
+		{`{"failback": null}`, 409},
+		{`{"failover": {"point": "nope", "force": true}}`, 404},
+		{`{"failover": {"bogus": 1}}`, 400},
+	} {
+		if code, m := a.do(demo, "POST", "/v1/replication-groups/"+id+"/action", bad.body); code != bad.code {
+			t.Errorf("%s: %d %v, want %d", bad.body, code, m, bad.code)
+		}
+	}
+	if code, _ := a.do(reader, "POST", "/v1/replication-groups/"+id+"/action", `{"failover": null}`); code != 403 {
+		t.Errorf("a reader's failover: %d", code)
+	}
+	code, m = a.do(demo, "POST", "/v1/replication-groups/"+id+"/action", `{"failover": null}`)
+	if code != 202 {
+		t.Fatalf("planned group failover: %d %v", code, m)
+	}
+	g = m["replication_group"].(map[string]any)
+	fo, _ := g["failover"].(map[string]any)
+	if g["status"] != "failing_over" || fo == nil || fo["step"] != "quiesce" || fo["planned"] != true || fo["status"] != "running" {
+		t.Errorf("after the failover request: %v", g)
+	}
+	for _, body := range []string{`{"failover": null}`, `{"failover": {"point": "latest", "force": true}}`, `{"pause": null}`} {
+		if code, m := a.do(demo, "POST", "/v1/replication-groups/"+id+"/action", body); code != 409 {
+			t.Errorf("%s while failing over: %d %v", body, code, m)
+		}
+	}
+	if code, m := a.do(demo, "DELETE", "/v1/replication-groups/"+id, ""); code != 409 {
+		t.Errorf("delete while failing over: %d %v", code, m)
+	}
+	// (The runner ends it; here the store does, as if undone.)
+	gr, _ := a.db.GetGroup(context.Background(), id, db.AllProjectsScope())
+	gf := gr.Failover()
+	gf.Status = db.FailoverError
+	if _, err := a.db.FinishGroupFailover(context.Background(), id, gf, db.ReplicationActive, false); err != nil {
+		t.Fatal(err)
+	}
+
 	// Delete: deleting, its members too; a second delete is a conflict.
 	if code, m := a.do(demo, "DELETE", "/v1/replication-groups/"+id+"?keep_replica=maybe", ""); code != 400 {
 		t.Errorf("a bad keep_replica: %d %v", code, m)

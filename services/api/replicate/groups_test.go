@@ -257,3 +257,139 @@ func TestGroupRunnerCycles(t *testing.T) {
 		t.Error("the synced group's cycle did not run")
 	}
 }
+
+// roVolumes records the read-only flags set, and says which volume is
+// attached.
+type roVolumes struct {
+	mu       sync.Mutex
+	attached string
+	flags    map[string]bool
+}
+
+func (v *roVolumes) InspectVolume(_ context.Context, region, project, id string) (*cinder.VolumeState, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return &cinder.VolumeState{Status: "available", Attached: id == v.attached, ReadOnly: v.flags[id],
+		Spec: cinder.VolumeSpec{Kind: "volume", ID: id, Name: "name of " + id}}, nil
+}
+
+func (v *roVolumes) SetReadOnly(_ context.Context, region, project, id string, ro bool) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.flags == nil {
+		v.flags = map[string]bool{}
+	}
+	v.flags[id] = ro
+	return nil
+}
+
+// A planned group failover: every member quiesced, one final group cycle,
+// then one failover per member at its part of that point, without their
+// own quiesce and final cycle; the group flips once every member has. An
+// attached member undoes it before anything else, the volumes read-write
+// again.
+func TestGroupRunnerPlannedFailover(t *testing.T) {
+	d, clk := newStore(t)
+	ctx := context.Background()
+	g := newGroup(t, d, 3)
+	caller := &groupCaller{}
+	vols := &roVolumes{}
+	kicked := 0
+	run := &GroupRunner{DB: d, Caller: caller, Volumes: vols, Owner: "api-1", Log: quiet(), KickFailovers: func() { kicked++ }}
+	pass := func() {
+		t.Helper()
+		if err := run.RunOnce(ctx); err != nil {
+			t.Fatal(err)
+		}
+		run.Wait()
+	}
+	pass()
+	completeAll(t, d, lastCycle(t, d, g))
+	clk.add(time.Second)
+	pass()
+	members, _ := d.GroupMembers(ctx, g.ID)
+
+	// An attached member: undone at the quiesce.
+	vols.attached = members[1].SourceVolumeID
+	start := func(force bool) *db.GroupFailover {
+		t.Helper()
+		f := &db.GroupFailover{Kind: db.FailoverKindFailover, Planned: true, Force: force, UserID: "u1"}
+		if _, err := d.StartGroupFailover(ctx, g.ID, db.AllProjectsScope(), f, GroupStepQuiesce, db.ReplicationFailingOver, nil); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	start(false)
+	if _, err := d.StartGroupFailover(ctx, g.ID, db.AllProjectsScope(), &db.GroupFailover{Kind: db.FailoverKindFailover}, GroupStepQuiesce, db.ReplicationFailingOver, nil); !errors.Is(err, db.ErrConflict) {
+		t.Errorf("a second group failover: %v", err)
+	}
+	pass()
+	cur, _ := d.GetGroup(ctx, g.ID, db.AllProjectsScope())
+	if f := cur.Failover(); cur.Status != db.ReplicationActive || cur.FailoverID != nil || f == nil || f.Status != db.FailoverError || !strings.Contains(f.Error, "attached") {
+		t.Fatalf("after an attached member: %s %+v", cur.Status, cur.Failover())
+	}
+	for id, ro := range vols.flags {
+		if ro {
+			t.Errorf("volume %s left read-only by the undone failover", id)
+		}
+	}
+
+	// Detached: quiesce, final cycle, members, wait.
+	vols.attached = ""
+	f := start(false)
+	pass() // quiesce done, final cycle started and snapshotted
+	for _, m := range members {
+		if !vols.flags[m.SourceVolumeID] {
+			t.Errorf("member volume %s not read-only", m.SourceVolumeID)
+		}
+	}
+	cur, _ = d.GetGroup(ctx, g.ID, db.AllProjectsScope())
+	gf := cur.Failover()
+	if gf.Step != GroupStepFinalCycle || gf.CycleID == "" || cur.LastCycleID != gf.CycleID {
+		t.Fatalf("after the quiesce: %+v (last cycle %s)", gf, cur.LastCycleID)
+	}
+	final, err := d.GetGroupCycle(ctx, gf.CycleID)
+	if err != nil || final.Status != db.GroupCycleRunning || final.Kind != "final" {
+		t.Fatalf("final cycle %+v %v", final, err)
+	}
+	pass() // the final cycle still runs: nothing moves
+	completeAll(t, d, final)
+	pass() // the final point: members' failovers start
+	cur, _ = d.GetGroup(ctx, g.ID, db.AllProjectsScope())
+	gf = cur.Failover()
+	if gf.Step != GroupStepWait || gf.Point != final.ID || len(gf.Members) != 3 || kicked == 0 {
+		t.Fatalf("after the final cycle: %+v", gf)
+	}
+	parts := map[string]string{}
+	for _, m := range final.Members() {
+		parts[m.ReplicationID] = m.Point()
+	}
+	for _, m := range members {
+		mf, err := d.GetFailover(ctx, gf.Members[m.ID], db.AllProjectsScope())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mf.ID != MemberFailoverID(f.ID, m.ID) || mf.GroupID != g.ID || !mf.Planned || mf.Point != parts[m.ID] || mf.Spec == "" {
+			t.Errorf("member failover %+v", mf)
+		}
+		if steps := stepsOf(mf); slices.Contains(steps, StepQuiesce) || slices.Contains(steps, StepFinalCycle) || steps[0] != StepPromote {
+			t.Errorf("a grouped member's steps %v", steps)
+		}
+	}
+	// The members' failovers end (as their runner would): the group flips.
+	pass()
+	if cur, _ = d.GetGroup(ctx, g.ID, db.AllProjectsScope()); cur.Status != db.ReplicationFailingOver {
+		t.Fatalf("the group ended before its members: %s", cur.Status)
+	}
+	for _, m := range members {
+		if err := d.FinishFailover(ctx, gf.Members[m.ID], db.FailoverDone, "", db.ReplicationFailedOver, db.ReplicationEventInput{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pass()
+	cur, _ = d.GetGroup(ctx, g.ID, db.AllProjectsScope())
+	if gf := cur.Failover(); cur.Status != db.ReplicationFailedOver || cur.FailoverID != nil || gf.Status != db.FailoverDone ||
+		cur.SourceRegion != "RegionTwo" || cur.DestRegion != "RegionOne" {
+		t.Errorf("after the members flipped: %s %s→%s %+v", cur.Status, cur.SourceRegion, cur.DestRegion, gf)
+	}
+}
