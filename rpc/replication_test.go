@@ -175,3 +175,14 @@ func TestRenameCommand(t *testing.T) {
 		}
 	}
 }
+
+// The settle of a missed completion and a group's consistent snapshot are
+// signed agent commands: an agent refuses them unsigned (the fault suite
+// found settles dead-lettered when they were not signed).
+func TestSettleAndGroupSnapshotAreSigned(t *testing.T) {
+	for _, m := range []string{MethodTransferSettle, MethodReplicationGroupSnapshot} {
+		if !IsAgentCommand(m) {
+			t.Errorf("%s is not an agent command", m)
+		}
+	}
+}

@@ -101,7 +101,7 @@ func IsAgentCommand(method string) bool {
 	switch method {
 	case MethodTransferStart, MethodTransferCancel, MethodTransferQuery, MethodTransferCleanup,
 		MethodReplicationDrill, MethodReplicationCleanup, MethodReplicationPromote, MethodReplicationDemote,
-		MethodReplicationRename:
+		MethodReplicationRename, MethodTransferSettle, MethodReplicationGroupSnapshot:
 		return true
 	}
 	return false
