@@ -185,7 +185,16 @@ func (c *consumer) handle(ctx context.Context, d amqp.Delivery) {
 	}
 
 	start := time.Now()
-	reply, herr := c.call(rpc.WithSender(rpc.WithRequestID(ctx, env.RequestID), d.UserId), env)
+	// A call's handler runs no longer than its caller waits: past the
+	// deadline nobody reads the answer, and the handler may hold what a
+	// retry needs (a lock, an image).
+	hctx := ctx
+	if dl, ok := deadline(d); ok && isCall {
+		var cancel context.CancelFunc
+		hctx, cancel = context.WithDeadline(ctx, dl)
+		defer cancel()
+	}
+	reply, herr := c.call(rpc.WithSender(rpc.WithRequestID(hctx, env.RequestID), d.UserId), env)
 	switch {
 	case herr == nil:
 		if isCall {
@@ -200,6 +209,9 @@ func (c *consumer) handle(ctx context.Context, d amqp.Delivery) {
 	case ctx.Err() != nil:
 		log.Info("handler interrupted, message requeued", "reason", herr)
 		c.nack(d, true, log)
+	case hctx.Err() != nil:
+		log.Info("call abandoned: its caller has given up", "reason", herr, "duration", time.Since(start))
+		c.ack(d, log)
 	case rpc.IsTemporary(herr):
 		log.Info("temporary error, message requeued", "reason", herr, "delay", c.requeueDelay, "delivery_count", d.Headers["x-delivery-count"])
 		sleepCtx(ctx, c.requeueDelay)

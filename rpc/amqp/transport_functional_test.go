@@ -842,3 +842,40 @@ func TestSeveralHosts(t *testing.T) {
 	}
 	eventually(t, 5*time.Second, "the cast consumed", func() bool { return got.Load() == 1 })
 }
+
+// A call's handler runs within its caller's deadline: a handler that
+// would wait for ever sees its context end when the caller gives up, and
+// the call is not redelivered.
+func TestCallHandlerBoundByDeadline(t *testing.T) {
+	url := transportURL(t)
+	callee := newTransport(t, url, Options{QuorumQueues: true, Name: "callee"})
+	caller := newTransport(t, url, Options{QuorumQueues: true, Name: "caller"})
+	q := uniq("ferry.test.deadline")
+	cleanupQueues(t, url, q)
+	ended := make(chan time.Duration, 4)
+	var calls atomic.Int32
+	consume(t, callee, q, func(ctx context.Context, env rpc.Envelope) (any, error) {
+		calls.Add(1)
+		start := time.Now()
+		<-ctx.Done()
+		ended <- time.Since(start)
+		return nil, ctx.Err()
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := caller.Call(ctx, rpc.Target(q), "test.block", numBody{1}, nil); err == nil {
+		t.Fatal("a call whose handler never answers succeeded")
+	}
+	select {
+	case d := <-ended:
+		if d > 5*time.Second {
+			t.Errorf("the handler ran %v past a 2 s call", d)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the handler of a call its caller gave up still runs 10 s later")
+	}
+	time.Sleep(2 * time.Second)
+	if n := calls.Load(); n != 1 {
+		t.Errorf("the abandoned call ran %d times", n)
+	}
+}

@@ -435,7 +435,7 @@ func (d *Dest) Finish(ctx context.Context, req FinishRequest) (FinishResponse, e
 	if req.Epoch != job.epoch {
 		return FinishResponse{}, fmt.Errorf("%w: finish of epoch %d, the session is of epoch %d", ErrStaleEpoch, req.Epoch, job.epoch)
 	}
-	res, err := job.session.Wait(ctx)
+	res, err := d.awaitCommit(ctx, job)
 	if err != nil {
 		if ctx.Err() == nil {
 			d.closeJob(job, err)
@@ -460,6 +460,33 @@ func (d *Dest) Finish(ctx context.Context, req FinishRequest) (FinishResponse, e
 	d.closeJob(job, nil)
 	d.log.Info("finished", "transfer_id", req.TransferID, "image", job.name, "snapshot", fin.Snapshot, "ephemeral", job.w.Ephemeral, "digest", res.Digest)
 	return fin, nil
+}
+
+// finishCommitGrace is how long a finish waits for its session's commit
+// while no source is connected to it.
+var finishCommitGrace = 20 * time.Second
+
+// errNoCommit: the session a finish found has not seen the stream's commit.
+var errNoCommit = errors.New("the session has not received the stream's commit (this agent restarted after the source's commit, and a repeated prepare opened a new session): the transfer is retried and resumes where the data stands")
+
+// awaitCommit waits for job's session to end, as its finish must. The
+// source calls finish only once a session acknowledged its stream's
+// commit; a session that is not committed and has no source connected
+// is not the one that did (the agent restarted since, and a repeated
+// prepare opened this one): after finishCommitGrace it is errNoCommit
+// rather than a wait without end.
+func (d *Dest) awaitCommit(ctx context.Context, job *destJob) (stream.CommitResult, error) {
+	for {
+		wctx, cancel := context.WithTimeout(ctx, finishCommitGrace)
+		res, err := job.session.Wait(wctx)
+		cancel()
+		switch {
+		case err == nil || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded):
+			return res, err
+		case !job.session.Streaming():
+			return stream.CommitResult{}, errNoCommit
+		}
+	}
 }
 
 // seal ends a verified run (job.w.Verified set and recorded): the snapshot

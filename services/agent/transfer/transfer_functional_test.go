@@ -5,6 +5,8 @@ package transfer
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"os"
 	"os/exec"
 	"slices"
 	"testing"
@@ -510,4 +512,74 @@ func TestReplayedStartRacingItsSuccessor(t *testing.T) {
 	if snaps := snapshotsOf(t, h.src, h.pool, name); !slices.Equal(snaps, []string{SnapshotPrefix + "t2-" + name}) {
 		t.Errorf("source snapshots after the replay: %v, want only t2's", snaps)
 	}
+}
+
+// restartBeforeFinish is a destination agent that restarts between the
+// source's commit and its finish, and then gets a repeated prepare of the
+// transfer (the redelivery of the first): the new agent's session never
+// sees the commit the old one acknowledged.
+type restartBeforeFinish struct {
+	h        *harness
+	cfg      DestConfig
+	cur      *Dest
+	prep     PrepareRequest
+	noCommit error
+}
+
+func (r *restartBeforeFinish) Prepare(ctx context.Context, req PrepareRequest) (PrepareResponse, error) {
+	r.prep = req
+	return r.cur.Prepare(ctx, req)
+}
+
+func (r *restartBeforeFinish) Finish(ctx context.Context, req FinishRequest) (FinishResponse, error) {
+	if r.noCommit == nil {
+		r.cur.Close()
+		r.cur = NewDest(r.cfg)
+		r.h.t.Cleanup(r.cur.Close)
+		if _, err := r.cur.Prepare(ctx, r.prep); err != nil {
+			return FinishResponse{}, err
+		}
+		start := time.Now()
+		_, err := r.cur.Finish(ctx, req)
+		r.noCommit = err
+		if time.Since(start) > 10*time.Second {
+			r.h.t.Errorf("the finish waited %v", time.Since(start))
+		}
+		return FinishResponse{}, err
+	}
+	return r.cur.Finish(ctx, req)
+}
+
+func (r *restartBeforeFinish) Abort(ctx context.Context, req AbortRequest) error {
+	return r.cur.Abort(ctx, req)
+}
+
+// A finish that reaches a restarted destination agent whose session was
+// opened again by a repeated prepare fails soon (not a wait without end:
+// the fault suite's killed destination agent held the transfer's lock
+// for minutes), and the retry resumes and completes the copy.
+func TestFinishAfterDestinationRestart(t *testing.T) {
+	h := newHarness(t, Options{})
+	ctx := ctxT(t)
+	grace := finishCommitGrace
+	finishCommitGrace = time.Second
+	t.Cleanup(func() { finishCommitGrace = grace })
+	name := uniq("xfer-restart-finish")
+	img := h.newImage(name, 16<<20)
+	writeRandom(t, img, 0, 3<<20)
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	r := &restartBeforeFinish{h: h, cur: h.dest, cfg: DestConfig{Connect: Fixed(h.dst), Server: h.dest.cfg.Server, Pools: []string{h.pool},
+		Endpoint: h.serverAddr, ServerName: "agent-two", Sealer: h.dstSealer, Log: log}}
+	job := Job{TransferID: "t1-" + name, Pool: h.pool, Image: name}
+	if _, err := h.source.Run(ctx, job, r); err == nil {
+		t.Fatal("the finish at a restarted destination succeeded without the commit")
+	}
+	if !errors.Is(r.noCommit, errNoCommit) {
+		t.Fatalf("the finish at the restarted destination: %v, want errNoCommit", r.noCommit)
+	}
+	res, err := h.source.Run(ctx, job, r)
+	if err != nil {
+		t.Fatalf("the retry: %v", err)
+	}
+	h.sameImage(name, res.Snapshot)
 }
