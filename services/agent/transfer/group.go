@@ -27,9 +27,10 @@ import (
 // whose transfer completed here before (its doneTag: its snapshot was
 // superseded, and taking it again would copy the image as it is now under
 // the old transfer's name), a member holding a snapshot of that name that
-// is not of this group cycle, and a set Ferry had tagged that lost some of
+// is not of this group cycle, a set Ferry had tagged that lost some of
 // its snapshots since (retaking it would replace snapshots the members'
-// transfers may have copied).
+// transfers may have copied), and an image without the exclusive-lock
+// feature. A missing image is rpc.ErrNotFound.
 func (s *Source) GroupSnapshot(ctx context.Context, req rpc.GroupSnapshotRequest) (rpc.GroupSnapshotReply, error) {
 	if err := req.Validate(); err != nil {
 		return rpc.GroupSnapshotReply{}, err
