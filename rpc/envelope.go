@@ -38,8 +38,8 @@ import (
 //	1.3  replication cycles: TransferStart.replication_id, retain and
 //	     bandwidth_limit; StatusEvent.snapshot_time and removed (and the
 //	     same in TransferQueryReply); replication.drill,
-//	     replication.cleanup, replication.promote, replication.demote and
-//	     replication.rename
+//	     replication.cleanup, replication.promote, replication.demote,
+//	     replication.rename and replication.group_snapshot
 const (
 	VersionMajor = 1
 	VersionMinor = 3

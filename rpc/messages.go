@@ -220,68 +220,6 @@ type TransferSettle struct {
 	Ephemeral  bool     `json:"ephemeral,omitempty"`
 }
 
-// MethodReplicationGroupSnapshot: API → a group's source region's agents
-// (call to agent.<region>): take one crash-consistent snapshot of every
-// member image at one instant, named ferry-<that member's transfer id>
-// and tagged as Ferry's for that transfer, so that each member's cycle
-// transfer copies it. Idempotent. Since 1.3.
-const MethodReplicationGroupSnapshot = "replication.group_snapshot"
-
-// GroupSnapshotRequest is replication.group_snapshot's body.
-type GroupSnapshotRequest struct {
-	GroupID string                `json:"group_id"`
-	CycleID string                `json:"cycle_id"`
-	Members []GroupSnapshotMember `json:"members"`
-}
-
-// GroupSnapshotMember is one member image of a group snapshot.
-type GroupSnapshotMember struct {
-	ReplicationID string `json:"replication_id"`
-	TransferID    string `json:"transfer_id"`
-	Pool          string `json:"pool"`
-	Image         string `json:"image"`
-}
-
-// MaxGroupSnapshotMembers bounds a group snapshot's members.
-const MaxGroupSnapshotMembers = 16
-
-// Validate checks the request's fields: ids, 1 to MaxGroupSnapshotMembers
-// members, no image twice.
-func (r GroupSnapshotRequest) Validate() error {
-	if r.GroupID == "" || r.CycleID == "" {
-		return fmt.Errorf("%w: replication.group_snapshot without group_id or cycle_id", ErrInvalid)
-	}
-	if len(r.Members) == 0 || len(r.Members) > MaxGroupSnapshotMembers {
-		return fmt.Errorf("%w: replication.group_snapshot of %d members (1 to %d)", ErrInvalid, len(r.Members), MaxGroupSnapshotMembers)
-	}
-	seen := map[string]bool{}
-	for _, m := range r.Members {
-		if m.ReplicationID == "" || m.TransferID == "" || m.Pool == "" || m.Image == "" {
-			return fmt.Errorf("%w: replication.group_snapshot member without replication_id, transfer_id, pool or image", ErrInvalid)
-		}
-		if k := m.Pool + "/" + m.Image; seen[k] {
-			return fmt.Errorf("%w: replication.group_snapshot lists %s twice", ErrInvalid, k)
-		} else {
-			seen[k] = true
-		}
-	}
-	return nil
-}
-
-// GroupSnapshotReply is replication.group_snapshot's reply: the snapshots
-// taken, in the request's order.
-type GroupSnapshotReply struct {
-	Members []GroupSnapshotTaken `json:"members"`
-}
-
-// GroupSnapshotTaken is one member's snapshot.
-type GroupSnapshotTaken struct {
-	TransferID   string     `json:"transfer_id"`
-	Snapshot     string     `json:"snapshot"`
-	SnapID       uint64     `json:"snap_id"`
-	SnapshotTime *time.Time `json:"snapshot_time,omitempty"`
-}
-
 // MethodReplicationDrill: API → a replication's destination region's
 // agents (call to agent.<region>): clone a retained point of the replica
 // (a drill, test failover). Since 1.3.
@@ -489,6 +427,80 @@ func (r RenameRequest) Validate() error {
 // (pool/To).
 type RenameReply struct {
 	Name string `json:"name"`
+}
+
+// MethodReplicationGroupSnapshot: API → a consistency group's source
+// region's agents (call to agent.<region>): take one crash-consistent
+// snapshot of all the group's member images at one instant, each
+// member's named ferry-<its transfer id>, before ferry-api inserts each
+// member's transfer (an ordinary cycle that finds its snapshot taken).
+// Since 1.3.
+const MethodReplicationGroupSnapshot = "replication.group_snapshot"
+
+// MaxGroupMembers bounds the members of a consistency group.
+const MaxGroupMembers = 16
+
+// GroupSnapshotRequest is replication.group_snapshot's body: cycle CycleID
+// of group GroupID, one member per replication, each naming the
+// transfer whose snapshot it takes and its source image. A repeat answers
+// the same snapshots; a member whose transfer completed (its snapshot
+// since superseded) is refused (conflict), as is a snapshot of that name
+// that is not this cycle's.
+type GroupSnapshotRequest struct {
+	GroupID string                `json:"group_id"`
+	CycleID string                `json:"cycle_id"`
+	Members []GroupSnapshotMember `json:"members"`
+}
+
+// GroupSnapshotMember is one member of a group snapshot.
+type GroupSnapshotMember struct {
+	ReplicationID string `json:"replication_id"`
+	TransferID    string `json:"transfer_id"`
+	Pool          string `json:"pool"`
+	Image         string `json:"image"`
+}
+
+// Validate checks the request's fields: 1 to MaxGroupMembers members, each
+// complete, no image, transfer or replication twice.
+func (r GroupSnapshotRequest) Validate() error {
+	const method = "replication.group_snapshot"
+	switch {
+	case r.GroupID == "":
+		return fmt.Errorf("%w: %s without group_id", ErrInvalid, method)
+	case r.CycleID == "":
+		return fmt.Errorf("%w: %s without cycle_id", ErrInvalid, method)
+	case len(r.Members) == 0 || len(r.Members) > MaxGroupMembers:
+		return fmt.Errorf("%w: %s with %d members (1 to %d)", ErrInvalid, method, len(r.Members), MaxGroupMembers)
+	}
+	seen := make(map[string]bool, 3*len(r.Members))
+	for i, m := range r.Members {
+		if err := requireNames(method, [][2]string{{"replication_id", m.ReplicationID}, {"transfer_id", m.TransferID},
+			{"pool", m.Pool}, {"image", m.Image}}); err != nil {
+			return fmt.Errorf("member %d: %w", i, err)
+		}
+		for _, k := range []string{"image " + m.Pool + "/" + m.Image, "transfer " + m.TransferID, "replication " + m.ReplicationID} {
+			if seen[k] {
+				return fmt.Errorf("%w: %s lists %s twice", ErrInvalid, method, k)
+			}
+			seen[k] = true
+		}
+	}
+	return nil
+}
+
+// GroupSnapshotReply is replication.group_snapshot's reply: the snapshot
+// of each member, in the order of the request's members.
+type GroupSnapshotReply struct {
+	Members []GroupSnapshotTaken `json:"members"`
+}
+
+// GroupSnapshotTaken is one member's snapshot: its name (ferry-<transfer
+// id>) and RBD id, and when it was taken (nil when unknown).
+type GroupSnapshotTaken struct {
+	TransferID   string     `json:"transfer_id"`
+	Snapshot     string     `json:"snapshot"`
+	SnapID       uint64     `json:"snap_id"`
+	SnapshotTime *time.Time `json:"snapshot_time,omitempty"`
 }
 
 // requireNames checks that each field is set and an RBD name (no '/', '@'

@@ -5,6 +5,10 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
+	"fmt"
+	"reflect"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -176,13 +180,108 @@ func TestRenameCommand(t *testing.T) {
 	}
 }
 
-// The settle of a missed completion and a group's consistent snapshot are
-// signed agent commands: an agent refuses them unsigned (the fault suite
-// found settles dead-lettered when they were not signed).
-func TestSettleAndGroupSnapshotAreSigned(t *testing.T) {
-	for _, m := range []string{MethodTransferSettle, MethodReplicationGroupSnapshot} {
-		if !IsAgentCommand(m) {
-			t.Errorf("%s is not an agent command", m)
+// A group snapshot is a signed agent command; its body and reply survive
+// the wire, and its body refuses what an agent could not act on.
+func TestGroupSnapshotCommand(t *testing.T) {
+	if !IsAgentCommand(MethodReplicationGroupSnapshot) {
+		t.Errorf("%s is not an agent command", MethodReplicationGroupSnapshot)
+	}
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	rc := &recordingCaster{}
+	c := SigningCaster{Caster: rc, Signer: NewSigner(priv, time.Hour)}
+	req := GroupSnapshotRequest{GroupID: "g", CycleID: "c", Members: []GroupSnapshotMember{
+		{ReplicationID: "r1", TransferID: "t1", Pool: "volumes", Image: "volume-1"},
+		{ReplicationID: "r2", TransferID: "t2", Pool: "backups", Image: "volume-2"},
+	}}
+	if err := req.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Cast(context.Background(), AgentTarget("R1"), MethodReplicationGroupSnapshot, req); err != nil {
+		t.Fatal(err)
+	}
+	v := NewVerifier(pub)
+	if err := v.VerifyEnvelope(rc.envs[0]); err != nil {
+		t.Errorf("group snapshot does not verify: %v", err)
+	}
+	var back GroupSnapshotRequest
+	if err := rc.envs[0].DecodeBody(&back); err != nil || !reflect.DeepEqual(back, req) {
+		t.Errorf("group snapshot body %+v, %v", back, err)
+	}
+	forged := rc.envs[0]
+	forged.Body = []byte(`{"group_id":"g","cycle_id":"c","members":[{"replication_id":"r1","transfer_id":"t9","pool":"volumes","image":"volume-1"}]}`)
+	if err := v.VerifyEnvelope(forged); !errors.Is(err, ErrForbidden) {
+		t.Errorf("an altered group snapshot verified: %v", err)
+	}
+
+	at := time.Date(2026, 12, 3, 18, 0, 0, 0, time.UTC)
+	reply := GroupSnapshotReply{Members: []GroupSnapshotTaken{
+		{TransferID: "t1", Snapshot: "ferry-t1", SnapID: 7, SnapshotTime: &at},
+		{TransferID: "t2", Snapshot: "ferry-t2", SnapID: 9},
+	}}
+	env, err := NewEnvelope(context.Background(), MethodReplicationGroupSnapshot, reply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := env.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(data), `{"transfer_id":"t2","snapshot":"ferry-t2","snap_id":9}`) {
+		t.Errorf("reply on the wire: %s", data)
+	}
+	got, err := Decode(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rback GroupSnapshotReply
+	if err := got.DecodeBody(&rback); err != nil || !reflect.DeepEqual(rback, reply) {
+		t.Errorf("group snapshot reply %+v, %v", rback, err)
+	}
+
+	mod := func(f func(*GroupSnapshotRequest)) GroupSnapshotRequest {
+		r := req
+		r.Members = slices.Clone(req.Members)
+		f(&r)
+		return r
+	}
+	many := make([]GroupSnapshotMember, MaxGroupMembers+1)
+	for i := range many {
+		many[i] = GroupSnapshotMember{ReplicationID: fmt.Sprint("r", i), TransferID: fmt.Sprint("t", i), Pool: "p", Image: fmt.Sprint("i", i)}
+	}
+	for _, c := range []struct {
+		req  GroupSnapshotRequest
+		want bool
+	}{
+		{req, true},
+		{mod(func(r *GroupSnapshotRequest) { r.Members = many[:MaxGroupMembers] }), true},
+		{mod(func(r *GroupSnapshotRequest) { r.Members = many }), false},
+		{mod(func(r *GroupSnapshotRequest) { r.Members = nil }), false},
+		{mod(func(r *GroupSnapshotRequest) { r.GroupID = "" }), false},
+		{mod(func(r *GroupSnapshotRequest) { r.CycleID = "" }), false},
+		{mod(func(r *GroupSnapshotRequest) { r.Members[1].ReplicationID = "" }), false},
+		{mod(func(r *GroupSnapshotRequest) { r.Members[1].TransferID = "" }), false},
+		{mod(func(r *GroupSnapshotRequest) { r.Members[1].Pool = "" }), false},
+		{mod(func(r *GroupSnapshotRequest) { r.Members[1].Image = "" }), false},
+		{mod(func(r *GroupSnapshotRequest) { r.Members[1].Image = "volume-2@s" }), false},
+		{mod(func(r *GroupSnapshotRequest) { r.Members[1].TransferID = "t/2" }), false},
+		// The same image twice (another replication, another transfer).
+		{mod(func(r *GroupSnapshotRequest) { r.Members[1].Pool, r.Members[1].Image = "volumes", "volume-1" }), false},
+		// The same name in another pool is another image.
+		{mod(func(r *GroupSnapshotRequest) { r.Members[1].Image = "volume-1" }), true},
+		{mod(func(r *GroupSnapshotRequest) { r.Members[1].TransferID = "t1" }), false},
+		{mod(func(r *GroupSnapshotRequest) { r.Members[1].ReplicationID = "r1" }), false},
+	} {
+		if err := c.req.Validate(); (err == nil) != c.want || err != nil && !errors.Is(err, ErrInvalid) {
+			t.Errorf("group snapshot %+v: %v", c.req, err)
 		}
+	}
+}
+
+// The settle of a missed completion is a signed agent command: an agent
+// refuses it unsigned (the fault suite found settles dead-lettered when
+// they were not signed).
+func TestSettleIsSigned(t *testing.T) {
+	if !IsAgentCommand(MethodTransferSettle) {
+		t.Errorf("%s is not an agent command", MethodTransferSettle)
 	}
 }

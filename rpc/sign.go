@@ -121,7 +121,8 @@ func (c SigningCaster) Cast(ctx context.Context, target Target, method string, b
 
 // SigningCaller signs the agent commands that are calls (transfer.query,
 // replication.drill, replication.promote, replication.demote,
-// replication.rename) before the inner Caller sends them.
+// replication.rename, replication.group_snapshot) before the inner Caller
+// sends them.
 type SigningCaller struct {
 	Caller Caller
 	Signer *Signer

@@ -10,11 +10,12 @@
 //     background loops (data port, the two consumers, heartbeats, health
 //     probe, metrics) under one errgroup.
 //   - manager.go: the handlers of every method the agent serves (start,
-//     cancel, prepare, finish, abort, query, cleanup, replication.drill,
-//     replication.cleanup, replication.promote, replication.demote and
-//     replication.rename), each checking ferry-api's signature or
-//     grant first, and the background work a command starts (a drill's
-//     flatten).
+//     cancel, prepare, finish, abort, query, cleanup, settle,
+//     replication.drill, replication.cleanup, replication.promote,
+//     replication.demote, replication.rename and
+//     replication.group_snapshot), each checking ferry-api's signature
+//     or grant first, and the background work a command starts (a
+//     drill's flatten).
 //   - rpcapi.go: how one agent calls another (RemoteDest, the destination
 //     as a transfer.Preparer over the bus).
 //   - runner.go: the transfers this agent is the source of: slots, epochs,

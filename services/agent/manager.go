@@ -87,8 +87,8 @@ func (a *Agent) handlers(r *runner) (shared, own *rpc.Mux) {
 
 // replicationHandlers serve ferry-api's replication commands (signed): a
 // drill's clone of a retained point at the destination, the clean-up of a
-// deleted replication on either side, and failover's promote, demote and
-// rename.
+// deleted replication on either side, failover's promote, demote and
+// rename, and a consistency group cycle's snapshot at the source.
 func (a *Agent) replicationHandlers(mux *rpc.Mux) {
 	mux.Handle(rpc.MethodReplicationDrill, rpc.RequireSigned(a.verifier, func(ctx context.Context, env rpc.Envelope) (any, error) {
 		var req rpc.DrillRequest
@@ -152,6 +152,24 @@ func (a *Agent) replicationHandlers(mux *rpc.Mux) {
 		rep, err := a.Dest.Rename(ctx, req)
 		if err != nil {
 			a.log.Warn("rename refused", "replication_id", req.ReplicationID, "image", req.Pool+"/"+req.Image, "to", req.To, "error", err)
+			return nil, err
+		}
+		return rep, nil
+	}, a.refusedCommand))
+	// A consistency group's cycle: one crash-consistent snapshot of all
+	// its members here, before ferry-api inserts their transfers.
+	// Idempotent.
+	mux.Handle(rpc.MethodReplicationGroupSnapshot, rpc.RequireSigned(a.verifier, func(ctx context.Context, env rpc.Envelope) (any, error) {
+		var req rpc.GroupSnapshotRequest
+		if err := env.DecodeBody(&req); err != nil {
+			return nil, err
+		}
+		if err := req.Validate(); err != nil {
+			return nil, err
+		}
+		rep, err := a.Source.GroupSnapshot(ctx, req)
+		if err != nil {
+			a.log.Warn("group snapshot refused", "group_id", req.GroupID, "cycle_id", req.CycleID, "members", len(req.Members), "error", err)
 			return nil, err
 		}
 		return rep, nil

@@ -12,11 +12,12 @@ import (
 	cephrbd "github.com/ceph/go-ceph/rbd"
 )
 
-// Consistent snapshots: one user-namespace snapshot of the same name on
-// several images, taken at one point in time (crash-consistent: the set
-// holds a write only if it holds every write that completed before that
-// write was issued), across pools too. It is what a consistency group's
-// replication cycle diffs (issue 12).
+// Consistent snapshots: one user-namespace snapshot on each of several
+// images, each under its own name (a group cycle names each member's
+// ferry-<that member's transfer id>), taken at one point in time
+// (crash-consistent: the set holds a write only if it holds every write
+// that completed before that write was issued), across pools too. It is
+// what a consistency group's replication cycle diffs (issue 12).
 //
 // How: open every image, take every exclusive lock (rbd_lock_acquire: the
 // writers' librbd hands the lock over once its in-flight writes are done;
@@ -62,12 +63,13 @@ import (
 // of one pool either.
 //
 // Idempotency: before the snapshots, each image gets the image-meta key
-// ferry.consistent.<snap> = the group (its members' pool/image id,
-// sorted). A repeat whose images all have snap with that marker answers
-// those snapshots; an image that has snap with another marker or none is
-// ErrExists (it is not this group's). Snapshots of this group on only some
-// images (a call that died mid-way) are removed and the set retaken.
-// RemoveConsistent removes snapshots and markers.
+// ferry.consistent.<its snap> = the group (its members' pool/image
+// id@snap, sorted). A repeat whose images all have their snapshot with
+// that marker answers those snapshots; an image that has its snapshot's
+// name with another marker or none is ErrExists (it is not this group's).
+// Snapshots of this group on only some images (a call that died mid-way)
+// are removed and the set retaken. RemoveConsistent removes snapshots and
+// markers.
 
 // ErrUnsupported is an image that lacks what an operation needs (a
 // consistent snapshot needs the exclusive-lock feature).
@@ -79,6 +81,16 @@ type ImageRef struct{ Pool, Name string }
 // String is pool/name.
 func (r ImageRef) String() string { return r.Pool + "/" + r.Name }
 
+// ImageSnap is one image of a consistent snapshot and the name of its
+// snapshot there.
+type ImageSnap struct {
+	Image ImageRef
+	Snap  string
+}
+
+// String is pool/name@snap.
+func (s ImageSnap) String() string { return s.Image.String() + "@" + s.Snap }
+
 // beforeConsistentSnapshot runs before each snapshot of a consistent
 // snapshot, during the hold; tests make it fail.
 var beforeConsistentSnapshot = func(ImageRef) error { return nil }
@@ -87,15 +99,17 @@ var beforeConsistentSnapshot = func(ImageRef) error { return nil }
 // measure it.
 var consistentHeld = func(time.Duration) {}
 
-// consistentKey is the image-meta key marking snap as a consistent
-// snapshot and naming its group.
-func consistentKey(snap string) string { return "ferry.consistent." + snap }
+// ConsistentKey is the image-meta key marking snap as a consistent
+// snapshot and naming its group: whoever removes such a snapshot otherwise
+// than by RemoveConsistent removes the key too.
+func ConsistentKey(snap string) string { return "ferry.consistent." + snap }
 
 // groupMember is one open image of a consistent snapshot.
 type groupMember struct {
 	ref     ImageRef
+	name    string // its snapshot's name
 	img     *Image
-	has     bool   // snap exists
+	has     bool   // the snapshot exists
 	marker  string // the marker's value, "" when none
 	snap    Snapshot
 	marked  bool // this call wrote the marker
@@ -103,22 +117,33 @@ type groupMember struct {
 	locked  bool
 }
 
-// SnapshotConsistent gives every image a user-namespace snapshot named
-// snap, all taken at one point in time (see "Consistent snapshots" above
-// for how, and what writers see). The answer is in the order of images.
-// It is all or nothing: on failure the snapshots made by this call are
-// removed. Every image needs the exclusive-lock feature (ErrUnsupported).
+// SnapshotConsistent gives each image of snaps a user-namespace snapshot
+// of its name, all taken at one point in time (see "Consistent snapshots"
+// above for how, and what writers see). The answer is in the order of
+// snaps. It is all or nothing: on failure the snapshots made by this call
+// are removed. Every image needs the exclusive-lock feature
+// (ErrUnsupported); an image may be listed once.
+//
+// check, when not nil, is given every image (open for writing, in the
+// order of snaps) once all were read, before anything is changed (a
+// repeat's answer included): its error ends the call, nothing changed. A
+// caller checks there what must hold at the moment the set is judged (a
+// marker that whoever removes one of the snapshots leaves first).
+//
 // ctx is checked between steps; each librbd call is bounded by the Ceph op
 // timeouts.
-func (c *Cluster) SnapshotConsistent(ctx context.Context, images []ImageRef, snap string) (_ []Snapshot, err error) {
-	if len(images) == 0 || snap == "" {
-		return nil, errors.New("consistent snapshot: no images or no snapshot name")
+func (c *Cluster) SnapshotConsistent(ctx context.Context, snaps []ImageSnap, check func([]*Image) error) (_ []Snapshot, err error) {
+	if len(snaps) == 0 {
+		return nil, errors.New("consistent snapshot: no images")
 	}
-	ordered := slices.Clone(images)
-	slices.SortFunc(ordered, func(a, b ImageRef) int { return strings.Compare(a.String(), b.String()) })
-	for i := 1; i < len(ordered); i++ {
-		if ordered[i] == ordered[i-1] {
-			return nil, fmt.Errorf("consistent snapshot %s: %s listed twice", snap, ordered[i])
+	ordered := slices.Clone(snaps)
+	slices.SortFunc(ordered, func(a, b ImageSnap) int { return strings.Compare(a.Image.String(), b.Image.String()) })
+	for i, s := range ordered {
+		if s.Snap == "" {
+			return nil, fmt.Errorf("consistent snapshot: no snapshot name for %s", s.Image)
+		}
+		if i > 0 && s.Image == ordered[i-1].Image {
+			return nil, fmt.Errorf("consistent snapshot: %s listed twice", s.Image)
 		}
 	}
 	members := make([]*groupMember, len(ordered))
@@ -130,41 +155,50 @@ func (c *Cluster) SnapshotConsistent(ctx context.Context, images []ImageRef, sna
 		}
 	}()
 	ids := make([]string, len(ordered))
-	for i, r := range ordered {
-		img, err := c.OpenImage(ctx, r.Pool, r.Name, "", false)
+	for i, s := range ordered {
+		img, err := c.OpenImage(ctx, s.Image.Pool, s.Image.Name, "", false)
 		if err != nil {
 			return nil, err
 		}
-		m := &groupMember{ref: r, img: img}
+		m := &groupMember{ref: s.Image, name: s.Snap, img: img}
 		members[i] = m
 		info, err := img.Info()
 		if err != nil {
 			return nil, err
 		}
 		if info.Features&cephrbd.FeatureExclusiveLock == 0 {
-			return nil, fmt.Errorf("consistent snapshot of %s: the exclusive-lock feature is off: %w", r, ErrUnsupported)
+			return nil, fmt.Errorf("consistent snapshot of %s: the exclusive-lock feature is off: %w", s.Image, ErrUnsupported)
 		}
-		ids[i] = r.Pool + "/" + info.ID
-		if err := m.load(snap); err != nil {
+		ids[i] = s.Image.Pool + "/" + info.ID + "@" + s.Snap
+		if err := m.load(); err != nil {
 			return nil, err
 		}
 	}
 	slices.Sort(ids)
 	group := strings.Join(ids, " ")
+	if check != nil {
+		imgs := make([]*Image, len(snaps))
+		for i, s := range snaps {
+			imgs[i] = members[slices.IndexFunc(ordered, func(o ImageSnap) bool { return o.Image == s.Image })].img
+		}
+		if err := check(imgs); err != nil {
+			return nil, err
+		}
+	}
 
 	// A repeat answers the same; another's snapshot of that name is not
 	// touched; a partial set of this group's is retaken.
-	if out, done := existingConsistent(members, group, images); done {
+	if out, done := existingConsistent(members, group, snaps); done {
 		return out, nil
 	}
 	for _, m := range members {
 		if m.has && m.marker != group {
-			return nil, fmt.Errorf("consistent snapshot %s: %s has it, not of this group: %w", snap, m.ref, ErrExists)
+			return nil, fmt.Errorf("consistent snapshot: %s@%s exists, not of this group: %w", m.ref, m.name, ErrExists)
 		}
 	}
 	for _, m := range members {
 		if m.has {
-			if err := m.img.RemoveSnapshot(snap); err != nil && !errors.Is(err, ErrNotFound) {
+			if err := m.img.RemoveSnapshot(m.name); err != nil && !errors.Is(err, ErrNotFound) {
 				return nil, err
 			}
 			m.has = false
@@ -173,7 +207,7 @@ func (c *Cluster) SnapshotConsistent(ctx context.Context, images []ImageRef, sna
 
 	defer func() {
 		if err != nil {
-			err = errors.Join(err, undoConsistent(members, snap))
+			err = errors.Join(err, undoConsistent(members))
 		}
 	}()
 	for _, m := range members {
@@ -181,7 +215,7 @@ func (c *Cluster) SnapshotConsistent(ctx context.Context, images []ImageRef, sna
 			return nil, err
 		}
 		if m.marker != group {
-			if err := m.img.SetMetadata(consistentKey(snap), group); err != nil {
+			if err := m.img.SetMetadata(ConsistentKey(m.name), group); err != nil {
 				return nil, err
 			}
 			m.marked = true
@@ -196,7 +230,7 @@ func (c *Cluster) SnapshotConsistent(ctx context.Context, images []ImageRef, sna
 	}
 	if err := eachMember(members, func(m *groupMember) error {
 		if err := m.img.LockExclusive(); err != nil {
-			return fmt.Errorf("consistent snapshot %s: %w", snap, err)
+			return fmt.Errorf("consistent snapshot %s@%s: %w", m.ref, m.name, err)
 		}
 		m.locked = true
 		return nil
@@ -210,7 +244,7 @@ func (c *Cluster) SnapshotConsistent(ctx context.Context, images []ImageRef, sna
 		if err := beforeConsistentSnapshot(m.ref); err != nil {
 			return err
 		}
-		if err := m.img.CreateSnapshot(snap); err != nil {
+		if err := m.img.CreateSnapshot(m.name); err != nil {
 			return err
 		}
 		m.created = true
@@ -227,14 +261,14 @@ func (c *Cluster) SnapshotConsistent(ctx context.Context, images []ImageRef, sna
 	consistentHeld(time.Since(holdStart))
 
 	for _, m := range members {
-		if err := m.load(snap); err != nil {
+		if err := m.load(); err != nil {
 			return nil, err
 		}
 		if !m.has {
-			return nil, fmt.Errorf("consistent snapshot %s of %s: %w after its creation", snap, m.ref, ErrNotFound)
+			return nil, fmt.Errorf("consistent snapshot %s@%s: %w after its creation", m.ref, m.name, ErrNotFound)
 		}
 	}
-	out, _ := existingConsistent(members, group, images)
+	out, _ := existingConsistent(members, group, snaps)
 	return out, nil
 }
 
@@ -254,15 +288,15 @@ func eachMember(members []*groupMember, fn func(*groupMember) error) error {
 	return errors.Join(errs...)
 }
 
-// load reads whether m's image has snap, and its marker.
-func (m *groupMember) load(snap string) error {
+// load reads whether m's image has its snapshot, and its marker.
+func (m *groupMember) load() error {
 	snaps, err := m.img.Snapshots()
 	if err != nil {
 		return err
 	}
 	m.has = false
 	for _, s := range snaps {
-		if s.Name == snap {
+		if s.Name == m.name {
 			m.has, m.snap = true, s
 		}
 	}
@@ -270,13 +304,13 @@ func (m *groupMember) load(snap string) error {
 	if err != nil {
 		return err
 	}
-	m.marker = meta[consistentKey(snap)]
+	m.marker = meta[ConsistentKey(m.name)]
 	return nil
 }
 
-// existingConsistent answers the snapshots, in the order of images, when
-// every member has snap marked as group's.
-func existingConsistent(members []*groupMember, group string, images []ImageRef) ([]Snapshot, bool) {
+// existingConsistent answers the snapshots, in the order of snaps, when
+// every member has its snapshot marked as group's.
+func existingConsistent(members []*groupMember, group string, snaps []ImageSnap) ([]Snapshot, bool) {
 	by := make(map[ImageRef]Snapshot, len(members))
 	for _, m := range members {
 		if !m.has || m.marker != group {
@@ -284,16 +318,16 @@ func existingConsistent(members []*groupMember, group string, images []ImageRef)
 		}
 		by[m.ref] = m.snap
 	}
-	out := make([]Snapshot, len(images))
-	for i, r := range images {
-		out[i] = by[r]
+	out := make([]Snapshot, len(snaps))
+	for i, s := range snaps {
+		out[i] = by[s.Image]
 	}
 	return out, true
 }
 
 // undoConsistent removes what a failed SnapshotConsistent made: its
 // snapshots and markers (the locks go with the images' Close).
-func undoConsistent(members []*groupMember, snap string) error {
+func undoConsistent(members []*groupMember) error {
 	var errs error
 	for _, m := range members {
 		if m == nil {
@@ -304,27 +338,27 @@ func undoConsistent(members []*groupMember, snap string) error {
 			m.locked = false
 		}
 		if m.created {
-			if err := m.img.RemoveSnapshot(snap); err != nil && !errors.Is(err, ErrNotFound) {
+			if err := m.img.RemoveSnapshot(m.name); err != nil && !errors.Is(err, ErrNotFound) {
 				errs = errors.Join(errs, fmt.Errorf("undoing the consistent snapshot: %w", err))
 				continue // keep the marker: the snapshot is still this group's
 			}
 		}
 		if m.marked {
-			errs = errors.Join(errs, m.img.RemoveMetadata(consistentKey(snap)))
+			errs = errors.Join(errs, m.img.RemoveMetadata(ConsistentKey(m.name)))
 		}
 	}
 	return errs
 }
 
-// RemoveConsistent removes snapshot snap and its marker from every image;
+// RemoveConsistent removes each image's snapshot of snaps and its marker;
 // an image or snapshot already gone is no error.
-func (c *Cluster) RemoveConsistent(ctx context.Context, images []ImageRef, snap string) error {
+func (c *Cluster) RemoveConsistent(ctx context.Context, snaps []ImageSnap) error {
 	var errs error
-	for _, r := range images {
+	for _, s := range snaps {
 		if err := ctx.Err(); err != nil {
 			return errors.Join(errs, err)
 		}
-		img, err := c.OpenImage(ctx, r.Pool, r.Name, "", false)
+		img, err := c.OpenImage(ctx, s.Image.Pool, s.Image.Name, "", false)
 		if errors.Is(err, ErrNotFound) {
 			continue
 		}
@@ -332,10 +366,10 @@ func (c *Cluster) RemoveConsistent(ctx context.Context, images []ImageRef, snap 
 			errs = errors.Join(errs, err)
 			continue
 		}
-		if err := img.RemoveSnapshot(snap); err != nil && !errors.Is(err, ErrNotFound) {
+		if err := img.RemoveSnapshot(s.Snap); err != nil && !errors.Is(err, ErrNotFound) {
 			errs = errors.Join(errs, err)
 		} else {
-			errs = errors.Join(errs, img.RemoveMetadata(consistentKey(snap)))
+			errs = errors.Join(errs, img.RemoveMetadata(ConsistentKey(s.Snap)))
 		}
 		errs = errors.Join(errs, img.Close())
 	}

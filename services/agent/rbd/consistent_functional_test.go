@@ -20,12 +20,13 @@ import (
 // Three images (exclusive-lock on, as Cinder's; the third in the backups
 // pool when there is one), a writer going round them with its own
 // connection writing the same increasing counter into each in turn.
-// Every consistent snapshot holds a cut of the writer's sequence (a
-// prefix: c0 >= c1 >= c2 >= c0-1, what a crash at one instant leaves; all
-// equal only when it falls between rounds); per-image snapshots taken one
-// after the other do not. Repeats, another's snapshot of the name, a
-// failure during the hold and an image without exclusive-lock are checked
-// too.
+// Every consistent snapshot (each image's under its own name, as a group
+// cycle names them) holds a cut of the writer's sequence (a prefix: c0 >=
+// c1 >= c2 >= c0-1, what a crash at one instant leaves; all equal only
+// when it falls between rounds); per-image snapshots taken one after the
+// other do not. Repeats, another's snapshot of a name, another group's
+// set, the caller's check, a failure during the hold and an image without
+// exclusive-lock are checked too.
 func TestSnapshotConsistent(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -109,59 +110,68 @@ func TestSnapshotConsistent(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 
+	// set names each image's snapshot prefix-<its index>.
+	set := func(prefix string, refs ...ImageRef) []ImageSnap {
+		out := make([]ImageSnap, len(refs))
+		for i, r := range refs {
+			out[i] = ImageSnap{Image: r, Snap: fmt.Sprintf("%s-%d", prefix, i)}
+		}
+		return out
+	}
+
 	// Consistent snapshots while it runs.
 	const nConsistent = 12
 	var holds []time.Duration
 	consistentHeld = func(d time.Duration) { holds = append(holds, d) }
 	defer func() { consistentHeld = func(time.Duration) {} }()
-	var consistent []string
+	var consistent [][]ImageSnap
 	var held, maxHeld time.Duration
 	for i := range nConsistent {
-		snap := fmt.Sprintf("ferry-consistent-%d", i)
+		want := set(fmt.Sprintf("ferry-consistent-%d", i), refs...)
 		f0 := failed.Load()
 		start := time.Now()
 		var snaps []Snapshot
 		retryStuck(t, func() (err error) {
-			snaps, err = c.SnapshotConsistent(ctx, refs, snap)
+			snaps, err = c.SnapshotConsistent(ctx, want, nil)
 			return err
 		})
 		d := time.Since(start)
 		held += d
 		maxHeld = max(maxHeld, d)
-		if len(snaps) != len(refs) || snaps[0].Name != snap {
-			t.Fatalf("%s: answer %+v", snap, snaps)
+		if len(snaps) != len(refs) || snaps[0].Name != want[0].Snap || snaps[2].Name != want[2].Snap {
+			t.Fatalf("%v: answer %+v", want, snaps)
 		}
-		consistent = append(consistent, snap)
-		t.Logf("%s: call %v, locks held %v, writer writes refused meanwhile %d", snap, d, holds[len(holds)-1], failed.Load()-f0)
+		consistent = append(consistent, want)
+		t.Logf("%v: call %v, locks held %v, writer writes refused meanwhile %d", want, d, holds[len(holds)-1], failed.Load()-f0)
 		time.Sleep(30 * time.Millisecond)
 	}
 
 	// Per-image snapshots one after the other, in the writer's order.
 	const nPlain = 30
-	var perImage []string
+	var perImage [][]ImageSnap
 	for i := range nPlain {
-		snap := fmt.Sprintf("ferry-plain-%d", i)
-		for _, r := range refs {
+		snaps := set(fmt.Sprintf("ferry-plain-%d", i), refs...)
+		for _, s := range snaps {
 			retryStuck(t, func() error {
-				img, err := c.OpenImage(ctx, r.Pool, r.Name, "", false)
+				img, err := c.OpenImage(ctx, s.Image.Pool, s.Image.Name, "", false)
 				if err != nil {
 					return err
 				}
 				defer img.Close()
-				return img.CreateSnapshot(snap)
+				return img.CreateSnapshot(s.Snap)
 			})
 		}
-		perImage = append(perImage, snap)
+		perImage = append(perImage, snaps)
 	}
 	f := failed.Load()
 	stopWriter()
 	t.Logf("writer: %d rounds, %d writes refused (and retried), longest write %v; consistent snapshot calls: mean %v, longest %v",
 		rounds.Load(), f, time.Duration(maxWrite.Load()), held/nConsistent, maxHeld)
 
-	counters := func(snap string) [3]uint64 {
+	counters := func(snaps []ImageSnap) [3]uint64 {
 		var out [3]uint64
-		for i, r := range refs {
-			img, err := c.OpenImage(ctx, r.Pool, r.Name, snap, true)
+		for i, s := range snaps {
+			img, err := c.OpenImage(ctx, s.Image.Pool, s.Image.Name, s.Snap, true)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -176,23 +186,23 @@ func TestSnapshotConsistent(t *testing.T) {
 	}
 	cut := func(v [3]uint64) bool { return v[0] >= v[1] && v[1] >= v[2] && v[2]+1 >= v[0] }
 	equal := 0
-	for _, snap := range consistent {
-		v := counters(snap)
+	for _, snaps := range consistent {
+		v := counters(snaps)
 		if !cut(v) {
-			t.Errorf("%s: counters %v are not one point of the writer", snap, v)
+			t.Errorf("%v: counters %v are not one point of the writer", snaps, v)
 		}
 		if v[0] == v[1] && v[1] == v[2] {
 			equal++
 		}
-		t.Logf("%s: %v", snap, v)
+		t.Logf("%v: %v", snaps, v)
 	}
 	t.Logf("consistent: %d snapshots checked, %d between rounds (all equal), the rest mid-round", len(consistent), equal)
 	mismatch := 0
-	for _, snap := range perImage {
-		if v := counters(snap); !cut(v) {
+	for _, snaps := range perImage {
+		if v := counters(snaps); !cut(v) {
 			mismatch++
 			if mismatch <= 3 {
-				t.Logf("%s (per image): counters %v", snap, v)
+				t.Logf("%v (per image): counters %v", snaps, v)
 			}
 		}
 	}
@@ -201,38 +211,72 @@ func TestSnapshotConsistent(t *testing.T) {
 		t.Error("per-image snapshots never caught the writer between images: the check shows nothing")
 	}
 
-	// A repeat answers the same snapshots.
+	// A repeat answers the same snapshots, in the order asked.
 	last := consistent[len(consistent)-1]
-	first, err := c.SnapshotConsistent(ctx, refs, last)
+	first, err := c.SnapshotConsistent(ctx, last, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	again, err := c.SnapshotConsistent(ctx, []ImageRef{refs[2], refs[0], refs[1]}, last)
+	again, err := c.SnapshotConsistent(ctx, []ImageSnap{last[2], last[0], last[1]}, nil)
 	if err != nil || again[1] != first[0] || again[2] != first[1] || again[0] != first[2] {
 		t.Errorf("repeat in another order: %+v, %v; want %+v", again, err, first)
 	}
 
-	// Another's snapshot of the name: refused, nothing made.
+	// The same images under other names for some: another group, and
+	// the names this group holds are not touched.
+	another := []ImageSnap{last[0], last[1], {Image: refs[2], Snap: "ferry-another-2"}}
+	if _, err := c.SnapshotConsistent(ctx, another, nil); !errors.Is(err, ErrExists) {
+		t.Errorf("another group over this group's snapshots: %v, want ErrExists", err)
+	}
+	assertSnaps(t, c, another[2], false)
+	for _, s := range last {
+		assertSnaps(t, c, s, true)
+	}
+
+	// Another's snapshot of a name: refused, nothing made.
 	img1, err := c.OpenImage(ctx, refs[1].Pool, refs[1].Name, "", false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := img1.CreateSnapshot("theirs"); err != nil {
+	if err := img1.CreateSnapshot("theirs-1"); err != nil {
 		t.Fatal(err)
 	}
 	img1.Close()
-	if _, err := c.SnapshotConsistent(ctx, refs, "theirs"); !errors.Is(err, ErrExists) {
+	theirs := set("theirs", refs...)
+	if _, err := c.SnapshotConsistent(ctx, theirs, nil); !errors.Is(err, ErrExists) {
 		t.Errorf("over another's snapshot: %v, want ErrExists", err)
 	}
-	assertSnaps(t, c, refs[0], "theirs", false)
+	assertSnaps(t, c, theirs[0], false)
+	assertSnaps(t, c, theirs[2], false)
 	img1, err = c.OpenImage(ctx, refs[1].Pool, refs[1].Name, "", false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if snaps, _ := img1.Snapshots(); len(snaps) == 0 || snaps[len(snaps)-1].Name != "theirs" {
+	if snaps, _ := img1.Snapshots(); len(snaps) == 0 || snaps[len(snaps)-1].Name != "theirs-1" {
 		t.Errorf("another's snapshot: %+v", snaps)
 	}
 	img1.Close()
+
+	// The caller's check sees every image, in its order, before anything
+	// is changed; its refusal ends the call.
+	checked := set("ferry-checked", refs[2], refs[0])
+	var seen []string
+	refusal := errors.New("refused by the check")
+	_, err = c.SnapshotConsistent(ctx, checked, func(imgs []*Image) error {
+		for _, img := range imgs {
+			seen = append(seen, img.String())
+		}
+		return refusal
+	})
+	if !errors.Is(err, refusal) || len(seen) != 2 || seen[0] != refs[2].String() || seen[1] != refs[0].String() {
+		t.Errorf("a refusing check: %v, saw %v", err, seen)
+	}
+	for _, s := range checked {
+		assertSnaps(t, c, s, false)
+	}
+	if _, err := c.SnapshotConsistent(ctx, last, func([]*Image) error { return refusal }); !errors.Is(err, refusal) {
+		t.Errorf("a repeat with a refusing check: %v", err)
+	}
 
 	// A failure during the hold removes what the call made.
 	beforeConsistentSnapshot = func(r ImageRef) error {
@@ -241,35 +285,47 @@ func TestSnapshotConsistent(t *testing.T) {
 		}
 		return nil
 	}
-	_, err = c.SnapshotConsistent(ctx, refs, "ferry-failed")
+	failedSet := set("ferry-failed", refs...)
+	_, err = c.SnapshotConsistent(ctx, failedSet, nil)
 	beforeConsistentSnapshot = func(ImageRef) error { return nil }
 	if err == nil {
 		t.Fatal("the injected failure did not fail the call")
 	}
-	for _, r := range refs {
-		assertSnaps(t, c, r, "ferry-failed", false)
+	for _, s := range failedSet {
+		assertSnaps(t, c, s, false)
 	}
 
 	// A partial set of this group's (a call that died) is retaken.
-	if err := c.RemoveConsistent(ctx, refs[2:], last); err != nil {
+	if err := c.RemoveConsistent(ctx, last[2:]); err != nil {
 		t.Fatal(err)
 	}
-	retaken, err := c.SnapshotConsistent(ctx, refs, last)
-	if err != nil || retaken[0].ID == first[0].ID {
+	retaken, err := c.SnapshotConsistent(ctx, last, nil)
+	if err != nil || retaken[0].ID == first[0].ID || retaken[2].Name != last[2].Snap {
 		t.Errorf("retake of a partial set: %+v, %v (before %+v)", retaken, err, first)
 	}
 
+	// An image twice, or without a name, is refused before anything.
+	if _, err := c.SnapshotConsistent(ctx, []ImageSnap{{refs[0], "ferry-twice-a"}, {refs[0], "ferry-twice-b"}}, nil); err == nil {
+		t.Error("an image listed twice was accepted")
+	}
+	if _, err := c.SnapshotConsistent(ctx, []ImageSnap{{refs[0], "ferry-named"}, {refs[1], ""}}, nil); err == nil {
+		t.Error("an image without a snapshot name was accepted")
+	}
+	assertSnaps(t, c, ImageSnap{refs[0], "ferry-twice-a"}, false)
+	assertSnaps(t, c, ImageSnap{refs[0], "ferry-named"}, false)
+
 	// An image without exclusive-lock is refused before anything is made.
-	if _, err := c.SnapshotConsistent(ctx, []ImageRef{refs[0], plain}, "ferry-plain-group"); !errors.Is(err, ErrUnsupported) {
+	plainSet := []ImageSnap{{refs[0], "ferry-plain-group-0"}, {plain, "ferry-plain-group-1"}}
+	if _, err := c.SnapshotConsistent(ctx, plainSet, nil); !errors.Is(err, ErrUnsupported) {
 		t.Errorf("without exclusive-lock: %v, want ErrUnsupported", err)
 	}
-	assertSnaps(t, c, refs[0], "ferry-plain-group", false)
+	assertSnaps(t, c, plainSet[0], false)
 
-	if err := c.RemoveConsistent(ctx, refs, last); err != nil {
+	if err := c.RemoveConsistent(ctx, last); err != nil {
 		t.Fatal(err)
 	}
-	for _, r := range refs {
-		assertSnaps(t, c, r, last, false)
+	for _, s := range last {
+		assertSnaps(t, c, s, false)
 	}
 }
 
@@ -288,9 +344,9 @@ func retryStuck(t *testing.T, fn func() error) {
 	}
 }
 
-func assertSnaps(t *testing.T, c *Cluster, r ImageRef, snap string, want bool) {
+func assertSnaps(t *testing.T, c *Cluster, s ImageSnap, want bool) {
 	t.Helper()
-	img, err := c.OpenImage(context.Background(), r.Pool, r.Name, "", true)
+	img, err := c.OpenImage(context.Background(), s.Image.Pool, s.Image.Name, "", true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -300,15 +356,15 @@ func assertSnaps(t *testing.T, c *Cluster, r ImageRef, snap string, want bool) {
 		t.Fatal(err)
 	}
 	has := false
-	for _, s := range snaps {
-		has = has || s.Name == snap
+	for _, sn := range snaps {
+		has = has || sn.Name == s.Snap
 	}
 	meta, err := img.Metadata()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, marked := meta[consistentKey(snap)]; has != want || marked != want {
-		t.Errorf("%s: snapshot %s there %v, marker %v; want %v", r, snap, has, marked, want)
+	if _, marked := meta[ConsistentKey(s.Snap)]; has != want || marked != want {
+		t.Errorf("%s: snapshot there %v, marker %v; want %v", s, has, marked, want)
 	}
 }
 

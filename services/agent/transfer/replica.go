@@ -550,7 +550,7 @@ func (s *Source) removeAllTagged(img *rbd.Image, names []string) ([]string, erro
 	var errs []error
 	for _, n := range names {
 		if _, err := snapshotID(img, n); errors.Is(err, rbd.ErrNotFound) {
-			if err := img.RemoveMetadata(MetaSourceSnapPrefix + n); err != nil {
+			if err := forgetSourceSnapshot(img, n); err != nil {
 				errs = append(errs, err)
 			}
 			continue

@@ -782,14 +782,21 @@ func (s *Source) removeTagged(img *rbd.Image, name string) error {
 	}
 	if !ours {
 		if _, err := snapshotID(img, name); errors.Is(err, rbd.ErrNotFound) {
-			return img.RemoveMetadata(MetaSourceSnapPrefix + name)
+			return forgetSourceSnapshot(img, name)
 		}
 		return fmt.Errorf("%w: snapshot %s@%s has no Ferry tag: left in place", ErrNotOwned, img, name)
 	}
 	if err := img.RemoveSnapshot(name); err != nil && !errors.Is(err, rbd.ErrNotFound) {
 		return err
 	}
-	return img.RemoveMetadata(MetaSourceSnapPrefix + name)
+	return forgetSourceSnapshot(img, name)
+}
+
+// forgetSourceSnapshot removes what img's metadata says of its snapshot
+// name once that is gone: Ferry's tag, and the marker of a group
+// snapshot it was part of.
+func forgetSourceSnapshot(img *rbd.Image, name string) error {
+	return errors.Join(img.RemoveMetadata(MetaSourceSnapPrefix+name), img.RemoveMetadata(rbd.ConsistentKey(name)))
 }
 
 func (s *Source) abort(dest Preparer, job Job, cause error) {

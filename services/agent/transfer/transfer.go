@@ -12,7 +12,9 @@
 // sides; failover.go has failover's promote (the replica becomes the
 // primary, refusing every prepare), demote (the old source becomes a
 // destination of it, a divergent head copied aside first) and rename
-// (failback: a demoted image gets its replica name back).
+// (failback: a demoted image gets its replica name back); group.go has a
+// consistency group cycle's snapshot of all its members at one instant,
+// which each member's transfer then copies.
 //
 // It joins services/agent/rbd (Ceph) and services/agent/stream (the wire);
 // the Preparer interface is how the source reaches the destination: a
