@@ -288,6 +288,92 @@ func TestReplicationGroup(t *testing.T) {
 	}
 	t.Logf("group drill: 3 volumes, times to available %v s", rtos)
 
+	// Planned failover of the group: 3 available volumes in RegionTwo with
+	// the writer's last counter, the sources read-only.
+	src, err := cephrbd.Connect(context.Background(), cephrbd.Options{ConfFile: one, User: "admin"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	last := readCounter(t, src, images[0], "")
+	for _, img := range images[1:] {
+		if c := readCounter(t, src, img, ""); c != last {
+			t.Fatalf("the stopped writer left counters %d and %d", last, c)
+		}
+	}
+	if code, _ := alt.do("POST", "/v1/replication-groups/"+id+"/action", `{"failover": null}`); code != 404 {
+		t.Errorf("alt fails over demo's group: %d", code)
+	}
+	if code, _ := reader.do("POST", "/v1/replication-groups/"+id+"/action", `{"failover": null}`); code != 403 {
+		t.Errorf("demo's reader fails over the group: %d", code)
+	}
+	if code, m := demo.do("POST", "/v1/replication-groups/"+id+"/action", `{"failover": null}`); code != 202 {
+		t.Fatalf("group failover: %d %v", code, m)
+	}
+	if code, m := demo.do("POST", "/v1/replication-groups/"+id+"/action", `{"failover": null}`); code != 409 {
+		t.Errorf("a second group failover: %d %v", code, m)
+	}
+	gv = waitGroup(t, demo, id, "failed over", 4*time.Minute, func(g map[string]any) bool { return g["status"] != "failing_over" })
+	fo, _ := gv["failover"].(map[string]any)
+	if gv["status"] != "failed_over" || fo == nil || fo["status"] != "done" || gv["source"].(map[string]any)["region"] != "RegionTwo" {
+		t.Fatalf("after the group failover: %v", gv)
+	}
+	newVols := map[string]string{} // replication id → volume in RegionTwo
+	for rid := range replica {
+		code, m := demo.do("GET", "/v1/replications/"+rid, "")
+		r := m["replication"].(map[string]any)
+		nv, _ := r["source"].(map[string]any)["volume_id"].(string)
+		if code != 200 || r["status"] != "failed_over" || nv == "" {
+			t.Fatalf("member %s after the group failover: %d %v", rid, code, m)
+		}
+		newVols[rid] = nv
+		t.Cleanup(func() { osc(t, "admin", "RegionTwo", "volume", "delete", "--force", nv) })
+		if st := mustOSC(t, "demo", "RegionTwo", "volume", "show", nv, "-f", "value", "-c", "status"); st != "available" {
+			t.Errorf("failed-over volume %s is %s", nv, st)
+		}
+		if c := readCounter(t, dst, "volume-"+nv, ""); c != last {
+			t.Errorf("failed-over volume %s holds counter %d, the sources %d", nv, c, last)
+		}
+	}
+	for _, v := range vols {
+		if !readOnly(volumeShow(t, "demo", "RegionOne", v)) {
+			t.Errorf("source volume %s is not read-only after the group failover", v)
+		}
+	}
+	t.Logf("group failover: RTO %v s, 3 volumes in RegionTwo with counter %d", fo["rto_seconds"], last)
+
+	// RegionTwo is primary: a step of the writer there, then the group's
+	// failback: the original volumes hold it, read-write again.
+	w2 := startCounterWriter(t, two, func() []string {
+		var out []string
+		for _, rid := range order {
+			out = append(out, "volume-"+newVols[rid])
+		}
+		return out
+	}())
+	time.Sleep(500 * time.Millisecond)
+	if err := w2.halt(); err != nil {
+		t.Fatal(err)
+	}
+	back := readCounter(t, dst, "volume-"+newVols[order[0]], "")
+	if code, m := demo.do("POST", "/v1/replication-groups/"+id+"/action", `{"failback": null}`); code != 202 {
+		t.Fatalf("group failback: %d %v", code, m)
+	}
+	gv = waitGroup(t, demo, id, "failed back", 4*time.Minute, func(g map[string]any) bool { return g["status"] != "failing_back" })
+	fb, _ := gv["failover"].(map[string]any)
+	if gv["status"] != "active" || fb == nil || fb["status"] != "done" || gv["source"].(map[string]any)["region"] != "RegionOne" {
+		t.Fatalf("after the group failback: %v", gv)
+	}
+	for i, img := range images {
+		if c := readCounter(t, src, img, ""); c != back {
+			t.Errorf("original volume %s holds counter %d after the failback, RegionTwo's %d", vols[i], c, back)
+		}
+		if readOnly(volumeShow(t, "demo", "RegionOne", vols[i])) {
+			t.Errorf("original volume %s is read-only after the failback", vols[i])
+		}
+	}
+	t.Logf("group failback: RTO %v s, %d writer steps in RegionTwo came back", fb["rto_seconds"], back-last)
+
 	// Deleting the group removes its members and their replicas.
 	if code, m := demo.do("DELETE", "/v1/replication-groups/"+id, ""); code != 202 {
 		t.Fatalf("delete group: %d %v", code, m)
@@ -316,9 +402,19 @@ func TestReplicationGroup(t *testing.T) {
 			}
 		}
 	}
+	// A member cycle the delete cancelled may have taken its snapshot
+	// after the members' clean-up: ferry-api's garbage collector removes
+	// it after [api] cleanup_grace (20 s on the stack).
 	for _, img := range images {
-		if snaps := testenv.Snapshots(t, one, "volumes/"+img); len(snaps) != 0 {
-			t.Errorf("source volumes/%s keeps snapshots %v after the group's delete", img, snaps)
+		for end := time.Now().Add(90 * time.Second); ; time.Sleep(2 * time.Second) {
+			snaps := testenv.Snapshots(t, one, "volumes/"+img)
+			if len(snaps) == 0 {
+				break
+			}
+			if time.Now().After(end) {
+				t.Errorf("source volumes/%s keeps snapshots %v 90 s after the group's delete", img, snaps)
+				break
+			}
 		}
 	}
 }
@@ -330,4 +426,18 @@ func groupShow(t *testing.T, c *client, id string) map[string]any {
 		t.Fatalf("show group %s: %d %v", id, code, m)
 	}
 	return m["replication_group"].(map[string]any)
+}
+
+// waitGroup polls group id until cond holds.
+func waitGroup(t *testing.T, c *client, id, what string, timeout time.Duration, cond func(map[string]any) bool) map[string]any {
+	t.Helper()
+	var last map[string]any
+	for end := time.Now().Add(timeout); time.Now().Before(end); time.Sleep(500 * time.Millisecond) {
+		last = groupShow(t, c, id)
+		if cond(last) {
+			return last
+		}
+	}
+	t.Fatalf("group %s: %s did not happen in %s; last %v", id, what, timeout, last)
+	return nil
 }

@@ -303,9 +303,11 @@ func (g *GroupRunner) snapshot(ctx context.Context, c *db.GroupCycle, log *slog.
 	}
 	err = g.DB.GroupCycleSnapshotted(ctx, c.ID, at, ts, func(t *db.Transfer) (*db.OutboxMessage, error) { return dispatch.NewStartMessage(t) })
 	if errors.Is(err, db.ErrConflict) {
-		// The group was deleted or the cycle ended meanwhile: its
-		// snapshots are in the members' clean-up.
-		log.Info("group cycle ended before its transfers started", "error", err)
+		// The group was deleted or the cycle ended meanwhile: the
+		// members' clean-up may have run before these snapshots were
+		// taken; they go now.
+		log.Info("group cycle ended before its transfers started: its snapshots are removed", "error", err)
+		g.cleanupSnapshots(ctx, grp, req.Members, log)
 		return nil
 	}
 	if err != nil {
@@ -352,6 +354,14 @@ func (g *GroupRunner) fail(ctx context.Context, c *db.GroupCycle, grp *db.Replic
 		return err
 	}
 	log.Warn("group cycle failed", "error", why)
+	g.cleanupSnapshots(bctx, grp, snaps, log)
+	return nil
+}
+
+// cleanupSnapshots asks the source region's agents to remove the group
+// cycle snapshots of members (replication.cleanup, source side).
+func (g *GroupRunner) cleanupSnapshots(ctx context.Context, grp *db.ReplicationGroup, snaps []rpc.GroupSnapshotMember, log *slog.Logger) {
+	bctx := context.WithoutCancel(ctx)
 	for _, m := range snaps {
 		msg, err := dispatch.NewOutboxMessage("", rpc.AgentTarget(grp.SourceRegion), rpc.MethodReplicationCleanup, rpc.ReplicationCleanup{
 			ReplicationID: m.ReplicationID, Side: rpc.CleanupSideSource, Pool: m.Pool, Image: m.Image,
@@ -366,7 +376,6 @@ func (g *GroupRunner) fail(ctx context.Context, c *db.GroupCycle, grp *db.Replic
 	if len(snaps) > 0 && g.Publish != nil {
 		g.Publish()
 	}
-	return nil
 }
 
 // finishIfDone finishes running cycle c once every member's transfer has
