@@ -251,7 +251,8 @@ func (a *Agent) cleanupReplication(ctx context.Context, req rpc.ReplicationClean
 	switch {
 	case err == nil:
 		return nil
-	case rpc.IsTemporary(err), errors.Is(err, rbd.ErrTimeout):
+	case rpc.IsTemporary(err), errors.Is(err, rbd.ErrTimeout), errors.Is(err, rbd.ErrBusy):
+		// Busy: the image is open (a cancelled cycle's session closing).
 		log.Warn("replication clean-up postponed", "error", err)
 		return rpc.Temporary(err)
 	}
