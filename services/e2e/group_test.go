@@ -18,9 +18,10 @@ import (
 	"github.com/ferry-project/ferry/services/internal/testenv"
 )
 
-// counterWriter writes one increasing counter into the first block of each
-// of its images in turn, as an application keeping an invariant across
-// volumes would: step n writes n into image 0, then 1, then 2. A write
+// counterWriter writes one increasing counter (from its first value) into
+// the first block of each of its images in turn, as an application
+// keeping an invariant across volumes would: step n writes n into image
+// 0, then 1, then 2. A write
 // the consistent snapshot's fence refuses (EROFS while it holds the
 // locks) is retried. Any crash-consistent cut of its writes holds
 // counters c0 >= c1 >= c2 >= c0-1.
@@ -33,7 +34,7 @@ type counterWriter struct {
 	err   error
 }
 
-func startCounterWriter(t *testing.T, conf string, images []string) *counterWriter {
+func startCounterWriter(t *testing.T, conf string, images []string, from uint64) *counterWriter {
 	t.Helper()
 	ctx := context.Background()
 	c, err := cephrbd.Connect(ctx, cephrbd.Options{ConfFile: conf, User: "admin"})
@@ -54,7 +55,7 @@ func startCounterWriter(t *testing.T, conf string, images []string) *counterWrit
 	go func() {
 		defer w.done.Done()
 		buf := make([]byte, 4096)
-		for n := uint64(1); ; n++ {
+		for n := from; ; n++ {
 			select {
 			case <-w.stop:
 				return
@@ -139,7 +140,7 @@ func TestReplicationGroup(t *testing.T) {
 		vols = append(vols, v)
 		images = append(images, "volume-"+v)
 	}
-	w := startCounterWriter(t, one, images)
+	w := startCounterWriter(t, one, images, 1)
 	defer w.halt()
 
 	body := fmt.Sprintf(`{"replication_group": {"name": "e2e-group", "source": {"region": "RegionOne", "volume_ids": [%q, %q, %q]},
@@ -350,7 +351,7 @@ func TestReplicationGroup(t *testing.T) {
 			out = append(out, "volume-"+newVols[rid])
 		}
 		return out
-	}())
+	}(), last+1)
 	time.Sleep(500 * time.Millisecond)
 	if err := w2.halt(); err != nil {
 		t.Fatal(err)
