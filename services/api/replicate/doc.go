@@ -24,9 +24,10 @@
 //
 // # Loops
 //
-// Scheduler, DrillRunner and FailoverRunner are Run(ctx) error loops under
-// database leases, so that of several ferry-api processes exactly one
-// schedules, one runs drills and one runs failovers. They share the loop
+// Scheduler, DrillRunner, FailoverRunner and GroupRunner are Run(ctx)
+// error loops under database leases, so that of several ferry-api
+// processes exactly one schedules, one runs drills, one runs failovers and
+// one runs consistency groups. They share the loop
 // (a pass at every interval or Kick) and the one-goroutine-per-item
 // workers of loop.go.
 //
@@ -36,4 +37,16 @@
 // steps (Steps), recording each when done: a killed ferry-api resumes at
 // the next step. Before the promote a failure undoes it; after it, a step
 // is retried with backoff until it succeeds.
+//
+// # Groups
+//
+// GroupRunner schedules consistency groups (db.ReplicationGroup): each
+// group cycle (db.GroupCycle) chooses its members' transfer ids, has the
+// source region's agents snapshot every member at one instant
+// (replication.group_snapshot), then starts the members' ordinary cycle
+// transfers; the cycle is a group point once all completed. A group
+// failover or failback (db.GroupFailover) quiesces every member, runs one
+// final group cycle, then starts one failover of each member at its part
+// of that point (whose steps skip their own quiesce and final cycle:
+// stepsOf) and flips the group once every member has.
 package replicate
