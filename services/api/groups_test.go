@@ -171,7 +171,7 @@ func TestGroupCreateShowAndActions(t *testing.T) {
 		t.Errorf("a bad update: %d %v", code, m)
 	}
 	code, m = a.do(demo, "GET", "/v1/replications/"+mid, "")
-	if r := m["replication"].(map[string]any); r["rpo_seconds"].(float64) != 600 || r["retention"].(map[string]any)["keep_last"].(float64) != 4 {
+	if r := m["replication"].(map[string]any); code != 200 || r["rpo_seconds"].(float64) != 600 || r["retention"].(map[string]any)["keep_last"].(float64) != 4 {
 		t.Errorf("a member after the update: %v", r)
 	}
 	// Pause, resume, sync.
@@ -215,7 +215,7 @@ func TestGroupCreateShowAndActions(t *testing.T) {
 		t.Errorf("group drills: %d %v", code, m)
 	}
 	code, m = a.do(demo, "GET", "/v1/replication-groups/"+id, "")
-	if g := m["replication_group"].(map[string]any); g["points_count"].(float64) != 1 || g["lag_seconds"] == nil {
+	if g := m["replication_group"].(map[string]any); code != 200 || g["points_count"].(float64) != 1 || g["lag_seconds"] == nil {
 		t.Errorf("the group with a point: %v", g)
 	}
 	// Failover and failback: the checks, then the group failing over; a

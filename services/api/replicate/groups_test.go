@@ -133,7 +133,6 @@ func TestGroupRunnerCycles(t *testing.T) {
 		run.Wait()
 	}
 	outbox(t, d) // drop the creation's rows
-	var points [][]string
 	for i := range 3 {
 		pass()
 		c := lastCycle(t, d, g)
@@ -170,11 +169,6 @@ func TestGroupRunnerCycles(t *testing.T) {
 			t.Fatalf("cycle %d finished early", i)
 		}
 		completeAll(t, d, c)
-		var names []string
-		for _, m := range c.Members() {
-			names = append(names, m.Point())
-		}
-		points = append(points, names)
 		clk.add(61 * time.Second)
 	}
 	pass() // finishes the third, starts a fourth
