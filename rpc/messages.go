@@ -273,9 +273,12 @@ const (
 // ReplicationCleanup is replication.cleanup's body.
 //
 // Side source: Pool/Image is the source image; the Ferry snapshots named
-// in Snapshots (tagged by Ferry: others stay) are removed, on the image or,
-// when Cinder moved it to the RBD trash, on the trashed image, which is
-// then removed from the trash if it has no snapshot left.
+// in Snapshots (tagged by Ferry: others stay) are removed, and so are the
+// points of ReplicationID the image received while it was the
+// replication's destination (before a failover; Ferry's sealed records of
+// them name the replication), on the image or, when Cinder moved it to the
+// RBD trash, on the trashed image, which is then removed from the trash if
+// it has no snapshot left.
 //
 // Side destination: Pool/Image is the replica (only an image Ferry created
 // for ReplicationID is touched). RemoveImage: the clones of its snapshots

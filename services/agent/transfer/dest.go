@@ -326,6 +326,12 @@ func (d *Dest) view(img *rbd.Image, imageID string, info rbd.Info, created bool,
 // records are the verified records of the snapshots that still exist with
 // the recorded id.
 func (d *Dest) records(imageID string, md map[string]string, snaps []rbd.Snapshot) map[string]snapRecord {
+	return snapRecords(d.cfg.Sealer, imageID, md, snaps)
+}
+
+// snapRecords are the records in md that sealer verifies for image
+// imageID, of the snapshots in snaps that still exist with the recorded id.
+func snapRecords(sealer *Sealer, imageID string, md map[string]string, snaps []rbd.Snapshot) map[string]snapRecord {
 	out := map[string]snapRecord{}
 	for _, s := range snaps {
 		text, ok := md[MetaSnapRecordPrefix+s.Name]
@@ -333,7 +339,7 @@ func (d *Dest) records(imageID string, md map[string]string, snaps []rbd.Snapsho
 			continue
 		}
 		var r snapRecord
-		if d.cfg.Sealer.Open(kindSnapshot, imageID, text, &r) == nil && r.Snapshot == s.Name && r.SnapID == s.ID {
+		if sealer.Open(kindSnapshot, imageID, text, &r) == nil && r.Snapshot == s.Name && r.SnapID == s.ID {
 			out[s.Name] = r
 		}
 	}

@@ -642,3 +642,150 @@ func TestForcedPromoteEndsAnOrphanSession(t *testing.T) {
 		t.Errorf("the promoted replica (sha256 %s) is not the point's data (%s)", got, r.sha[c1.Snapshot])
 	}
 }
+
+// After a failover the promoted replica is the source, and it still holds
+// the points it received as the destination. The source clean-up of the
+// deleted replication, naming only the promoted point (what ferry-api
+// knows of the reverse direction), removes those too, with their records;
+// a snapshot the user took, another replication's point and a point
+// recreated under its name (its record names the old id) stay, and so
+// does a point a drill's clone holds, until the clone is gone. A repeat
+// removes nothing more. On an image Cinder moved to the trash, the former
+// points go as well, and the image from the trash.
+func TestReplicationCleanupSourceAfterFailover(t *testing.T) {
+	h := newHarness(t, Options{})
+	rev := h.reverse()
+	ctx := ctxT(t)
+	// cycles runs n cycles of r, each retaining the points before it, and
+	// promotes the replica at the newest.
+	cycles := func(t *testing.T, r *replication, n int) []string {
+		t.Helper()
+		var points []string
+		for i := range n {
+			writeRandom(t, r.img, int64(i)<<20, 1<<20)
+			points = append(points, r.cycle(ctx, points...).Snapshot)
+		}
+		r.matches(points...)
+		return points
+	}
+	promote := func(t *testing.T, r *replication, point string) {
+		t.Helper()
+		if _, err := h.dest.Promote(ctx, rpc.PromoteRequest{ReplicationID: r.id, Pool: h.pool, Image: r.replica, Point: point}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	t.Run("live", func(t *testing.T) {
+		r := newReplication(h, 8<<20)
+		points := cycles(t, r, 4)
+		p := points[3]
+		clone := "ferry-drill-" + r.id
+		t.Cleanup(func() { h.dst.RemoveImage(context.Background(), h.pool, clone) })
+		if _, err := h.dest.Drill(ctx, r.drill(points[1], clone)); err != nil {
+			t.Fatal(err)
+		}
+		promote(t, r, p)
+
+		// On B, the primary now: the user's snapshot, another
+		// replication's point, and points[0] removed behind Ferry's back
+		// and taken again under its name.
+		img, err := h.dst.OpenImage(ctx, h.pool, r.replica, "", false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := img.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		other := SnapshotPrefix + uniq("c-other")
+		for _, n := range []string{"user-snap", other} {
+			if err := img.CreateSnapshot(n); err != nil {
+				t.Fatal(err)
+			}
+		}
+		rec, err := h.dstSealer.Seal(kindSnapshot, info.ID, snapRecord{Snapshot: other, SnapID: snapRef(t, img, other).ID,
+			TransferID: "c-other", ReplicationID: "r-other"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := img.SetMetadata(MetaSnapRecordPrefix+other, rec); err != nil {
+			t.Fatal(err)
+		}
+		if err := img.RemoveSnapshot(points[0]); err != nil {
+			t.Fatal(err)
+		}
+		if err := img.CreateSnapshot(points[0]); err != nil {
+			t.Fatal(err)
+		}
+		img.Close()
+
+		res, err := rev.source.CleanupReplication(ctx, r.id, h.pool, r.replica, []string{p})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := []string{p, points[2]}; !slices.Equal(res.Removed, want) || res.Trashed {
+			t.Errorf("clean-up %+v, want %v removed", res, want)
+		}
+		if got, want := snapshotsOf(t, h.dst, h.pool, r.replica), []string{points[1], "user-snap", other, points[0]}; !slices.Equal(got, want) {
+			t.Errorf("B's snapshots %v, want %v", got, want)
+		}
+		md := metadataOf(t, h.dst, h.pool, r.replica)
+		for _, n := range []string{p, points[2]} {
+			if _, ok := md[MetaSnapRecordPrefix+n]; ok {
+				t.Errorf("the record of the removed point %s stays", n)
+			}
+			if _, ok := md[MetaSourceSnapPrefix+n]; ok {
+				t.Errorf("the source tag of the removed point %s stays", n)
+			}
+		}
+		for _, n := range []string{points[1], other, points[0]} {
+			if _, ok := md[MetaSnapRecordPrefix+n]; !ok {
+				t.Errorf("the record of %s, which stays, is gone", n)
+			}
+		}
+
+		// The drill's clone gone, its point goes; then nothing more.
+		if err := h.dst.RemoveImage(ctx, h.pool, clone); err != nil {
+			t.Fatal(err)
+		}
+		again, err := rev.source.CleanupReplication(ctx, r.id, h.pool, r.replica, []string{p})
+		if err != nil || !slices.Equal(again.Removed, []string{points[1]}) {
+			t.Errorf("clean-up once the clone is gone: %+v, %v; want [%s] removed", again, err, points[1])
+		}
+		if _, ok := metadataOf(t, h.dst, h.pool, r.replica)[MetaSnapRecordPrefix+points[1]]; ok {
+			t.Errorf("the record of the removed point %s stays", points[1])
+		}
+		third, err := rev.source.CleanupReplication(ctx, r.id, h.pool, r.replica, []string{p})
+		if err != nil || len(third.Removed) != 0 {
+			t.Errorf("repeated clean-up: %+v, %v; want nothing removed", third, err)
+		}
+		if got, want := snapshotsOf(t, h.dst, h.pool, r.replica), []string{"user-snap", other, points[0]}; !slices.Equal(got, want) {
+			t.Errorf("B's snapshots %v, want %v", got, want)
+		}
+	})
+
+	t.Run("trash", func(t *testing.T) {
+		r := newReplication(h, 8<<20)
+		t.Cleanup(func() { purgeTrash(t, h.dst, h.pool, r.replica) })
+		points := cycles(t, r, 3)
+		p := points[2]
+		promote(t, r, p)
+		if out, err := exec.Command("rbd", "-c", h.dstConf, "trash", "mv", h.pool+"/"+r.replica).CombinedOutput(); err != nil {
+			t.Fatalf("rbd trash mv: %v: %s", err, out)
+		}
+		res, err := rev.source.CleanupReplication(ctx, r.id, h.pool, r.replica, []string{p})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := []string{p, points[0], points[1]}; !res.Trashed || !res.TrashRemoved || !slices.Equal(res.Removed, want) {
+			t.Errorf("clean-up %+v, want %v removed and the image out of the trash", res, want)
+		}
+		if trashed, err := h.dst.TrashLookup(ctx, h.pool, r.replica); err != nil || len(trashed) != 0 {
+			t.Errorf("trash holds %v (%v), want nothing named %s", trashed, err, r.replica)
+		}
+		again, err := rev.source.CleanupReplication(ctx, r.id, h.pool, r.replica, []string{p})
+		if err != nil || len(again.Removed) != 0 || again.TrashRemoved {
+			t.Errorf("repeated clean-up %+v, %v", again, err)
+		}
+	})
+}

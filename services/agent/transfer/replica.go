@@ -447,12 +447,15 @@ type SourceCleanupResult struct {
 }
 
 // CleanupReplication removes a deleted replication's snapshots at the
-// source pool/image: those named in snapshots that Ferry took (tagged);
-// others stay. When the image is not there but in the RBD trash (Cinder's
-// RBD driver moves a volume with snapshots there when it deletes it), the
-// snapshots go from the trashed image, and the image from the trash once
-// no snapshot is left (unless its deferment has not ended: then the
-// trash's own purge removes it later).
+// source pool/image: those named in snapshots that Ferry took (tagged),
+// then the image's former points of the replication (see
+// removeFormerPoints: an image that was its destination before a failover
+// made it the source keeps the points it received then, which ferry-api
+// does not name); others stay. When the image is not there but in the RBD
+// trash (Cinder's RBD driver moves a volume with snapshots there when it
+// deletes it), the snapshots go from the trashed image, and the image from
+// the trash once no snapshot is left (unless its deferment has not ended:
+// then the trash's own purge removes it later).
 func (s *Source) CleanupReplication(ctx context.Context, replicationID, pool, image string, snapshots []string) (SourceCleanupResult, error) {
 	if err := allowed(s.pools, pool); err != nil {
 		return SourceCleanupResult{}, err
@@ -461,6 +464,9 @@ func (s *Source) CleanupReplication(ctx context.Context, replicationID, pool, im
 		if !strings.HasPrefix(n, SnapshotPrefix) || !validName(n) {
 			return SourceCleanupResult{}, fmt.Errorf("%w: %q is not a Ferry snapshot name", rpc.ErrInvalid, n)
 		}
+	}
+	if s.opts.Sealer == nil {
+		return SourceCleanupResult{}, errors.New("source has no state key")
 	}
 	cluster, release, err := s.connect(ctx)
 	if err != nil {
@@ -473,7 +479,9 @@ func (s *Source) CleanupReplication(ctx context.Context, replicationID, pool, im
 	case err == nil:
 		defer img.Close()
 		res.Removed, err = s.removeAllTagged(img, snapshots)
-		return res, err
+		former, ferr := s.removeFormerPoints(img, replicationID)
+		res.Removed = append(res.Removed, former...)
+		return res, errors.Join(err, ferr)
 	case !errors.Is(err, rbd.ErrNotFound):
 		return res, err
 	}
@@ -504,8 +512,9 @@ func (s *Source) CleanupReplication(ctx context.Context, replicationID, pool, im
 	return res, errors.Join(errs...)
 }
 
-// cleanTrashed removes the named tagged snapshots of the trashed image id;
-// empty reports that the image has no snapshot left and is one whose Ferry
+// cleanTrashed removes the named tagged snapshots of the trashed image id,
+// and its former points of the replication (removeFormerPoints); empty
+// reports that the image has no snapshot left and is one whose Ferry
 // snapshots a clean-up removed (now or in an earlier, interrupted run).
 func (s *Source) cleanTrashed(ctx context.Context, cluster *rbd.Cluster, replicationID, pool, id string, names []string) (removed []string, empty bool, err error) {
 	img, err := cluster.OpenImageByID(ctx, pool, id, "", false)
@@ -526,14 +535,20 @@ func (s *Source) cleanTrashed(ctx context.Context, cluster *rbd.Cluster, replica
 			mine = append(mine, n)
 		}
 	}
-	if len(mine) > 0 && !marked {
+	former, err := s.formerPoints(img, replicationID)
+	if err != nil {
+		return nil, false, err
+	}
+	if len(mine)+len(former) > 0 && !marked {
 		if err := img.SetMetadata(metaTrashCleanup, replicationID); err != nil {
 			return nil, false, err
 		}
 		marked = true
 	}
 	removed, err = s.removeAllTagged(img, mine)
-	if err != nil {
+	more, ferr := s.removeFormerPoints(img, replicationID)
+	removed = append(removed, more...)
+	if err := errors.Join(err, ferr); err != nil {
 		return removed, false, err
 	}
 	left, err := img.Snapshots()
@@ -562,4 +577,99 @@ func (s *Source) removeAllTagged(img *rbd.Image, names []string) ([]string, erro
 		removed = append(removed, n)
 	}
 	return removed, errors.Join(errs...)
+}
+
+// formerPoints are the snapshots of img that Ferry recorded as points of
+// replication replicationID while img was its destination (before a
+// failover made it the source): a sealed snapRecord that verifies with
+// this region's key for img, names the replication and the snapshot's id.
+func (s *Source) formerPoints(img *rbd.Image, replicationID string) ([]string, error) {
+	info, err := img.Info()
+	if err != nil {
+		return nil, err
+	}
+	md, err := img.Metadata()
+	if err != nil {
+		return nil, err
+	}
+	snaps, err := img.Snapshots()
+	if err != nil {
+		return nil, err
+	}
+	recs := snapRecords(s.opts.Sealer, info.ID, md, snaps)
+	var points []string
+	for _, sn := range snaps {
+		if r, ok := recs[sn.Name]; ok && r.ReplicationID == replicationID {
+			points = append(points, sn.Name)
+		}
+	}
+	return points, nil
+}
+
+// removeFormerPoints removes img's former points of replicationID
+// (formerPoints), unprotected first when protected, then the records (and
+// source tags) of that replication whose snapshot is gone: those removed
+// here, by the named clean-up or by an earlier run. A point with clone
+// children (a drill's clone, made while img was the destination) stays
+// with its record and is logged: a later clean-up removes it once the
+// clone is flattened or gone. A snapshot without such a record (the
+// user's) or with another replication's is never touched. It returns the
+// snapshots removed.
+func (s *Source) removeFormerPoints(img *rbd.Image, replicationID string) ([]string, error) {
+	points, err := s.formerPoints(img, replicationID)
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	var errs []error
+	for _, n := range points {
+		gone, err := removeUnlessCloned(img, n)
+		switch {
+		case err != nil:
+			errs = append(errs, err)
+		case gone:
+			removed = append(removed, n)
+		default:
+			s.log.Info("former point kept: it has clone children", "replication_id", replicationID, "image", img.String(), "snapshot", n)
+		}
+	}
+	if err := s.forgetFormerRecords(img, replicationID); err != nil {
+		errs = append(errs, err)
+	}
+	if len(removed) > 0 {
+		s.log.Info("former points of the replication removed", "replication_id", replicationID, "image", img.String(), "snapshots", removed)
+	}
+	return removed, errors.Join(errs...)
+}
+
+// forgetFormerRecords removes img's records of replicationID's points
+// whose snapshot is gone, with the source tags of those names.
+func (s *Source) forgetFormerRecords(img *rbd.Image, replicationID string) error {
+	info, err := img.Info()
+	if err != nil {
+		return err
+	}
+	md, err := img.Metadata()
+	if err != nil {
+		return err
+	}
+	snaps, err := img.Snapshots()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for k, text := range md {
+		name, ok := strings.CutPrefix(k, MetaSnapRecordPrefix)
+		if !ok || slices.ContainsFunc(snaps, func(sn rbd.Snapshot) bool { return sn.Name == name }) {
+			continue
+		}
+		var r snapRecord
+		if s.opts.Sealer.Open(kindSnapshot, info.ID, text, &r) != nil || r.Snapshot != name || r.ReplicationID != replicationID {
+			continue
+		}
+		if err := errors.Join(img.RemoveMetadata(k), forgetSourceSnapshot(img, name)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
