@@ -48,12 +48,18 @@ func startCounterWriter(t *testing.T, conf string, images []string, from uint64)
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { img.Close() })
 		w.imgs = append(w.imgs, img)
 	}
 	w.done.Add(1)
 	go func() {
 		defer w.done.Done()
+		// Its handles go with it: an image a writer keeps open is busy
+		// for Ferry (a replica being removed, an image renamed).
+		defer func() {
+			for _, img := range w.imgs {
+				img.Close()
+			}
+		}()
 		buf := make([]byte, 4096)
 		for n := from; ; n++ {
 			select {
