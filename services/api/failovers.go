@@ -83,31 +83,43 @@ type failoverRequest struct {
 	Force bool   `json:"force,omitempty"`
 }
 
+// parseFailoverAction decodes and checks a failover or failback action's
+// argument (of a replication or a group): a failback takes no point, an
+// unplanned failover (a point) needs force. A refusal is written and
+// false returned.
+func parseFailoverAction(c *gin.Context, kind db.FailoverKind, arg json.RawMessage) (failoverRequest, bool) {
+	var req failoverRequest
+	if a := strings.TrimSpace(string(arg)); a != "null" {
+		if err := decodeStrict(bytes.NewReader(arg), 4096, &req); err != nil {
+			writeError(c, statusOf(err), err.Error())
+			return req, false
+		}
+	}
+	switch planned := req.Point == ""; {
+	case kind == db.FailoverKindFailback && !planned:
+		writeError(c, http.StatusBadRequest, `failback takes no point: it is planned ({"failback": null} or {"failback": {"force": true}}).`)
+		return req, false
+	case !planned && !req.Force:
+		writeError(c, http.StatusBadRequest, fmt.Sprintf(`An unplanned failover (to point %q) does not contact the source region: it needs "force": true.`, truncate(req.Point, 64)))
+		return req, false
+	case len(req.Point) > db.MaxNameLength:
+		writeError(c, http.StatusBadRequest, fmt.Sprintf("failover.point is longer than %d characters.", db.MaxNameLength))
+		return req, false
+	}
+	return req, true
+}
+
 // startFailover takes the failover and failback actions: the checks the
 // caller must hear of at once (status, point, an attached volume), then
 // one transaction moves the replication to failing_over (failing_back)
 // with the failover recorded; a concurrent one gets 409. The runner does
 // the rest; the answer is the failover (202).
 func (s *Server) startFailover(c *gin.Context, caller *Caller, r *db.Replication, kind db.FailoverKind, arg json.RawMessage) {
-	var req failoverRequest
-	if a := strings.TrimSpace(string(arg)); a != "null" {
-		if err := decodeStrict(bytes.NewReader(arg), 4096, &req); err != nil {
-			writeError(c, statusOf(err), err.Error())
-			return
-		}
+	req, ok := parseFailoverAction(c, kind, arg)
+	if !ok {
+		return
 	}
 	planned := req.Point == ""
-	switch {
-	case kind == db.FailoverKindFailback && !planned:
-		writeError(c, http.StatusBadRequest, `failback takes no point: it is planned ({"failback": null} or {"failback": {"force": true}}).`)
-		return
-	case !planned && !req.Force:
-		writeError(c, http.StatusBadRequest, fmt.Sprintf(`An unplanned failover (to point %q) does not contact the source region: it needs "force": true.`, truncate(req.Point, 64)))
-		return
-	case len(req.Point) > db.MaxNameLength:
-		writeError(c, http.StatusBadRequest, fmt.Sprintf("failover.point is longer than %d characters.", db.MaxNameLength))
-		return
-	}
 	from, to := state.FailoverFrom(kind == db.FailoverKindFailback, planned), db.ReplicationFailingOver
 	if kind == db.FailoverKindFailback {
 		to = db.ReplicationFailingBack

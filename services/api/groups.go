@@ -406,37 +406,9 @@ func (s *Server) kickGroups() {
 }
 
 func (s *Server) listGroups(c *gin.Context) {
-	caller, ok := s.authorize(c, "replication:get_all", s.callerProject(c))
+	opts, ok := s.replicationListOpts(c)
 	if !ok {
 		return
-	}
-	scope := db.ProjectScope(caller.ProjectID)
-	if v := c.Query("all_projects"); v != "" {
-		all, err := strconv.ParseBool(v)
-		if err != nil {
-			writeError(c, http.StatusBadRequest, fmt.Sprintf("all_projects=%q is not a boolean.", truncate(v, 64)))
-			return
-		}
-		if all {
-			if !s.hooks.Allowed("replication:get_all_projects", caller, map[string]string{"project_id": caller.ProjectID}) {
-				writeError(c, http.StatusForbidden, "Policy doesn't allow replication:get_all_projects to be performed.")
-				return
-			}
-			scope = db.AllProjectsScope()
-		}
-	}
-	limit, ok := s.pageLimit(c)
-	if !ok {
-		return
-	}
-	opts := db.ListOpts{Scope: scope, Limit: limit, Marker: c.Query("marker"), SortKey: c.Query("sort_key"), SortDir: c.Query("sort_dir")}
-	if opts.Marker != "" {
-		id, ok := CanonicalUUID(opts.Marker)
-		if !ok {
-			writeError(c, http.StatusBadRequest, fmt.Sprintf("marker not found: %q", truncate(opts.Marker, 64)))
-			return
-		}
-		opts.Marker = id
 	}
 	items, more, err := s.db.ListGroups(c.Request.Context(), opts)
 	if err != nil {
@@ -453,10 +425,7 @@ func (s *Server) listGroups(c *gin.Context) {
 	}
 	body := gin.H{"replication_groups": views}
 	if more && len(items) > 0 {
-		q := c.Request.URL.Query()
-		q.Set("marker", items[len(items)-1].ID)
-		q.Set("limit", strconv.Itoa(limit))
-		body["replication_groups_links"] = []gin.H{{"rel": "next", "href": s.baseURL(c) + groupsPath + "?" + q.Encode()}}
+		body["replication_groups_links"] = s.nextLink(c, groupsPath, items[len(items)-1].ID, opts.Limit)
 	}
 	c.JSON(http.StatusOK, body)
 }
@@ -764,25 +733,11 @@ func memberOfGroup(c *gin.Context, r *db.Replication, what string) bool {
 // (failing_back) with its failover recorded; a concurrent one gets 409.
 // The group runner does the rest (replicate.GroupStepQuiesce…).
 func (s *Server) startGroupFailover(c *gin.Context, caller *Caller, g *db.ReplicationGroup, kind db.FailoverKind, arg json.RawMessage) {
-	var req failoverRequest
-	if a := strings.TrimSpace(string(arg)); a != "null" {
-		if err := decodeStrict(bytes.NewReader(arg), 4096, &req); err != nil {
-			writeError(c, statusOf(err), err.Error())
-			return
-		}
+	req, ok := parseFailoverAction(c, kind, arg)
+	if !ok {
+		return
 	}
 	planned := req.Point == ""
-	switch {
-	case kind == db.FailoverKindFailback && !planned:
-		writeError(c, http.StatusBadRequest, `failback takes no point: it is planned ({"failback": null} or {"failback": {"force": true}}).`)
-		return
-	case !planned && !req.Force:
-		writeError(c, http.StatusBadRequest, fmt.Sprintf(`An unplanned failover (to point %q) does not contact the source region: it needs "force": true.`, truncate(req.Point, 64)))
-		return
-	case len(req.Point) > db.MaxNameLength:
-		writeError(c, http.StatusBadRequest, fmt.Sprintf("failover.point is longer than %d characters.", db.MaxNameLength))
-		return
-	}
 	from, to := state.FailoverFrom(kind == db.FailoverKindFailback, planned), db.ReplicationFailingOver
 	if kind == db.FailoverKindFailback {
 		to = db.ReplicationFailingBack

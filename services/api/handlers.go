@@ -325,13 +325,8 @@ func (s *Server) listTransfers(c *gin.Context) {
 		}
 		opts.ReplicationID = id
 	}
-	if opts.Marker != "" {
-		id, ok := CanonicalUUID(opts.Marker)
-		if !ok {
-			writeError(c, http.StatusBadRequest, fmt.Sprintf("marker not found: %q", truncate(opts.Marker, 64)))
-			return
-		}
-		opts.Marker = id
+	if !s.canonicalMarker(c, &opts) {
+		return
 	}
 	items, more, err := s.db.ListTransfers(c.Request.Context(), opts)
 	if err != nil {
@@ -344,10 +339,7 @@ func (s *Server) listTransfers(c *gin.Context) {
 	}
 	body := gin.H{"transfers": views}
 	if more && len(items) > 0 {
-		q := c.Request.URL.Query()
-		q.Set("marker", items[len(items)-1].ID)
-		q.Set("limit", strconv.Itoa(limit))
-		body["transfers_links"] = []gin.H{{"rel": "next", "href": s.baseURL(c) + "/v1/transfers?" + q.Encode()}}
+		body["transfers_links"] = s.nextLink(c, "/v1/transfers", items[len(items)-1].ID, limit)
 	}
 	c.JSON(http.StatusOK, body)
 }

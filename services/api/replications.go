@@ -475,37 +475,9 @@ func (s *Server) pageLimit(c *gin.Context) (int, bool) {
 }
 
 func (s *Server) listReplications(c *gin.Context) {
-	caller, ok := s.authorize(c, "replication:get_all", s.callerProject(c))
+	opts, ok := s.replicationListOpts(c)
 	if !ok {
 		return
-	}
-	scope := db.ProjectScope(caller.ProjectID)
-	if v := c.Query("all_projects"); v != "" {
-		all, err := strconv.ParseBool(v)
-		if err != nil {
-			writeError(c, http.StatusBadRequest, fmt.Sprintf("all_projects=%q is not a boolean.", truncate(v, 64)))
-			return
-		}
-		if all {
-			if !s.hooks.Allowed("replication:get_all_projects", caller, map[string]string{"project_id": caller.ProjectID}) {
-				writeError(c, http.StatusForbidden, "Policy doesn't allow replication:get_all_projects to be performed.")
-				return
-			}
-			scope = db.AllProjectsScope()
-		}
-	}
-	limit, ok := s.pageLimit(c)
-	if !ok {
-		return
-	}
-	opts := db.ListOpts{Scope: scope, Limit: limit, Marker: c.Query("marker"), SortKey: c.Query("sort_key"), SortDir: c.Query("sort_dir")}
-	if opts.Marker != "" {
-		id, ok := CanonicalUUID(opts.Marker)
-		if !ok {
-			writeError(c, http.StatusBadRequest, fmt.Sprintf("marker not found: %q", truncate(opts.Marker, 64)))
-			return
-		}
-		opts.Marker = id
 	}
 	items, more, err := s.db.ListReplications(c.Request.Context(), opts)
 	if err != nil {
@@ -519,12 +491,65 @@ func (s *Server) listReplications(c *gin.Context) {
 	}
 	body := gin.H{"replications": views}
 	if more && len(items) > 0 {
-		q := c.Request.URL.Query()
-		q.Set("marker", items[len(items)-1].ID)
-		q.Set("limit", strconv.Itoa(limit))
-		body["replications_links"] = []gin.H{{"rel": "next", "href": s.baseURL(c) + "/v1/replications?" + q.Encode()}}
+		body["replications_links"] = s.nextLink(c, replicationsPath, items[len(items)-1].ID, opts.Limit)
 	}
 	c.JSON(http.StatusOK, body)
+}
+
+// replicationListOpts reads a replication or group listing's query: the
+// caller's project, or every project (all_projects, policy
+// replication:get_all_projects), limit, marker and sort; a refusal is
+// written and false returned.
+func (s *Server) replicationListOpts(c *gin.Context) (db.ListOpts, bool) {
+	caller, ok := s.authorize(c, "replication:get_all", s.callerProject(c))
+	if !ok {
+		return db.ListOpts{}, false
+	}
+	scope := db.ProjectScope(caller.ProjectID)
+	if v := c.Query("all_projects"); v != "" {
+		all, err := strconv.ParseBool(v)
+		if err != nil {
+			writeError(c, http.StatusBadRequest, fmt.Sprintf("all_projects=%q is not a boolean.", truncate(v, 64)))
+			return db.ListOpts{}, false
+		}
+		if all {
+			if !s.hooks.Allowed("replication:get_all_projects", caller, map[string]string{"project_id": caller.ProjectID}) {
+				writeError(c, http.StatusForbidden, "Policy doesn't allow replication:get_all_projects to be performed.")
+				return db.ListOpts{}, false
+			}
+			scope = db.AllProjectsScope()
+		}
+	}
+	limit, ok := s.pageLimit(c)
+	if !ok {
+		return db.ListOpts{}, false
+	}
+	opts := db.ListOpts{Scope: scope, Limit: limit, Marker: c.Query("marker"), SortKey: c.Query("sort_key"), SortDir: c.Query("sort_dir")}
+	return opts, s.canonicalMarker(c, &opts)
+}
+
+// canonicalMarker checks and canonicalizes opts.Marker (a UUID); a bad
+// one is the 400 of a marker not found, written.
+func (s *Server) canonicalMarker(c *gin.Context, opts *db.ListOpts) bool {
+	if opts.Marker == "" {
+		return true
+	}
+	id, ok := CanonicalUUID(opts.Marker)
+	if !ok {
+		writeError(c, http.StatusBadRequest, fmt.Sprintf("marker not found: %q", truncate(opts.Marker, 64)))
+		return false
+	}
+	opts.Marker = id
+	return true
+}
+
+// nextLink is a page's "next" link: the request's query with the last
+// item's id as the marker.
+func (s *Server) nextLink(c *gin.Context, path, last string, limit int) []gin.H {
+	q := c.Request.URL.Query()
+	q.Set("marker", last)
+	q.Set("limit", strconv.Itoa(limit))
+	return []gin.H{{"rel": "next", "href": s.baseURL(c) + path + "?" + q.Encode()}}
 }
 
 func (s *Server) showReplication(c *gin.Context) {
