@@ -742,23 +742,28 @@ func (s *Source) Settle(ctx context.Context, job Job) ([]string, error) {
 		}
 		return []string{name}, nil
 	}
-	base := s.recordedBase(ctx, cluster, job, name)
-	if base == "" {
+	// Unlike recordedBase, every failure to read is an error here: the
+	// caller retries (a stalled cluster), it must not take "nothing to
+	// do" for an answer.
+	img, err := cluster.OpenImage(ctx, job.Pool, job.Image, "", true)
+	if errors.Is(err, rbd.ErrNotFound) {
 		return nil, nil
 	}
-	img, err := cluster.OpenImage(ctx, job.Pool, job.Image, "", true)
 	if err != nil {
 		return nil, err
 	}
-	_, err = snapshotID(img, base)
+	tag, ok, err := s.tagOf(img, name)
+	if err == nil && ok && tag.Base != "" {
+		_, err = snapshotID(img, tag.Base)
+		if errors.Is(err, rbd.ErrNotFound) {
+			ok, err = false, nil // removed already (with the chain below it)
+		}
+	}
 	img.Close()
-	if errors.Is(err, rbd.ErrNotFound) {
-		return nil, nil // removed already (with the chain below it)
-	}
-	if err != nil {
+	if err != nil || !ok || tag.Base == "" {
 		return nil, err
 	}
-	return s.removeSuperseded(ctx, cluster, job, base, log)
+	return s.removeSuperseded(ctx, cluster, job, tag.Base, log)
 }
 
 // removeSnapshot removes a source snapshot Ferry took (tagged), with its
