@@ -222,6 +222,15 @@ func (a *Agent) healthProber() *healthProber {
 				return rbd.Health{}, err
 			}
 			defer release()
+			// A blocklisted connection fails every operation, yet the
+			// monitors still answer it: an OSD is asked, and such a
+			// connection is replaced for the next operations.
+			if len(a.cfg.Agent.Pools) > 0 {
+				if err := c.CheckBlocklisted(ctx, a.cfg.Agent.Pools[0]); errors.Is(err, rbd.ErrBlocklisted) {
+					a.log.Warn("the cluster connection was blocklisted: replaced", "error", err)
+					a.conns.Reset(a.connOptions())
+				}
+			}
 			return c.Health(ctx)
 		},
 	}
@@ -248,9 +257,14 @@ const IdleConnection = 5 * time.Minute
 
 // connector acquires the region's cluster connection from the pool.
 func (a *Agent) connector() transfer.Connector {
-	o := rbd.Options{ConfFile: a.cfg.Agent.CephConf, User: a.cfg.Agent.CephUser, Keyring: a.cfg.Agent.CephKeyring,
-		Timeout: time.Duration(a.cfg.Agent.CephOpTimeout) * time.Second}
+	o := a.connOptions()
 	return func(ctx context.Context) (*rbd.Cluster, func(), error) { return a.conns.Acquire(ctx, o) }
+}
+
+// connOptions are the region's cluster connection's options.
+func (a *Agent) connOptions() rbd.Options {
+	return rbd.Options{ConfFile: a.cfg.Agent.CephConf, User: a.cfg.Agent.CephUser, Keyring: a.cfg.Agent.CephKeyring,
+		Timeout: time.Duration(a.cfg.Agent.CephOpTimeout) * time.Second}
 }
 
 // Run is ferry-agent's body.

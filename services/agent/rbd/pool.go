@@ -93,7 +93,38 @@ func (p *Pool) release(k poolKey, e *pooled) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	e.refs--
+	if e.refs == 0 && e.c != nil && p.conns[k] != e {
+		// Reset replaced it: its last user is done.
+		go e.c.Close()
+		return
+	}
 	p.schedule(k, e)
+}
+
+// Reset replaces the shared connection for o (blocklisted, say): the next
+// Acquire connects anew; the old connection closes once its last user
+// releases it (at once when it has none).
+func (p *Pool) Reset(o Options) {
+	k := poolKey{o.ConfFile, o.User, o.Keyring, o.Timeout}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e, ok := p.conns[k]
+	if !ok {
+		return
+	}
+	select {
+	case <-e.ready:
+	default:
+		return // still connecting: a new connection already
+	}
+	delete(p.conns, k)
+	if e.timer != nil {
+		e.timer.Stop()
+		e.timer = nil
+	}
+	if e.refs == 0 && e.c != nil {
+		go e.c.Close()
+	}
 }
 
 // schedule starts the idle timer of an unused, connected entry; p.mu held.

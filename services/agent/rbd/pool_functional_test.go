@@ -5,6 +5,7 @@ package rbd
 import (
 	"context"
 	"errors"
+	"os/exec"
 	"sync"
 	"testing"
 	"time"
@@ -81,5 +82,67 @@ func TestPoolSharesAndClosesIdle(t *testing.T) {
 	p.Close()
 	if _, _, err := p.Acquire(ctx, o); !errors.Is(err, ErrClosed) {
 		t.Errorf("acquire after Close: %v", err)
+	}
+}
+
+// A connection the cluster blocklists fails with ErrBlocklisted (which
+// CheckBlocklisted finds, though the monitors still answer it); Reset
+// replaces it for the next Acquire and closes it once its last user is
+// done.
+func TestPoolResetAfterBlocklist(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	conf := testenv.Get(t, "CEPH_REGIONONE_CONF")
+	pool := testenv.Get(t, "CEPH_POOL")
+	o := Options{ConfFile: conf, User: testenv.Get(t, "CEPH_USER"), Keyring: testenv.Get(t, "CEPH_REGIONONE_KEYRING"), Timeout: 10 * time.Second}
+	p := NewPool(time.Minute)
+	defer p.Close()
+	c, rel, err := p.Acquire(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CheckBlocklisted(ctx, pool); err != nil {
+		t.Fatalf("a fresh connection: %v", err)
+	}
+	addr, err := c.Addrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("ceph", "-c", conf, "osd", "blocklist", "add", addr).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ceph osd blocklist add %s: %v %s", addr, err, out)
+	}
+	t.Cleanup(func() { exec.Command("ceph", "-c", conf, "osd", "blocklist", "rm", addr).Run() })
+	var berr error
+	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(500 * time.Millisecond) {
+		if berr = c.CheckBlocklisted(ctx, pool); berr != nil {
+			break
+		}
+	}
+	if !errors.Is(berr, ErrBlocklisted) {
+		t.Fatalf("a blocklisted connection's probe: %v", berr)
+	}
+	if _, err := c.Health(ctx); err != nil {
+		t.Logf("health on a blocklisted connection: %v", err)
+	}
+	p.Reset(o)
+	c2, rel2, err := p.Acquire(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rel2()
+	if c2 == c {
+		t.Fatal("Reset kept the blocklisted connection")
+	}
+	if err := c2.CheckBlocklisted(ctx, pool); err != nil {
+		t.Errorf("the new connection: %v", err)
+	}
+	if err := c.CheckPool(ctx, pool); errors.Is(err, ErrClosed) {
+		t.Error("the old connection was closed while still held")
+	}
+	rel()
+	time.Sleep(time.Second)
+	if err := c.CheckPool(ctx, pool); !errors.Is(err, ErrClosed) {
+		t.Errorf("the replaced connection after its last release: %v", err)
 	}
 }

@@ -24,6 +24,10 @@ var (
 	ErrBusy       = errors.New("busy")
 	ErrTimeout    = errors.New("ceph did not answer within [agent] ceph_op_timeout (stalled or full cluster? see ferry service list)")
 	ErrClosed     = errors.New("cluster connection closed")
+	// ErrBlocklisted: the cluster blocklisted this connection (another
+	// client broke an exclusive lock it held, e.g. after a stall): every
+	// operation on it fails until it is replaced (Pool.Reset).
+	ErrBlocklisted = errors.New("this cluster connection was blocklisted (another client broke a lock it held): it is replaced")
 )
 
 // errorCoder is the interface of go-ceph's errors.
@@ -50,6 +54,8 @@ func translate(err error, what string) error {
 		return fmt.Errorf("%s: %w (%w)", what, ErrBusy, err)
 	case code == int(syscall.ETIMEDOUT):
 		return fmt.Errorf("%s: %w (%w)", what, ErrTimeout, err)
+	case code == int(syscall.ESHUTDOWN): // Ceph's EBLOCKLISTED
+		return fmt.Errorf("%s: %w (%w)", what, ErrBlocklisted, err)
 	}
 	return fmt.Errorf("%s: %w", what, err)
 }
@@ -159,6 +165,41 @@ func (c *Cluster) ioctx(pool string) (*rados.IOContext, error) {
 		return nil, translate(err, "pool "+pool)
 	}
 	return io, nil
+}
+
+// Addrs is the connection's client address (as the cluster's blocklist
+// names it).
+func (c *Cluster) Addrs() (string, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.conn == nil {
+		return "", ErrClosed
+	}
+	a, err := c.conn.GetAddrs()
+	return a, translate(err, "client address")
+}
+
+// probeObject is the object CheckBlocklisted stats (it need not exist).
+const probeObject = "ferry.blocklist-probe"
+
+// CheckBlocklisted asks an OSD of pool about an object: a connection the
+// cluster blocklisted is refused (ErrBlocklisted), which monitor commands
+// such as Health do not show. Any other answer, "no such object"
+// included, is nil unless the OSD cannot be reached (its error).
+func (c *Cluster) CheckBlocklisted(ctx context.Context, pool string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	io, err := c.ioctx(pool)
+	if err != nil {
+		return err
+	}
+	defer io.Destroy()
+	_, err = io.Stat(probeObject)
+	if err == nil || errors.Is(translate(err, "probe"), ErrNotFound) {
+		return nil
+	}
+	return translate(err, "pool "+pool+": probe")
 }
 
 // ImageSpec is how to create an image.
