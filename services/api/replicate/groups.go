@@ -51,7 +51,11 @@ type GroupRunner struct {
 	KickFailovers func()
 	// Interval between passes (default 2 s; Kick passes at once).
 	Interval time.Duration
-	// CallTimeout bounds the group snapshot (default 1 min).
+	// CallTimeout bounds the group snapshot (default 15 s: the fence
+	// itself takes milliseconds; a snapshot still waiting for a member's
+	// lock after that is given up, its cycle fails and the next one
+	// retries. CI saw a lock handover with a busy writer stall for
+	// minutes.)
 	CallTimeout time.Duration
 	Owner       string
 	LeaseTTL    time.Duration
@@ -73,7 +77,7 @@ func (g *GroupRunner) init() {
 			g.Interval = 2 * time.Second
 		}
 		if g.CallTimeout <= 0 {
-			g.CallTimeout = time.Minute
+			g.CallTimeout = 15 * time.Second
 		}
 		if g.Log == nil {
 			g.Log = slog.Default()
